@@ -1,0 +1,22 @@
+"""indextts_fast: fast, faithful IndexTTS2 inference on hand-written Triton kernels.
+
+Knows IndexTTS2; builds on the model-agnostic ``indextts_kernels``. The official ``indextts`` package is
+only ever imported lazily.
+"""
+
+from __future__ import annotations
+
+from ._dispatch import backend_for, default_backend, requested_backend
+from .ops import adaptive_rms_norm, final_layer_modulate, layer_norm
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "__version__",
+    "adaptive_rms_norm",
+    "backend_for",
+    "default_backend",
+    "final_layer_modulate",
+    "layer_norm",
+    "requested_backend",
+]

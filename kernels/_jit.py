@@ -1,0 +1,36 @@
+"""Small @triton.jit helpers shared by the kernels, with the Triton-interpreter workarounds they need.
+
+Both workarounds are constexpr-gated on TRITON_INTERPRET at import time, so compiled kernels contain none
+of their code.
+"""
+
+import triton
+import triton.language as tl
+
+from ._utils import is_interpreting
+
+# The interpreter stores bf16 as uint16 bit patterns: its fp32 -> bf16 cast truncates (the GPU rounds to
+# nearest even) and its bf16 tl.dot multiplies bit patterns. Emulate the GPU's behaviour there.
+_INTERPRET_BF16 = tl.constexpr(is_interpreting())
+
+
+@triton.jit
+def cast_to(x, dtype: tl.constexpr):
+    """``x.to(dtype)`` with round-to-nearest-even on every backend (x is fp32)."""
+    if _INTERPRET_BF16:
+        if dtype == tl.bfloat16:
+            u = x.to(tl.uint32, bitcast=True)
+            u = (u + 0x7FFF + ((u >> 16) & 1)) & 0xFFFF0000
+            x = u.to(tl.float32, bitcast=True)
+    return x.to(dtype)
+
+
+@triton.jit
+def dot(a, b, acc):
+    """``acc + a @ b`` (tl.dot); bf16 operands are upcast under the interpreter, where bf16 dot is wrong."""
+    if _INTERPRET_BF16:
+        if a.dtype == tl.bfloat16:
+            a = a.to(tl.float32)
+        if b.dtype == tl.bfloat16:
+            b = b.to(tl.float32)
+    return tl.dot(a, b, acc)

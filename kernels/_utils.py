@@ -1,0 +1,89 @@
+"""Shared launcher utilities: input validation, launch heuristics, interpreter detection.
+
+Everything here runs on the host before a launch. Nothing reads device memory, so every launcher
+stays CUDA-graph safe: no ``.item()``, no host sync, no allocation whose size depends on data.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+
+import torch
+
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+# Rows wider than this do not fit one register-resident block; no IndexTTS2 op needs more.
+MAX_FUSED_ROW = 16384
+
+
+def is_interpreting() -> bool:
+    """True when Triton kernels run in the CPU interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def next_pow2(n: int) -> int:
+    return 1 if n <= 1 else 1 << (int(n) - 1).bit_length()
+
+
+def _dtype_names(dtypes: Iterable[torch.dtype]) -> str:
+    return ", ".join(str(d).replace("torch.", "") for d in dtypes)
+
+
+def check_tensor(
+    name: str,
+    t,
+    *,
+    dtypes: Iterable[torch.dtype] = FLOAT_DTYPES,
+    device: torch.device | None = None,
+    shape: tuple[int, ...] | None = None,
+    min_dim: int = 1,
+    last_dim_contiguous: bool = True,
+) -> None:
+    """Raise a TypeError/ValueError that names ``name`` when ``t`` does not meet the contract."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    dtypes = tuple(dtypes)
+    if t.dtype not in dtypes:
+        raise TypeError(f"{name} has dtype {str(t.dtype).replace('torch.', '')}; supported: {_dtype_names(dtypes)}")
+    if device is not None and t.device != device:
+        raise ValueError(f"{name} is on {t.device}, but x is on {device}: all tensors must be on one device")
+    if t.dim() < min_dim:
+        raise ValueError(f"{name} must have at least {min_dim} dimension(s), got shape {tuple(t.shape)}")
+    if shape is not None and tuple(t.shape) != tuple(shape):
+        raise ValueError(f"{name} has shape {tuple(t.shape)}, expected {tuple(shape)}")
+    if last_dim_contiguous and t.dim() > 0 and t.shape[-1] > 1 and t.stride(-1) != 1:
+        raise ValueError(
+            f"{name} must have a contiguous last dimension (stride(-1) == 1), got strides {tuple(t.stride())}"
+        )
+
+
+def check_launchable(x: torch.Tensor, op: str) -> None:
+    """The Triton path needs a CUDA tensor, or CPU tensors under the interpreter."""
+    if x.is_cuda:
+        return
+    if x.device.type == "cpu" and is_interpreting():
+        return
+    raise RuntimeError(
+        f"{op}: the Triton kernel needs a CUDA tensor (got {x.device}); on CPU use the indextts_fast dispatch "
+        "(which falls back to the torch reference) or set TRITON_INTERPRET=1 before importing indextts_kernels"
+    )
+
+
+def check_inference(op: str, *tensors) -> None:
+    """Kernels are forward-only: refuse silently dropping gradients."""
+    if torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in tensors):
+        raise RuntimeError(
+            f"{op} is inference-only (no backward); call it under torch.inference_mode() or torch.no_grad()"
+        )
+
+
+def rows_view(name: str, t: torch.Tensor, n: int) -> torch.Tensor:
+    """View ``t`` [..., n] as [M, n] with one row stride, without a copy; raise if that is impossible."""
+    try:
+        return t.view(-1, n)
+    except RuntimeError as e:
+        raise ValueError(
+            f"{name} with shape {tuple(t.shape)} and strides {tuple(t.stride())} cannot be viewed as rows of {n} "
+            "elements; pass a tensor whose leading dimensions are contiguous"
+        ) from e

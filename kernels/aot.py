@@ -1,0 +1,143 @@
+"""Ahead-of-time compile check: compile every kernel variant for real GPU targets on a machine without a GPU.
+
+Runs Triton's full pipeline (frontend, MLIR, LLVM, ptxas) for each variant that the kernel modules list in
+``compile_variants()``, then reads registers, spills and shared memory from the cubin with the cuobjdump that
+ships inside Triton. Catches what the interpreter lets through (tl.dot shapes, unsupported ops, spills).
+
+    python -m indextts_kernels.aot                     # sm_86, sm_89, sm_90; table on stdout
+    python -m indextts_kernels.aot --arch 90 --json out.json --filter norm/
+
+Must run without TRITON_INTERPRET (interpreted functions cannot be compiled); exits 1 on any compile error,
+and with --max-spill-bytes N on any variant that spills more than N bytes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ARCH_NAMES = {80: "A100", 86: "RTX 3090", 89: "RTX 4090", 90: "H100"}
+
+
+def _cuobjdump() -> str:
+    import triton
+
+    return str(Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump")
+
+
+def _resource_usage(cubin: bytes) -> dict:
+    with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
+        f.write(cubin)
+        path = f.name
+    try:
+        txt = subprocess.run([_cuobjdump(), "-res-usage", path], capture_output=True, text=True, check=True).stdout
+    finally:
+        os.unlink(path)
+    m = re.search(r"REG:(\d+)\s+STACK:(\d+)\s+SHARED:(\d+)\s+LOCAL:(\d+)", txt)
+    if not m:
+        raise RuntimeError(f"cannot parse cuobjdump -res-usage output:\n{txt}")
+    reg, stack, shared, local = map(int, m.groups())
+    return {"regs": reg, "stack": stack, "static_shared": shared, "local": local}
+
+
+def _sass_has(cubin: bytes, patterns: tuple[str, ...]) -> dict:
+    with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
+        f.write(cubin)
+        path = f.name
+    try:
+        sass = subprocess.run([_cuobjdump(), "-sass", path], capture_output=True, text=True, check=True).stdout
+    finally:
+        os.unlink(path)
+    return {p: (p in sass) for p in patterns}
+
+
+def iter_variants(name_filter: str = ""):
+    kernels = importlib.import_module("indextts_kernels")
+    for mod_name in kernels.KERNEL_MODULES:
+        mod = kernels.load_kernel_module(mod_name)
+        for name, fn, sig, const, num_warps in mod.compile_variants():
+            if name_filter in name:
+                yield name, fn, sig, const, num_warps
+
+
+def compile_one(fn, sig, const, num_warps: int, arch: int):
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    src = ASTSource(fn=fn, signature=sig, constexprs=const)
+    return triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": num_warps})
+
+
+def run(archs, name_filter="", max_spill_bytes=None):
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        raise SystemExit("indextts_kernels.aot must run without TRITON_INTERPRET=1")
+    rows, failures = [], []
+    for name, fn, sig, const, num_warps in iter_variants(name_filter):
+        for arch in archs:
+            t0 = time.perf_counter()
+            row = {"variant": name, "arch": f"sm_{arch}", "num_warps": num_warps}
+            try:
+                k = compile_one(fn, sig, const, num_warps, arch)
+                row.update(_resource_usage(k.asm["cubin"]))
+                row["shared"] = int(k.metadata.shared)
+                ptx = k.asm["ptx"]
+                row["mma"] = "wgmma" if "wgmma" in ptx else ("mma" if "mma.sync" in ptx else "-")
+                row["spills"] = row["stack"] + row["local"]
+                if max_spill_bytes is not None and row["spills"] > max_spill_bytes:
+                    failures.append(f"{name} sm_{arch}: {row['spills']} bytes of stack/local (spills)")
+            except Exception as e:  # report every failing variant, not just the first
+                row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                failures.append(f"{name} sm_{arch}: {row['error']}")
+            row["seconds"] = round(time.perf_counter() - t0, 2)
+            rows.append(row)
+    return rows, failures
+
+
+def format_table(rows) -> str:
+    head = f"{'variant':<52} {'arch':<6} {'warps':>5} {'regs':>5} {'spill':>6} {'shared':>7} {'mma':>6}"
+    out = [head, "-" * len(head)]
+    for r in rows:
+        if "error" in r:
+            out.append(f"{r['variant']:<52} {r['arch']:<6} ERROR {r['error']}")
+        else:
+            out.append(
+                f"{r['variant']:<52} {r['arch']:<6} {r['num_warps']:>5} {r['regs']:>5} {r['spills']:>6} "
+                f"{r['shared']:>7} {r['mma']:>6}"
+            )
+    return "\n".join(out)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--arch", type=int, nargs="+", default=[86, 89, 90], help="compute capabilities (default 86 89 90)")
+    ap.add_argument("--filter", default="", help="only variants whose name contains this")
+    ap.add_argument("--json", help="also write the rows as JSON here")
+    ap.add_argument("--max-spill-bytes", type=int, default=None, help="fail when a variant spills more than this")
+    args = ap.parse_args(argv)
+    t0 = time.perf_counter()
+    rows, failures = run(args.arch, args.filter, args.max_spill_bytes)
+    print(format_table(rows))
+    targets = ", ".join(f"sm_{a} ({ARCH_NAMES.get(a, '?')})" for a in args.arch)
+    print(f"\n{len(rows)} compiles for {targets} in {time.perf_counter() - t0:.1f} s")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+    if not rows:
+        print("no variants matched", file=sys.stderr)
+        return 1
+    if failures:
+        print("\nFAILED:\n  " + "\n  ".join(failures), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,38 @@
+"""Test configuration shared by every test file.
+
+Without a CUDA device the Triton kernels run in the interpreter on CPU tensors; TRITON_INTERPRET must be set
+before any kernel module is imported (Triton picks interpreted vs compiled at decoration time), so it is set
+here, at collection, before the tests import indextts_kernels' kernel modules.
+"""
+
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from indextts_fast import default_backend  # noqa: E402
+
+
+def pytest_report_header(config):
+    import indextts_kernels
+
+    triton_v = "missing"
+    if indextts_kernels.HAS_TRITON:
+        import triton
+
+        triton_v = triton.__version__
+    return f"indextts_fast backend: {default_backend()} (torch {torch.__version__}, triton {triton_v})"
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def device():
+    """Where kernel tests run: CUDA when present, else CPU tensors under the Triton interpreter."""
+    return "cuda" if torch.cuda.is_available() else "cpu"

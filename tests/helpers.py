@@ -1,0 +1,100 @@
+"""Tolerance rule, input factories and access to the official IndexTTS2 module code."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import sys
+import types
+
+import pytest
+import torch
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+
+
+def dtype_id(d: torch.dtype) -> str:
+    return str(d).replace("torch.", "")
+
+
+def upcast(*ts):
+    """The high-precision oracle's inputs: every tensor in fp64 (None stays None)."""
+    return [None if t is None else t.double() for t in ts]
+
+
+def tolerance_floor(dtype: torch.dtype, high: torch.Tensor) -> float:
+    """Small per-dtype floor: one unit of ``dtype`` precision at the reference's largest magnitude."""
+    return torch.finfo(dtype).eps * max(1.0, float(high.abs().max()))
+
+
+def assert_close_rel(out: torch.Tensor, low: torch.Tensor, high: torch.Tensor, what: str = "output") -> None:
+    """The flash-attn rule: max|out - high| <= 2 * max|low - high| + floor(dtype).
+
+    ``out`` is the kernel result, ``low`` PyTorch's result at the same dtype, ``high`` the fp64 reference.
+    NaN anywhere in ``out`` (for example a poisoned element the kernel never wrote) fails.
+    """
+    assert out.shape == high.shape == low.shape, f"{what}: shapes {out.shape}, {low.shape}, {high.shape}"
+    o, l, h = (t.detach().double().cpu() for t in (out, low, high))
+    bad = ~torch.isfinite(o)
+    if bad.any():
+        idx = bad.nonzero()[:5].tolist()
+        raise AssertionError(f"{what}: {int(bad.sum())} non-finite elements (never written?), first at {idx}")
+    err = (o - h).abs()
+    ref_err = float((l - h).abs().max())
+    floor = tolerance_floor(out.dtype, h)
+    bound = 2 * ref_err + floor
+    if float(err.max()) > bound:
+        idx = (err > bound).nonzero()[:5].tolist()
+        raise AssertionError(
+            f"{what} ({dtype_id(out.dtype)}): max error {float(err.max()):.3e} (mean {float(err.mean()):.3e}) "
+            f"> 2 * torch error {ref_err:.3e} + floor {floor:.3e}; first mismatches at {idx}"
+        )
+
+
+def assert_same_math(ours: torch.Tensor, official: torch.Tensor, what: str = "output") -> None:
+    """Two pure-torch computations of the same formula at the same precision: a few units of rounding apart."""
+    assert ours.shape == official.shape, f"{what}: shape {ours.shape} vs official {official.shape}"
+    assert ours.dtype == official.dtype, f"{what}: dtype {ours.dtype} vs official {official.dtype}"
+    o, r = ours.double(), official.double()
+    tol = 4 * torch.finfo(ours.dtype).eps * max(1.0, float(r.abs().max()))
+    err = float((o - r).abs().max())
+    assert err <= tol, f"{what}: max difference from the official module {err:.3e} > {tol:.3e}"
+
+
+def poisoned(shape, dtype, device) -> torch.Tensor:
+    """An output buffer full of NaN: any element a kernel fails to write shows up."""
+    return torch.full(shape, float("nan"), dtype=dtype, device=device)
+
+
+def randn(*shape, dtype=torch.float32, device="cpu", mean=0.0, std=1.0) -> torch.Tensor:
+    """Random test data (never zeros): N(mean, std) generated in fp32, then cast."""
+    return (torch.randn(*shape, dtype=torch.float32) * std + mean).to(device=device, dtype=dtype)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The official IndexTTS2 module code (indextts2-inference, a test-only reference)
+# ----------------------------------------------------------------------------------------------------------------------
+ALLOW_MISSING_ENV = "INDEXTTS_FAST_ALLOW_MISSING_OFFICIAL"
+
+
+def official(module: str):
+    """Import ``indextts.<module>`` from the official code without running ``indextts/__init__``.
+
+    The package's ``__init__`` pulls librosa, torchaudio and hub downloads; a stub package object with the
+    real ``__path__`` lets the pure-torch submodules import on their own. When the reference is not
+    installed the test fails (CI must run these), unless INDEXTTS_FAST_ALLOW_MISSING_OFFICIAL=1 asks to skip.
+    """
+    spec = importlib.util.find_spec("indextts")
+    if spec is None or not spec.submodule_search_locations:
+        msg = "the official IndexTTS2 code is not installed: pip install --no-deps indextts2-inference==2.1.1"
+        if os.environ.get(ALLOW_MISSING_ENV) == "1":
+            pytest.skip(msg)
+        pytest.fail(msg + f" (or set {ALLOW_MISSING_ENV}=1 to skip)")
+    if "indextts" not in sys.modules:
+        pkg = types.ModuleType("indextts")
+        pkg.__path__ = list(spec.submodule_search_locations)
+        pkg.__spec__ = spec
+        sys.modules["indextts"] = pkg
+    return importlib.import_module(f"indextts.{module}")
