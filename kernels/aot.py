@@ -60,12 +60,13 @@ def _sass_has(cubin: bytes, patterns: tuple[str, ...]) -> dict:
 
 
 def iter_variants(name_filter: str = ""):
+    """(module name, index, variant name) of every variant whose name contains name_filter."""
     kernels = importlib.import_module("indextts_kernels")
     for mod_name in kernels.KERNEL_MODULES:
         mod = kernels.load_kernel_module(mod_name)
-        for name, fn, sig, const, num_warps in mod.compile_variants():
+        for i, (name, *_rest) in enumerate(mod.compile_variants()):
             if name_filter in name:
-                yield name, fn, sig, const, num_warps
+                yield mod_name, i, name
 
 
 def compile_one(fn, sig, const, num_warps: int, arch: int):
@@ -77,28 +78,48 @@ def compile_one(fn, sig, const, num_warps: int, arch: int):
     return triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": num_warps})
 
 
-def run(archs, name_filter="", max_spill_bytes=None):
+def _compile_task(task) -> tuple[dict, str | None]:
+    """Compile one (module, variant index, arch); runs in a worker process."""
+    mod_name, idx, arch = task
+    kernels = importlib.import_module("indextts_kernels")
+    name, fn, sig, const, num_warps = list(kernels.load_kernel_module(mod_name).compile_variants())[idx]
+    t0 = time.perf_counter()
+    row = {"variant": name, "arch": f"sm_{arch}", "num_warps": num_warps}
+    failure = None
+    try:
+        k = compile_one(fn, sig, const, num_warps, arch)
+        row.update(_resource_usage(k.asm["cubin"]))
+        row["shared"] = int(k.metadata.shared)
+        ptx = k.asm["ptx"]
+        row["mma"] = "wgmma" if "wgmma" in ptx else ("mma" if "mma.sync" in ptx else "-")
+        row["spills"] = row["stack"] + row["local"]
+    except Exception as e:  # report every failing variant, not just the first
+        row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        failure = f"{name} sm_{arch}: {row['error']}"
+    row["seconds"] = round(time.perf_counter() - t0, 2)
+    return row, failure
+
+
+def run(archs, name_filter="", max_spill_bytes=None, jobs=None):
     if os.environ.get("TRITON_INTERPRET") == "1":
         raise SystemExit("indextts_kernels.aot must run without TRITON_INTERPRET=1")
-    rows, failures = [], []
-    for name, fn, sig, const, num_warps in iter_variants(name_filter):
-        for arch in archs:
-            t0 = time.perf_counter()
-            row = {"variant": name, "arch": f"sm_{arch}", "num_warps": num_warps}
-            try:
-                k = compile_one(fn, sig, const, num_warps, arch)
-                row.update(_resource_usage(k.asm["cubin"]))
-                row["shared"] = int(k.metadata.shared)
-                ptx = k.asm["ptx"]
-                row["mma"] = "wgmma" if "wgmma" in ptx else ("mma" if "mma.sync" in ptx else "-")
-                row["spills"] = row["stack"] + row["local"]
-                if max_spill_bytes is not None and row["spills"] > max_spill_bytes:
-                    failures.append(f"{name} sm_{arch}: {row['spills']} bytes of stack/local (spills)")
-            except Exception as e:  # report every failing variant, not just the first
-                row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-                failures.append(f"{name} sm_{arch}: {row['error']}")
-            row["seconds"] = round(time.perf_counter() - t0, 2)
-            rows.append(row)
+    tasks = [(m, i, arch) for m, i, _ in iter_variants(name_filter) for arch in archs]
+    jobs = jobs or min(len(tasks), os.cpu_count() or 1) or 1
+    if jobs > 1:
+        import multiprocessing as mp
+
+        with mp.get_context("fork").Pool(jobs) as pool:
+            results = pool.map(_compile_task, tasks, chunksize=1)
+    else:
+        results = [_compile_task(t) for t in tasks]
+    rows = [r for r, _ in results]
+    failures = [f for _, f in results if f]
+    if max_spill_bytes is not None:
+        failures += [
+            f"{r['variant']} {r['arch']}: {r['spills']} bytes of stack/local (spills)"
+            for r in rows
+            if "error" not in r and r["spills"] > max_spill_bytes
+        ]
     return rows, failures
 
 
@@ -122,9 +143,10 @@ def main(argv=None) -> int:
     ap.add_argument("--filter", default="", help="only variants whose name contains this")
     ap.add_argument("--json", help="also write the rows as JSON here")
     ap.add_argument("--max-spill-bytes", type=int, default=None, help="fail when a variant spills more than this")
+    ap.add_argument("--jobs", type=int, default=None, help="compile processes (default: one per CPU)")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
-    rows, failures = run(args.arch, args.filter, args.max_spill_bytes)
+    rows, failures = run(args.arch, args.filter, args.max_spill_bytes, args.jobs)
     print(format_table(rows))
     targets = ", ".join(f"sm_{a} ({ARCH_NAMES.get(a, '?')})" for a in args.arch)
     print(f"\n{len(rows)} compiles for {targets} in {time.perf_counter() - t0:.1f} s")

@@ -57,7 +57,7 @@ def assert_same_math(ours: torch.Tensor, official: torch.Tensor, what: str = "ou
     """Two pure-torch computations of the same formula at the same precision: a few units of rounding apart."""
     assert ours.shape == official.shape, f"{what}: shape {ours.shape} vs official {official.shape}"
     assert ours.dtype == official.dtype, f"{what}: dtype {ours.dtype} vs official {official.dtype}"
-    o, r = ours.double(), official.double()
+    o, r = ours.detach().double(), official.detach().double()
     tol = 4 * torch.finfo(ours.dtype).eps * max(1.0, float(r.abs().max()))
     err = float((o - r).abs().max())
     assert err <= tol, f"{what}: max difference from the official module {err:.3e} > {tol:.3e}"

@@ -1,0 +1,86 @@
+"""Bad input raises an error that names the argument, on the kernel launchers and on the torch fallback."""
+
+import pytest
+import torch
+
+import indextts_fast as F
+import indextts_kernels as K
+
+from .helpers import randn
+
+N = 48
+
+
+def _args():
+    x = randn(2, 5, N)
+    return x, randn(N), randn(N), randn(2, 1, N), randn(2, 1, N)
+
+
+CASES = [
+    # (description, call(x, w, b, scale, shift), exception, message fragment)
+    ("int x", lambda m, x, w, b, s, h: m.layer_norm(x.int(), w, b), TypeError, "x has dtype int32"),
+    ("fp64 x", lambda m, x, w, b, s, h: m.adaptive_rms_norm(x.double(), w), TypeError, "x has dtype float64"),
+    ("strided last dim", lambda m, x, w, b, s, h: m.layer_norm(randn(2, 5, 2 * N)[..., ::2], w, b), ValueError,
+     "x must have a contiguous last dimension"),
+    ("weight shape", lambda m, x, w, b, s, h: m.layer_norm(x, w[:-1], b), ValueError, "weight has shape"),
+    ("bias dtype", lambda m, x, w, b, s, h: m.layer_norm(x, w, b.long()), TypeError, "bias has dtype"),
+    ("weight device", lambda m, x, w, b, s, h: m.layer_norm(x, w.to("meta"), b), ValueError, "weight is on meta"),
+    ("residual shape", lambda m, x, w, b, s, h: m.layer_norm(x, w, b, residual=x[:, :4]), ValueError,
+     "residual has shape"),
+    ("scale shape", lambda m, x, w, b, s, h: m.adaptive_rms_norm(x, w, randn(3, 1, N), h), ValueError,
+     "scale has shape"),
+    ("shift without scale", lambda m, x, w, b, s, h: m.adaptive_rms_norm(x, w, None, h), ValueError,
+     "both scale and shift"),
+    ("shift shape", lambda m, x, w, b, s, h: m.final_layer_modulate(x, randn(2, N + 1), s), ValueError,
+     "shift has shape"),
+    ("eps", lambda m, x, w, b, s, h: m.layer_norm(x, w, b, eps=-1.0), ValueError, "eps must be a positive"),
+    ("row too wide", lambda m, x, w, b, s, h: m.layer_norm(randn(2, 20000), None, None), ValueError,
+     r"x.shape\[-1\] = 20000"),
+]  # fmt: skip
+
+
+class _Launchers:
+    """The kernel launchers under the dispatched ops' names."""
+
+    layer_norm = staticmethod(lambda *a, **k: K.layer_norm_fwd(*a, **k))
+    adaptive_rms_norm = staticmethod(lambda *a, **k: K.adaptive_rms_norm_fwd(*a, **k))
+    final_layer_modulate = staticmethod(lambda *a, **k: K.final_layer_modulate_fwd(*a, **k))
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize("api", ["kernel", "torch-fallback"])
+def test_bad_input_names_the_argument(api, case, monkeypatch):
+    _, call, exc, fragment = case
+    if api == "torch-fallback":
+        monkeypatch.setenv("INDEXTTS_FAST_BACKEND", "torch")
+        mod = F
+    else:
+        if not torch.cuda.is_available() and not K.HAS_TRITON:
+            pytest.skip("no Triton")
+        mod = _Launchers
+    with pytest.raises(exc, match=fragment):
+        call(mod, *_args())
+
+
+def test_out_buffer_checked():
+    x, w, b, _, _ = _args()
+    with pytest.raises(TypeError, match="out has dtype"):
+        K.layer_norm_fwd(x, w, b, out=torch.empty(x.shape, dtype=torch.float16))
+    with pytest.raises(ValueError, match="out has shape"):
+        K.layer_norm_fwd(x, w, b, out=torch.empty(2, 5, N + 1))
+
+
+def test_inference_only():
+    x, w, b, _, _ = _args()
+    w.requires_grad_(True)
+    with pytest.raises(RuntimeError, match="inference-only"):
+        K.layer_norm_fwd(x, w, b)
+    with torch.no_grad():
+        K.layer_norm_fwd(x, w, b)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CPU-only machine check")
+def test_cpu_tensor_to_compiled_kernel_is_refused(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(RuntimeError, match="needs a CUDA tensor"):
+        K.layer_norm_fwd(*_args()[:3])

@@ -1,0 +1,46 @@
+#!/usr/bin/env python3
+"""Summarize a pytest-benchmark JSON written by the bench/ suite as a short Markdown table.
+
+    python tools/bench_table.py bench/results/<card>-<date>.json [> table.md]
+
+One row per (group, provider): device time (triton.testing.do_bench median), GB/s and % of the copy
+bandwidth measured in the same run, TFLOP/s where the benchmark states FLOPs, and the speed-up over the
+`torch` and `compile` providers of the same group (same shape, same run, same card).
+"""
+
+import json
+import sys
+
+
+def main(path: str) -> int:
+    data = json.load(open(path))
+    rows = [b["extra_info"] for b in data.get("benchmarks", []) if b.get("extra_info", {}).get("device_ms")]
+    if not rows:
+        print("no benchmark rows with device times")
+        return 1
+    by_group: dict[str, dict[str, float]] = {}
+    for r in rows:
+        by_group.setdefault(r["group"], {})[r["provider"]] = r["device_ms"]
+    first = rows[0]
+    print(f"Card: {first['gpu']}; torch {first['torch']}, triton {first['triton']}; "
+          f"measured copy bandwidth {first['copy_gbps']} GB/s\n")  # fmt: skip
+    print("| group | provider | us | GB/s | % copy BW | TFLOP/s | vs torch | vs compile |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
+
+    def fmt(v, spec):
+        return "" if v is None else format(v, spec)
+
+    for r in rows:
+        peers = by_group[r["group"]]
+        vs_t = peers["torch"] / r["device_ms"] if "torch" in peers else None
+        vs_c = peers["compile"] / r["device_ms"] if "compile" in peers else None
+        print(
+            f"| {r['group']} | {r['provider']} | {1000 * r['device_ms']:.2f} | {fmt(r.get('gbps'), '.0f')} | "
+            f"{fmt(r.get('pct_copy_bw'), '.1f')} | {fmt(r.get('tflops'), '.1f')} | {fmt(vs_t, '.2f')} | "
+            f"{fmt(vs_c, '.2f')} |"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# The prepared check for a GPU machine without network access. Installs nothing from the network.
+#
+#   bash tools/gpu_check.sh          # kernel tests compiled on CUDA, then every benchmark, then a short table
+#   bash tools/gpu_check.sh quick    # same, without the torch.compile peers (they spend minutes compiling)
+#
+# Writes to $OUT when set (the lent machine's return folder), else bench/results/:
+#   <card>-<date>.json   pytest-benchmark JSON (device times, GB/s, TFLOP/s, card and versions in extra_info)
+#   <card>-<date>.md     the table printed last (tools/bench_table.py)
+#   tests-<card>-<date>.log
+# The fidelity tests need the official IndexTTS2 module code; carry it as wheels in .whl/ (pure Python):
+#   python3 -m pip download --no-deps -d .whl munch==4.0.0 indextts2-inference==2.1.1
+# Without .whl/ those tests are skipped here (CI runs them on every change).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-python3}
+RES=${OUT:-bench/results}
+mkdir -p "$RES"
+if ! nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader; then
+    echo "gpu_check: no NVIDIA GPU here" >&2
+    exit 2
+fi
+CARD=$($PY -c "import torch; print(torch.cuda.get_device_name().replace(' ', '-'))")
+STAMP=$(date -u +%Y%m%d-%H%M)
+export PYTHONUNBUFFERED=1
+unset TRITON_INTERPRET INDEXTTS_FAST_BACKEND
+
+# Make indextts_kernels (the kernels/ folder) and indextts_fast importable without the network.
+SITE=/tmp/indextts_fast_site
+mkdir -p "$SITE"
+if [ -d .whl ]; then
+    $PY -m pip install -q --no-index --no-deps --no-compile --target "$SITE" .whl/*.whl
+else
+    export INDEXTTS_FAST_ALLOW_MISSING_OFFICIAL=1
+fi
+DESELECT=()
+if ! $PY -m pip install -q --no-index --no-deps --no-build-isolation -e . >/dev/null 2>&1; then
+    ln -sfn "$PWD/kernels" "$SITE/indextts_kernels"
+    ln -sfn "$PWD/indextts_fast" "$SITE/indextts_fast"
+    # without an install there is no distribution metadata to check
+    DESELECT=(--deselect tests/test_packaging.py::test_no_top_level_kernels_package_of_ours)
+fi
+export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
+$PY -c "import torch, triton, indextts_fast as F; print('torch', torch.__version__, 'triton', triton.__version__, 'backend', F.default_backend())"
+
+echo "== kernel tests, compiled on CUDA"
+timeout 300 $PY -m pytest tests -q -p no:cacheprovider "${DESELECT[@]}" 2>&1 | tee "$RES/tests-$CARD-$STAMP.log" | tail -25
+echo "== demo"
+timeout 120 $PY -m indextts_fast.demo
+echo "== benchmarks"
+KSEL=()
+[ "${1:-}" = quick ] && KSEL=(-k "not compile")
+timeout 420 $PY -m pytest bench -q -p no:cacheprovider --benchmark-enable --benchmark-columns=median,rounds \
+    --benchmark-json "$RES/$CARD-$STAMP.json" "${KSEL[@]}" 2>&1 | tail -15
+echo "== summary ($CARD)"
+$PY tools/bench_table.py "$RES/$CARD-$STAMP.json" | tee "$RES/$CARD-$STAMP.md"
