@@ -48,17 +48,6 @@ def _resource_usage(cubin: bytes) -> dict:
     return {"regs": reg, "stack": stack, "static_shared": shared, "local": local}
 
 
-def _sass_has(cubin: bytes, patterns: tuple[str, ...]) -> dict:
-    with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
-        f.write(cubin)
-        path = f.name
-    try:
-        sass = subprocess.run([_cuobjdump(), "-sass", path], capture_output=True, text=True, check=True).stdout
-    finally:
-        os.unlink(path)
-    return {p: (p in sass) for p in patterns}
-
-
 def iter_variants(name_filter: str = ""):
     """(module name, index, variant name) of every variant whose name contains name_filter."""
     kernels = importlib.import_module("indextts_kernels")
