@@ -63,17 +63,21 @@ def iter_variants(name_filter: str = ""):
     kernels = importlib.import_module("indextts_kernels")
     for mod_name in kernels.KERNEL_MODULES:
         mod = kernels.load_kernel_module(mod_name)
-        for name, fn, sig, const, num_warps in mod.compile_variants():
+        for name, fn, sig, const, num_warps, *rest in mod.compile_variants():
             if name_filter in name:
-                yield name, fn, sig, const, num_warps
+                yield name, fn, sig, const, num_warps, (rest[0] if rest else None)
 
 
-def compile_one(fn, sig, const, num_warps: int, arch: int):
+def compile_one(fn, sig, const, num_warps: int, arch: int, divisible=None):
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    src = ASTSource(fn=fn, signature=sig, constexprs=const)
+    # ``divisible``: argument names that a real launch specializes as 16-divisible (16-byte aligned pointers,
+    # integers divisible by 16), as Triton's launcher does for the call-site values; optional 6th variant field
+    names = list(sig)
+    attrs = {(names.index(a),): [["tt.divisibility", 16]] for a in (divisible or ())}
+    src = ASTSource(fn=fn, signature=sig, constexprs=const, attrs=attrs or None)
     return triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": num_warps})
 
 
@@ -81,12 +85,12 @@ def run(archs, name_filter="", max_spill_bytes=None):
     if os.environ.get("TRITON_INTERPRET") == "1":
         raise SystemExit("indextts_kernels.aot must run without TRITON_INTERPRET=1")
     rows, failures = [], []
-    for name, fn, sig, const, num_warps in iter_variants(name_filter):
+    for name, fn, sig, const, num_warps, divisible in iter_variants(name_filter):
         for arch in archs:
             t0 = time.perf_counter()
             row = {"variant": name, "arch": f"sm_{arch}", "num_warps": num_warps}
             try:
-                k = compile_one(fn, sig, const, num_warps, arch)
+                k = compile_one(fn, sig, const, num_warps, arch, divisible)
                 row.update(_resource_usage(k.asm["cubin"]))
                 row["shared"] = int(k.metadata.shared)
                 ptx = k.asm["ptx"]

@@ -129,76 +129,84 @@ def _attn_fwd_kernel(
     h = (pid_bh % H).to(tl.int64)
     HALF: tl.constexpr = HEAD_DIM // 2
 
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    m0 = pid_m * BLOCK_M
+    r = tl.arange(0, BLOCK_M)  # in-tile offsets stay int32; the per-block base pointers carry the int64 part
+    rows = m0 + r
     row_ok = rows < T
-    rows64 = rows.to(tl.int64)
     d = tl.arange(0, HEAD_DIM)
     e = tl.arange(0, HALF)  # pair index: dims 2e and 2e + 1
+    n = tl.arange(0, BLOCK_N)
 
     q_base = Q + b * sq_b + h * sq_h
     k_base = K + b * sk_b + h * sk_h
     v_base = V + b * sv_b + h * sv_h
+    m0_64 = m0.to(tl.int64)
 
     if WRITE_CACHE:  # this program's rows of k and v go to the cache (post-RoPE k, as a KV cache holds)
-        kc_base = KC + b * skc_b + h * skc_h
-        vc_base = VC + b * svc_b + h * svc_h
-        vt = tl.load(v_base + rows64[:, None] * sv_t + d[None, :], mask=row_ok[:, None], other=0.0)
-        tl.store(vc_base + rows64[:, None] * svc_t + d[None, :], vt, mask=row_ok[:, None])
+        kc_blk = KC + b * skc_b + h * skc_h + m0_64 * skc_t
+        vc_blk = VC + b * svc_b + h * svc_h + m0_64 * svc_t
+        k_blk = k_base + m0_64 * sk_t
+        wv = tl.load(v_base + m0_64 * sv_t + r[:, None] * sv_t + d[None, :], mask=row_ok[:, None], other=0.0)
+        tl.store(vc_blk + r[:, None] * svc_t + d[None, :], wv, mask=row_ok[:, None])
         if ROPE:
-            k0 = tl.load(k_base + rows64[:, None] * sk_t + 2 * e[None, :], mask=row_ok[:, None], other=0.0)
-            k1 = tl.load(k_base + rows64[:, None] * sk_t + 2 * e[None, :] + 1, mask=row_ok[:, None], other=0.0)
-            rot = ROT + rows64[:, None] * srot_t + e[None, :] * srot_i
-            c = tl.load(rot, mask=row_ok[:, None], other=1.0).to(tl.float32)
-            s = tl.load(rot + 1, mask=row_ok[:, None], other=0.0).to(tl.float32)
-            r0, r1 = _rope_pair(k0.to(tl.float32), k1.to(tl.float32), c, s)
-            tl.store(kc_base + rows64[:, None] * skc_t + 2 * e[None, :], cast_to(r0, KC.dtype.element_ty), mask=row_ok[:, None])
-            tl.store(kc_base + rows64[:, None] * skc_t + 2 * e[None, :] + 1, cast_to(r1, KC.dtype.element_ty), mask=row_ok[:, None])
+            w0 = tl.load(k_blk + r[:, None] * sk_t + 2 * e[None, :], mask=row_ok[:, None], other=0.0)
+            w1 = tl.load(k_blk + r[:, None] * sk_t + 2 * e[None, :] + 1, mask=row_ok[:, None], other=0.0)
+            wrot = ROT + m0_64 * srot_t + r[:, None] * srot_t + e[None, :] * srot_i
+            wc = tl.load(wrot, mask=row_ok[:, None], other=1.0).to(tl.float32)
+            ws = tl.load(wrot + 1, mask=row_ok[:, None], other=0.0).to(tl.float32)
+            w0, w1 = _rope_pair(w0.to(tl.float32), w1.to(tl.float32), wc, ws)
+            tl.store(kc_blk + r[:, None] * skc_t + 2 * e[None, :], cast_to(w0, KC.dtype.element_ty), mask=row_ok[:, None])
+            tl.store(kc_blk + r[:, None] * skc_t + 2 * e[None, :] + 1, cast_to(w1, KC.dtype.element_ty), mask=row_ok[:, None])
         else:
-            kt = tl.load(k_base + rows64[:, None] * sk_t + d[None, :], mask=row_ok[:, None], other=0.0)
-            tl.store(kc_base + rows64[:, None] * skc_t + d[None, :], kt, mask=row_ok[:, None])
+            wk = tl.load(k_blk + r[:, None] * sk_t + d[None, :], mask=row_ok[:, None], other=0.0)
+            tl.store(kc_blk + r[:, None] * skc_t + d[None, :], wk, mask=row_ok[:, None])
 
     # q block, rotated and rounded back to the input dtype (the official type_as), kept for the whole loop
+    q_blk = q_base + m0_64 * sq_t
     if ROPE:
-        q0 = tl.load(q_base + rows64[:, None] * sq_t + 2 * e[None, :], mask=row_ok[:, None], other=0.0)
-        q1 = tl.load(q_base + rows64[:, None] * sq_t + 2 * e[None, :] + 1, mask=row_ok[:, None], other=0.0)
-        rot = ROT + rows64[:, None] * srot_t + e[None, :] * srot_i
-        c = tl.load(rot, mask=row_ok[:, None], other=1.0).to(tl.float32)
-        s = tl.load(rot + 1, mask=row_ok[:, None], other=0.0).to(tl.float32)
-        r0, r1 = _rope_pair(q0.to(tl.float32), q1.to(tl.float32), c, s)
-        q0 = cast_to(r0, Q.dtype.element_ty)
-        q1 = cast_to(r1, Q.dtype.element_ty)
+        q0 = tl.load(q_blk + r[:, None] * sq_t + 2 * e[None, :], mask=row_ok[:, None], other=0.0)
+        q1 = tl.load(q_blk + r[:, None] * sq_t + 2 * e[None, :] + 1, mask=row_ok[:, None], other=0.0)
+        qrot = ROT + m0_64 * srot_t + r[:, None] * srot_t + e[None, :] * srot_i
+        qc = tl.load(qrot, mask=row_ok[:, None], other=1.0).to(tl.float32)
+        qs = tl.load(qrot + 1, mask=row_ok[:, None], other=0.0).to(tl.float32)
+        f0, f1 = _rope_pair(q0.to(tl.float32), q1.to(tl.float32), qc, qs)
+        q0 = cast_to(f0, Q.dtype.element_ty)
+        q1 = cast_to(f1, Q.dtype.element_ty)
     else:
-        q = tl.load(q_base + rows64[:, None] * sq_t + d[None, :], mask=row_ok[:, None], other=0.0)
+        q = tl.load(q_blk + r[:, None] * sq_t + d[None, :], mask=row_ok[:, None], other=0.0)
 
     kv_len = T
     if HAS_LENS:
         kv_len = tl.minimum(tl.load(LENS + b).to(tl.int32), T)
     hi = kv_len
     if CAUSAL:
-        hi = tl.minimum(hi, (pid_m + 1) * BLOCK_M)
+        hi = tl.minimum(hi, m0 + BLOCK_M)
 
     qk_scale = sm_scale * 1.4426950408889634  # scores in log2 units: exp2(s * log2e) = exp(s)
     m_i = tl.full([BLOCK_M], -1.0e30, tl.float32)  # finite: fully masked tiles give p = 0, never NaN
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
 
+    k_blk = k_base  # advanced by one key block per iteration (64-bit scalar pointers, int32 in-tile offsets)
+    v_blk = v_base
+    r_blk = ROT
     for start_n in range(0, hi, BLOCK_N):
-        cols = start_n + tl.arange(0, BLOCK_N)
+        cols = start_n + n
         col_ok = cols < kv_len
-        cols64 = cols.to(tl.int64)
         s_acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-        if ROPE:
-            k0 = tl.load(k_base + cols64[None, :] * sk_t + 2 * e[:, None], mask=col_ok[None, :], other=0.0)
-            k1 = tl.load(k_base + cols64[None, :] * sk_t + 2 * e[:, None] + 1, mask=col_ok[None, :], other=0.0)
-            rot = ROT + cols64[None, :] * srot_t + e[:, None] * srot_i
-            c = tl.load(rot, mask=col_ok[None, :], other=1.0).to(tl.float32)
-            s = tl.load(rot + 1, mask=col_ok[None, :], other=0.0).to(tl.float32)
-            r0, r1 = _rope_pair(k0.to(tl.float32), k1.to(tl.float32), c, s)
+        if ROPE:  # k block loaded transposed [D/2, BLOCK_N], once per pair half
+            kb = k_blk + n[None, :] * sk_t + 2 * e[:, None]
+            k0 = tl.load(kb, mask=col_ok[None, :], other=0.0)
+            k1 = tl.load(kb + 1, mask=col_ok[None, :], other=0.0)
+            kr = r_blk + n[None, :] * srot_t + e[:, None] * srot_i
+            kc = tl.load(kr, mask=col_ok[None, :], other=1.0).to(tl.float32)
+            ks = tl.load(kr + 1, mask=col_ok[None, :], other=0.0).to(tl.float32)
+            g0, g1 = _rope_pair(k0.to(tl.float32), k1.to(tl.float32), kc, ks)
             # permuting the head dims of q and k alike leaves q.k unchanged: even dims, then odd dims
-            s_acc = _mma(q0, cast_to(r0, K.dtype.element_ty), s_acc, FP32_PREC)
-            s_acc = _mma(q1, cast_to(r1, K.dtype.element_ty), s_acc, FP32_PREC)
+            s_acc = _mma(q0, cast_to(g0, K.dtype.element_ty), s_acc, FP32_PREC)
+            s_acc = _mma(q1, cast_to(g1, K.dtype.element_ty), s_acc, FP32_PREC)
         else:
-            kT = tl.load(k_base + cols64[None, :] * sk_t + d[:, None], mask=col_ok[None, :], other=0.0)
+            kT = tl.load(k_blk + n[None, :] * sk_t + d[:, None], mask=col_ok[None, :], other=0.0)
             s_acc = _mma(q, kT, s_acc, FP32_PREC)
         s_acc = s_acc * qk_scale
         valid = col_ok[None, :]
@@ -209,13 +217,16 @@ def _attn_fwd_kernel(
         alpha = tl.exp2(m_i - m_new)
         p = tl.exp2(s_acc - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, axis=1)
-        vt = tl.load(v_base + cols64[:, None] * sv_t + d[None, :], mask=col_ok[:, None], other=0.0)
+        vt = tl.load(v_blk + n[:, None] * sv_t + d[None, :], mask=col_ok[:, None], other=0.0)
         acc = _mma(cast_to(p, V.dtype.element_ty), vt, acc * alpha[:, None], FP32_PREC)
         m_i = m_new
+        k_blk += BLOCK_N * sk_t
+        v_blk += BLOCK_N * sv_t
+        r_blk += BLOCK_N * srot_t
 
     l_safe = tl.where(l_i > 0.0, l_i, 1.0)  # a row with no keys (length 0) stores zeros
     out = acc / l_safe[:, None]
-    o_ptrs = O + b * so_b + h * so_h + rows64[:, None] * so_t + d[None, :]
+    o_ptrs = O + b * so_b + h * so_h + m0_64 * so_t + r[:, None] * so_t + d[None, :]
     tl.store(o_ptrs, cast_to(out, O.dtype.element_ty), mask=row_ok[:, None])
 
 
@@ -272,21 +283,23 @@ def _attn_decode_kernel(
     l_i = tl.where(is_first, tl.where(fits, 1.0, float("nan")), 0.0)
     acc = tl.where(first, vn.to(tl.float32), 0.0)
 
+    kc_h = KC + h * skc_h
+    vc_h = VC + h * svc_h
     for start_n in range(lo, hi, BLOCK_N):
         pos = start_n + tl.arange(0, BLOCK_N)
         ok = pos < hi
-        pos64 = pos.to(tl.int64)
         if HAS_TABLE:
-            phys = tl.load(TABLE + b * stab_b + pos64, mask=ok, other=0).to(tl.int64)
+            phys = tl.load(TABLE + b * stab_b + pos, mask=ok, other=0)
         else:
-            phys = tl.zeros([BLOCK_N], tl.int64) + b
-        k = tl.load(KC + phys[:, None] * skc_b + h * skc_h + pos64[:, None] * skc_t + d[None, :], mask=ok[:, None], other=0.0)
+            phys = tl.zeros([BLOCK_N], tl.int32) + b.to(tl.int32)
+        # int32 offsets inside one layer's cache (the launcher checks it holds < 2**31 elements)
+        k = tl.load(kc_h + (phys * skc_b + pos * skc_t)[:, None] + d[None, :], mask=ok[:, None], other=0.0)
         s = tl.sum(q[None, :] * k.to(tl.float32), axis=1) * qk_scale
         s = tl.where(ok, s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, axis=0))
         alpha = tl.exp2(m_i - m_new)
         p = tl.exp2(s - m_new)
-        v = tl.load(VC + phys[:, None] * svc_b + h * svc_h + pos64[:, None] * svc_t + d[None, :], mask=ok[:, None], other=0.0)
+        v = tl.load(vc_h + (phys * svc_b + pos * svc_t)[:, None] + d[None, :], mask=ok[:, None], other=0.0)
         l_i = l_i * alpha + tl.sum(p, axis=0)
         acc = acc * alpha + tl.sum(p[:, None] * v.to(tl.float32), axis=0)
         m_i = m_new
@@ -328,19 +341,20 @@ def _attn_decode_reduce_kernel(
 # Launch configuration
 # ----------------------------------------------------------------------------------------------------------------------
 def attention_launch_config(
-    head_dim: int, dtype: torch.dtype, interpret: Optional[bool] = None
+    head_dim: int, dtype: torch.dtype, rope: bool = False, interpret: Optional[bool] = None
 ) -> tuple[int, int, int, int]:
     """(BLOCK_M, BLOCK_N, num_warps, num_stages) for the full/causal kernel.
 
-    Compiled: 128 x 64 tiles with 4 warps at head_dim 64 in fp16/bf16 (the FA2 shape for D = 64; 0 spills on
-    sm_86/89/90), 64 x 64 with 4 warps for fp32 (tf32x3 holds three operand splits in registers) and for head_dim 128.
-    Under the interpreter one 64 x 64 tile keeps the per-program Python cost low.
+    Chosen from the AOT table (0 spills on sm_86/89/90 at head_dim 64): fp16/bf16 head_dim 64 run 128 x 64
+    tiles on 8 warps (128 x 32 with the in-kernel RoPE, whose cos/sin and pair halves cost registers); fp32
+    (tf32x3 holds three operand splits) 64 x 32 on 8 warps; head_dim 128 64 x 32 on 8 warps. Not tuned on a
+    GPU yet. Under the interpreter one 64 x 64 tile keeps the per-program Python cost low.
     """
     if is_interpreting() if interpret is None else interpret:
         return 64, 64, 4, 1
     if dtype == torch.float32 or head_dim > 64:
-        return 64, 64, 4, 3
-    return 128, 64, 4, 3
+        return 64, 32, 8, 3
+    return (128, 32, 8, 3) if rope else (128, 64, 8, 3)
 
 
 def decode_num_splits(s_max: int, interpret: Optional[bool] = None) -> int:
@@ -353,6 +367,11 @@ def decode_num_splits(s_max: int, interpret: Optional[bool] = None) -> int:
     if is_interpreting() if interpret is None else interpret:
         return 2
     return max(1, min(16, next_pow2(triton.cdiv(s_max, 256))))
+
+
+def decode_block_n(head_dim: int) -> int:
+    """Keys per decode iteration: 64 x 64 or 32 x 128 elements (32 fp32 registers per thread at 4 warps)."""
+    return 64 if head_dim <= 64 else 32
 
 
 def _device_ctx(x: torch.Tensor):
@@ -418,7 +437,7 @@ def attention_fwd(
         return out
     o4 = out.view(B, T, H, D)
     scale = float(D**-0.5 if sm_scale is None else sm_scale)
-    BLOCK_M, BLOCK_N, num_warps, num_stages = attention_launch_config(D, q.dtype)
+    BLOCK_M, BLOCK_N, num_warps, num_stages = attention_launch_config(D, q.dtype, rope)
     rot = freqs_cis if rope else q
     srot_t, srot_i = (freqs_cis.stride(0), freqs_cis.stride(1)) if rope else (0, 0)
     write = k_cache is not None
@@ -532,7 +551,7 @@ def gpt_decode_attention_fwd(
             k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
             v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
             stab, scale,
-            HEAD_DIM=D, HAS_TABLE=row_table is not None, NUM_SPLITS=splits, BLOCK_N=64, num_warps=4,
+            HEAD_DIM=D, HAS_TABLE=row_table is not None, NUM_SPLITS=splits, BLOCK_N=decode_block_n(D), num_warps=4,
         )  # fmt: skip
         _attn_decode_reduce_kernel[(B * H,)](
             pm, pl, pacc, o3, H, o3.stride(0), o3.stride(1), HEAD_DIM=D, NUM_SPLITS=splits, num_warps=1,
@@ -543,49 +562,47 @@ def gpt_decode_attention_fwd(
 def compile_variants():
     """Every kernel specialization the launchers produce at IndexTTS2 sizes (and head_dim 128), for the AOT check.
 
-    Yields (name, jit_fn, signature, constexprs, num_warps).
+    Yields (name, jit_fn, signature, constexprs, num_warps, divisible): ``divisible`` names the pointer and stride
+    arguments that real launches specialize as 16-divisible (torch allocations are 16-byte aligned; the
+    IndexTTS2 strides are multiples of 64), so the check compiles the code that actually runs.
     """
     fwd = [
-        # name, causal, lens, rope, write_cache, dtypes
-        ("dit_rope", False, False, True, False, ("fp32", "fp16", "bf16")),
-        ("dit_rope_lens", False, True, True, False, ("fp32", "fp16", "bf16")),
-        ("gpt_prefill_cache", True, False, False, True, ("fp16", "bf16", "fp32")),
-        ("full", False, False, False, False, ("fp16",)),
+        # name, causal, lens, rope, write_cache, (dtype, head_dim) pairs
+        ("dit_rope", False, False, True, False, (("fp32", 64), ("fp16", 64), ("bf16", 64), ("fp16", 128))),
+        ("dit_rope_lens", False, True, True, False, (("fp32", 64), ("fp16", 64))),
+        ("gpt_prefill_cache", True, False, False, True, (("fp16", 64), ("bf16", 64), ("fp32", 64), ("fp16", 128))),
+        ("full", False, False, False, False, (("fp16", 64),)),
     ]
     tdt = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-    for name, causal, lens, rope, write, dtypes in fwd:
-        for tname in dtypes:
-            for D in (64, 128):
-                bm, bn, nw, _ = attention_launch_config(D, tdt[tname], interpret=False)
-                p = f"*{tname}"
-                sig = {"Q": p, "K": p, "V": p, "O": p, "LENS": "*i32", "ROT": "*fp32", "KC": p, "VC": p,
-                       "T": "i32", "H": "i32"}  # fmt: skip
-                for s in ("sq_b", "sq_t", "sq_h", "sk_b", "sk_t", "sk_h", "sv_b", "sv_t", "sv_h", "so_b", "so_t",
-                          "so_h", "srot_t", "srot_i", "skc_b", "skc_h", "skc_t", "svc_b", "svc_h", "svc_t"):  # fmt: skip
-                    sig[s] = "i32"
-                sig["sm_scale"] = "fp32"
-                const = dict(HEAD_DIM=D, CAUSAL=causal, HAS_LENS=lens, ROPE=rope, WRITE_CACHE=write,
-                             FP32_PREC="tf32x3", BLOCK_M=bm, BLOCK_N=bn)  # fmt: skip
-                for k in const:
-                    sig[k] = "constexpr"
-                yield f"attn/{name}/{tname}/D{D}/{bm}x{bn}", _attn_fwd_kernel, sig, const, nw
-    for tname in ("fp16", "bf16", "fp32"):
-        for D in (64, 128):
-            for has_table in (False, True):
-                splits = decode_num_splits(2048, interpret=False)
-                p = f"*{tname}"
-                sig = {"Q": p, "KN": p, "VN": p, "KC": p, "VC": p, "LENS": "*i32", "TABLE": "*i32", "PM": "*fp32",
-                       "PL": "*fp32", "PACC": "*fp32", "H": "i32", "S": "i32"}  # fmt: skip
-                for s in ("sq_b", "sq_h", "skn_b", "skn_h", "svn_b", "svn_h", "skc_b", "skc_h", "skc_t", "svc_b",
-                          "svc_h", "svc_t", "stab_b"):  # fmt: skip
-                    sig[s] = "i32"
-                sig["sm_scale"] = "fp32"
-                const = dict(HEAD_DIM=D, HAS_TABLE=has_table, NUM_SPLITS=splits, BLOCK_N=64)
-                for k in const:
-                    sig[k] = "constexpr"
-                tab = "+table" if has_table else ""
-                yield f"attn/decode{tab}/{tname}/D{D}/S{splits}", _attn_decode_kernel, sig, const, 4
-            sig = {"PM": "*fp32", "PL": "*fp32", "PACC": "*fp32", "O": f"*{tname}", "H": "i32", "so_b": "i32",
-                   "so_h": "i32", "HEAD_DIM": "constexpr", "NUM_SPLITS": "constexpr"}  # fmt: skip
-            const = dict(HEAD_DIM=D, NUM_SPLITS=splits)
-            yield f"attn/decode_reduce/{tname}/D{D}/S{splits}", _attn_decode_reduce_kernel, sig, const, 1
+    strides = ("sq_b", "sq_t", "sq_h", "sk_b", "sk_t", "sk_h", "sv_b", "sv_t", "sv_h", "so_b", "so_t", "so_h",
+               "srot_t", "srot_i", "skc_b", "skc_h", "skc_t", "svc_b", "svc_h", "svc_t")  # fmt: skip
+    for name, causal, lens, rope, write, cases in fwd:
+        for tname, D in cases:
+            bm, bn, nw, _ = attention_launch_config(D, tdt[tname], rope, interpret=False)
+            p = f"*{tname}"
+            sig = {"Q": p, "K": p, "V": p, "O": p, "LENS": "*i32", "ROT": "*fp32", "KC": p, "VC": p,
+                   "T": "i32", "H": "i32", **{s: "i32" for s in strides}, "sm_scale": "fp32"}  # fmt: skip
+            const = dict(HEAD_DIM=D, CAUSAL=causal, HAS_LENS=lens, ROPE=rope, WRITE_CACHE=write,
+                         FP32_PREC="tf32x3", BLOCK_M=bm, BLOCK_N=bn)  # fmt: skip
+            sig.update({k: "constexpr" for k in const})
+            div = ["Q", "K", "V", "O", "KC", "VC", *(s for s in strides if s != "srot_i")]
+            yield f"attn/{name}/{tname}/D{D}/{bm}x{bn}", _attn_fwd_kernel, sig, const, nw, div
+    splits = decode_num_splits(2048, interpret=False)
+    dstrides = ("sq_b", "sq_h", "skn_b", "skn_h", "svn_b", "svn_h", "skc_b", "skc_h", "skc_t", "svc_b", "svc_h",
+                "svc_t")  # fmt: skip
+    for tname, D, has_table in (("fp16", 64, False), ("fp16", 64, True), ("bf16", 64, True), ("fp32", 64, True),
+                                ("fp16", 128, True)):  # fmt: skip
+        p = f"*{tname}"
+        sig = {"Q": p, "KN": p, "VN": p, "KC": p, "VC": p, "LENS": "*i32", "TABLE": "*i32", "PM": "*fp32",
+               "PL": "*fp32", "PACC": "*fp32", "H": "i32", "S": "i32", **{s: "i32" for s in dstrides},
+               "stab_b": "i32", "sm_scale": "fp32"}  # fmt: skip
+        const = dict(HEAD_DIM=D, HAS_TABLE=has_table, NUM_SPLITS=splits, BLOCK_N=decode_block_n(D))
+        sig.update({k: "constexpr" for k in const})
+        div = ["Q", "KN", "VN", "KC", "VC", "TABLE", "PM", "PL", "PACC", *dstrides]
+        tab = "+table" if has_table else ""
+        yield f"attn/decode{tab}/{tname}/D{D}/S{splits}", _attn_decode_kernel, sig, const, 4, div
+    for tname, D in (("fp16", 64), ("fp32", 64), ("fp16", 128)):
+        sig = {"PM": "*fp32", "PL": "*fp32", "PACC": "*fp32", "O": f"*{tname}", "H": "i32", "so_b": "i32",
+               "so_h": "i32", "HEAD_DIM": "constexpr", "NUM_SPLITS": "constexpr"}  # fmt: skip
+        const = dict(HEAD_DIM=D, NUM_SPLITS=splits)
+        yield f"attn/decode_reduce/{tname}/D{D}/S{splits}", _attn_decode_reduce_kernel, sig, const, 1, ["O", "so_b", "so_h"]
