@@ -369,9 +369,9 @@ def decode_num_splits(s_max: int, interpret: Optional[bool] = None) -> int:
     return max(1, min(16, next_pow2(triton.cdiv(s_max, 256))))
 
 
-def decode_block_n(head_dim: int) -> int:
-    """Keys per decode iteration: 64 x 64 or 32 x 128 elements (32 fp32 registers per thread at 4 warps)."""
-    return 64 if head_dim <= 64 else 32
+def decode_block_n(head_dim: int, dtype: torch.dtype = torch.float16) -> int:
+    """Keys per decode iteration: 64 x 64 half elements, else 32 rows (0 spills in the AOT table)."""
+    return 64 if head_dim <= 64 and dtype != torch.float32 else 32
 
 
 def _device_ctx(x: torch.Tensor):
@@ -551,7 +551,7 @@ def gpt_decode_attention_fwd(
             k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
             v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
             stab, scale,
-            HEAD_DIM=D, HAS_TABLE=row_table is not None, NUM_SPLITS=splits, BLOCK_N=decode_block_n(D), num_warps=4,
+            HEAD_DIM=D, HAS_TABLE=row_table is not None, NUM_SPLITS=splits, BLOCK_N=decode_block_n(D, qkv.dtype), num_warps=4,
         )  # fmt: skip
         _attn_decode_reduce_kernel[(B * H,)](
             pm, pl, pacc, o3, H, o3.stride(0), o3.stride(1), HEAD_DIM=D, NUM_SPLITS=splits, num_warps=1,
@@ -596,7 +596,7 @@ def compile_variants():
         sig = {"Q": p, "KN": p, "VN": p, "KC": p, "VC": p, "LENS": "*i32", "TABLE": "*i32", "PM": "*fp32",
                "PL": "*fp32", "PACC": "*fp32", "H": "i32", "S": "i32", **{s: "i32" for s in dstrides},
                "stab_b": "i32", "sm_scale": "fp32"}  # fmt: skip
-        const = dict(HEAD_DIM=D, HAS_TABLE=has_table, NUM_SPLITS=splits, BLOCK_N=decode_block_n(D))
+        const = dict(HEAD_DIM=D, HAS_TABLE=has_table, NUM_SPLITS=splits, BLOCK_N=decode_block_n(D, tdt[tname]))
         sig.update({k: "constexpr" for k in const})
         div = ["Q", "KN", "VN", "KC", "VC", "TABLE", "PM", "PL", "PACC", *dstrides]
         tab = "+table" if has_table else ""
