@@ -155,8 +155,12 @@ def _attn_fwd_kernel(
             wc = tl.load(wrot, mask=row_ok[:, None], other=1.0).to(tl.float32)
             ws = tl.load(wrot + 1, mask=row_ok[:, None], other=0.0).to(tl.float32)
             w0, w1 = _rope_pair(w0.to(tl.float32), w1.to(tl.float32), wc, ws)
-            tl.store(kc_blk + r[:, None] * skc_t + 2 * e[None, :], cast_to(w0, KC.dtype.element_ty), mask=row_ok[:, None])
-            tl.store(kc_blk + r[:, None] * skc_t + 2 * e[None, :] + 1, cast_to(w1, KC.dtype.element_ty), mask=row_ok[:, None])
+            tl.store(
+                kc_blk + r[:, None] * skc_t + 2 * e[None, :], cast_to(w0, KC.dtype.element_ty), mask=row_ok[:, None]
+            )
+            tl.store(
+                kc_blk + r[:, None] * skc_t + 2 * e[None, :] + 1, cast_to(w1, KC.dtype.element_ty), mask=row_ok[:, None]
+            )
         else:
             wk = tl.load(k_blk + r[:, None] * sk_t + d[None, :], mask=row_ok[:, None], other=0.0)
             tl.store(kc_blk + r[:, None] * skc_t + d[None, :], wk, mask=row_ok[:, None])
@@ -499,9 +503,7 @@ def gpt_prefill_attention_fwd(
     Scale 1/sqrt(D) (1/8 for GPT-2's 64-wide heads). After it the caller's lengths are T for every row.
     """
     q, k, v = qkv_heads("qkv", qkv, n_heads)
-    return attention_fwd(
-        q, k, v, causal=True, k_cache=k_cache, v_cache=v_cache, fp32_precision=fp32_precision, out=out
-    )
+    return attention_fwd(q, k, v, causal=True, k_cache=k_cache, v_cache=v_cache, fp32_precision=fp32_precision, out=out)
 
 
 def gpt_decode_attention_fwd(
@@ -605,4 +607,5 @@ def compile_variants():
         sig = {"PM": "*fp32", "PL": "*fp32", "PACC": "*fp32", "O": f"*{tname}", "H": "i32", "so_b": "i32",
                "so_h": "i32", "HEAD_DIM": "constexpr", "NUM_SPLITS": "constexpr"}  # fmt: skip
         const = dict(HEAD_DIM=D, NUM_SPLITS=splits)
-        yield f"attn/decode_reduce/{tname}/D{D}/S{splits}", _attn_decode_reduce_kernel, sig, const, 1, ["O", "so_b", "so_h"]
+        div = ["O", "so_b", "so_h"]
+        yield f"attn/decode_reduce/{tname}/D{D}/S{splits}", _attn_decode_reduce_kernel, sig, const, 1, div

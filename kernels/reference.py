@@ -170,9 +170,7 @@ def attention_ref(
         mask = (keys[None, :] < x_lens[:, None].to(q.device)).view(B, 1, 1, T)
         if causal:
             mask = mask & torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
-    y = F.scaled_dot_product_attention(
-        qt, kt, vt, attn_mask=mask, is_causal=causal and mask is None, scale=scale
-    )
+    y = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=mask, is_causal=causal and mask is None, scale=scale)
     if x_lens is not None:
         y = torch.where((x_lens.to(q.device) > 0).view(B, 1, 1, 1), y, torch.zeros((), dtype=y.dtype))
     return y.transpose(1, 2).reshape(B, T, H * D)
