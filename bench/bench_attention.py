@@ -39,10 +39,13 @@ def _sdpa(q, k, v, **kw):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=["fp32", "fp16", "bf16"])
-@pytest.mark.parametrize("provider", ["torch", "compile", "triton"])
+@pytest.mark.parametrize("provider", ["torch", "compile", "triton", "triton-tf32x3"])
 @pytest.mark.parametrize("shape", ATTN_DIT_SHAPES, ids=_ids)
 def test_dit_attention(measure, shape, provider, dtype):
+    """fp32 is the official s2mel dtype: ``triton`` runs exact fp32 there, ``triton-tf32x3`` the opt-in mma path."""
     name, B, H, T, D = shape
+    if provider == "triton-tf32x3" and dtype != torch.float32:
+        pytest.skip("tf32x3 applies to fp32 inputs only")
     qkv = torch.randn(B, T, 3 * H * D, device="cuda", dtype=dtype)
     table = ref.rope_table_ref(T, D, device="cuda")
 
@@ -57,7 +60,8 @@ def test_dit_attention(measure, shape, provider, dtype):
     elif provider == "compile":
         fn = torch.compile(official, dynamic=False)
     else:
-        fn = lambda qkv: K.dit_attention_fwd(qkv, H, freqs_cis=table)  # noqa: E731
+        prec = "tf32x3" if provider == "triton-tf32x3" else "ieee"
+        fn = lambda qkv: K.dit_attention_fwd(qkv, H, freqs_cis=table, fp32_precision=prec)  # noqa: E731
     es = qkv.element_size()
     measure(lambda: fn(qkv), provider=provider, group=f"dit_attn/{name}/{str(dtype)[6:]}",
             bytes_moved=4 * B * T * H * D * es, flops=4 * B * H * T * T * D)  # fmt: skip

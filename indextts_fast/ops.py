@@ -81,15 +81,20 @@ def dit_attention(
     n_heads: int,
     x_lens: Optional[torch.Tensor] = None,
     freqs_cis: Optional[torch.Tensor] = None,
+    fp32_precision: str = "ieee",
 ) -> torch.Tensor:
-    """DiT attention core: ``wqkv`` output [B, T, 3*H*D] -> [B, T, H*D] (RoPE, non-causal, keys < x_lens)."""
+    """DiT attention core: ``wqkv`` output [B, T, 3*H*D] -> [B, T, H*D] (RoPE, non-causal, keys < x_lens).
+
+    ``fp32_precision`` ("ieee", "tf32x3", "tf32") selects the fp32 dot of the kernel; the torch fallback is
+    always exact fp32 (SDPA, as the official module).
+    """
     if backend_for(qkv.device) == TORCH:
         q, k, v = qkv_heads("qkv", qkv, n_heads)
         attention_args("dit_attention", q, k, v, x_lens=x_lens)
         if freqs_cis is not None:
             rope_table_args(freqs_cis, q.shape[1], q.shape[-1], q.device)
         return reference.dit_attention_ref(qkv, n_heads, x_lens, freqs_cis)
-    return _kernel("dit_attention_fwd")(qkv, n_heads, x_lens=x_lens, freqs_cis=freqs_cis)
+    return _kernel("dit_attention_fwd")(qkv, n_heads, x_lens=x_lens, freqs_cis=freqs_cis, fp32_precision=fp32_precision)
 
 
 def gpt_prefill_attention(

@@ -36,9 +36,11 @@ Beam reordering (decode): no cache copy. An optional ``row_table`` int32 [B, S_m
 Numerics:   loads upcast to fp32 for the RoPE (fp32 products, as the official ``apply_rotary_emb``), then the rotated
             q and k are rounded back to the input dtype (its ``type_as``); scores and the softmax state in fp32
             (exp2 of log2e-scaled scores); P is rounded to v's dtype for the P @ V product (as flash attention
-            does); fp32 accumulators; one rounding at the store. fp16/bf16 dots run on tensor cores; fp32 dots
-            use ``fp32_precision`` (default "tf32x3": three TF32 mma products, about fp32 accuracy; "ieee" for
-            exact fp32 FMAs, "tf32" for speed at ~1e-3 relative error). The interpreter ignores it (exact fp32).
+            does); fp32 accumulators; one rounding at the store. fp16/bf16 dots run on tensor cores. fp32 dots follow
+            ``fp32_precision``: default "ieee" (exact fp32 FMAs on CUDA cores, as the official fp32 SDPA, which
+            runs true fp32: IndexTTS2's s2mel is fp32 and never enables TF32); "tf32x3" (three TF32 mma products,
+            close to fp32 accuracy, 2.5x the ieee peak on an H100: 165 vs 67 TFLOP/s; not yet validated on a GPU against the tolerance
+            rule) and "tf32" (~1e-3 relative error) are opt-in. The interpreter ignores it (exact fp32).
             Angles: the kernel does not compute sin/cos; it reads a table built exactly as the official
             ``precompute_freqs_cis`` (fp32 inverse frequencies ``1/base**(arange(0, D, 2)/D)``, fp32 outer product
             with the positions, cos/sin in fp32), so its angles are bit-identical to the official module's; only
@@ -345,17 +347,24 @@ def _attn_decode_reduce_kernel(
 # Launch configuration
 # ----------------------------------------------------------------------------------------------------------------------
 def attention_launch_config(
-    head_dim: int, dtype: torch.dtype, rope: bool = False, interpret: Optional[bool] = None
+    head_dim: int,
+    dtype: torch.dtype,
+    rope: bool = False,
+    fp32_precision: str = "ieee",
+    interpret: Optional[bool] = None,
 ) -> tuple[int, int, int, int]:
     """(BLOCK_M, BLOCK_N, num_warps, num_stages) for the full/causal kernel.
 
     Chosen from the AOT table (0 spills on sm_86/89/90 at head_dim 64): fp16/bf16 head_dim 64 run 128 x 64
-    tiles on 8 warps (128 x 32 with the in-kernel RoPE, whose cos/sin and pair halves cost registers); fp32
-    (tf32x3 holds three operand splits) 64 x 32 on 8 warps; head_dim 128 64 x 32 on 8 warps. Not tuned on a
-    GPU yet. Under the interpreter one 64 x 64 tile keeps the per-program Python cost low.
+    tiles on 8 warps (128 x 32 with the in-kernel RoPE, whose cos/sin and pair halves cost registers); fp32 with
+    tf32x3 (three operand splits in registers) 64 x 32 on 8 warps; exact fp32 (CUDA-core FMAs, whose operands
+    are replicated across threads) 64 x 16 on 8 warps; head_dim 128 64 x 32 on 8 warps. Not tuned on a GPU yet.
+    Under the interpreter one 64 x 64 tile keeps the per-program Python cost low.
     """
     if is_interpreting() if interpret is None else interpret:
         return 64, 64, 4, 1
+    if dtype == torch.float32 and fp32_precision == "ieee":
+        return 64, 16, 8, 3
     if dtype == torch.float32 or head_dim > 64:
         return 64, 32, 8, 3
     return (128, 32, 8, 3) if rope else (128, 64, 8, 3)
@@ -413,7 +422,7 @@ def attention_fwd(
     sm_scale: Optional[float] = None,
     k_cache: Optional[torch.Tensor] = None,
     v_cache: Optional[torch.Tensor] = None,
-    fp32_precision: str = "tf32x3",
+    fp32_precision: str = "ieee",
     out: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Attention over q, k, v [B, T, H, D] views (any strides, contiguous last dim); returns [B, T, H*D].
@@ -441,7 +450,7 @@ def attention_fwd(
         return out
     o4 = out.view(B, T, H, D)
     scale = float(D**-0.5 if sm_scale is None else sm_scale)
-    BLOCK_M, BLOCK_N, num_warps, num_stages = attention_launch_config(D, q.dtype, rope)
+    BLOCK_M, BLOCK_N, num_warps, num_stages = attention_launch_config(D, q.dtype, rope, fp32_precision)
     rot = freqs_cis if rope else q
     srot_t, srot_i = (freqs_cis.stride(0), freqs_cis.stride(1)) if rope else (0, 0)
     write = k_cache is not None
@@ -474,7 +483,7 @@ def dit_attention_fwd(
     x_lens: Optional[torch.Tensor] = None,
     freqs_cis: Optional[torch.Tensor] = None,
     rope_base: float = 10000.0,
-    fp32_precision: str = "tf32x3",
+    fp32_precision: str = "ieee",
     out: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """DiT self-attention core: ``wqkv`` output [B, T, 3*H*D] -> [B, T, H*D] (RoPE on q, k; non-causal; 1/sqrt(D)).
@@ -495,7 +504,7 @@ def gpt_prefill_attention_fwd(
     k_cache: torch.Tensor,
     v_cache: torch.Tensor,
     *,
-    fp32_precision: str = "tf32x3",
+    fp32_precision: str = "ieee",
     out: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """GPT-2 causal prefill: ``c_attn`` output [B, T, 3*H*D] -> [B, T, H*D]; k, v also fill cache positions 0..T-1.
@@ -570,22 +579,30 @@ def compile_variants():
     """
     fwd = [
         # name, causal, lens, rope, write_cache, (dtype, head_dim) pairs
-        ("dit_rope", False, False, True, False, (("fp32", 64), ("fp16", 64), ("bf16", 64), ("fp16", 128))),
+        (
+            "dit_rope",
+            False,
+            False,
+            True,
+            False,
+            (("fp32", 64), ("tf32x3", 64), ("fp16", 64), ("bf16", 64), ("fp16", 128)),
+        ),
         ("dit_rope_lens", False, True, True, False, (("fp32", 64), ("fp16", 64))),
         ("gpt_prefill_cache", True, False, False, True, (("fp16", 64), ("bf16", 64), ("fp32", 64), ("fp16", 128))),
         ("full", False, False, False, False, (("fp16", 64),)),
     ]
-    tdt = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+    tdt = {"fp32": torch.float32, "tf32x3": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
     strides = ("sq_b", "sq_t", "sq_h", "sk_b", "sk_t", "sk_h", "sv_b", "sv_t", "sv_h", "so_b", "so_t", "so_h",
                "srot_t", "srot_i", "skc_b", "skc_h", "skc_t", "svc_b", "svc_h", "svc_t")  # fmt: skip
     for name, causal, lens, rope, write, cases in fwd:
         for tname, D in cases:
-            bm, bn, nw, _ = attention_launch_config(D, tdt[tname], rope, interpret=False)
-            p = f"*{tname}"
+            prec = "tf32x3" if tname == "tf32x3" else "ieee"  # fp32 data either way
+            bm, bn, nw, _ = attention_launch_config(D, tdt[tname], rope, prec, interpret=False)
+            p = "*fp32" if tname == "tf32x3" else f"*{tname}"
             sig = {"Q": p, "K": p, "V": p, "O": p, "LENS": "*i32", "ROT": "*fp32", "KC": p, "VC": p,
                    "T": "i32", "H": "i32", **{s: "i32" for s in strides}, "sm_scale": "fp32"}  # fmt: skip
             const = dict(HEAD_DIM=D, CAUSAL=causal, HAS_LENS=lens, ROPE=rope, WRITE_CACHE=write,
-                         FP32_PREC="tf32x3", BLOCK_M=bm, BLOCK_N=bn)  # fmt: skip
+                         FP32_PREC=prec, BLOCK_M=bm, BLOCK_N=bn)  # fmt: skip
             sig.update({k: "constexpr" for k in const})
             div = ["Q", "K", "V", "O", "KC", "VC", *(s for s in strides if s != "srot_i")]
             yield f"attn/{name}/{tname}/D{D}/{bm}x{bn}", _attn_fwd_kernel, sig, const, nw, div
