@@ -125,3 +125,41 @@ def test_gpt_decode_attention(measure, ctx, provider):
         fn = lambda qkv: K.gpt_decode_attention_fwd(qkv, H, kc, vc, lengths, row_table=table)  # noqa: E731
     measure(lambda: fn(qkv), provider=provider, group=f"decode_attn/3x20x{ctx}x64/float16",
             bytes_moved=2 * B * H * ctx * D * 2)  # fmt: skip
+
+
+@pytest.mark.parametrize("provider", ["hf", "triton"])
+@pytest.mark.parametrize("ctx", GPT_DECODE_CONTEXTS)
+def test_gpt2_attention_layer_decode(measure, ctx, provider):
+    """One decode step of a whole GPT2Attention layer (c_attn, attention, c_proj): HF's module with its
+    DynamicCache (reset to ctx - 1 cached tokens before each call, without a copy) vs the same projections
+    around the split-K kernel. Same GEMMs on both sides, so the difference is the attention and cache handling."""
+    from transformers import DynamicCache, GPT2Config
+    from transformers.models.gpt2.modeling_gpt2 import GPT2Attention
+
+    B, H, D, dtype = GPT_BEAMS, GPT_HEADS, 64, torch.float16
+    cfg = GPT2Config(n_embd=H * D, n_head=H, n_layer=1)
+    cfg._attn_implementation = "sdpa"
+    attn = GPT2Attention(cfg, layer_idx=0).to(device="cuda", dtype=dtype).eval()
+    L = ctx - 1
+    x = torch.randn(B, 1, H * D, device="cuda", dtype=dtype)
+    k_past = torch.randn(B, H, L, D, device="cuda", dtype=dtype)
+    v_past = torch.randn_like(k_past)
+    cache = DynamicCache(config=cfg)
+    cache.update(k_past, v_past, 0)
+    layer = cache.layers[0]
+    kc = torch.randn(B, H, GPT_CACHE_LEN, D, device="cuda", dtype=dtype)
+    vc = torch.randn_like(kc)
+    lengths = torch.full((B,), L, dtype=torch.int32, device="cuda")
+    table = torch.arange(B, dtype=torch.int32, device="cuda")[:, None].expand(B, GPT_CACHE_LEN).contiguous()
+
+    def hf(x):
+        layer.keys, layer.values = k_past, v_past  # back to ctx - 1 tokens (update concatenates a new tensor)
+        return attn(x, cache=cache)[0]
+
+    def ours(x):
+        y = K.gpt_decode_attention_fwd(attn.c_attn(x), H, kc, vc, lengths, row_table=table)
+        return attn.c_proj(y)
+
+    fn = hf if provider == "hf" else ours
+    measure(lambda: fn(x), provider="torch" if provider == "hf" else provider,
+            group=f"decode_layer/3x20x{ctx}x64/float16", bytes_moved=2 * B * H * ctx * D * 2)  # fmt: skip
