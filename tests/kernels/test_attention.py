@@ -69,7 +69,7 @@ def _filled_cache(B, S, dtype, device):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
-@pytest.mark.parametrize("num_splits", [None, 4])
+@pytest.mark.parametrize("num_splits", [None, 1, 4])
 def test_gpt_decode_attention(num_splits, dtype, device):
     """Split-K decode with the append in the same launch; lengths 0 (only the new token), 1, odd, S_max - 1."""
     B, S = 4, 150
