@@ -157,6 +157,10 @@ def decode_attention_args(op: str, q, k_cache, v_cache, lengths, *, row_table=No
         raise ValueError(f"{op}: k_cache and v_cache are required")
     _check_cache(op, k_cache, v_cache, q, B, 1)
     S = k_cache.shape[2]
+    for name, c in (("k_cache", k_cache), ("v_cache", v_cache)):
+        span = sum((n - 1) * st for n, st in zip(c.shape, c.stride(), strict=True) if n > 0) + 1
+        if span >= 2**31:
+            raise ValueError(f"{name} spans {span} elements; one layer's cache must hold fewer than 2**31")
     check_tensor("lengths", lengths, dtypes=INDEX_DTYPES, device=q.device, shape=(B,), last_dim_contiguous=False)
     if lengths.device.type == "cpu" and B and int(lengths.max()) >= S:
         raise ValueError(f"{op}: lengths up to {int(lengths.max())} leave no room in a cache of S_max = {S}")

@@ -22,14 +22,14 @@ Contract:   q, k, v are [B, T, H, D] views with any batch/token/head strides and
             two halves of one [layers, 2, B_max, H, S_max, D] buffer allocated once. Why this layout: a decode
             program reads one (row, head) slab, S x D contiguous elements, so every key block is one contiguous
             run of BLOCK_N * D * 2 bytes (fully coalesced), and the prefill writes whole 128-byte rows.
-            Decode lengths: int32 [B] on the device, the number of tokens already cached per row (the new token
-            goes to position lengths[b]); no .item(). The caller advances them (lengths += 1) after the step.
+            Decode lengths: int32/int64 [B] on the device, the number of tokens already cached per row (the new
+            token goes to position lengths[b]); no .item(). The caller advances them (lengths += 1) after the step.
 Beam reordering (decode): no cache copy. An optional ``row_table`` int32 [B, S_max] says, per logical row r and
             position s, which physical cache row holds that token. Each step writes the new k/v of logical row r
             to physical row r at position lengths[r] and sets row_table[r, lengths[r]] = r; a beam reorder is
             ``row_table = row_table[beam_idx]`` (one gather of B * S_max int32, 21 KiB for 3 x 1800, shared by all
             24 layers), instead of HF's index_select of every layer's cache (24 x 2 x 3 x S x 1280 x 2 bytes,
-            about 660 MiB at S = 1800). It is conflict-free because every (physical row, position) pair is
+            663 MB read and written at S = 1800). It is conflict-free because every (physical row, position) pair is
             written exactly once, at the step where its logical row reaches that position (rows grow by one
             token per step, as in beam search). The price is one extra int32 load per key and a gathered (not
             slab-contiguous) key block: each key row is still one contiguous D * 2 = 128-byte segment.
@@ -38,9 +38,10 @@ Numerics:   loads upcast to fp32 for the RoPE (fp32 products, as the official ``
             (exp2 of log2e-scaled scores); P is rounded to v's dtype for the P @ V product (as flash attention
             does); fp32 accumulators; one rounding at the store. fp16/bf16 dots run on tensor cores. fp32 dots follow
             ``fp32_precision``: default "ieee" (exact fp32 FMAs on CUDA cores, as the official fp32 SDPA, which
-            runs true fp32: IndexTTS2's s2mel is fp32 and never enables TF32); "tf32x3" (three TF32 mma products,
-            close to fp32 accuracy, 2.5x the ieee peak on an H100: 165 vs 67 TFLOP/s; not yet validated on a GPU against the tolerance
-            rule) and "tf32" (~1e-3 relative error) are opt-in. The interpreter ignores it (exact fp32).
+            runs true fp32: IndexTTS2's s2mel is fp32 and never enables TF32); "tf32x3" (three TF32 mma
+            products, close to fp32 accuracy, 2.5x the ieee peak on an H100: 165 vs 67 TFLOP/s; not yet checked
+            on a GPU against the tolerance rule) and "tf32" (~1e-3 relative error) are opt-in. The interpreter
+            ignores it (it computes exact fp32).
             Angles: the kernel does not compute sin/cos; it reads a table built exactly as the official
             ``precompute_freqs_cis`` (fp32 inverse frequencies ``1/base**(arange(0, D, 2)/D)``, fp32 outer product
             with the positions, cos/sin in fp32), so its angles are bit-identical to the official module's; only
@@ -51,9 +52,11 @@ Numerics:   loads upcast to fp32 for the RoPE (fp32 products, as the official ``
 Matches:    indextts_kernels.reference.{attention_ref, dit_attention_ref, gpt_prefill_attention_ref,
             gpt_decode_attention_ref} (= official gpt_fast ``Attention`` with its ``freqs_cis`` and HF
             ``GPT2Attention`` with its cache; tests/test_official_attention.py).
-Limits:     head_dim 64 or 128; B * H < 2**31 programs; forward only; key lengths of 0 give zero output rows
-            (SDPA gives NaN there); lengths beyond the cache cannot be checked on the device without a sync: the
-            launchers check the shapes, the caller keeps lengths < S_max.
+Limits:     head_dim 64 or 128; B * H <= 65535 (a grid axis); one layer's cache < 2**31 elements; forward only.
+            Key lengths of 0 give zero output rows (SDPA gives NaN there). Decode lengths >= S_max: checked on the
+            host for CPU tensors; on the device (no sync) such a row writes nothing and its output is NaN.
+            The RoPE of each key block is recomputed by every query block (T / 128 times per head): a few FMAs per
+            key element next to the two MMAs, instead of a separate pass that would write k back to memory.
 """
 
 from __future__ import annotations
