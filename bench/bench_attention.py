@@ -30,6 +30,17 @@ def _split(qkv, H, D):
     return [t.unflatten(-1, (H, D)) for t in qkv.split(H * D, dim=-1)]
 
 
+def _rope_fn():
+    """The official apply_rotary_emb when the official code is installed, else our copy of its math."""
+    import importlib.util
+
+    if importlib.util.find_spec("indextts") is not None:
+        from tests.helpers import official
+
+        return official("s2mel.modules.gpt_fast.model").apply_rotary_emb, "official"
+    return lambda x, f: ref.rope_ref(x, f), "reference"
+
+
 def _sdpa(q, k, v, **kw):
     """SDPA with the flash backend for fp16/bf16 (what the issue compares against); default choice for fp32."""
     if q.dtype == torch.float32:
@@ -48,10 +59,11 @@ def test_dit_attention(measure, shape, provider, dtype):
         pytest.skip("tf32x3 applies to fp32 inputs only")
     qkv = torch.randn(B, T, 3 * H * D, device="cuda", dtype=dtype)
     table = ref.rope_table_ref(T, D, device="cuda")
+    rope, _ = _rope_fn()
 
     def official(qkv):
         q, k, v = _split(qkv, H, D)
-        q, k = ref.rope_ref(q, table), ref.rope_ref(k, table)  # the official apply_rotary_emb math
+        q, k = rope(q, table), rope(k, table)  # separate RoPE (fp32, cast back), as the official module
         y = _sdpa(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
         return y.transpose(1, 2).reshape(B, T, H * D)
 
