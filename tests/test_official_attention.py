@@ -65,6 +65,17 @@ def test_dit_default_table_is_the_official_one():
         assert torch.equal(rope_table_ref(2048, D), m.precompute_freqs_cis(2048, D, 10000, dtype=torch.float32))
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+def test_rope_reference_is_the_official_rotation(dtype):
+    """The reference RoPE (the oracle of the kernel tests) equals the official apply_rotary_emb bit for bit."""
+    m = official("s2mel.modules.gpt_fast.model")
+    from indextts_kernels.reference import rope_ref
+
+    x = randn(2, 37, 3, HEAD_DIM, dtype=dtype, std=3.0)
+    table = m.precompute_freqs_cis(64, HEAD_DIM, 10000, dtype=torch.float32)[:37]
+    assert torch.equal(rope_ref(x, table), m.apply_rotary_emb(x, table))
+
+
 def _gpt2_attention(dtype):
     from transformers import GPT2Config
     from transformers.models.gpt2.modeling_gpt2 import GPT2Attention
