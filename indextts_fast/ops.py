@@ -131,8 +131,12 @@ def gpt_decode_attention(
 def alloc_kv_cache(
     layers: int, batch: int, heads: int, max_len: int, head_dim: int, dtype=torch.float16, device="cpu"
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One static KV buffer [layers, 2, batch, heads, max_len, head_dim] (allocated once), its row table
-    int32 [batch, max_len] (identity rows) and nothing else: layer l uses ``cache[l, 0]`` and ``cache[l, 1]``."""
+    """``(cache, row_table)``: one static KV buffer [layers, 2, batch, heads, max_len, head_dim], allocated once
+    (layer l uses ``cache[l, 0]`` as k_cache and ``cache[l, 1]`` as v_cache), and the int32 row table
+    [batch, max_len] with identity rows, shared by all layers.
+
+    The torch fallback of the decode op reads each row's length on the host (a sync on CUDA); the kernels never do.
+    """
     cache = torch.zeros((layers, 2, batch, heads, max_len, head_dim), dtype=dtype, device=device)
     table = torch.arange(batch, dtype=torch.int32, device=device)[:, None].expand(batch, max_len).contiguous()
     return cache, table

@@ -81,7 +81,6 @@ __all__ = [
     "decode_num_splits",
 ]
 
-LOG2E = 1.4426950408889634
 FP32_PRECISIONS = ("tf32x3", "ieee", "tf32")
 
 
