@@ -13,3 +13,11 @@ NORM_SHAPES = [
     ("gpt_prefill_1x600x1280", GPT_PREFILL_T, GPT_DIM),
     ("gpt_decode_3x1x1280", GPT_BEAMS, GPT_DIM),
 ]
+
+# Attention (kernels/attention.py)
+# DiT: B=2 (CFG), 8 heads of 64, T = 1721; GPT-2: 20 heads of 64, prefill ~90 (prompt) and ~600 (teacher-forced)
+DIT_HEAD_DIM = 64
+ATTN_DIT_SHAPES = [("dit_2x8x1721x64", DIT_B, DIT_HEADS, DIT_T, DIT_HEAD_DIM)]  # (name, B, H, T, D)
+ATTN_PREFILL_SHAPES = [(f"gpt_prefill_{b}x20x{t}x64", b, GPT_HEADS, t, 64) for b in (1, 3) for t in (90, 600)]
+GPT_DECODE_CONTEXTS = [100, 600, 1200, 1800]
+GPT_CACHE_LEN = 2048  # static cache capacity (prompt + up to ~1800 codes)

@@ -7,13 +7,27 @@ only ever imported lazily.
 from __future__ import annotations
 
 from ._dispatch import backend_for, default_backend, requested_backend
-from .ops import adaptive_rms_norm, final_layer_modulate, layer_norm
+from .ops import (
+    adaptive_rms_norm,
+    alloc_kv_cache,
+    dit_attention,
+    final_layer_modulate,
+    gpt_decode_attention,
+    gpt_prefill_attention,
+    layer_norm,
+    reorder_kv_rows,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "__version__",
     "adaptive_rms_norm",
+    "alloc_kv_cache",
+    "dit_attention",
+    "gpt_decode_attention",
+    "gpt_prefill_attention",
+    "reorder_kv_rows",
     "backend_for",
     "default_backend",
     "final_layer_modulate",

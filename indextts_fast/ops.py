@@ -12,11 +12,26 @@ import torch
 
 import indextts_kernels
 from indextts_kernels import reference
-from indextts_kernels._validate import norm_args
+from indextts_kernels._validate import (
+    attention_args,
+    decode_attention_args,
+    norm_args,
+    qkv_heads,
+    rope_table_args,
+)
 
 from ._dispatch import TORCH, backend_for
 
-__all__ = ["layer_norm", "adaptive_rms_norm", "final_layer_modulate"]
+__all__ = [
+    "layer_norm",
+    "adaptive_rms_norm",
+    "final_layer_modulate",
+    "dit_attention",
+    "gpt_prefill_attention",
+    "gpt_decode_attention",
+    "alloc_kv_cache",
+    "reorder_kv_rows",
+]
 
 
 def _kernel(name: str):
@@ -59,3 +74,77 @@ def final_layer_modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tens
         norm_args("final_layer_modulate", x, scale=scale, shift=shift, eps=eps)
         return reference.final_layer_modulate_ref(x, shift, scale, eps)
     return _kernel("final_layer_modulate_fwd")(x, shift, scale, eps)
+
+
+def dit_attention(
+    qkv: torch.Tensor,
+    n_heads: int,
+    x_lens: Optional[torch.Tensor] = None,
+    freqs_cis: Optional[torch.Tensor] = None,
+    fp32_precision: str = "ieee",
+) -> torch.Tensor:
+    """DiT attention core: ``wqkv`` output [B, T, 3*H*D] -> [B, T, H*D] (RoPE, non-causal, keys < x_lens).
+
+    ``fp32_precision`` ("ieee", "tf32x3", "tf32") selects the fp32 dot of the kernel; the torch fallback is
+    always exact fp32 (SDPA, as the official module).
+    """
+    if backend_for(qkv.device) == TORCH:
+        q, k, v = qkv_heads("qkv", qkv, n_heads)
+        attention_args("dit_attention", q, k, v, x_lens=x_lens)
+        if freqs_cis is not None:
+            rope_table_args(freqs_cis, q.shape[1], q.shape[-1], q.device)
+        return reference.dit_attention_ref(qkv, n_heads, x_lens, freqs_cis)
+    return _kernel("dit_attention_fwd")(qkv, n_heads, x_lens=x_lens, freqs_cis=freqs_cis, fp32_precision=fp32_precision)
+
+
+def gpt_prefill_attention(
+    qkv: torch.Tensor, n_heads: int, k_cache: torch.Tensor, v_cache: torch.Tensor
+) -> torch.Tensor:
+    """GPT-2 causal prefill: ``c_attn`` output [B, T, 3*H*D] -> [B, T, H*D]; fills cache positions 0..T-1."""
+    if backend_for(qkv.device) == TORCH:
+        q, k, v = qkv_heads("qkv", qkv, n_heads)
+        attention_args("gpt_prefill_attention", q, k, v, causal=True, k_cache=k_cache, v_cache=v_cache)
+        return reference.gpt_prefill_attention_ref(qkv, n_heads, k_cache, v_cache)
+    return _kernel("gpt_prefill_attention_fwd")(qkv, n_heads, k_cache, v_cache)
+
+
+def gpt_decode_attention(
+    qkv: torch.Tensor,
+    n_heads: int,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    lengths: torch.Tensor,
+    row_table: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """One decode step [B, 1, 3*H*D] -> [B, 1, H*D]: appends k, v at ``lengths`` and attends positions 0..lengths.
+
+    The caller advances ``lengths += 1`` afterwards. With ``row_table`` (int32 [B, S_max]) beams are reordered
+    by :func:`reorder_kv_rows` instead of copying the cache.
+    """
+    if backend_for(qkv.device) == TORCH:
+        q, _, _ = qkv_heads("qkv", qkv, n_heads)
+        decode_attention_args("gpt_decode_attention", q, k_cache, v_cache, lengths, row_table=row_table)
+        return reference.gpt_decode_attention_ref(qkv, n_heads, k_cache, v_cache, lengths, row_table)
+    return _kernel("gpt_decode_attention_fwd")(qkv, n_heads, k_cache, v_cache, lengths, row_table=row_table)
+
+
+def alloc_kv_cache(
+    layers: int, batch: int, heads: int, max_len: int, head_dim: int, dtype=torch.float16, device="cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(cache, row_table)``: one static KV buffer [layers, 2, batch, heads, max_len, head_dim], allocated once
+    (layer l uses ``cache[l, 0]`` as k_cache and ``cache[l, 1]`` as v_cache), and the int32 row table
+    [batch, max_len] with identity rows, shared by all layers.
+
+    The torch fallback of the decode op reads each row's length on the host (a sync on CUDA); the kernels never do.
+    """
+    cache = torch.zeros((layers, 2, batch, heads, max_len, head_dim), dtype=dtype, device=device)
+    table = torch.arange(batch, dtype=torch.int32, device=device)[:, None].expand(batch, max_len).contiguous()
+    return cache, table
+
+
+def reorder_kv_rows(row_table: torch.Tensor, beam_idx: torch.Tensor) -> torch.Tensor:
+    """Beam reorder without touching the cache: row r of the new table is row ``beam_idx[r]`` of the old one.
+
+    One gather of B * S_max int32 for all layers (the cache itself stays in place); returns a new table.
+    """
+    return row_table.index_select(0, beam_idx.to(device=row_table.device, dtype=torch.long))

@@ -22,10 +22,14 @@ _LAUNCHERS = {
     "layer_norm_fwd": "norm",
     "adaptive_rms_norm_fwd": "norm",
     "final_layer_modulate_fwd": "norm",
+    "attention_fwd": "attention",
+    "dit_attention_fwd": "attention",
+    "gpt_prefill_attention_fwd": "attention",
+    "gpt_decode_attention_fwd": "attention",
 }
 
 # kernel modules, for tools that walk every kernel (the AOT compile check)
-KERNEL_MODULES = ("norm",)
+KERNEL_MODULES = ("norm", "attention")
 
 __all__ = ["HAS_TRITON", "KERNEL_MODULES", "reference", "load_kernel_module", *_LAUNCHERS]
 

@@ -58,3 +58,115 @@ def norm_args(op: str, x, *, weight=None, bias=None, residual=None, scale=None, 
         mod_layout("scale", scale, x)
         mod_layout("shift", shift, x)
     check_inference(op, x, weight, bias, residual, scale, shift)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Attention
+# ----------------------------------------------------------------------------------------------------------------------
+ATTN_HEAD_DIMS = (64, 128)
+INDEX_DTYPES = (torch.int32, torch.int64)
+
+
+def _check_head_dim(op: str, D: int) -> None:
+    if D not in ATTN_HEAD_DIMS:
+        raise ValueError(f"{op}: unsupported head_dim {D}; the attention kernels support {ATTN_HEAD_DIMS}")
+
+
+def qkv_heads(name: str, qkv, n_heads) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Views q, k, v [B, T, H, D] of a fused projection output [B, T, 3*H*D] (q|k|v thirds, heads contiguous)."""
+    check_tensor(name, qkv)
+    if qkv.dim() != 3:
+        raise ValueError(f"{name} must be [B, T, 3 * n_heads * head_dim], got shape {tuple(qkv.shape)}")
+    if isinstance(n_heads, bool) or not isinstance(n_heads, int) or n_heads < 1:
+        raise ValueError(f"n_heads must be a positive int, got {n_heads!r}")
+    C = qkv.shape[-1]
+    if C % (3 * n_heads):
+        raise ValueError(f"{name}.shape[-1] = {C} is not 3 * n_heads * head_dim for n_heads = {n_heads}")
+    D = C // (3 * n_heads)
+    HD = n_heads * D
+    return tuple(qkv[..., i * HD : (i + 1) * HD].unflatten(-1, (n_heads, D)) for i in range(3))
+
+
+def _check_cache(op: str, k_cache, v_cache, q, min_rows: int, min_len: int) -> None:
+    if (k_cache is None) != (v_cache is None):
+        raise ValueError(f"{op}: pass both k_cache and v_cache, or neither")
+    if k_cache is None:
+        return
+    B, _, H, D = q.shape
+    for name, c in (("k_cache", k_cache), ("v_cache", v_cache)):
+        check_tensor(name, c, dtypes=(q.dtype,), device=q.device)
+        if c.dim() != 4 or c.shape[1] != H or c.shape[3] != D or c.shape[0] < min_rows:
+            raise ValueError(
+                f"{name} has shape {tuple(c.shape)}; expected [B_max >= {min_rows}, H = {H}, S_max, D = {D}]"
+            )
+        if c.shape[2] < min_len:
+            raise ValueError(f"{op}: {min_len} tokens do not fit {name} with S_max = {c.shape[2]} positions")
+    if k_cache.shape != v_cache.shape:
+        raise ValueError(f"k_cache {tuple(k_cache.shape)} and v_cache {tuple(v_cache.shape)} differ in shape")
+
+
+def _check_out(out, shape, dtype, device) -> None:
+    if out is None:
+        return
+    check_tensor("out", out, dtypes=(dtype,), device=device, shape=shape)
+    if not out.is_contiguous():
+        raise ValueError("out must be contiguous")
+
+
+def attention_args(op: str, q, k, v, *, causal=False, x_lens=None, k_cache=None, v_cache=None, out=None) -> None:
+    """Validate attention inputs: q, k, v [B, T, H, D] of one dtype and device, head_dim 64 or 128."""
+    check_tensor("q", q)
+    if q.dim() != 4:
+        raise ValueError(f"q must be [B, T, H, D], got shape {tuple(q.shape)}")
+    for name, t in (("k", k), ("v", v)):
+        check_tensor(name, t, device=q.device)
+        if t.dtype != q.dtype:
+            raise TypeError(f"{name} has dtype {t.dtype}, but q has {q.dtype}: q, k and v must share one dtype")
+        if tuple(t.shape) != tuple(q.shape):
+            raise ValueError(f"{name} has shape {tuple(t.shape)}, expected q's {tuple(q.shape)}")
+    B, T, H, D = q.shape
+    _check_head_dim(op, D)
+    if not isinstance(causal, bool):
+        raise TypeError(f"{op}: causal must be a bool, got {type(causal).__name__}")
+    if x_lens is not None:
+        check_tensor("x_lens", x_lens, dtypes=INDEX_DTYPES, device=q.device, shape=(B,), last_dim_contiguous=False)
+    _check_cache(op, k_cache, v_cache, q, B, T)
+    _check_out(out, (B, T, H * D), q.dtype, q.device)
+    check_inference(op, q, k, v)
+
+
+def rope_table_args(freqs_cis, T: int, D: int, device) -> None:
+    """The RoPE table: official ``freqs_cis`` layout [S >= T, D/2, 2] (cos, sin)."""
+    check_tensor("freqs_cis", freqs_cis, device=device)
+    if freqs_cis.dim() != 3 or freqs_cis.shape[1] != D // 2 or freqs_cis.shape[2] != 2 or freqs_cis.shape[0] < T:
+        raise ValueError(f"freqs_cis has shape {tuple(freqs_cis.shape)}; expected [S >= {T}, {D // 2}, 2]")
+
+
+def decode_attention_args(op: str, q, k_cache, v_cache, lengths, *, row_table=None, out=None) -> None:
+    """Validate a decode step: q [B, 1, H, D] views, caches [B_max >= B, H, S_max, D], lengths int [B].
+
+    Lengths live on the device; checking them against S_max would need a sync, so only CPU lengths are
+    checked here. The kernel writes nothing for a row whose length is >= S_max and stores NaN as its output.
+    """
+    check_tensor("qkv", q)
+    B, T, H, D = q.shape
+    if T != 1:
+        raise ValueError(f"{op}: decode takes one new token per row (qkv [B, 1, 3*H*D]), got {T} tokens")
+    _check_head_dim(op, D)
+    if k_cache is None or v_cache is None:
+        raise ValueError(f"{op}: k_cache and v_cache are required")
+    _check_cache(op, k_cache, v_cache, q, B, 1)
+    S = k_cache.shape[2]
+    for name, c in (("k_cache", k_cache), ("v_cache", v_cache)):
+        span = sum((n - 1) * st for n, st in zip(c.shape, c.stride(), strict=True) if n > 0) + 1
+        if span >= 2**31:
+            raise ValueError(f"{name} spans {span} elements; one layer's cache must hold fewer than 2**31")
+    check_tensor("lengths", lengths, dtypes=INDEX_DTYPES, device=q.device, shape=(B,), last_dim_contiguous=False)
+    if lengths.device.type == "cpu" and B and int(lengths.max()) >= S:
+        raise ValueError(f"{op}: lengths up to {int(lengths.max())} leave no room in a cache of S_max = {S}")
+    if lengths.device.type == "cpu" and B and int(lengths.min()) < 0:
+        raise ValueError(f"{op}: lengths must be >= 0")
+    if row_table is not None:
+        check_tensor("row_table", row_table, dtypes=(torch.int32,), device=q.device, shape=(B, S))
+    _check_out(out, (B, 1, H * D), q.dtype, q.device)
+    check_inference(op, q, k_cache, v_cache)

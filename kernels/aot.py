@@ -58,12 +58,16 @@ def iter_variants(name_filter: str = ""):
                 yield mod_name, i, name
 
 
-def compile_one(fn, sig, const, num_warps: int, arch: int):
+def compile_one(fn, sig, const, num_warps: int, arch: int, divisible=None):
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    src = ASTSource(fn=fn, signature=sig, constexprs=const)
+    # ``divisible``: argument names that a real launch specializes as 16-divisible (16-byte aligned pointers,
+    # integers divisible by 16), as Triton's launcher does for the call-site values; optional 6th variant field
+    names = list(sig)
+    attrs = {(names.index(a),): [["tt.divisibility", 16]] for a in (divisible or ())}
+    src = ASTSource(fn=fn, signature=sig, constexprs=const, attrs=attrs or None)
     return triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": num_warps})
 
 
@@ -71,12 +75,13 @@ def _compile_task(task) -> tuple[dict, str | None]:
     """Compile one (module, variant index, arch); runs in a worker process."""
     mod_name, idx, arch = task
     kernels = importlib.import_module("indextts_kernels")
-    name, fn, sig, const, num_warps = list(kernels.load_kernel_module(mod_name).compile_variants())[idx]
+    name, fn, sig, const, num_warps, *rest = list(kernels.load_kernel_module(mod_name).compile_variants())[idx]
+    divisible = rest[0] if rest else None
     t0 = time.perf_counter()
     row = {"variant": name, "arch": f"sm_{arch}", "num_warps": num_warps}
     failure = None
     try:
-        k = compile_one(fn, sig, const, num_warps, arch)
+        k = compile_one(fn, sig, const, num_warps, arch, divisible)
         row.update(_resource_usage(k.asm["cubin"]))
         row["shared"] = int(k.metadata.shared)
         ptx = k.asm["ptx"]

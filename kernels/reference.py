@@ -19,6 +19,12 @@ __all__ = [
     "rms_norm_ref",
     "adaptive_rms_norm_ref",
     "final_layer_modulate_ref",
+    "rope_table_ref",
+    "rope_ref",
+    "attention_ref",
+    "dit_attention_ref",
+    "gpt_prefill_attention_ref",
+    "gpt_decode_attention_ref",
 ]
 
 
@@ -110,3 +116,137 @@ def _broadcast_mod(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
     if m.dim() == x.dim() - 1 and x.dim() >= 3:
         return m.unsqueeze(-2)
     return m
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Attention
+# ----------------------------------------------------------------------------------------------------------------------
+def rope_table_ref(seq_len: int, head_dim: int, base: float = 10000.0, device=None) -> torch.Tensor:
+    """RoPE cos/sin table [seq_len, head_dim/2, 2] in fp32, computed as gpt_fast's ``precompute_freqs_cis``.
+
+    Inverse frequencies ``1 / base**(arange(0, D, 2)/D)`` in fp32, the fp32 outer product with the positions
+    0..seq_len-1, then (cos, sin) of the angle (via ``torch.polar``, as the official table). Row t does not depend
+    on seq_len, so one long table serves every shorter sequence.
+    """
+    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, device=device)[: head_dim // 2].float() / head_dim))
+    angles = torch.outer(torch.arange(seq_len, device=device), inv_freq)
+    rot = torch.polar(torch.ones_like(angles), angles)
+    return torch.stack([rot.real, rot.imag], dim=-1)
+
+
+def rope_ref(x: torch.Tensor, freqs_cis: torch.Tensor) -> torch.Tensor:
+    """Interleaved-pair RoPE on x [B, T, H, D] at positions 0..T-1: (x0, x1) -> (x0 c - x1 s, x1 c + x0 s).
+
+    Computed in fp32 (fp64 for fp64 inputs) and cast back to ``x.dtype``, as the official ``apply_rotary_emb``.
+    ``freqs_cis`` is the [S >= T, D/2, 2] table of :func:`rope_table_ref` (or the official one).
+    """
+    compute = torch.float64 if x.dtype == torch.float64 else torch.float32
+    T = x.shape[1]
+    xp = x.to(compute).reshape(*x.shape[:-1], -1, 2)
+    f = freqs_cis[:T].to(compute).view(1, T, 1, xp.shape[-2], 2)
+    x0, x1 = xp[..., 0], xp[..., 1]
+    out = torch.stack([x0 * f[..., 0] - x1 * f[..., 1], x1 * f[..., 0] + x0 * f[..., 1]], dim=-1)
+    return out.flatten(-2).type_as(x)
+
+
+def attention_ref(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    causal: bool = False,
+    x_lens: Optional[torch.Tensor] = None,
+    scale: Optional[float] = None,
+) -> torch.Tensor:
+    """Softmax attention of q, k, v [B, T, H, D] -> [B, T, H*D] through ``F.scaled_dot_product_attention``.
+
+    Key j of batch b is visible when j < x_lens[b] (and j <= i when causal). Rows with no visible key give zeros
+    (SDPA gives NaN there). Default scale 1/sqrt(D), as SDPA's.
+    """
+    B, T, H, D = q.shape
+    qt, kt, vt = (t.transpose(1, 2) for t in (q, k, v))
+    mask = None
+    if x_lens is not None:
+        keys = torch.arange(T, device=q.device)
+        mask = (keys[None, :] < x_lens[:, None].to(q.device)).view(B, 1, 1, T)
+        if causal:
+            mask = mask & torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
+    y = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=mask, is_causal=causal and mask is None, scale=scale)
+    if x_lens is not None:
+        y = torch.where((x_lens.to(q.device) > 0).view(B, 1, 1, 1), y, torch.zeros((), dtype=y.dtype))
+    return y.transpose(1, 2).reshape(B, T, H * D)
+
+
+def _split_heads(qkv: torch.Tensor, n_heads: int):
+    C = qkv.shape[-1]
+    D = C // (3 * n_heads)
+    return [t.unflatten(-1, (n_heads, D)) for t in qkv.split(n_heads * D, dim=-1)]
+
+
+def dit_attention_ref(
+    qkv: torch.Tensor,
+    n_heads: int,
+    x_lens: Optional[torch.Tensor] = None,
+    freqs_cis: Optional[torch.Tensor] = None,
+    rope_base: float = 10000.0,
+) -> torch.Tensor:
+    """gpt_fast ``Attention`` between ``wqkv`` and ``wo``: [B, T, 3*H*D] -> [B, T, H*D].
+
+    q|k|v thirds, heads contiguous; interleaved RoPE on q and k (fp32, cast back); non-causal SDPA, scale
+    1/sqrt(D), keys masked beyond ``x_lens``. ``freqs_cis`` defaults to :func:`rope_table_ref`.
+    """
+    q, k, v = _split_heads(qkv, n_heads)
+    if freqs_cis is None:
+        freqs_cis = rope_table_ref(qkv.shape[1], q.shape[-1], rope_base, device=qkv.device)
+    return attention_ref(rope_ref(q, freqs_cis), rope_ref(k, freqs_cis), v, causal=False, x_lens=x_lens)
+
+
+def gpt_prefill_attention_ref(
+    qkv: torch.Tensor, n_heads: int, k_cache: torch.Tensor, v_cache: torch.Tensor
+) -> torch.Tensor:
+    """GPT-2 causal self-attention of a prompt, [B, T, 3*H*D] -> [B, T, H*D]; fills cache positions 0..T-1.
+
+    ``k_cache``/``v_cache`` are [B_max, H, S_max, D] and are written in place (rows 0..B-1).
+    """
+    q, k, v = _split_heads(qkv, n_heads)
+    B, T = qkv.shape[:2]
+    k_cache[:B, :, :T] = k.transpose(1, 2)
+    v_cache[:B, :, :T] = v.transpose(1, 2)
+    return attention_ref(q, k, v, causal=True)
+
+
+def gpt_decode_attention_ref(
+    qkv: torch.Tensor,
+    n_heads: int,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    lengths: torch.Tensor,
+    row_table: Optional[torch.Tensor] = None,
+    scale: Optional[float] = None,
+) -> torch.Tensor:
+    """One GPT-2 decode step over a static cache: [B, 1, 3*H*D] -> [B, 1, H*D].
+
+    Row b appends its new k, v at position L = lengths[b] of cache row b (and sets row_table[b, L] = b), then
+    attends over positions 0..L, where position s is read from cache row ``row_table[b, s]`` (row b without a
+    table). A row whose L does not fit the cache writes nothing and gets NaN, as the kernel.
+    """
+    q, k, v = _split_heads(qkv, n_heads)
+    B, _, H, D = q.shape
+    S = k_cache.shape[2]
+    out = torch.full((B, 1, H * D), float("nan"), dtype=qkv.dtype, device=qkv.device)
+    for b in range(B):
+        L = int(lengths[b])
+        if L >= S:
+            continue
+        k_cache[b, :, L] = k[b, 0]
+        v_cache[b, :, L] = v[b, 0]
+        pos = torch.arange(L + 1, device=qkv.device)
+        if row_table is not None:
+            row_table[b, L] = b
+            phys = row_table[b, : L + 1].long()
+        else:
+            phys = torch.full_like(pos, b)
+        keys = k_cache[phys, :, pos].transpose(0, 1)  # [H, L+1, D]
+        vals = v_cache[phys, :, pos].transpose(0, 1)
+        y = F.scaled_dot_product_attention(q[b, 0][:, None, :], keys, vals, scale=scale)  # [H, 1, D]
+        out[b, 0] = y.reshape(H * D)
+    return out
