@@ -7,7 +7,15 @@ only ever imported lazily.
 from __future__ import annotations
 
 from ._dispatch import backend_for, default_backend, requested_backend
-from .ops import adaptive_rms_norm, final_layer_modulate, layer_norm
+from .ops import (
+    adaptive_rms_norm,
+    final_layer_modulate,
+    gpt2_mlp,
+    layer_norm,
+    linear,
+    swiglu_feed_forward,
+    swiglu_linear,
+)
 
 __version__ = "0.1.0"
 
@@ -17,6 +25,10 @@ __all__ = [
     "backend_for",
     "default_backend",
     "final_layer_modulate",
+    "gpt2_mlp",
     "layer_norm",
+    "linear",
     "requested_backend",
+    "swiglu_feed_forward",
+    "swiglu_linear",
 ]

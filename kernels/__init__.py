@@ -22,10 +22,15 @@ _LAUNCHERS = {
     "layer_norm_fwd": "norm",
     "adaptive_rms_norm_fwd": "norm",
     "final_layer_modulate_fwd": "norm",
+    "linear_fwd": "gemm",
+    "swiglu_linear_fwd": "gemm",
+    "swiglu_feed_forward_fwd": "gemm",
+    "gpt2_mlp_fwd": "gemm",
+    "pack_w13": "gemm",
 }
 
 # kernel modules, for tools that walk every kernel (the AOT compile check)
-KERNEL_MODULES = ("norm",)
+KERNEL_MODULES = ("norm", "gemm")
 
 __all__ = ["HAS_TRITON", "KERNEL_MODULES", "reference", "load_kernel_module", *_LAUNCHERS]
 
