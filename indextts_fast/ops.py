@@ -78,7 +78,7 @@ def linear(
     activation: Optional[str] = None,
     precision: Optional[str] = None,
 ) -> torch.Tensor:
-    """``act(x @ weight.T + bias) + residual``; weight [out, in] (GPT-2 Conv1D weights transposed), act None/gelu_new."""
+    """``act(x @ weight.T + bias) + residual``; weight [out, in] (GPT-2 Conv1D weights transposed first)."""
     if backend_for(x.device) == TORCH:
         if activation not in (None, "gelu_new"):
             raise ValueError(f"linear: activation must be None or 'gelu_new', got {activation!r}")

@@ -171,7 +171,7 @@ def _gemm_kernel(
     tl.store(C + rm.to(tl.int64)[:, None] * stride_cm + rn[None, :], cast_to(acc, C.dtype.element_ty), mask=mask)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _num_sms(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 

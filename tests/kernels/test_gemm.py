@@ -117,20 +117,24 @@ def test_fp32_precision(op, precision, device):
     path and the two tf32 modes run on tensor cores.
     """
     M, K_, N = (37, 96, 100) if INTERPRET else (3442, 512, 1536)
-    x, w, b, r = _operands(M, K_, 2 * N if op == "swiglu" else N, torch.float32, device)
+    x = randn(M, K_, device=device)
+    b, r = randn(N, device=device, std=0.5), randn(M, N, device=device, mean=0.3)
+    out = poisoned((M, N), torch.float32, device)
     if op == "swiglu":
-        y = K.swiglu_linear_fwd(x, w, precision=precision, out=poisoned((M, N), torch.float32, device))
-        fn = ref.swiglu_linear_ref
-        args = (x, w)
-    else:
-        y = K.linear_fwd(x, w, b[:N], residual=r[:, :N], precision=precision, out=poisoned((M, N), torch.float32, device))
+        w = randn(2 * N, K_, device=device, std=K_**-0.5)
+        y = K.swiglu_linear_fwd(x, w, precision=precision, out=out)
 
-        def fn(x, w, b=b[:N], r=r[:, :N]):
+        def fn(x, w):
+            return ref.swiglu_linear_ref(x, w)
+    else:
+        w = randn(N, K_, device=device, std=K_**-0.5)
+        y = K.linear_fwd(x, w, b, residual=r, precision=precision, out=out)
+
+        def fn(x, w):
             return ref.linear_ref(x, w, b.to(x.dtype), residual=r.to(x.dtype))
 
-        args = (x, w)
-    high = fn(*upcast(*args))
-    low = fn(_round_tf32(args[0]), _round_tf32(args[1])) if precision == "tf32" else fn(*args)
+    high = fn(x.double(), w.double())
+    low = fn(_round_tf32(x), _round_tf32(w)) if precision == "tf32" else fn(x, w)
     assert_close_rel(y, low, high)
 
 
