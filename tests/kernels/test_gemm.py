@@ -235,6 +235,8 @@ def test_bad_input_raises_clear_errors(backend, device, monkeypatch):
     with pytest.raises(ValueError, match=r"\[in, out\]"):  # c_fc passed as the Conv1D [in, out] checkpoint tensor
         mlp(x, randn(64, 128, device=device), randn(128, device=device), randn(64, 128, device=device),
             randn(64, device=device))  # fmt: skip
+    with pytest.raises(RuntimeError, match="inference-only"):
+        f(x, randn(32, 64, device=device).requires_grad_())
     with pytest.raises(ValueError, match="out has shape"):
         K.linear_fwd(x, randn(32, 64, device=device), out=torch.empty(3, 31, device=device))
 
