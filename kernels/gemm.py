@@ -194,8 +194,9 @@ def gemm_launch_config(
     regime: 128-row tiles when they alone give at least one tile per SM, else 64 x 64 tiles (GPT prefill
     c_proj: 600 x 1280 is 50 big tiles but 200 small ones). BLOCK_K keeps 3 pipeline stages of fp32 operands
     under 48 KiB of shared memory, which every target (sm_86 has 99 KiB per block) holds. fp32 with
-    precision "ieee" uses FMA and a 64 x 64 x 16 tile; fp32 SwiGLU
-    on tensor cores stays at 64 x 64 x 16 (larger tiles spill with tf32x3's split operands on sm_86). Under the interpreter one big-tile config.
+    precision "ieee" uses FMA and a 64 x 64 x 16 tile; fp32 SwiGLU on tensor cores stays at 64 x 64 x 16
+    (larger tiles spill with tf32x3's split operands on sm_86). num_stages is 3 everywhere, Triton's default,
+    so the AOT table compiles exactly what runs. Under the interpreter one big-tile config.
     """
     half = dtype in (torch.float16, torch.bfloat16)
     if M <= DECODE_MAX_M:
@@ -205,7 +206,7 @@ def gemm_launch_config(
         BN = 8 if N >= 2048 else 4
         BK = 4096 // (BM * BN) // (2 if swiglu else 1)
         BK = max(64, min(512, BK, next_pow2(K)))
-        return True, BM, BN, BK, 1, 4, 2
+        return True, BM, BN, BK, 1, 4, 3
     if is_interpreting() if interpret is None else interpret:
         return False, 64, 64, 64, 8, 4, 1
     if not half and precision == "ieee":

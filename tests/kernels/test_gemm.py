@@ -180,6 +180,19 @@ def test_torch_fallback_matches(device, monkeypatch):
     assert torch.equal(y, ref.gpt2_mlp_ref(x, wf, bf, wp, bp, residual=x))
 
 
+@pytest.mark.parametrize("shape", [(3, 1, 5), (37, 7, 1), (2, 5, 1), (9, 1, 1)], ids=_sid)
+def test_degenerate_sizes(shape, device):
+    """K = 1 and N = 1 (single-element strides and sizes), both regimes, every epilogue at once."""
+    M, K_, N = shape
+    x, w, b, r = _operands(M, K_, N, torch.float32, device)
+    y = K.linear_fwd(x, w, b, residual=r, activation="gelu_new", out=poisoned((M, N), torch.float32, device))
+    low = ref.linear_ref(x, w, b, residual=r, activation="gelu_new")
+    assert_close_rel(y, low, ref.linear_ref(*upcast(x, w, b, r), activation="gelu_new"))
+    w13 = randn(2 * N, K_, device=device)
+    h = K.swiglu_linear_fwd(x, w13, out=poisoned((M, N), torch.float32, device))
+    assert_close_rel(h, ref.swiglu_linear_ref(x, w13), ref.swiglu_linear_ref(*upcast(x, w13)))
+
+
 def test_empty_rows(device):
     x = torch.empty(0, 64, device=device)
     assert K.linear_fwd(x, randn(32, 64, device=device)).shape == (0, 32)
