@@ -20,11 +20,22 @@ pytestmark = pytest.mark.filterwarnings("ignore:overflow encountered in exp:Runt
 # (M, K, N): M in both regimes (1, 3, 8: decode; 37, 70: tiles), K a multiple of the interpreter's BLOCK_K or not,
 # N odd / not a power of two / more than one tile
 SHAPES = [(1, 128, 100), (3, 96, 37), (37, 96, 100), (70, 128, 130)]
-if not INTERPRET:
-    SHAPES += [(3, 1280, 3840), (8, 5120, 1280), (600, 1280, 5120), (3442, 512, 1536), (600, 5120, 1280)]
+# compiled only: the IndexTTS2 projections with their own epilogue and dtype (one compile each)
+HOT_PATH = [
+    ("gpt_c_attn_decode", (3, 1280, 3840), "bias", torch.float16),
+    ("gpt_c_fc_decode", (3, 1280, 5120), "bias+gelu_new", torch.float16),
+    ("gpt_c_proj_decode", (3, 5120, 1280), "bias+residual", torch.float16),
+    ("gpt_c_fc_prefill", (600, 1280, 5120), "bias+gelu_new", torch.float16),
+    ("gpt_c_proj_prefill", (600, 5120, 1280), "bias+residual", torch.float16),
+    ("gpt_c_fc_decode_fp32", (3, 1280, 5120), "bias+gelu_new", torch.float32),
+    ("dit_wqkv", (3442, 512, 1536), "plain", torch.float32),
+    ("dit_wo", (3442, 512, 512), "residual", torch.float32),
+    ("dit_skip_in", (3442, 1024, 512), "bias", torch.float32),
+    ("dit_wqkv_bf16", (3442, 512, 1536), "plain", torch.bfloat16),
+]
 SWIGLU_SHAPES = [(1, 64, 48), (8, 96, 100), (37, 128, 100), (70, 96, 130)]
 if not INTERPRET:
-    SWIGLU_SHAPES += [(3442, 512, 1536), (5, 512, 1536)]
+    SWIGLU_SHAPES += [(3442, 512, 1536)]
 EPILOGUES = ["plain", "bias", "bias+residual", "bias+gelu_new", "residual"]
 
 
@@ -40,10 +51,7 @@ def _operands(M, K, N, dtype, device, w_rows=None):
     return x, w, b, r
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
-@pytest.mark.parametrize("shape", SHAPES, ids=_sid)
-@pytest.mark.parametrize("epilogue", EPILOGUES)
-def test_linear(epilogue, shape, dtype, device):
+def _check_linear(epilogue, shape, dtype, device):
     M, K_, N = shape
     x, w, b, r = _operands(M, K_, N, dtype, device)
     bias = b if "bias" in epilogue else None
@@ -55,6 +63,20 @@ def test_linear(epilogue, shape, dtype, device):
     low = ref.linear_ref(x, w, bias, residual=res, activation=act)
     high = ref.linear_ref(*upcast(x, w, bias, res), activation=act)
     assert_close_rel(y, low, high)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("shape", SHAPES, ids=_sid)
+@pytest.mark.parametrize("epilogue", EPILOGUES)
+def test_linear(epilogue, shape, dtype, device):
+    _check_linear(epilogue, shape, dtype, device)
+
+
+@pytest.mark.skipif(INTERPRET, reason="IndexTTS2 sizes run compiled only (minutes in the interpreter)")
+@pytest.mark.parametrize("case", HOT_PATH, ids=[c[0] for c in HOT_PATH])
+def test_linear_indextts2_sizes(case, device):
+    _, shape, epilogue, dtype = case
+    _check_linear(epilogue, shape, dtype, device)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
