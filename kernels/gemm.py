@@ -25,8 +25,8 @@ Numerics:   fp32 accumulation; epilogue in fp32 (bias, activation, residual); on
             every precision, so only the GPU distinguishes them.
 Regimes:    M > 8: tensor-core tiles (tl.dot), grouped tile order for L2 reuse, tile size from the tile count.
             M <= 8 (GPT decode, 3 beams): GEMV-style, every program owns all M rows and a few output columns and
-            streams its weight rows once, multiplying on CUDA cores into a [M, BLOCK_N, BLOCK_K] fp32 accumulator
-            reduced once at the end. tl.dot needs 16 rows and 16 columns per tile, which would pad M = 3 to 16 and,
+            streams its weight rows once (prefetching the next K slab while it multiplies the current one),
+            multiplying on CUDA cores into a [M, BLOCK_N, BLOCK_K] fp32 accumulator reduced once at the end. tl.dot needs 16 rows and 16 columns per tile, which would pad M = 3 to 16 and,
             worse, force >= 16 output columns per program (N / 16 programs: 80 for c_proj, too few to saturate
             HBM); the GEMV form reads the weight once with 4-8 columns per program (320-640 programs) and needs no
             split-K workspace or second pass, so the nonlinear epilogue stays in the same kernel.
@@ -115,23 +115,28 @@ def _gemm_kernel(
         w_ptrs = W + wn[:, None] * stride_wn + rk[None, :]  # [BN, BK]
         acc3d = tl.zeros([BLOCK_M, BLOCK_N, BLOCK_K], dtype=tl.float32)
         gate3d = tl.zeros([BLOCK_M, BLOCK_N, BLOCK_K], dtype=tl.float32)
+        # software prefetch: the next K slab is requested before the current one is multiplied, so every
+        # program keeps two weight slabs in flight (the loop has no tl.dot for Triton's pipeliner to stage)
+        k_ok = rk < K
+        a_nx = tl.load(a_ptrs, mask=k_ok[None, :], other=0.0)
+        w_nx = tl.load(w_ptrs, mask=k_ok[None, :], other=0.0)
+        w3_nx = w_nx
+        if ACT == 2:
+            w3_nx = tl.load(w_ptrs + w3_off, mask=k_ok[None, :], other=0.0)
         for k in range(0, K, BLOCK_K):
-            if EVEN_K:
-                a = tl.load(a_ptrs).to(tl.float32)
-                w = tl.load(w_ptrs).to(tl.float32)
-            else:
-                k_ok = (k + rk) < K
-                a = tl.load(a_ptrs, mask=k_ok[None, :], other=0.0).to(tl.float32)
-                w = tl.load(w_ptrs, mask=k_ok[None, :], other=0.0).to(tl.float32)
-            acc3d += a[:, None, :] * w[None, :, :]
-            if ACT == 2:
-                if EVEN_K:
-                    w3 = tl.load(w_ptrs + w3_off).to(tl.float32)
-                else:
-                    w3 = tl.load(w_ptrs + w3_off, mask=k_ok[None, :], other=0.0).to(tl.float32)
-                gate3d += a[:, None, :] * w3[None, :, :]
+            a = a_nx.to(tl.float32)
+            w = w_nx.to(tl.float32)
+            w3 = w3_nx.to(tl.float32)
             a_ptrs += BLOCK_K
             w_ptrs += BLOCK_K
+            k_ok = (k + BLOCK_K + rk) < K  # all false after the last slab: nothing is read
+            a_nx = tl.load(a_ptrs, mask=k_ok[None, :], other=0.0)
+            w_nx = tl.load(w_ptrs, mask=k_ok[None, :], other=0.0)
+            if ACT == 2:
+                w3_nx = tl.load(w_ptrs + w3_off, mask=k_ok[None, :], other=0.0)
+            acc3d += a[:, None, :] * w[None, :, :]
+            if ACT == 2:
+                gate3d += a[:, None, :] * w3[None, :, :]
         acc = tl.sum(acc3d, axis=2)
         gate = tl.sum(gate3d, axis=2)
     else:
