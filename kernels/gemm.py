@@ -224,10 +224,29 @@ def gemm_launch_config(
     return False, 64, 64, BK, 8, 4, 3
 
 
-def _prepare_out(out, shape, x):
+def _span(t: torch.Tensor) -> tuple[int, int]:
+    lo = t.data_ptr()
+    return lo, lo + (sum((n - 1) * st for n, st in zip(t.shape, t.stride(), strict=True)) + 1) * t.element_size()
+
+
+def _prepare_out(op, out, shape, x, weight, bias, residual):
     if out is None:
         return torch.empty(shape, dtype=x.dtype, device=x.device)
     check_tensor("out", out, dtypes=(x.dtype,), device=x.device, shape=tuple(shape))
+    if out.numel() == 0:
+        return out
+    lo, hi = _span(out)
+    for name, t in (("x", x), ("weight", weight), ("bias", bias), ("residual", residual)):
+        if t is None or t.numel() == 0:
+            continue
+        if name == "residual" and t.data_ptr() == out.data_ptr() and t.stride() == out.stride():
+            continue  # in place on the residual: each element is read, then written, by the same program
+        tlo, thi = _span(t)
+        if tlo < hi and lo < thi:
+            raise ValueError(
+                f"{op}: out overlaps {name} in memory; other programs may still read {name} while out is written "
+                "(only out=residual, the very same view, is allowed)"
+            )
     return out
 
 
@@ -236,7 +255,7 @@ def _launch(op, x, weight, bias, residual, act, precision, out):
     check_launchable(x, op)
     K = x.shape[-1]
     N = weight.shape[0] // 2 if act == ACT_SWIGLU else weight.shape[0]
-    y = _prepare_out(out, tuple(x.shape[:-1]) + (N,), x)
+    y = _prepare_out(op, out, tuple(x.shape[:-1]) + (N,), x, weight, bias, residual)
     M = x.numel() // K
     if M == 0 or N == 0:
         return y

@@ -215,6 +215,23 @@ def test_degenerate_sizes(shape, device):
     assert_close_rel(h, ref.swiglu_linear_ref(x, w13), ref.swiglu_linear_ref(*upcast(x, w13)))
 
 
+def test_out_in_place_on_residual_and_overlap_refused(device):
+    """out=residual (the same view) is the in-place residual add; any other overlap with an input is refused."""
+    M, K_, N = 37, 64, 64
+    x, w, b, r = _operands(M, K_, N, torch.float32, device)
+    r0 = r.clone()
+    y = K.linear_fwd(x, w, b, residual=r, out=r)
+    assert y is r
+    assert_close_rel(y, ref.linear_ref(x, w, b, residual=r0), ref.linear_ref(*upcast(x, w, b, r0)))
+    with pytest.raises(ValueError, match="out overlaps x"):
+        K.linear_fwd(x, w, out=x)
+    buf = randn(M + 1, N, device=device)
+    with pytest.raises(ValueError, match="out overlaps residual"):
+        K.linear_fwd(x, w, residual=buf[:M], out=buf[1:])
+    with pytest.raises(ValueError, match="out overlaps weight"):
+        K.linear_fwd(x, w, out=w[:M])  # w is [64, 64]: its first rows have the output's shape
+
+
 def test_empty_rows(device):
     x = torch.empty(0, 64, device=device)
     assert K.linear_fwd(x, randn(32, 64, device=device)).shape == (0, 32)
