@@ -24,12 +24,15 @@ Numerics:   fp32 accumulation; epilogue in fp32 (bias, activation, residual); on
             multiplies in fp32 on CUDA cores, whatever ``precision`` says. The interpreter's fp32 dot is exact for
             every precision, so only the GPU distinguishes them.
 Regimes:    M > 8: tensor-core tiles (tl.dot), grouped tile order for L2 reuse, tile size from the tile count.
-            M <= 8 (GPT decode, 3 beams): GEMV-style, every program owns all M rows and a few output columns and
-            streams its weight rows once (prefetching the next K slab while it multiplies the current one),
-            multiplying on CUDA cores into a [M, BLOCK_N, BLOCK_K] fp32 accumulator reduced once at the end. tl.dot needs 16 rows and 16 columns per tile, which would pad M = 3 to 16 and,
-            worse, force >= 16 output columns per program (N / 16 programs: 80 for c_proj, too few to saturate
-            HBM); the GEMV form reads the weight once with 4-8 columns per program (320-640 programs) and needs no
-            split-K workspace or second pass, so the nonlinear epilogue stays in the same kernel.
+            M <= 8 (GPT decode, 3 beams): GEMV-style. Every program owns all M rows and a few output columns and
+            streams its weight rows once (prefetching the next K slab while it multiplies the current one) into a
+            [M, BLOCK_N, BLOCK_K] fp32 accumulator on CUDA cores, reduced once at the end. Same kernel, a
+            constexpr switch, because only the inner product differs: tl.dot needs 16 rows and 16 columns per
+            tile, which pads M = 3 to 16 and, worse, forces >= 16 output columns per program (80 programs for
+            c_proj's 1280 outputs, too few to keep HBM busy); the GEMV form reads the weight once with 4-8
+            columns per program (320-640 programs) and needs no split-K workspace or second pass, so the
+            nonlinear epilogue (gelu_new) stays in the same kernel.
+In place:   out=residual (the very same view) is allowed; any other overlap of out with an input is refused.
 Matches:    indextts_kernels.reference.{linear_ref, swiglu_linear_ref, swiglu_feed_forward_ref, gpt2_mlp_ref}
 Limits:     forward only; K >= 1; no split-K (K <= 5120 here); no .item() or host sync (CUDA-graph safe).
 """
