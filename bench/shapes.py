@@ -14,12 +14,5 @@ NORM_SHAPES = [
     ("gpt_decode_3x1x1280", GPT_BEAMS, GPT_DIM),
 ]
 
-# GEMM with fused epilogues: (name, rows M, in K, out N); SwiGLU N counts the packed w13 rows (2 x 1536)
-GEMM_DIT_M = DIT_B * DIT_T  # 3442 rows through every DiT projection
-GEMM_SHAPES = [
-    ("dit_ffn_w13_3442x512x3072", GEMM_DIT_M, DIT_DIM, 2 * DIT_FFN),
-    ("dit_ffn_w2_3442x1536x512", GEMM_DIT_M, DIT_FFN, DIT_DIM),
-    ("gpt_prefill_mlp_600x1280x5120", GPT_PREFILL_T, GPT_DIM, GPT_FFN),
-    ("gpt_decode_mlp_3x1280x5120", GPT_BEAMS, GPT_DIM, GPT_FFN),
-    ("gpt_decode_c_attn_3x1280x3840", GPT_BEAMS, GPT_DIM, 3 * GPT_DIM),
-]
+# GEMM with fused epilogues: every DiT projection sees B x T rows; the GPT-2 MLP is 1280 -> 5120 -> 1280
+GEMM_DIT_M = DIT_B * DIT_T  # 3442
