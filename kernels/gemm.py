@@ -191,6 +191,7 @@ def gemm_launch_config(
     dtype: torch.dtype,
     *,
     swiglu: bool = False,
+    residual: bool = False,
     precision: str = "ieee",
     num_sms: int = _H100_SMS,
     interpret: Optional[bool] = None,
@@ -198,20 +199,21 @@ def gemm_launch_config(
     """(GEMV, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages) for an [M, K] x [N, K]^T launch.
 
     Decode (M <= 8): one program owns every row and BLOCK_N (4 or 8) output columns; its [BM, BN, BK] fp32
-    accumulator holds about 4096 values (32 per thread at 4 warps; half each for SwiGLU's two). Tensor-core
-    regime: 128-row tiles when they alone give at least one tile per SM, else 64 x 64 tiles (GPT prefill
-    c_proj: 600 x 1280 is 50 big tiles but 200 small ones). BLOCK_K keeps 3 pipeline stages of fp32 operands
-    under 48 KiB of shared memory, which every target (sm_86 has 99 KiB per block) holds. fp32 with
-    precision "ieee" uses FMA and a 64 x 64 x 16 tile; fp32 SwiGLU on tensor cores stays at 64 x 64 x 16
-    (larger tiles spill with tf32x3's split operands on sm_86). num_stages is 3 everywhere, Triton's default,
-    so the AOT table compiles exactly what runs. Under the interpreter one big-tile config.
+    accumulator holds about 4096 values (32 per thread at 4 warps; half each for SwiGLU's two).
+    Tensor-core regime: the big tile when it alone gives at least one tile per SM, else 64 x 64 (GPT prefill
+    c_proj: 600 x 1280 is 50 big tiles but 200 small ones). fp16/bf16: 128 x 128 x 32 at 8 warps (with a
+    residual, or SwiGLU's two accumulators: 128 x 64 x 32), small 64 x 64 x 32. fp32 on tensor cores (tf32, tf32x3): 128 x 64 x 16
+    at 8 warps, small and SwiGLU 64 x 64 x 16. fp32 "ieee" (FMA): 64 x 64 x 16. Each choice is the largest
+    that compiles without spills on sm_86/89/90 with every epilogue flag set (checked with the AOT tool;
+    128 x 128 fp32 tiles spill). Shared memory stays under 48 KiB at 3 stages. num_stages is 3 everywhere,
+    Triton's default, so the AOT table compiles exactly what runs. Under the interpreter one big-tile config.
     """
     half = dtype in (torch.float16, torch.bfloat16)
     if M <= DECODE_MAX_M:
         BM = next_pow2(M)
         if is_interpreting() if interpret is None else interpret:
             return True, BM, min(32, next_pow2(N)), min(64, next_pow2(K)), 1, 4, 1
-        BN = 8 if N >= 2048 else 4
+        BN = 8 if N >= 2048 and not swiglu else 4
         BK = 4096 // (BM * BN) // (2 if swiglu else 1)
         BK = max(64, min(512, BK, next_pow2(K)))
         return True, BM, BN, BK, 1, 4, 3
@@ -219,12 +221,18 @@ def gemm_launch_config(
         return False, 64, 64, 64, 8, 4, 1
     if not half and precision == "ieee":
         return False, 64, 64, 16, 8, 4, 3
-    BK = 32 if (not half or swiglu) else 64
-    if swiglu and not half:  # tf32/tf32x3 SwiGLU: two fp32 accumulators plus split operands; 128 rows spill
+    if not half:  # tf32 / tf32x3: fp32 operands (and tf32x3's split halves) take registers; BLOCK_K 16
+        if not swiglu and triton.cdiv(M, 128) * triton.cdiv(N, 64) >= num_sms:
+            return False, 128, 64, 16, 8, 8, 3
         return False, 64, 64, 16, 8, 4, 3
-    if triton.cdiv(M, 128) * triton.cdiv(N, 128 if not swiglu else 64) >= num_sms:
-        return False, 128, (64 if swiglu else 128), 32, 8, 8, 3
-    return False, 64, 64, BK, 8, 4, 3
+    if swiglu:
+        if triton.cdiv(M, 128) * triton.cdiv(N, 64) >= num_sms:
+            return False, 128, 64, 32, 8, 8, 3
+        return False, 64, 64, 32, 8, 4, 3
+    BN = 64 if residual else 128  # a 128 x 128 residual tile on top of the accumulator spills
+    if triton.cdiv(M, 128) * triton.cdiv(N, BN) >= num_sms:
+        return False, 128, BN, 32, 8, 8, 3
+    return False, 64, 64, 32, 8, 4, 3  # BLOCK_K 64 would spill with the gelu + residual epilogue
 
 
 def _span(t: torch.Tensor) -> tuple[int, int]:
@@ -268,7 +276,7 @@ def _launch(op, x, weight, bias, residual, act, precision, out):
     prec = (precision or "ieee") if x.dtype == torch.float32 else "tf32"  # no effect on fp16/bf16 operands
     sms = _num_sms(x.device.index if x.device.index is not None else torch.cuda.current_device()) if x.is_cuda else 1
     gemv, BM, BN, BK, GM, warps, stages = gemm_launch_config(
-        M, N, K, x.dtype, swiglu=act == ACT_SWIGLU, precision=prec, num_sms=sms
+        M, N, K, x.dtype, swiglu=act == ACT_SWIGLU, residual=residual is not None, precision=prec, num_sms=sms
     )
     grid = (triton.cdiv(M, BM) * triton.cdiv(N, BN),)
     with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
@@ -360,9 +368,11 @@ def compile_variants():
         ("dit/w13_swiglu", "fp32", "ieee", 3442, 1536, 512, False, False, ACT_SWIGLU),
         ("dit/w2+res", "fp32", "ieee", 3442, 512, 1536, False, True, ACT_NONE),
         ("dit/skip_in+bias", "fp32", "ieee", 3442, 512, 1024, True, False, ACT_NONE),
+        ("dit/wqkv", "fp32", "tf32x3", 3442, 1536, 512, False, False, ACT_NONE),
         ("dit/w13_swiglu", "fp32", "tf32x3", 3442, 1536, 512, False, False, ACT_SWIGLU),
         ("dit/w2+res", "fp32", "tf32x3", 3442, 512, 1536, False, True, ACT_NONE),
         ("dit/w13_swiglu", "bf16", "tf32", 3442, 1536, 512, False, False, ACT_SWIGLU),
+        ("dit/w2+res", "bf16", "tf32", 3442, 512, 1536, False, True, ACT_NONE),
         # GPT-2 prefill (M = 600) and decode (M = 3 beams), fp16 as use_fp16
         ("gpt/c_attn+bias", "fp16", "tf32", 600, 3840, 1280, True, False, ACT_NONE),
         ("gpt/c_fc+bias+gelu", "fp16", "tf32", 600, 5120, 1280, True, False, ACT_GELU_NEW),
@@ -378,7 +388,7 @@ def compile_variants():
     seen = set()
     for tag, tname, prec, M, N, K, has_b, has_r, act in cases:
         gemv, bm, bn, bk, gm, nw, _stages = gemm_launch_config(
-            M, N, K, torch_dt[tname], swiglu=act == ACT_SWIGLU, precision=prec, interpret=False
+            M, N, K, torch_dt[tname], swiglu=act == ACT_SWIGLU, residual=has_r, precision=prec, interpret=False
         )
         const = dict(
             HAS_BIAS=has_b, HAS_RESIDUAL=has_r, ACT=act, GEMV=gemv, INPUT_PRECISION=prec,
