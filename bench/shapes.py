@@ -21,3 +21,5 @@ ATTN_DIT_SHAPES = [("dit_2x8x1721x64", DIT_B, DIT_HEADS, DIT_T, DIT_HEAD_DIM)]  
 ATTN_PREFILL_SHAPES = [(f"gpt_prefill_{b}x20x{t}x64", b, GPT_HEADS, t, 64) for b in (1, 3) for t in (90, 600)]
 GPT_DECODE_CONTEXTS = [100, 600, 1200, 1800]
 GPT_CACHE_LEN = 2048  # static cache capacity (prompt + up to ~1800 codes)
+# GEMM with fused epilogues: every DiT projection sees B x T rows; the GPT-2 MLP is 1280 -> 5120 -> 1280
+GEMM_DIT_M = DIT_B * DIT_T  # 3442

@@ -12,10 +12,14 @@ from .ops import (
     alloc_kv_cache,
     dit_attention,
     final_layer_modulate,
+    gpt2_mlp,
     gpt_decode_attention,
     gpt_prefill_attention,
     layer_norm,
+    linear,
     reorder_kv_rows,
+    swiglu_feed_forward,
+    swiglu_linear,
 )
 
 __version__ = "0.1.0"
@@ -31,6 +35,10 @@ __all__ = [
     "backend_for",
     "default_backend",
     "final_layer_modulate",
+    "gpt2_mlp",
     "layer_norm",
+    "linear",
     "requested_backend",
+    "swiglu_feed_forward",
+    "swiglu_linear",
 ]

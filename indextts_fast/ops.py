@@ -15,6 +15,8 @@ from indextts_kernels import reference
 from indextts_kernels._validate import (
     attention_args,
     decode_attention_args,
+    ffn_args,
+    gemm_args,
     norm_args,
     qkv_heads,
     rope_table_args,
@@ -31,6 +33,10 @@ __all__ = [
     "gpt_decode_attention",
     "alloc_kv_cache",
     "reorder_kv_rows",
+    "linear",
+    "swiglu_linear",
+    "swiglu_feed_forward",
+    "gpt2_mlp",
 ]
 
 
@@ -148,3 +154,66 @@ def reorder_kv_rows(row_table: torch.Tensor, beam_idx: torch.Tensor) -> torch.Te
     One gather of B * S_max int32 for all layers (the cache itself stays in place); returns a new table.
     """
     return row_table.index_select(0, beam_idx.to(device=row_table.device, dtype=torch.long))
+
+
+def linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor] = None,
+    *,
+    residual: Optional[torch.Tensor] = None,
+    activation: Optional[str] = None,
+    precision: Optional[str] = None,
+) -> torch.Tensor:
+    """``act(x @ weight.T + bias) + residual``; weight [out, in] (GPT-2 Conv1D weights transposed first)."""
+    if backend_for(x.device) == TORCH:
+        if activation not in (None, "gelu_new"):
+            raise ValueError(f"linear: activation must be None or 'gelu_new', got {activation!r}")
+        gemm_args("linear", x, weight, bias=bias, residual=residual, precision=precision)
+        return reference.linear_ref(x, weight, bias, residual=residual, activation=activation)
+    return _kernel("linear_fwd")(x, weight, bias, residual=residual, activation=activation, precision=precision)
+
+
+def swiglu_linear(x: torch.Tensor, w13: torch.Tensor, *, precision: Optional[str] = None) -> torch.Tensor:
+    """``silu(x @ w1.T) * (x @ w3.T)`` over the packed ``w13 = cat([w1, w3])`` [2I, K]."""
+    if backend_for(x.device) == TORCH:
+        gemm_args("swiglu_linear", x, w13, swiglu=True, precision=precision)
+        return reference.swiglu_linear_ref(x, w13)
+    return _kernel("swiglu_linear_fwd")(x, w13, precision=precision)
+
+
+def swiglu_feed_forward(
+    x: torch.Tensor,
+    w13: torch.Tensor,
+    w2: torch.Tensor,
+    *,
+    residual: Optional[torch.Tensor] = None,
+    precision: Optional[str] = None,
+) -> torch.Tensor:
+    """DiT FeedForward plus the block's residual: ``residual + w2(silu(w1 x) * w3 x)``."""
+    if backend_for(x.device) == TORCH:
+        ffn_args("swiglu_feed_forward", x, w13, w2, residual=residual, swiglu=True, precision=precision)
+        return reference.swiglu_feed_forward_ref(x, w13, w2, residual=residual)
+    return _kernel("swiglu_feed_forward_fwd")(x, w13, w2, residual=residual, precision=precision)
+
+
+def gpt2_mlp(
+    x: torch.Tensor,
+    c_fc_weight: torch.Tensor,
+    c_fc_bias: torch.Tensor,
+    c_proj_weight: torch.Tensor,
+    c_proj_bias: torch.Tensor,
+    *,
+    residual: Optional[torch.Tensor] = None,
+    precision: Optional[str] = None,
+) -> torch.Tensor:
+    """GPT-2 MLP plus the block's residual: ``residual + c_proj(gelu_new(c_fc(x)))``; weights [out, in]."""
+    if backend_for(x.device) == TORCH:
+        ffn_args(
+            "gpt2_mlp", x, c_fc_weight, c_proj_weight, b_in=c_fc_bias, b_out=c_proj_bias, residual=residual,
+            swiglu=False, precision=precision,
+        )  # fmt: skip
+        return reference.gpt2_mlp_ref(x, c_fc_weight, c_fc_bias, c_proj_weight, c_proj_bias, residual=residual)
+    return _kernel("gpt2_mlp_fwd")(
+        x, c_fc_weight, c_fc_bias, c_proj_weight, c_proj_bias, residual=residual, precision=precision
+    )

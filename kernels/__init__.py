@@ -26,10 +26,15 @@ _LAUNCHERS = {
     "dit_attention_fwd": "attention",
     "gpt_prefill_attention_fwd": "attention",
     "gpt_decode_attention_fwd": "attention",
+    "linear_fwd": "gemm",
+    "swiglu_linear_fwd": "gemm",
+    "swiglu_feed_forward_fwd": "gemm",
+    "gpt2_mlp_fwd": "gemm",
+    "pack_w13": "gemm",
 }
 
 # kernel modules, for tools that walk every kernel (the AOT compile check)
-KERNEL_MODULES = ("norm", "attention")
+KERNEL_MODULES = ("norm", "attention", "gemm")
 
 __all__ = ["HAS_TRITON", "KERNEL_MODULES", "reference", "load_kernel_module", *_LAUNCHERS]
 

@@ -34,3 +34,18 @@ def dot(a, b, acc):
         if b.dtype == tl.bfloat16:
             b = b.to(tl.float32)
     return tl.dot(a, b, acc)
+
+
+@triton.jit
+def dot_prec(a, b, acc, INPUT_PRECISION: tl.constexpr):
+    """:func:`dot` with an explicit ``input_precision`` for fp32 operands ("ieee", "tf32" or "tf32x3").
+
+    The interpreter ignores the precision (its fp32 dot is exact); compiled, it picks FMA (ieee) or tensor
+    cores (tf32, tf32x3). It has no effect on fp16/bf16 operands.
+    """
+    if _INTERPRET_BF16:
+        if a.dtype == tl.bfloat16:
+            a = a.to(tl.float32)
+        if b.dtype == tl.bfloat16:
+            b = b.to(tl.float32)
+    return tl.dot(a, b, acc, input_precision=INPUT_PRECISION)

@@ -170,3 +170,65 @@ def decode_attention_args(op: str, q, k_cache, v_cache, lengths, *, row_table=No
         check_tensor("row_table", row_table, dtypes=(torch.int32,), device=q.device, shape=(B, S))
     _check_out(out, (B, 1, H * D), q.dtype, q.device)
     check_inference(op, q, k_cache, v_cache)
+
+
+GEMM_PRECISIONS = ("ieee", "tf32x3", "tf32")
+
+
+def gemm_args(op: str, x, weight, *, bias=None, residual=None, swiglu: bool = False, precision=None) -> None:
+    """Validate a GEMM launch: x [..., K], weight [N, K] row-major (nn.Linear's [out, in]), one dtype throughout.
+
+    For SwiGLU ``weight`` is the packed ``w13 = cat([w1, w3])`` [2I, K] and the output has I columns.
+    """
+    check_tensor("x", x, min_dim=1)
+    K = x.shape[-1]
+    if K == 0:
+        raise ValueError(f"{op}: the reduction size x.shape[-1] must be at least 1, got shape {tuple(x.shape)}")
+    wname = "w13" if swiglu else "weight"
+    check_tensor(wname, weight, device=x.device, min_dim=2, last_dim_contiguous=False)
+    if weight.dim() != 2:
+        raise ValueError(f"{op}: {wname} must be 2-D [N, K] = [out, in], got shape {tuple(weight.shape)}")
+    if weight.dtype != x.dtype:
+        raise TypeError(
+            f"{op}: unsupported dtype mix: x is {str(x.dtype)[6:]} but {wname} is {str(weight.dtype)[6:]}; "
+            "cast both to one of float32, float16, bfloat16"
+        )
+    if weight.shape[1] != K:
+        hint = ""
+        if weight.shape[0] == K:
+            hint = " (it looks like [in, out], GPT-2 Conv1D's layout: pass weight.t().contiguous())"
+        raise ValueError(
+            f"{op}: mismatched K: {wname} has shape {tuple(weight.shape)} but x.shape[-1] = {K}; "
+            f"expected [N, {K}] = [out, in]{hint}"
+        )
+    if weight.numel() > 1 and not weight.is_contiguous():
+        raise ValueError(
+            f"{op}: {wname} must be row-major [N, K] with K contiguous (nn.Linear's [out, in]); got strides "
+            f"{tuple(weight.stride())} (a transposed view such as conv1d.weight.t() must be made .contiguous())"
+        )
+    if swiglu and weight.shape[0] % 2:
+        raise ValueError(
+            f"{op}: w13 has {weight.shape[0]} rows, an odd count; expected [2*I, K] = torch.cat([w1, w3], dim=0)"
+        )
+    N = weight.shape[0] // 2 if swiglu else weight.shape[0]
+    if bias is not None:
+        if swiglu:
+            raise ValueError(f"{op}: the SwiGLU epilogue takes no bias (the DiT FeedForward has none)")
+        check_tensor("bias", bias, dtypes=(x.dtype,), device=x.device, shape=(N,))
+    if residual is not None:
+        check_tensor("residual", residual, dtypes=(x.dtype,), device=x.device, shape=tuple(x.shape[:-1]) + (N,))
+    if precision is not None and precision not in GEMM_PRECISIONS:
+        raise ValueError(f"{op}: precision must be None or one of {GEMM_PRECISIONS}, got {precision!r}")
+    check_inference(op, x, weight, bias, residual)
+
+
+def ffn_args(op: str, x, w_in, w_out, *, b_in=None, b_out=None, residual=None, swiglu: bool, precision=None) -> None:
+    """Validate a two-GEMM feed-forward (SwiGLU w13 -> w2, or GPT-2 c_fc -> c_proj) before either launch."""
+    gemm_args(op, x, w_in, bias=b_in, swiglu=swiglu, precision=precision)
+    hidden = w_in.shape[0] // 2 if swiglu else w_in.shape[0]
+    # a stand-in for the hidden activations [..., hidden], without allocating them
+    probe = x.new_empty((1,) * (x.dim() - 1) + (hidden,)).expand(*x.shape[:-1], hidden)
+    try:
+        gemm_args(op, probe, w_out, bias=b_out, residual=residual, precision=precision)
+    except ValueError as e:
+        raise ValueError(f"{e} (the second projection reads the {hidden}-wide hidden)") from None

@@ -9,6 +9,7 @@ calling it with inputs upcast to fp64 gives the high-precision oracle used by th
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -25,6 +26,12 @@ __all__ = [
     "dit_attention_ref",
     "gpt_prefill_attention_ref",
     "gpt_decode_attention_ref",
+    "gelu_new_ref",
+    "linear_ref",
+    "pack_w13",
+    "swiglu_linear_ref",
+    "swiglu_feed_forward_ref",
+    "gpt2_mlp_ref",
 ]
 
 
@@ -250,3 +257,72 @@ def gpt_decode_attention_ref(
         y = F.scaled_dot_product_attention(q[b, 0][:, None, :], keys, vals, scale=scale)  # [H, 1, D]
         out[b, 0] = y.reshape(H * D)
     return out
+
+
+# GEMM with epilogues: projections, DiT SwiGLU FeedForward, GPT-2 MLP (weights [N, K] = nn.Linear's [out, in])
+# ----------------------------------------------------------------------------------------------------------------------
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+
+
+def gelu_new_ref(x: torch.Tensor) -> torch.Tensor:
+    """GPT-2's ``gelu_new``: the tanh approximation ``0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))``, not erf-GELU."""
+    return 0.5 * x * (1.0 + torch.tanh(_SQRT_2_OVER_PI * (x + 0.044715 * x**3)))
+
+
+def linear_ref(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor] = None,
+    residual: Optional[torch.Tensor] = None,
+    activation: Optional[str] = None,
+) -> torch.Tensor:
+    """``act(x @ weight.T + bias) + residual`` as the unfused torch ops compute it (each op rounds at x's dtype).
+
+    ``weight`` is [out, in] (nn.Linear); a GPT-2 ``Conv1D`` weight [in, out] must be transposed first. The
+    residual is added after the projection, as HF GPT-2 and the DiT block do (``residual + proj(...)``).
+    """
+    y = F.linear(x, weight, bias)
+    if activation == "gelu_new":
+        y = gelu_new_ref(y)
+    elif activation is not None:
+        raise ValueError(f"linear_ref: activation must be None or 'gelu_new', got {activation!r}")
+    return y if residual is None else residual + y
+
+
+def pack_w13(w1: torch.Tensor, w3: torch.Tensor) -> torch.Tensor:
+    """The packed SwiGLU weight ``cat([w1, w3], dim=0)`` [2I, K]: rows 0..I-1 are w1, rows I..2I-1 are w3."""
+    for name, w in (("w1", w1), ("w3", w3)):
+        if not isinstance(w, torch.Tensor) or w.dim() != 2:
+            raise ValueError(f"pack_w13: {name} must be a 2-D [I, K] tensor (nn.Linear's [out, in])")
+    if w1.shape != w3.shape or w1.dtype != w3.dtype or w1.device != w3.device:
+        raise ValueError(
+            f"pack_w13: w1 {tuple(w1.shape)} {w1.dtype} {w1.device} and w3 {tuple(w3.shape)} {w3.dtype} "
+            f"{w3.device} must match in shape, dtype and device"
+        )
+    return torch.cat([w1, w3], dim=0).contiguous()
+
+
+def swiglu_linear_ref(x: torch.Tensor, w13: torch.Tensor) -> torch.Tensor:
+    """``silu(x @ w1.T) * (x @ w3.T)`` for ``w13 = pack_w13(w1, w3)``: the hidden of the DiT FeedForward."""
+    w1, w3 = w13.chunk(2, dim=0)
+    return F.silu(F.linear(x, w1)) * F.linear(x, w3)
+
+
+def swiglu_feed_forward_ref(
+    x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, residual: Optional[torch.Tensor] = None
+) -> torch.Tensor:
+    """DiT ``FeedForward`` (gpt_fast, no biases) plus the block's residual: ``residual + w2(silu(w1 x) * w3 x)``."""
+    return linear_ref(swiglu_linear_ref(x, w13), w2, residual=residual)
+
+
+def gpt2_mlp_ref(
+    x: torch.Tensor,
+    c_fc_weight: torch.Tensor,
+    c_fc_bias: torch.Tensor,
+    c_proj_weight: torch.Tensor,
+    c_proj_bias: torch.Tensor,
+    residual: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """HF ``GPT2MLP`` plus the block's residual: ``residual + c_proj(gelu_new(c_fc(x)))``; weights [out, in]."""
+    h = linear_ref(x, c_fc_weight, c_fc_bias, activation="gelu_new")
+    return linear_ref(h, c_proj_weight, c_proj_bias, residual=residual)

@@ -47,3 +47,19 @@ def test_every_norm_variant_compiles_for_every_target_without_spills(aot_rows):
 def test_no_variant_fails_or_spills(aot_rows):
     bad = [(r["variant"], r["arch"], r.get("error") or r["spills"]) for r in aot_rows if "error" in r or r["spills"]]
     assert not bad, f"compile errors or spills: {bad}"
+
+
+def test_every_gemm_variant_compiles_with_tensor_cores_where_expected(aot_rows):
+    """Tensor-core tiles (fp16/bf16, fp32 tf32/tf32x3) carry mma.sync (sm_86/89) or wgmma (sm_90); the fp32
+    "ieee" tiles and the GEMV decode path multiply on CUDA cores by design."""
+    from indextts_kernels import gemm as gemm_mod
+
+    expected = {name for name, *_ in gemm_mod.compile_variants()}
+    rows = [r for r in aot_rows if r["variant"].startswith("gemm/")]
+    for arch in ARCHS:
+        assert {r["variant"] for r in rows if r["arch"] == arch} == expected, f"missing variants on {arch}"
+    for r in rows:
+        assert "error" not in r and not r["spills"], (r["variant"], r["arch"], r.get("error") or r["spills"])
+        tensor_cores = "/mma/" in r["variant"] and "/ieee/" not in r["variant"]
+        want = ("wgmma" if r["arch"] == "sm_90" else "mma") if tensor_cores else "-"
+        assert r["mma"] == want, f"{r['variant']} {r['arch']}: {r['mma']}, expected {want}"

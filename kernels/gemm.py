@@ -1,0 +1,410 @@
+"""GEMM with fused epilogues: linear (+ bias) (+ gelu_new) (+ residual), and SwiGLU over a packed w13 weight.
+
+One Triton kernel serves every projection of the hot path that needs an epilogue; constexpr flags pick the
+epilogue and the inner-product regime.
+
+Math (x [M, K], weight [N, K] = nn.Linear's [out, in]; accumulation and epilogue in fp32, one rounding at the store):
+    linear            y = x @ W^T (+ b) (then gelu_new) (+ residual)
+    gelu_new          g(u) = 0.5 u (1 + tanh(sqrt(2/pi) (u + 0.044715 u^3))) = u * sigmoid(2 sqrt(2/pi) (u + 0.044715 u^3))
+                      (the same function written through sigmoid: 0.5 (1 + tanh(z)) = sigmoid(2 z); no libdevice)
+    swiglu            h = silu(x @ W1^T) * (x @ W3^T), W13 = cat([W1, W3], dim 0) of shape [2I, K]: output column j
+                      reads row j (w1) and row I + j (w3) of W13; one pass over x, the [M, I] hidden written once
+Ops built on it (all IndexTTS2):
+    DiT FeedForward   out = residual + w2(silu(w1 x) * w3 x)      = linear(swiglu(x, w13), w2, residual=residual)
+    GPT-2 MLP         out = residual + c_proj(gelu_new(c_fc(x)))  = linear(linear(x, fc, b, gelu_new), proj, b, residual)
+    projections       GPT-2 c_attn (+bias), attn c_proj (+bias +residual); DiT wqkv, wo (+residual), skip_in_linear (+bias)
+Contract:   x [..., K] with contiguous leading dims; weight [N, K] contiguous (row-major, K contiguous). GPT-2 Conv1D
+            weights ([in, out] in the checkpoint) must be transposed to [out, in] first. x, weight, bias, residual
+            and the output share one dtype: fp32, fp16 or bf16.
+Numerics:   fp32 accumulation; epilogue in fp32 (bias, activation, residual); one rounding at the store. The unfused
+            torch ops round after each op at the working dtype; this kernel does not (it is closer to the fp32 result).
+            fp32 inputs: ``precision`` picks the tensor-core regime's dot. Default "ieee": exact fp32 products (FMA,
+            no tensor cores), as the official fp32 DiT under torch's default (allow_tf32=False). "tf32x3" (tensor
+            cores, about fp32 accuracy) and "tf32" (10-bit mantissa inputs) are opt-in. The decode regime always
+            multiplies in fp32 on CUDA cores, whatever ``precision`` says. The interpreter's fp32 dot is exact for
+            every precision, so only the GPU distinguishes them.
+Regimes:    M > 8: tensor-core tiles (tl.dot), grouped tile order for L2 reuse, tile size from the tile count.
+            M <= 8 (GPT decode, 3 beams): GEMV-style. Every program owns all M rows and a few output columns and
+            streams its weight rows once (prefetching the next K slab while it multiplies the current one) into a
+            [M, BLOCK_N, BLOCK_K] fp32 accumulator on CUDA cores, reduced once at the end. Same kernel, a
+            constexpr switch, because only the inner product differs: tl.dot needs 16 rows and 16 columns per
+            tile, which pads M = 3 to 16 and, worse, forces >= 16 output columns per program (80 programs for
+            c_proj's 1280 outputs, too few to keep HBM busy); the GEMV form reads the weight once with 4-8
+            columns per program (320-640 programs) and needs no split-K workspace or second pass, so the
+            nonlinear epilogue (gelu_new) stays in the same kernel.
+In place:   out=residual (the very same view) is allowed; any other overlap of out with an input is refused.
+Matches:    indextts_kernels.reference.{linear_ref, swiglu_linear_ref, swiglu_feed_forward_ref, gpt2_mlp_ref}
+Limits:     forward only; K >= 1; no split-K (K <= 5120 here); no .item() or host sync (CUDA-graph safe).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from ._jit import cast_to, dot_prec
+from ._utils import check_launchable, check_tensor, is_interpreting, next_pow2, rows_view
+from ._validate import ffn_args, gemm_args
+from .reference import pack_w13
+
+__all__ = [
+    "linear_fwd",
+    "swiglu_linear_fwd",
+    "swiglu_feed_forward_fwd",
+    "gpt2_mlp_fwd",
+    "pack_w13",
+    "gemm_launch_config",
+]
+
+ACT_NONE, ACT_GELU_NEW, ACT_SWIGLU = 0, 1, 2
+_ACTIVATIONS = {None: ACT_NONE, "gelu_new": ACT_GELU_NEW}
+DECODE_MAX_M = 8  # rows up to which the GEMV regime runs
+_H100_SMS = 132  # the tile-count target used for the AOT table (launches ask the device)
+
+
+@triton.jit(do_not_specialize=["M"])
+def _gemm_kernel(
+    A,  # pointer to x rows [M, K]
+    W,  # pointer to the weight [N, K] ([2N, K] for SwiGLU: w1 rows, then w3 rows)
+    BIAS,  # pointer to bias [N] (HAS_BIAS)
+    R,  # pointer to residual rows [M, N] (HAS_RESIDUAL)
+    C,  # pointer to output rows [M, N]
+    M,
+    N,  # output columns (I for SwiGLU)
+    K,
+    stride_am,
+    stride_wn,
+    stride_rm,
+    stride_cm,
+    HAS_BIAS: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr,
+    ACT: tl.constexpr,  # 0 none, 1 gelu_new, 2 swiglu (silu(x w1) * (x w3))
+    GEMV: tl.constexpr,  # decode regime: CUDA-core products, all M rows in one program
+    INPUT_PRECISION: tl.constexpr,  # fp32 tl.dot: "ieee", "tf32" or "tf32x3"
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
+    EVEN_K: tl.constexpr,  # K % BLOCK_K == 0: no K mask in the loop
+):
+    pid = tl.program_id(0)
+    num_pid_m = tl.cdiv(M, BLOCK_M)
+    num_pid_n = tl.cdiv(N, BLOCK_N)
+    # grouped order: GROUP_M row tiles sweep the columns together, so their weight tiles are reused from L2
+    num_in_group = GROUP_M * num_pid_n
+    first_m = (pid // num_in_group) * GROUP_M
+    group_size = tl.minimum(num_pid_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % num_in_group) % group_size
+    pid_n = (pid % num_in_group) // group_size
+
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rk = tl.arange(0, BLOCK_K)
+    m_ok = rm < M
+    n_ok = rn < N
+    # operand rows/columns past the edge wrap to valid ones (their results are never stored): the loads in the
+    # K loop need no row/column mask, only a K mask when K is not a multiple of BLOCK_K
+    am = (rm % M).to(tl.int64)
+    wn = (rn % N).to(tl.int64)
+    w3_off = tl.cast(N, tl.int64) * stride_wn  # first w3 row of the packed SwiGLU weight
+
+    if GEMV:
+        a_ptrs = A + am[:, None] * stride_am + rk[None, :]  # [BM, BK]
+        w_ptrs = W + wn[:, None] * stride_wn + rk[None, :]  # [BN, BK]
+        acc3d = tl.zeros([BLOCK_M, BLOCK_N, BLOCK_K], dtype=tl.float32)
+        gate3d = tl.zeros([BLOCK_M, BLOCK_N, BLOCK_K], dtype=tl.float32)
+        # software prefetch: the next K slab is requested before the current one is multiplied, so every
+        # program keeps two weight slabs in flight (the loop has no tl.dot for Triton's pipeliner to stage)
+        k_ok = rk < K
+        a_nx = tl.load(a_ptrs, mask=k_ok[None, :], other=0.0)
+        w_nx = tl.load(w_ptrs, mask=k_ok[None, :], other=0.0)
+        w3_nx = w_nx
+        if ACT == 2:
+            w3_nx = tl.load(w_ptrs + w3_off, mask=k_ok[None, :], other=0.0)
+        for k in range(0, K, BLOCK_K):
+            a = a_nx.to(tl.float32)
+            w = w_nx.to(tl.float32)
+            w3 = w3_nx.to(tl.float32)
+            a_ptrs += BLOCK_K
+            w_ptrs += BLOCK_K
+            k_ok = (k + BLOCK_K + rk) < K  # all false after the last slab: nothing is read
+            a_nx = tl.load(a_ptrs, mask=k_ok[None, :], other=0.0)
+            w_nx = tl.load(w_ptrs, mask=k_ok[None, :], other=0.0)
+            if ACT == 2:
+                w3_nx = tl.load(w_ptrs + w3_off, mask=k_ok[None, :], other=0.0)
+            acc3d += a[:, None, :] * w[None, :, :]
+            if ACT == 2:
+                gate3d += a[:, None, :] * w3[None, :, :]
+        acc = tl.sum(acc3d, axis=2)
+        gate = tl.sum(gate3d, axis=2)
+    else:
+        a_ptrs = A + am[:, None] * stride_am + rk[None, :]  # [BM, BK]
+        w_ptrs = W + wn[None, :] * stride_wn + rk[:, None]  # [BK, BN]: the W^T tile, K contiguous
+        acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+        gate = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+        for k in range(0, K, BLOCK_K):
+            if EVEN_K:
+                a = tl.load(a_ptrs)
+                w = tl.load(w_ptrs)
+            else:
+                k_ok = (k + rk) < K
+                a = tl.load(a_ptrs, mask=k_ok[None, :], other=0.0)
+                w = tl.load(w_ptrs, mask=k_ok[:, None], other=0.0)
+            acc = dot_prec(a, w, acc, INPUT_PRECISION)
+            if ACT == 2:
+                if EVEN_K:
+                    w3 = tl.load(w_ptrs + w3_off)
+                else:
+                    w3 = tl.load(w_ptrs + w3_off, mask=k_ok[:, None], other=0.0)
+                gate = dot_prec(a, w3, gate, INPUT_PRECISION)
+            a_ptrs += BLOCK_K
+            w_ptrs += BLOCK_K
+
+    # epilogue, fp32: bias, activation, residual; one rounding at the store
+    if HAS_BIAS:
+        acc += tl.load(BIAS + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+    if ACT == 1:
+        # gelu_new: 0.5 u (1 + tanh(z)) with z = sqrt(2/pi) (u + 0.044715 u^3), and 0.5 (1 + tanh(z)) = sigmoid(2z)
+        acc = acc * tl.sigmoid(1.5957691216057308 * (acc + 0.044715 * acc * acc * acc))
+    if ACT == 2:
+        acc = acc * tl.sigmoid(acc) * gate
+    mask = m_ok[:, None] & n_ok[None, :]
+    if HAS_RESIDUAL:
+        acc += tl.load(R + rm.to(tl.int64)[:, None] * stride_rm + rn[None, :], mask=mask, other=0.0).to(tl.float32)
+    tl.store(C + rm.to(tl.int64)[:, None] * stride_cm + rn[None, :], cast_to(acc, C.dtype.element_ty), mask=mask)
+
+
+@functools.cache
+def _num_sms(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def gemm_launch_config(
+    M: int,
+    N: int,
+    K: int,
+    dtype: torch.dtype,
+    *,
+    swiglu: bool = False,
+    residual: bool = False,
+    precision: str = "ieee",
+    num_sms: int = _H100_SMS,
+    interpret: Optional[bool] = None,
+) -> tuple[bool, int, int, int, int, int, int]:
+    """(GEMV, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages) for an [M, K] x [N, K]^T launch.
+
+    Decode (M <= 8): one program owns every row and BLOCK_N (4 or 8) output columns; its [BM, BN, BK] fp32
+    accumulator holds about 4096 values (32 per thread at 4 warps; half each for SwiGLU's two).
+    Tensor-core regime: the big tile when it alone gives at least one tile per SM, else 64 x 64 (GPT prefill
+    c_proj: 600 x 1280 is 50 big tiles but 200 small ones). fp16/bf16: 128 x 128 x 32 at 8 warps (with a
+    residual, or SwiGLU's two accumulators: 128 x 64 x 32), small 64 x 64 x 32. fp32 on tensor cores (tf32, tf32x3): 128 x 64 x 16
+    at 8 warps, small and SwiGLU 64 x 64 x 16. fp32 "ieee" (FMA): 64 x 64 x 16. Each choice is the largest
+    that compiles without spills on sm_86/89/90 with every epilogue flag set (checked with the AOT tool;
+    128 x 128 fp32 tiles spill). Shared memory stays under 48 KiB at 3 stages. num_stages is 3 everywhere,
+    Triton's default, so the AOT table compiles exactly what runs. Under the interpreter one big-tile config.
+    """
+    half = dtype in (torch.float16, torch.bfloat16)
+    if M <= DECODE_MAX_M:
+        BM = next_pow2(M)
+        if is_interpreting() if interpret is None else interpret:
+            return True, BM, min(32, next_pow2(N)), min(64, next_pow2(K)), 1, 4, 1
+        BN = 8 if N >= 2048 and not swiglu else 4
+        BK = 4096 // (BM * BN) // (2 if swiglu else 1)
+        BK = max(64, min(512, BK, next_pow2(K)))
+        return True, BM, BN, BK, 1, 4, 3
+    if is_interpreting() if interpret is None else interpret:
+        return False, 64, 64, 64, 8, 4, 1
+    if not half and precision == "ieee":
+        return False, 64, 64, 16, 8, 4, 3
+    if not half:  # tf32 / tf32x3: fp32 operands (and tf32x3's split halves) take registers; BLOCK_K 16
+        if not swiglu and triton.cdiv(M, 128) * triton.cdiv(N, 64) >= num_sms:
+            return False, 128, 64, 16, 8, 8, 3
+        return False, 64, 64, 16, 8, 4, 3
+    if swiglu:
+        if triton.cdiv(M, 128) * triton.cdiv(N, 64) >= num_sms:
+            return False, 128, 64, 32, 8, 8, 3
+        return False, 64, 64, 32, 8, 4, 3
+    BN = 64 if residual else 128  # a 128 x 128 residual tile on top of the accumulator spills
+    if triton.cdiv(M, 128) * triton.cdiv(N, BN) >= num_sms:
+        return False, 128, BN, 32, 8, 8, 3
+    return False, 64, 64, 32, 8, 4, 3  # BLOCK_K 64 would spill with the gelu + residual epilogue
+
+
+def _span(t: torch.Tensor) -> tuple[int, int]:
+    lo = t.data_ptr()
+    return lo, lo + (sum((n - 1) * st for n, st in zip(t.shape, t.stride(), strict=True)) + 1) * t.element_size()
+
+
+def _prepare_out(op, out, shape, x, weight, bias, residual):
+    if out is None:
+        return torch.empty(shape, dtype=x.dtype, device=x.device)
+    check_tensor("out", out, dtypes=(x.dtype,), device=x.device, shape=tuple(shape))
+    if out.numel() == 0:
+        return out
+    lo, hi = _span(out)
+    for name, t in (("x", x), ("weight", weight), ("bias", bias), ("residual", residual)):
+        if t is None or t.numel() == 0:
+            continue
+        if name == "residual" and t.data_ptr() == out.data_ptr() and t.stride() == out.stride():
+            continue  # in place on the residual: each element is read, then written, by the same program
+        tlo, thi = _span(t)
+        if tlo < hi and lo < thi:
+            raise ValueError(
+                f"{op}: out overlaps {name} in memory; other programs may still read {name} while out is written "
+                "(only out=residual, the very same view, is allowed)"
+            )
+    return out
+
+
+def _launch(op, x, weight, bias, residual, act, precision, out):
+    gemm_args(op, x, weight, bias=bias, residual=residual, swiglu=act == ACT_SWIGLU, precision=precision)
+    check_launchable(x, op)
+    K = x.shape[-1]
+    N = weight.shape[0] // 2 if act == ACT_SWIGLU else weight.shape[0]
+    y = _prepare_out(op, out, tuple(x.shape[:-1]) + (N,), x, weight, bias, residual)
+    M = x.numel() // K
+    if M == 0 or N == 0:
+        return y
+    x2 = rows_view("x", x, K)
+    y2 = rows_view("out", y, N)
+    r2 = rows_view("residual", residual, N) if residual is not None else y2
+    prec = (precision or "ieee") if x.dtype == torch.float32 else "tf32"  # no effect on fp16/bf16 operands
+    sms = _num_sms(x.device.index if x.device.index is not None else torch.cuda.current_device()) if x.is_cuda else 1
+    gemv, BM, BN, BK, GM, warps, stages = gemm_launch_config(
+        M, N, K, x.dtype, swiglu=act == ACT_SWIGLU, residual=residual is not None, precision=prec, num_sms=sms
+    )
+    grid = (triton.cdiv(M, BM) * triton.cdiv(N, BN),)
+    with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
+        _gemm_kernel[grid](
+            x2, weight, bias if bias is not None else weight, r2, y2,
+            M, N, K,
+            x2.stride(0), weight.stride(0), r2.stride(0), y2.stride(0),
+            HAS_BIAS=bias is not None, HAS_RESIDUAL=residual is not None, ACT=act, GEMV=gemv,
+            INPUT_PRECISION=prec, BLOCK_M=BM, BLOCK_N=BN, BLOCK_K=BK, GROUP_M=GM,
+            EVEN_K=K % BK == 0, num_warps=warps, num_stages=stages,
+        )  # fmt: skip
+    return y
+
+
+def linear_fwd(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor] = None,
+    *,
+    residual: Optional[torch.Tensor] = None,
+    activation: Optional[str] = None,
+    precision: Optional[str] = None,
+    out: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """``y = act(x @ weight.T + bias) + residual``; weight [N, K] (nn.Linear layout), activation None or "gelu_new".
+
+    ``precision`` ("ieee" default, "tf32x3", "tf32") applies to fp32 inputs in the tensor-core regime.
+    """
+    if activation not in _ACTIVATIONS:
+        raise ValueError(f"linear_fwd: activation must be None or 'gelu_new', got {activation!r}")
+    return _launch("linear_fwd", x, weight, bias, residual, _ACTIVATIONS[activation], precision, out)
+
+
+def swiglu_linear_fwd(
+    x: torch.Tensor,
+    w13: torch.Tensor,
+    *,
+    precision: Optional[str] = None,
+    out: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """``silu(x @ w1.T) * (x @ w3.T)`` with ``w13 = pack_w13(w1, w3)`` [2I, K]; returns [..., I]."""
+    return _launch("swiglu_linear_fwd", x, w13, None, None, ACT_SWIGLU, precision, out)
+
+
+def swiglu_feed_forward_fwd(
+    x: torch.Tensor,
+    w13: torch.Tensor,
+    w2: torch.Tensor,
+    *,
+    residual: Optional[torch.Tensor] = None,
+    precision: Optional[str] = None,
+    out: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """DiT FeedForward (+ the block's residual): ``residual + w2(silu(w1 x) * w3 x)``, two launches."""
+    ffn_args("swiglu_feed_forward_fwd", x, w13, w2, residual=residual, swiglu=True, precision=precision)
+    h = swiglu_linear_fwd(x, w13, precision=precision)
+    return _launch("swiglu_feed_forward_fwd", h, w2, None, residual, ACT_NONE, precision, out)
+
+
+def gpt2_mlp_fwd(
+    x: torch.Tensor,
+    c_fc_weight: torch.Tensor,
+    c_fc_bias: torch.Tensor,
+    c_proj_weight: torch.Tensor,
+    c_proj_bias: torch.Tensor,
+    *,
+    residual: Optional[torch.Tensor] = None,
+    precision: Optional[str] = None,
+    out: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """GPT-2 MLP (+ the block's residual): ``residual + c_proj(gelu_new(c_fc(x)))``; weights [out, in], two launches."""
+    ffn_args(
+        "gpt2_mlp_fwd", x, c_fc_weight, c_proj_weight, b_in=c_fc_bias, b_out=c_proj_bias, residual=residual,
+        swiglu=False, precision=precision,
+    )  # fmt: skip
+    h = linear_fwd(x, c_fc_weight, c_fc_bias, activation="gelu_new", precision=precision)
+    return _launch("gpt2_mlp_fwd", h, c_proj_weight, c_proj_bias, residual, ACT_NONE, precision, out)
+
+
+def compile_variants():
+    """Every kernel specialization the launchers produce at IndexTTS2 sizes, for the AOT compile check.
+
+    Yields (name, jit_fn, signature, constexprs, num_warps). Variants with identical constexprs are listed once.
+    """
+    # (tag, dtype, precision, M, N, K, HAS_BIAS, HAS_RESIDUAL, ACT)
+    cases = [
+        # DiT, fp32 as the official code (M = 2 x 1721)
+        ("dit/wqkv", "fp32", "ieee", 3442, 1536, 512, False, False, ACT_NONE),
+        ("dit/w13_swiglu", "fp32", "ieee", 3442, 1536, 512, False, False, ACT_SWIGLU),
+        ("dit/w2+res", "fp32", "ieee", 3442, 512, 1536, False, True, ACT_NONE),
+        ("dit/skip_in+bias", "fp32", "ieee", 3442, 512, 1024, True, False, ACT_NONE),
+        ("dit/wqkv", "fp32", "tf32x3", 3442, 1536, 512, False, False, ACT_NONE),
+        ("dit/w13_swiglu", "fp32", "tf32x3", 3442, 1536, 512, False, False, ACT_SWIGLU),
+        ("dit/w2+res", "fp32", "tf32x3", 3442, 512, 1536, False, True, ACT_NONE),
+        ("dit/w13_swiglu", "bf16", "tf32", 3442, 1536, 512, False, False, ACT_SWIGLU),
+        ("dit/w2+res", "bf16", "tf32", 3442, 512, 1536, False, True, ACT_NONE),
+        # GPT-2 prefill (M = 600) and decode (M = 3 beams), fp16 as use_fp16
+        ("gpt/c_attn+bias", "fp16", "tf32", 600, 3840, 1280, True, False, ACT_NONE),
+        ("gpt/c_fc+bias+gelu", "fp16", "tf32", 600, 5120, 1280, True, False, ACT_GELU_NEW),
+        ("gpt/c_proj+bias+res", "fp16", "tf32", 600, 1280, 5120, True, True, ACT_NONE),
+        ("gpt/c_attn+bias", "fp16", "tf32", 3, 3840, 1280, True, False, ACT_NONE),
+        ("gpt/c_fc+bias+gelu", "fp16", "tf32", 3, 5120, 1280, True, False, ACT_GELU_NEW),
+        ("gpt/c_proj+bias+res", "fp16", "tf32", 3, 1280, 5120, True, True, ACT_NONE),
+        # GPT-2 in fp32 (the official default without use_fp16)
+        ("gpt/c_fc+bias+gelu", "fp32", "ieee", 3, 5120, 1280, True, False, ACT_GELU_NEW),
+        ("gpt/c_proj+bias+res", "fp32", "ieee", 3, 1280, 5120, True, True, ACT_NONE),
+    ]
+    torch_dt = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+    seen = set()
+    for tag, tname, prec, M, N, K, has_b, has_r, act in cases:
+        gemv, bm, bn, bk, gm, nw, _stages = gemm_launch_config(
+            M, N, K, torch_dt[tname], swiglu=act == ACT_SWIGLU, residual=has_r, precision=prec, interpret=False
+        )
+        const = dict(
+            HAS_BIAS=has_b, HAS_RESIDUAL=has_r, ACT=act, GEMV=gemv, INPUT_PRECISION=prec,
+            BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=gm, EVEN_K=K % bk == 0,
+        )  # fmt: skip
+        key = (tname, tuple(const.items()), nw)
+        if key in seen:
+            continue
+        seen.add(key)
+        p = f"*{tname}"
+        sig = {
+            "A": p, "W": p, "BIAS": p, "R": p, "C": p, "M": "i32", "N": "i32", "K": "i32",
+            "stride_am": "i32", "stride_wn": "i32", "stride_rm": "i32", "stride_cm": "i32",
+        }  # fmt: skip
+        for k in const:
+            sig[k] = "constexpr"
+        regime = f"gemv/BM{bm}xBN{bn}xBK{bk}" if gemv else f"mma/{bm}x{bn}x{bk}"
+        pname = f"/{prec}" if tname == "fp32" else ""
+        yield f"gemm/{tag}/{tname}{pname}/{regime}", _gemm_kernel, sig, const, nw

@@ -1,0 +1,319 @@
+"""GEMM with fused epilogues (indextts_kernels.gemm) against the torch references, under the tolerance rule.
+
+On CPU the real @triton.jit kernel runs in the Triton interpreter at small odd shapes (both regimes: M <= 8 is
+the GEMV decode path, larger M the tensor-core tiles); on a CUDA machine the same tests run compiled, plus the
+IndexTTS2 sizes.
+"""
+
+import pytest
+import torch
+
+import indextts_fast
+import indextts_kernels as K
+from indextts_kernels import reference as ref
+
+from ..helpers import DTYPES, INTERPRET, assert_close_rel, dtype_id, poisoned, randn, upcast
+
+# the interpreter's numpy sigmoid overflows exp() for large negative inputs; the result (0) is the right one
+pytestmark = pytest.mark.filterwarnings("ignore:overflow encountered in exp:RuntimeWarning")
+
+# (M, K, N): M in both regimes (1, 3: decode; 37, 70: tiles; SwiGLU adds 8), K a multiple of the interpreter's
+# BLOCK_K (64) or not, N odd / not a power of two / more than one tile
+SHAPES = [(1, 128, 100), (3, 96, 37), (37, 96, 100), (70, 128, 130)]
+if not INTERPRET:  # one shape per regime, K off every compiled BLOCK_K (each case is a fresh compile)
+    SHAPES = [(3, 100, 37), (70, 100, 130)]
+# compiled only: the IndexTTS2 projections with their own epilogue and dtype (one compile each)
+HOT_PATH = [
+    ("gpt_c_attn_decode", (3, 1280, 3840), "bias", torch.float16),
+    ("gpt_c_fc_decode", (3, 1280, 5120), "bias+gelu_new", torch.float16),
+    ("gpt_c_proj_decode", (3, 5120, 1280), "bias+residual", torch.float16),
+    ("gpt_c_fc_prefill", (600, 1280, 5120), "bias+gelu_new", torch.float16),
+    ("gpt_c_proj_prefill", (600, 5120, 1280), "bias+residual", torch.float16),
+    ("gpt_c_fc_decode_fp32", (3, 1280, 5120), "bias+gelu_new", torch.float32),
+    ("dit_wqkv", (3442, 512, 1536), "plain", torch.float32),
+    ("dit_wo", (3442, 512, 512), "residual", torch.float32),
+    ("dit_skip_in", (3442, 1024, 512), "bias", torch.float32),
+    ("dit_wqkv_bf16", (3442, 512, 1536), "plain", torch.bfloat16),
+]
+SWIGLU_SHAPES = [(1, 64, 48), (8, 96, 100), (37, 128, 100), (70, 96, 130)]
+if not INTERPRET:
+    SWIGLU_SHAPES += [(3442, 512, 1536)]
+EPILOGUES = ["plain", "bias", "bias+residual", "bias+gelu_new", "residual"]
+
+
+def _sid(s):
+    return "M{}xK{}xN{}".format(*s)
+
+
+def _operands(M, K, N, dtype, device):
+    x = randn(M, K, dtype=dtype, device=device, std=1.0)
+    w = randn(N, K, dtype=dtype, device=device, std=K**-0.5)  # outputs of order one
+    b = randn(N, dtype=dtype, device=device, std=0.5)
+    r = randn(M, N, dtype=dtype, device=device, mean=0.3)
+    return x, w, b, r
+
+
+def _check_linear(epilogue, shape, dtype, device):
+    M, K_, N = shape
+    x, w, b, r = _operands(M, K_, N, dtype, device)
+    bias = b if "bias" in epilogue else None
+    res = r if "residual" in epilogue else None
+    act = "gelu_new" if "gelu" in epilogue else None
+    out = poisoned((M, N), dtype, device)
+    y = K.linear_fwd(x, w, bias, residual=res, activation=act, out=out)
+    assert y is out
+    low = ref.linear_ref(x, w, bias, residual=res, activation=act)
+    high = ref.linear_ref(*upcast(x, w, bias, res), activation=act)
+    assert_close_rel(y, low, high)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("shape", SHAPES, ids=_sid)
+@pytest.mark.parametrize("epilogue", EPILOGUES)
+def test_linear(epilogue, shape, dtype, device):
+    _check_linear(epilogue, shape, dtype, device)
+
+
+if not INTERPRET:  # the IndexTTS2 sizes take minutes in the interpreter: defined only where they run compiled
+
+    @pytest.mark.parametrize("case", HOT_PATH, ids=[c[0] for c in HOT_PATH])
+    def test_linear_indextts2_sizes(case, device):
+        _, shape, epilogue, dtype = case
+        _check_linear(epilogue, shape, dtype, device)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("shape", SWIGLU_SHAPES, ids=_sid)
+def test_swiglu_linear(shape, dtype, device):
+    """silu(x w1) * (x w3) over the packed w13: output column j reads row j and row I + j."""
+    M, K_, I = shape
+    x = randn(M, K_, dtype=dtype, device=device)
+    w1 = randn(I, K_, dtype=dtype, device=device, std=2 * K_**-0.5)
+    w3 = randn(I, K_, dtype=dtype, device=device, std=K_**-0.5, mean=0.01)
+    w13 = K.pack_w13(w1, w3)
+    out = poisoned((M, I), dtype, device)
+    h = K.swiglu_linear_fwd(x, w13, out=out)
+    assert h is out
+    assert_close_rel(h, ref.swiglu_linear_ref(x, w13), ref.swiglu_linear_ref(*upcast(x, w13)))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("M", [3, 37])
+def test_swiglu_feed_forward_residual(M, dtype, device):
+    """The DiT block's second half: h + w2(silu(w1 x) * w3 x), as [B, T, dim] with the leading dims kept."""
+    dim, I = 64, 96
+    x = randn(1, M, dim, dtype=dtype, device=device)
+    h = randn(1, M, dim, dtype=dtype, device=device, std=2.0)
+    w13 = randn(2 * I, dim, dtype=dtype, device=device, std=dim**-0.5)
+    w2 = randn(dim, I, dtype=dtype, device=device, std=I**-0.5)
+    out = poisoned((1, M, dim), dtype, device)
+    y = K.swiglu_feed_forward_fwd(x, w13, w2, residual=h, out=out)
+    assert y is out
+    low = ref.swiglu_feed_forward_ref(x, w13, w2, residual=h)
+    assert_close_rel(y, low, ref.swiglu_feed_forward_ref(*upcast(x, w13, w2), residual=h.double()))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("M", [3, 37])
+def test_gpt2_mlp_residual(M, dtype, device):
+    dim, hid = 80, 144
+    x = randn(M, dim, dtype=dtype, device=device)
+    r = randn(M, dim, dtype=dtype, device=device, std=2.0)
+    wf, bf = randn(hid, dim, dtype=dtype, device=device, std=dim**-0.5), randn(hid, dtype=dtype, device=device)
+    wp, bp = randn(dim, hid, dtype=dtype, device=device, std=hid**-0.5), randn(dim, dtype=dtype, device=device)
+    y = K.gpt2_mlp_fwd(x, wf, bf, wp, bp, residual=r, out=poisoned((M, dim), dtype, device))
+    low = ref.gpt2_mlp_ref(x, wf, bf, wp, bp, residual=r)
+    assert_close_rel(y, low, ref.gpt2_mlp_ref(*upcast(x, wf, bf, wp, bp), residual=r.double()))
+
+
+def _tf32(t: torch.Tensor) -> torch.Tensor:
+    """fp32 cut to TF32 (10 explicit mantissa bits) by truncation: whether the tensor cores' operand conversion
+    rounds to nearest or truncates, truncation is the larger error, so a bound built on it holds for both."""
+    return (t.contiguous().view(torch.int32) & ~0x1FFF).view(torch.float32)
+
+
+@pytest.mark.parametrize("precision", ["ieee", "tf32x3", "tf32"])
+@pytest.mark.parametrize("op", ["linear", "swiglu"])
+def test_fp32_precision(op, precision, device):
+    """fp32 tensor-core regime at each precision. "tf32" is held to torch's error on TF32-cut inputs.
+
+    Under the interpreter every precision is exact (it ignores input_precision); compiled, "ieee" is the FMA
+    path and the two tf32 modes run on tensor cores.
+    """
+    M, K_, N = (37, 96, 100) if INTERPRET else (3442, 512, 1536)
+    x = randn(M, K_, device=device)
+    b, r = randn(N, device=device, std=0.5), randn(M, N, device=device, mean=0.3)
+    out = poisoned((M, N), torch.float32, device)
+    if op == "swiglu":
+        w = randn(2 * N, K_, device=device, std=K_**-0.5)
+        y = K.swiglu_linear_fwd(x, w, precision=precision, out=out)
+
+        def fn(x, w):
+            return ref.swiglu_linear_ref(x, w)
+    else:
+        w = randn(N, K_, device=device, std=K_**-0.5)
+        y = K.linear_fwd(x, w, b, residual=r, precision=precision, out=out)
+
+        def fn(x, w):
+            return ref.linear_ref(x, w, b.to(x.dtype), residual=r.to(x.dtype))
+
+    high = fn(x.double(), w.double())
+    low = fn(_tf32(x), _tf32(w)) if precision == "tf32" else fn(x, w)
+    assert_close_rel(y, low, high)
+
+
+def test_regimes_and_configs():
+    """M <= 8 runs the GEMV decode path, larger M the tensor-core tiles; compiled configs at IndexTTS2 sizes."""
+    cfg = K.load_kernel_module("gemm").gemm_launch_config
+    for M in (1, 3, 8):
+        assert cfg(M, 5120, 1280, torch.float16, interpret=False)[0]
+        assert cfg(M, 100, 96, torch.float32, interpret=True)[0]
+    for M in (9, 600, 3442):
+        assert not cfg(M, 5120, 1280, torch.float16, interpret=False)[0]
+    # decode streams the weight with many programs: c_proj 1280 outputs -> 320 programs of 4 columns
+    gemv, bm, bn, bk, *_ = cfg(3, 1280, 5120, torch.float16, interpret=False)
+    assert (bm, bn) == (4, 4) and 1280 // bn >= 2 * 132
+    # prefill c_proj (600 x 1280): small tiles so that the 132 SMs of an H100 all get work
+    _, bm, bn, *_ = cfg(600, 1280, 5120, torch.float16, interpret=False)
+    assert (600 + bm - 1) // bm * (1280 // bn) >= 132
+
+
+def test_strided_rows_and_leading_dims(device):
+    """x and residual as views of wider tensors (row stride != K), 3-D leading dims kept in the output."""
+    B, T, K_, N = 2, 19, 64, 48
+    x = randn(B, T, 2 * K_, device=device)[..., 5 : 5 + K_]
+    r = randn(B * T, N + 7, device=device)[:, :N].view(B, T, N)
+    w, b = randn(N, K_, device=device, std=0.2), randn(N, device=device)
+    y = K.linear_fwd(x, w, b, residual=r)
+    assert y.shape == (B, T, N)
+    assert_close_rel(y, ref.linear_ref(x, w, b, residual=r), ref.linear_ref(*upcast(x, w, b, r)))
+
+
+def test_torch_fallback_matches(device, monkeypatch):
+    """The dispatched ops on the torch backend compute the references."""
+    monkeypatch.setenv("INDEXTTS_FAST_BACKEND", "torch")
+    x, w, b, r = _operands(5, 32, 24, torch.float32, device)
+    w2 = randn(32, 24, device=device)
+    assert indextts_fast.backend_for(x.device) == "torch"
+    assert torch.equal(indextts_fast.linear(x, w, b, residual=r), ref.linear_ref(x, w, b, residual=r))
+    w13 = randn(48, 32, device=device)
+    assert torch.equal(indextts_fast.swiglu_feed_forward(x, w13, w2), ref.swiglu_feed_forward_ref(x, w13, w2))
+    wf, bf = randn(48, 32, device=device), randn(48, device=device)
+    wp, bp = randn(32, 48, device=device), randn(32, device=device)
+    y = indextts_fast.gpt2_mlp(x, wf, bf, wp, bp, residual=x)
+    assert torch.equal(y, ref.gpt2_mlp_ref(x, wf, bf, wp, bp, residual=x))
+
+
+@pytest.mark.parametrize("shape", [(3, 1, 5), (37, 7, 1), (2, 5, 1), (9, 1, 1)], ids=_sid)
+def test_degenerate_sizes(shape, device):
+    """K = 1 and N = 1 (single-element strides and sizes), both regimes, every epilogue at once."""
+    M, K_, N = shape
+    x, w, b, r = _operands(M, K_, N, torch.float32, device)
+    y = K.linear_fwd(x, w, b, residual=r, activation="gelu_new", out=poisoned((M, N), torch.float32, device))
+    low = ref.linear_ref(x, w, b, residual=r, activation="gelu_new")
+    assert_close_rel(y, low, ref.linear_ref(*upcast(x, w, b, r), activation="gelu_new"))
+    w13 = randn(2 * N, K_, device=device)
+    h = K.swiglu_linear_fwd(x, w13, out=poisoned((M, N), torch.float32, device))
+    assert_close_rel(h, ref.swiglu_linear_ref(x, w13), ref.swiglu_linear_ref(*upcast(x, w13)))
+
+
+def test_out_in_place_on_residual_and_overlap_refused(device):
+    """out=residual (the same view) is the in-place residual add; any other overlap with an input is refused."""
+    M, K_, N = 37, 64, 64
+    x, w, b, r = _operands(M, K_, N, torch.float32, device)
+    r0 = r.clone()
+    y = K.linear_fwd(x, w, b, residual=r, out=r)
+    assert y is r
+    assert_close_rel(y, ref.linear_ref(x, w, b, residual=r0), ref.linear_ref(*upcast(x, w, b, r0)))
+    with pytest.raises(ValueError, match="out overlaps x"):
+        K.linear_fwd(x, w, out=x)
+    buf = randn(M + 1, N, device=device)
+    with pytest.raises(ValueError, match="out overlaps residual"):
+        K.linear_fwd(x, w, residual=buf[:M], out=buf[1:])
+    with pytest.raises(ValueError, match="out overlaps weight"):
+        K.linear_fwd(x, w, out=w[:M])  # w is [64, 64]: its first rows have the output's shape
+
+
+def test_empty_rows(device):
+    x = torch.empty(0, 64, device=device)
+    assert K.linear_fwd(x, randn(32, 64, device=device)).shape == (0, 32)
+    assert K.swiglu_linear_fwd(torch.empty(2, 0, 64, device=device), randn(64, 64, device=device)).shape == (2, 0, 32)
+
+
+def test_pack_w13(device):
+    w1, w3 = randn(6, 4, device=device), randn(6, 4, device=device)
+    w13 = K.pack_w13(w1, w3)
+    assert w13.shape == (12, 4) and w13.is_contiguous()
+    assert torch.equal(w13[:6], w1) and torch.equal(w13[6:], w3)
+    with pytest.raises(ValueError, match="must match"):
+        K.pack_w13(w1, w3[:5])
+    with pytest.raises(ValueError, match="2-D"):
+        K.pack_w13(w1.flatten(), w3.flatten())
+
+
+def _bad_inputs(device):
+    x = randn(3, 64, device=device)
+    w = randn(32, 64, device=device)
+    conv1d = randn(64, 48, device=device)  # a GPT-2 Conv1D weight [in, out], not transposed
+    yield "mismatched K", ValueError, lambda f: f(x, randn(32, 63, device=device))
+    yield r"\[in, out\]", ValueError, lambda f: f(x, conv1d)
+    yield "row-major", ValueError, lambda f: f(x, conv1d.t())  # [out, in] shape but a transposed view
+    yield "dtype mix", TypeError, lambda f: f(x.half(), w)
+    yield "dtype mix", TypeError, lambda f: f(x, w.bfloat16())
+    yield "bias has shape", ValueError, lambda f: f(x, w, randn(31, device=device))
+    yield "bias has dtype", TypeError, lambda f: f(x, w, randn(32, device=device).half())
+    yield "residual has shape", ValueError, lambda f: f(x, w, residual=randn(3, 33, device=device))
+    yield "2-D", ValueError, lambda f: f(x, w.view(2, 16, 64))
+    yield "precision", ValueError, lambda f: f(x, w, precision="fp64")
+    yield "activation", ValueError, lambda f: f(x, w, activation="gelu")
+    yield "dtype int32", TypeError, lambda f: f(x.int(), w.int())
+
+
+@pytest.mark.parametrize("backend", ["kernel", "dispatch", "torch"])
+def test_bad_input_raises_clear_errors(backend, device, monkeypatch):
+    """Every backend validates: the launcher, the dispatched op, and the dispatched op on the torch fallback."""
+    if backend == "torch":
+        monkeypatch.setenv("INDEXTTS_FAST_BACKEND", "torch")
+    f = K.linear_fwd if backend == "kernel" else indextts_fast.linear
+    for match, exc, call in _bad_inputs(device):
+        with pytest.raises(exc, match=match):
+            call(f)
+    swiglu = K.swiglu_linear_fwd if backend == "kernel" else indextts_fast.swiglu_linear
+    with pytest.raises(ValueError, match="odd count"):
+        swiglu(randn(3, 64, device=device), randn(33, 64, device=device))
+    ffn = K.swiglu_feed_forward_fwd if backend == "kernel" else indextts_fast.swiglu_feed_forward
+    with pytest.raises(ValueError, match="mismatched K.*hidden"):
+        ffn(randn(3, 64, device=device), randn(64, 64, device=device), randn(64, 31, device=device))
+    mlp = K.gpt2_mlp_fwd if backend == "kernel" else indextts_fast.gpt2_mlp
+    x = randn(3, 64, device=device)
+    with pytest.raises(ValueError, match=r"\[in, out\]"):  # c_fc passed as the Conv1D [in, out] checkpoint tensor
+        mlp(x, randn(64, 128, device=device), randn(128, device=device), randn(64, 128, device=device),
+            randn(64, device=device))  # fmt: skip
+    with pytest.raises(RuntimeError, match="inference-only"):
+        f(x, randn(32, 64, device=device).requires_grad_())
+    with pytest.raises(ValueError, match="out has shape"):
+        K.linear_fwd(x, randn(32, 64, device=device), out=torch.empty(3, 31, device=device))
+
+
+def test_tolerance_rule_catches_wrong_math(device):
+    """The checks above can fail: w1/w3 swapped in the packing, erf-GELU for gelu_new, an untransposed Conv1D."""
+    M, K_, I = 37, 64, 48
+    x = randn(M, K_, device=device)
+    w1, w3 = randn(I, K_, device=device, std=0.3), randn(I, K_, device=device, std=0.3)
+    w13 = K.pack_w13(w1, w3)
+    swapped = K.swiglu_linear_fwd(x, K.pack_w13(w3, w1))
+    with pytest.raises(AssertionError, match="max error"):
+        assert_close_rel(swapped, ref.swiglu_linear_ref(x, w13), ref.swiglu_linear_ref(*upcast(x, w13)))
+    w, b = randn(80, K_, device=device, std=0.3), randn(80, device=device)
+    erf_gelu = torch.nn.functional.gelu(K.linear_fwd(x, w, b))
+    low = ref.linear_ref(x, w, b, activation="gelu_new")
+    with pytest.raises(AssertionError, match="max error"):
+        assert_close_rel(erf_gelu, low, ref.linear_ref(*upcast(x, w, b), activation="gelu_new"))
+    conv1d = randn(K_, K_, device=device, std=0.3)  # square [in, out]: the shape check cannot see the layout
+    y = K.linear_fwd(x, conv1d)  # wrong: should be conv1d.t().contiguous()
+    with pytest.raises(AssertionError, match="max error"):
+        assert_close_rel(y, x @ conv1d, x.double() @ conv1d.double())
+    partial = K.linear_fwd(x, w, out=poisoned((M, 80), torch.float32, device))
+    partial[5, 79] = float("nan")  # an element a kernel never wrote
+    with pytest.raises(AssertionError, match="non-finite"):
+        assert_close_rel(partial, ref.linear_ref(x, w), ref.linear_ref(*upcast(x, w)))
