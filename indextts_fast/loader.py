@@ -777,6 +777,9 @@ def read_pack(path: PathLike, device: Union[str, torch.device] = "cpu") -> tuple
         raise CheckpointError(f"{path}: not an indextts_fast pack (metadata format {meta.get('format')!r})")
     if meta.get("format_version") != str(PACK_VERSION):
         raise CheckpointError(f"{path}: pack format version {meta.get('format_version')} (this reader: {PACK_VERSION})")
+    end = max((int(info["data_offsets"][1]) for k, info in header.items() if isinstance(info, dict)), default=0)
+    if end > nbytes:
+        raise CheckpointError(f"{path}: truncated ({nbytes} data bytes, the header describes {end})")
     if torch.device(device).type != "cpu":
         buf = buf.to(device, non_blocking=True)
     out = {}
