@@ -57,6 +57,7 @@ __all__ = [
     "model_dims",
     "check_config",
     "expand_rules",
+    "plan_checkpoint",
     "remap_state_dict",
     "inverse_remap",
     "convert_checkpoint",
@@ -520,6 +521,55 @@ def _policy(kind: str, policy: Optional[Mapping[str, str]]) -> dict[str, str]:
     return p
 
 
+def plan_checkpoint(
+    sd: Mapping[str, torch.Tensor], kind: Optional[str] = None, *, stack_adaln: bool = True
+) -> dict[str, Any]:
+    """What remap_state_dict would do with each key, without transforming or raising (for inspection).
+
+    Returns {'kind', 'version', 'dims' (or None), 'error' (why dims could not be read, or None),
+    'actions': {key: (action, target)}, 'missing': [...]}; action is one of mapped:<op>, carried, ignored,
+    unknown, wrong-shape, wrong-dtype.
+    """
+    kind = kind or detect_kind(sd)
+    res: dict[str, Any] = {"kind": kind, "version": None, "dims": None, "error": None, "actions": {}, "missing": []}
+    if kind is None:
+        res["error"] = "neither a gpt.pth nor an s2mel.pth"
+        return res
+    res["version"] = detect_version(kind, sd)
+    try:
+        dims = model_dims(kind, sd)
+    except CheckpointError as e:
+        res["error"] = str(e)
+        dims = None
+    res["dims"] = dims
+    used: dict[str, tuple[str, str, tuple[int, ...]]] = {}
+    if dims is not None:
+        with_gl = any(k.startswith("gpt_layer.") for k in sd)
+        for e in expand_rules(kind, dims, stack_adaln=stack_adaln, with_gpt_layer=with_gl):
+            for s, shp in zip(e.srcs, e.src_shapes, strict=True):
+                used[s] = (e.op, e.dst, shp)
+    res["missing"] = [s for s in used if s not in sd]
+    ignore = tables.GPT_IGNORE if kind == "gpt" else tables.S2MEL_IGNORE
+    for k, v in sd.items():
+        if k in used:
+            op, dst, shp = used[k]
+            if tuple(v.shape) != shp:
+                res["actions"][k] = ("wrong-shape", f"expected {list(shp)}")
+            elif v.dtype not in FLOAT_DTYPES:
+                res["actions"][k] = ("wrong-dtype", str(v.dtype))
+            else:
+                res["actions"][k] = (f"mapped:{op}", dst)
+        elif kind == "gpt" and tables.full_match(tables.GPT_CARRY, k):
+            res["actions"][k] = ("carried", "cond." + k)
+        elif (why := next((w for p, w in ignore if re.fullmatch(p, k)), None)) is not None:
+            res["actions"][k] = ("ignored", why)
+        elif kind == "gpt" and tables.full_match(tables.GPT_25_MARKERS, k):
+            res["actions"][k] = ("unknown", "IndexTTS-2.5 key: no verified table")
+        else:
+            res["actions"][k] = ("unknown", "")
+    return res
+
+
 def remap_state_dict(
     sd: Mapping[str, torch.Tensor],
     kind: Optional[str] = None,
@@ -586,7 +636,7 @@ def remap_state_dict(
     # 2. shapes and dtypes
     wrong_shape, wrong_dtype = [], []
     for e in entries:
-        for s, shp in zip(e.srcs, e.src_shapes, strict=False):
+        for s, shp in zip(e.srcs, e.src_shapes, strict=True):
             if s in sd and tuple(sd[s].shape) != shp:
                 wrong_shape.append(f"{s} {list(sd[s].shape)} (expected {list(shp)})")
     for k in list(used) + carried:
@@ -651,7 +701,7 @@ def inverse_remap(
         w = pack[e.dst]
         if e.op.startswith("wn"):
             w = w.float()
-        for s, t in zip(e.srcs, _inverse_op(e.op, w, e.src_shapes), strict=False):
+        for s, t in zip(e.srcs, _inverse_op(e.op, w, e.src_shapes), strict=True):
             out[s] = t.to(dtype)
     for k, v in pack.items():
         if k.startswith("cond."):
@@ -692,6 +742,8 @@ def convert_checkpoint(
 
     The output is written to a temporary file in the same directory and renamed into place, so a failure never
     leaves a partial pack; it never overwrites the source, nor an existing file unless ``overwrite``.
+    ``policy`` overrides dtype classes of DEFAULT_POLICY, either flat ({'gemm_w': 'bfloat16', ...}) or per model
+    kind ({'gpt': {...}}).
     """
     from safetensors.torch import save_file
 
@@ -708,6 +760,8 @@ def convert_checkpoint(
         raise CheckpointError(f"output directory {out.parent} does not exist")
     cfg = load_config(config)
     kind, sd = read_checkpoint(src)
+    if policy and set(policy) <= {"gpt", "s2mel"}:  # a policy per model kind
+        policy = policy.get(kind)
     tensors, report = remap_state_dict(
         sd, kind, config=cfg, policy=policy, stack_adaln=stack_adaln, allow_nonfinite=allow_nonfinite,
         progress=progress,

@@ -118,7 +118,7 @@ def length_regulator_forward(s, x, T: int):
     r = s.length_regulator
     h = _lin(x, r.in_proj_w, r.in_proj_b)
     h = F.interpolate(h.transpose(1, 2), size=T, mode="nearest").transpose(1, 2)
-    for cw, cb, gw, gb in zip(r.conv_w, r.conv_b, r.gn_w, r.gn_b, strict=False):
+    for cw, cb, gw, gb in zip(r.conv_w, r.conv_b, r.gn_w, r.gn_b, strict=True):
         h = _conv_taps(h, cw, cb, 3, "constant")
         h = F.group_norm(h.transpose(1, 2), 1, gw.to(h.dtype), gb.to(h.dtype), 1e-5).transpose(1, 2)
         h = F.mish(h)
