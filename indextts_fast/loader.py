@@ -836,6 +836,8 @@ def read_pack(path: PathLike, device: Union[str, torch.device] = "cpu") -> tuple
         raise CheckpointError(f"{path}: truncated ({nbytes} data bytes, the header describes {end})")
     if torch.device(device).type != "cpu":
         buf = buf.to(device, non_blocking=True)
+        if buf.is_cuda:
+            torch.cuda.current_stream(buf.device).synchronize()  # resident on the device when this returns
     out = {}
     for name, info in header.items():
         dt = _ST_DTYPES.get(info.get("dtype"))

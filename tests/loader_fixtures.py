@@ -103,41 +103,45 @@ def build_unified_voice(seed: int = 0):
     return uv
 
 
-def build_gpt_core(full: bool = False, seed: int = 0, layers=None):
-    """The GPT hot-path part of a UnifiedVoice state dict at real or tiny size, built from official code:
-    GPT2Model via model_v2.build_hf_gpt_transformer plus the nn.Embedding / nn.Linear / nn.LayerNorm
-    heads that UnifiedVoice.__init__ creates (same names). Returns (GPTCore module, its state dict);
-    ``layers`` overrides the layer count (full width, fewer layers)."""
+def construct_gpt_core(full: bool = False, layers=None) -> GPTCore:
+    """The official constructors only (default init, no extra randomization): the GPT hot-path part of
+    UnifiedVoice at real or tiny size: GPT2Model via model_v2.build_hf_gpt_transformer plus the nn.Embedding /
+    nn.Linear / nn.LayerNorm heads that UnifiedVoice.__init__ creates, under the same names."""
     mv = official("gpt.model_v2")
     c = dict(FULL_GPT if full else TINY_GPT)
     if layers is not None:
         c["layers"] = layers
     C = c["model_dim"]
+    gpt, mel_pos, text_pos, _, _ = mv.build_hf_gpt_transformer(
+        c["layers"], C, c["heads"], c["max_mel_tokens"] + 2 + 1, c["max_text_tokens"] + 2, False
+    )
+    parts = {
+        "gpt": gpt,
+        "mel_pos_embedding": mel_pos,
+        "text_pos_embedding": text_pos,
+        "text_embedding": torch.nn.Embedding(c["number_text_tokens"] + 1, C),
+        "mel_embedding": torch.nn.Embedding(c["number_mel_codes"], C),
+        "emo_layer": torch.nn.Linear(C, C),
+        "emovec_layer": torch.nn.Linear(1024, C),
+        "final_norm": torch.nn.LayerNorm(C),
+        "text_head": torch.nn.Linear(C, c["number_text_tokens"] + 1),
+        "mel_head": torch.nn.Linear(C, c["number_mel_codes"]),
+        "speed_emb": torch.nn.Embedding(2, C),
+    }
+    return GPTCore(parts).eval()
+
+
+def build_gpt_core(full: bool = False, seed: int = 0, layers=None):
+    """construct_gpt_core with random weights everywhere (LayerNorms and speed_emb included).
+    Returns (GPTCore module, its state dict); ``layers`` overrides the layer count (full width, fewer layers)."""
     torch.manual_seed(seed)
-    with torch.device("cpu"):
-        gpt, mel_pos, text_pos, _, _ = mv.build_hf_gpt_transformer(
-            c["layers"], C, c["heads"], c["max_mel_tokens"] + 2 + 1, c["max_text_tokens"] + 2, False
-        )
-        parts = {
-            "gpt": gpt,
-            "mel_pos_embedding": mel_pos,
-            "text_pos_embedding": text_pos,
-            "text_embedding": torch.nn.Embedding(c["number_text_tokens"] + 1, C),
-            "mel_embedding": torch.nn.Embedding(c["number_mel_codes"], C),
-            "emo_layer": torch.nn.Linear(C, C),
-            "emovec_layer": torch.nn.Linear(1024, C),
-            "final_norm": torch.nn.LayerNorm(C),
-            "text_head": torch.nn.Linear(C, c["number_text_tokens"] + 1),
-            "mel_head": torch.nn.Linear(C, c["number_mel_codes"]),
-            "speed_emb": torch.nn.Embedding(2, C),
-        }
-    core = GPTCore(parts).eval()
+    core = construct_gpt_core(full, layers)
     if not full:
         _randomize(core, seed)
-    else:  # default inits are random except LayerNorm (ones / zeros) and speed_emb: perturb those
+    else:  # default inits are random except LayerNorm (ones / zeros) and speed_emb (zeros): perturb those
         with torch.no_grad():
             for pn, p in core.named_parameters():
-                if "ln_" in pn or pn.startswith("final_norm"):
+                if "ln_" in pn or pn.startswith("final_norm") or pn.startswith("speed_emb"):
                     p.add_(torch.randn_like(p) * 0.1)
     return core, core.state_dict()
 
