@@ -720,6 +720,19 @@ def file_sha256(path: PathLike, chunk: int = 1 << 24) -> str:
     return h.hexdigest()
 
 
+def _umask() -> int:
+    try:  # Linux: read it without changing it (os.umask is process-wide, racy under threads)
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    m = os.umask(0o022)
+    os.umask(m)
+    return m
+
+
 def _same_file(a: Path, b: Path) -> bool:
     try:
         return a.resolve() == b.resolve() or (b.exists() and os.path.samefile(a, b))
@@ -787,6 +800,7 @@ def convert_checkpoint(
         save_file(tensors, tmp, metadata=meta)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the pack ordinary file permissions
         if out.exists() and not overwrite:  # appeared while converting
             raise CheckpointError(f"output {out} already exists; pass overwrite=True (--overwrite) to replace it")
         os.replace(tmp, out)

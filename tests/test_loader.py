@@ -164,6 +164,7 @@ def test_gpt_kernel_layout(uv, tmp_path):
     assert torch.equal(w.ln_f_w, uv.gpt.ln_f.weight.detach()) and w.ln_f_w.dtype == torch.float32
     assert torch.equal(w.cond["perceiver_encoder.latents"], uv.perceiver_encoder.latents.detach())
     assert len(w.cond) == len(rep.carried) == 110
+    assert (tmp_path / "gpt.safetensors").stat().st_mode & 0o644 == 0o644  # not mkstemp's 0600
     meta = w.meta
     assert meta["model"] == "gpt" and meta["format_version"] == str(L.PACK_VERSION)
     assert meta["source_sha256"] == L.file_sha256(tmp_path / "gpt.pth")
