@@ -610,7 +610,8 @@ def remap_state_dict(
             if s in used:
                 dup.append(s)
             used[s] = e.dst
-    assert not dup, f"table error: keys consumed twice {dup}"  # a bug in checkpoint_tables, not in the file
+    if dup:  # a bug in checkpoint_tables, not in the file
+        raise RuntimeError(f"checkpoint_tables consume these keys twice: {dup}")
     missing = [s for s in used if s not in sd]
     carried, ignored, unknown = [], [], []
     for k in sd:
@@ -874,9 +875,12 @@ def _check_pack(path: Path, tensors: dict[str, torch.Tensor], meta: dict) -> tup
     kind = meta.get("model")
     if kind not in ("gpt", "s2mel"):
         raise CheckpointError(f"{path}: pack metadata names an unknown model {kind!r}")
-    dims = json.loads(meta["config"])
-    pol = json.loads(meta["dtype_policy"])
-    stack = bool(json.loads(meta.get("layout", "{}")).get("stack_adaln", False))
+    try:
+        dims = json.loads(meta["config"])
+        pol = json.loads(meta["dtype_policy"])
+        stack = bool(json.loads(meta.get("layout", "{}")).get("stack_adaln", False))
+    except (KeyError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: pack metadata incomplete or corrupt ({e!r})") from e
     entries = expand_rules(kind, dims, stack_adaln=stack, with_gpt_layer="gpt_layer.0.w" in tensors)
     want = {e.dst: (_dst_shape(e), getattr(torch, pol[e.cls])) for e in entries}
     missing = [k for k in want if k not in tensors]
