@@ -343,3 +343,17 @@ def test_indextts25_gpt_detected_and_refused(uv):
     assert L.detect_version("gpt", sd) == "2.5"
     with pytest.raises(L.CheckpointError, match=r"2\.5.*spk_emb_proj"):
         L.remap_state_dict(sd)
+
+
+def test_old_transformers_buffers_and_wte_alias_are_ignored(uv):
+    """gpt.pth files saved with older transformers carry attn.bias / attn.masked_bias buffers, and some carry
+    gpt.wte.weight (the mel_embedding alias); they are ignored and reported, never mapped."""
+    sd = dict(uv.state_dict())
+    sd["gpt.h.0.attn.bias"] = torch.tril(torch.ones(1, 1, 64, 64, dtype=torch.bool))
+    sd["gpt.h.1.attn.masked_bias"] = torch.tensor(-1e4)
+    sd["gpt.wte.weight"] = sd["mel_embedding.weight"]
+    pack, rep = L.remap_state_dict(sd)
+    assert sorted(k for k, _ in rep.ignored) == sorted(
+        ["gpt.h.0.attn.bias", "gpt.h.1.attn.masked_bias", "gpt.wte.weight", "text_head.weight", "text_head.bias"]
+    )
+    assert torch.equal(pack["h.0.qkv.b"], sd["gpt.h.0.attn.c_attn.bias"].half())

@@ -4,12 +4,15 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import pytest
 import torch
 
 from indextts_fast import loader as L
 
 from . import loader_fixtures as lf
+from .helpers import official
 from .test_loader import _assert_same_sd, dit_check, gpt_check, official_fp64
 
 
@@ -80,3 +83,41 @@ def test_full_width_gpt(tmp_path):
     core64, _ = lf.build_gpt_core(full=True, layers=2)
     core64.load_state_dict(sd)
     gpt_check(core, core64.double(), w32, torch.randn(1, 17, 1280))
+
+
+def test_full_unified_voice_key_plan():
+    """The complete official UnifiedVoice at IndexTTS-2's config (built on the meta device: names and shapes, no
+    memory): every one of its keys is mapped, carried or ignored, none is missing, every shape is as expected."""
+    mv = official("gpt.model_v2")
+    cm = dict(output_size=512, linear_units=2048, attention_heads=8, num_blocks=6, input_layer="conv2d2",
+              perceiver_mult=2)  # fmt: skip
+    em = dict(cm, linear_units=1024, attention_heads=4, num_blocks=4)
+    with torch.device("meta"):
+        uv = mv.UnifiedVoice(**lf.FULL_GPT, condition_type="conformer_perceiver", condition_module=cm,
+                             emo_condition_module=em)  # fmt: skip
+    sd = uv.state_dict()
+    assert round(sum(v.numel() for v in sd.values()) / 1e9, 2) == 0.87  # indextts2-hot-path.md section 3.1
+    plan = L.plan_checkpoint(sd)
+    acts = Counter(a for a, _ in plan["actions"].values())
+    assert plan["missing"] == [] and plan["error"] is None
+    assert acts == {"mapped:copy": 207, "mapped:t": 96, "carried": 360, "ignored": 2}, acts
+    assert plan["dims"] == {"C": 1280, "L": 24, "Vt": 12001, "Vm": 8194, "Pt": 602, "Pm": 1818, "E": 1024,
+                            "heads": 20}  # fmt: skip
+    assert tuple(sd["gpt.h.7.attn.c_attn.weight"].shape) == (1280, 3840)
+    assert plan["actions"]["gpt.h.7.attn.c_attn.weight"] == ("mapped:t", "h.7.qkv.w")
+    assert tuple(sd["perceiver_encoder.layers.1.1.0.weight"].shape) == (3412, 1280)
+
+
+def test_full_s2mel_key_plan():
+    """The same for the complete official MyModel at IndexTTS-2's s2mel config, in both AdaLN layouts."""
+    commons = official("s2mel.modules.commons")
+    with torch.device("meta"):
+        m = commons.MyModel(commons.recursive_munch(lf.s2mel_config(full=True)), use_gpt_latent=True)
+    sd = lf.flat_s2mel(m)
+    for split in (False, True):
+        plan = L.plan_checkpoint(sd, stack_adaln=not split)
+        refused = {k: v for k, v in plan["actions"].items() if v[0] not in ("ignored",) and ":" not in v[0]}
+        assert plan["missing"] == [] and not refused, refused
+    ignored = sorted(k for k, v in plan["actions"].items() if v[0] == "ignored")
+    assert len(ignored) == 3 + 1 + 1 + 1 + 2 * 7 + 2  # x_embedder g/v/b, cond_embedder, content_mask, input_pos,
+    # skip_in_linear of layers 0..6, length_regulator embedding + mask_token
