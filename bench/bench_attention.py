@@ -19,6 +19,8 @@ from indextts_kernels import reference as ref
 
 from .shapes import ATTN_DIT_SHAPES, ATTN_PREFILL_SHAPES, GPT_BEAMS, GPT_CACHE_LEN, GPT_DECODE_CONTEXTS, GPT_HEADS
 
+pytestmark = pytest.mark.gpu
+
 F = torch.nn.functional
 
 

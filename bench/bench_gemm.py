@@ -17,6 +17,8 @@ from indextts_kernels import reference as ref
 
 from .shapes import DIT_DIM, DIT_FFN, GEMM_DIT_M, GPT_BEAMS, GPT_DIM, GPT_FFN, GPT_PREFILL_T
 
+pytestmark = pytest.mark.gpu
+
 
 def _randn(*shape, dtype, std=1.0):
     return (torch.randn(*shape, device="cuda") * std).to(dtype)

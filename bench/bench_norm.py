@@ -12,6 +12,8 @@ from indextts_kernels import reference as ref
 
 from .shapes import NORM_SHAPES
 
+pytestmark = pytest.mark.gpu
+
 PROVIDERS = ["torch", "compile", "triton"]
 DT = torch.float16  # the GPT stream dtype; the DiT rows run fp32 in the official code (see the fp32 case)
 

@@ -50,7 +50,7 @@ timeout 120 $PY -m indextts_fast.demo
 echo "== benchmarks"
 KSEL=()
 [ "${1:-}" = quick ] && KSEL=(-k "not compile")
-timeout 420 $PY -m pytest bench -q -p no:cacheprovider --benchmark-enable --benchmark-columns=median,rounds \
+timeout 420 $PY -m pytest bench -m gpu -q -p no:cacheprovider --benchmark-enable --benchmark-columns=median,rounds \
     --benchmark-json "$RES/$CARD-$STAMP.json" "${KSEL[@]}" 2>&1 | tail -15
 echo "== summary ($CARD)"
 $PY tools/bench_table.py "$RES/$CARD-$STAMP.json" | tee "$RES/$CARD-$STAMP.md"

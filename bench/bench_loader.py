@@ -1,0 +1,133 @@
+"""Checkpoint loader, CPU: files-to-ready time of the fast pack against the official path, same run.
+
+Files: a full-size random GPT-2 of UnifiedVoice (24 x 1280, 20 heads, real vocabularies and position tables,
+without the conformer / perceiver conditioning encoders) saved as gpt.pth, and a full-size random s2mel
+(DiT 512 x 13, WaveNet 512 x 8, length regulator, gpt_layer) in the official s2mel.pth container.
+
+    official  construct the official modules, torch.load the .pth, load_state_dict, .half() for the GPT
+              (indextts.utils.checkpoint.load_checkpoint / indextts.s2mel.modules.commons.load_checkpoint2)
+    fastpack  load_pack(): one read of the pack into memory, every tensor in kernel layout (no module, no
+              random init, no transform); the result holds every weight resident in RAM
+    read      the floor of any loader: read the pack's bytes into a fresh buffer, nothing else
+    convert   the one-time conversion (read, validate, transform, sha256, atomic write)
+
+Run: ``pytest bench/bench_loader.py --benchmark-enable -s`` (CPU only; both files sit in the page cache after
+the warm-up round, so this measures warm-cache loading, not disk bandwidth).
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import platform
+
+import pytest
+import torch
+
+from indextts_fast import loader as L
+from tests import loader_fixtures as lf
+from tests.helpers import official
+
+ROUNDS = 5
+
+
+def _machine() -> str:
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, cpu"
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    import yaml
+
+    d = tmp_path_factory.mktemp("loader_bench")
+    core, sd = lf.build_gpt_core(full=True)
+    torch.save(sd, d / "gpt.pth")
+    del core, sd
+    m = lf.build_s2mel(full=True)
+    torch.save(lf.s2mel_container(m), d / "s2mel.pth")
+    del m
+    gc.collect()
+    cfg = {"s2mel": lf.s2mel_config(full=True), **lf.gpt_config(full=True)}
+    cfg["gpt"].pop("condition_type")  # the GPT file carries no conditioning encoders
+    (d / "config.yaml").write_text(yaml.safe_dump(cfg))
+    for k in ("gpt", "s2mel"):
+        L.convert_checkpoint(d / f"{k}.pth", d / f"{k}.fast.safetensors", config=d / "config.yaml")
+    return d
+
+
+def official_gpt(path):
+    core = lf.construct_gpt_core(full=True)
+    official("utils.checkpoint").load_checkpoint(core, str(path))
+    return core.half()
+
+
+def official_s2mel(path):
+    commons = official("s2mel.modules.commons")
+    model = commons.MyModel(commons.recursive_munch(lf.s2mel_config(full=True)), use_gpt_latent=True)
+    commons.load_checkpoint2(model, None, str(path), load_only_params=True, ignore_modules=[], is_distributed=False)
+    return model.eval()
+
+
+def read_floor(path):
+    buf = torch.empty(os.path.getsize(path), dtype=torch.uint8)
+    with open(path, "rb") as f:
+        f.readinto(memoryview(buf.numpy()))
+    return buf
+
+
+def _run(benchmark, fn, group, provider, nbytes=None):
+    benchmark.group = group
+    benchmark.extra_info.update({"provider": provider, "machine": _machine(), "threads": torch.get_num_threads()})
+    if nbytes:
+        benchmark.extra_info["file_mib"] = round(nbytes / 2**20, 1)
+
+    def once():
+        out = fn()
+        del out
+        gc.collect()
+
+    benchmark.pedantic(once, warmup_rounds=1, rounds=ROUNDS, iterations=1)
+
+
+@pytest.mark.parametrize("provider", ["official", "fastpack", "read"])
+def test_gpt_files_to_ready(benchmark, files, provider):
+    if provider == "official":
+        fn = lambda: official_gpt(files / "gpt.pth")
+    elif provider == "read":
+        fn = lambda: read_floor(files / "gpt.fast.safetensors")
+    else:
+
+        def fn():
+            w = L.load_pack(files / "gpt.fast.safetensors")
+            assert w.layers[23].proj_w.dtype == torch.float16 and w.layers[23].proj_w.shape == (1280, 5120)
+            return w
+
+    _run(benchmark, fn, "loader/gpt 24x1280", provider, os.path.getsize(files / "gpt.pth"))
+
+
+@pytest.mark.parametrize("provider", ["official", "fastpack", "read"])
+def test_s2mel_files_to_ready(benchmark, files, provider):
+    if provider == "official":
+        fn = lambda: official_s2mel(files / "s2mel.pth")
+    elif provider == "read":
+        fn = lambda: read_floor(files / "s2mel.fast.safetensors")
+    else:
+
+        def fn():
+            w = L.load_pack(files / "s2mel.fast.safetensors")
+            assert w.dit.layers[12].w13.shape == (3072, 512)
+            return w
+
+    _run(benchmark, fn, "loader/s2mel DiT 512x13", provider, os.path.getsize(files / "s2mel.pth"))
+
+
+@pytest.mark.parametrize("model", ["gpt", "s2mel"])
+def test_convert(benchmark, files, model):
+    benchmark.group = f"loader/convert {model}"
+    benchmark.extra_info.update({"provider": "convert", "machine": _machine()})
+    out = files / f"{model}.again.safetensors"
+    benchmark.pedantic(
+        lambda: L.convert_checkpoint(files / f"{model}.pth", out, config=files / "config.yaml", overwrite=True),
+        rounds=1,
+        iterations=1,
+    )

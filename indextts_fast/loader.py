@@ -1,0 +1,1097 @@
+"""Strict checkpoint loader: official IndexTTS2 checkpoints -> fast-pack safetensors -> kernel-layout weights.
+
+Two steps:
+    convert_checkpoint(src, out)   gpt.pth / s2mel.pth (or .safetensors exports with the same names) -> one
+                                   fast-pack .safetensors in kernel layout, every transform applied once, with
+                                   metadata (format version, source sha256, config, dtype policy, layout, version);
+                                   written atomically, never over its source, never over an existing pack unless
+                                   ``overwrite=True``.
+    load_pack(path, device)        the pack -> FastGPTWeights / FastS2MelWeights: one read of the whole file into
+                                   memory (or one host-to-device copy), every tensor a view of it, no transform.
+
+Kernel layouts (the contract the GEMM / attention / norm kernels are written against):
+    * every GEMM weight is [N, K] row-major = nn.Linear's [out, in]; GPT-2 Conv1D [in, out] is transposed, so
+      GPT qkv.w is [3C, C] with rows q | k | v (head h of q = rows h*64 .. h*64+63);
+    * DiT wqkv stays [3C, C], rows q | k | v; SwiGLU w13 = cat([w1, w3], 0) [2I, C];
+    * weight norm folded (torch._weight_norm: g * v / ||v||, norm over all dims but 0, no eps, the exact
+      computation the official module runs at every forward); 1x1 convs squeezed to [out, in]; k-tap convs
+      [out, in, k] -> [out, k*in], tap-major (column j*in + c = tap j of channel c);
+    * DiT AdaLN project_layer weights (scale | shift) either per norm or stacked into one [(2L+1)*2C, C] GEMM
+      (layer i attention_norm, layer i ffn_norm, ..., transformer.norm), ``stack_adaln``;
+    * dtype per tensor class (``DEFAULT_POLICY``): GPT GEMM weights and biases fp16, its norms and embeddings
+      fp32; s2mel all fp32 (the official code runs it in fp32).
+
+Strictness: every table entry (checkpoint_tables.py) is matched by exactly one key of the expected shape and a
+floating dtype; every key is mapped, carried (GPT conditioning encoders) or on the explicit ignore list;
+anything else raises CheckpointError naming the keys. Non-finite weights are an error unless
+``allow_nonfinite=True`` (then they are reported). Model dimensions are read from the checkpoint's own shapes
+and checked against config.yaml when one is given.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import struct
+import tempfile
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import torch
+
+from . import checkpoint_tables as tables
+from .checkpoint_tables import Rule
+
+__all__ = [
+    "CheckpointError",
+    "PACK_FORMAT",
+    "PACK_VERSION",
+    "DEFAULT_POLICY",
+    "read_checkpoint",
+    "detect_kind",
+    "model_dims",
+    "check_config",
+    "expand_rules",
+    "plan_checkpoint",
+    "remap_state_dict",
+    "inverse_remap",
+    "convert_checkpoint",
+    "read_pack",
+    "load_pack",
+    "FastGPTLayer",
+    "FastGPTWeights",
+    "FastDiTLayer",
+    "FastDiTWeights",
+    "FastLengthRegulatorWeights",
+    "FastS2MelWeights",
+]
+
+PACK_FORMAT = "indextts_fast.pack"
+PACK_VERSION = 1
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+DEFAULT_POLICY: dict[str, dict[str, str]] = {
+    "gpt": {
+        "gemm_w": "float16",
+        "gemm_b": "float16",
+        "norm": "float32",
+        "embed": "float32",
+        "other": "float32",
+        "carry": "float32",
+    },  # fmt: skip
+    "s2mel": {"gemm_w": "float32", "gemm_b": "float32", "norm": "float32", "embed": "float32", "other": "float32"},
+}
+
+PathLike = Union[str, os.PathLike]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint or pack that the loader refuses; the message names the file, the keys and the problem."""
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Reading the official containers
+# ----------------------------------------------------------------------------------------------------------------------
+def _is_safetensors(path: Path) -> bool:
+    return path.suffix == ".safetensors"
+
+
+def _load_flat(path: Path) -> dict[str, Any]:
+    """torch.load (weights_only, mmap) or safetensors; any reading failure becomes a CheckpointError."""
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such file")
+    if not os.access(path, os.R_OK) or path.is_dir():
+        raise CheckpointError(f"{path}: unreadable (permission denied or not a regular file)")
+    try:
+        if _is_safetensors(path):
+            from safetensors.torch import load_file
+
+            return dict(load_file(str(path), device="cpu"))
+        return torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+    except CheckpointError:
+        raise
+    except Exception as e:  # truncated zip, not a checkpoint, pickled objects refused by weights_only, ...
+        raise CheckpointError(
+            f"{path}: cannot read the checkpoint (truncated, corrupt, or not a weights-only torch/safetensors file): "
+            f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        ) from e
+
+
+def _check_flat(path: Path, sd: Mapping, where: str) -> dict[str, torch.Tensor]:
+    if not isinstance(sd, Mapping):
+        raise CheckpointError(f"{path}: wrong container: {where} is a {type(sd).__name__}, expected a state dict")
+    bad = [str(k) for k, v in sd.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    if bad:
+        raise CheckpointError(
+            f"{path}: wrong container: {where} holds non-tensor entries {bad[:8]}"
+            + (f" (+{len(bad) - 8} more)" if len(bad) > 8 else "")
+        )
+    return dict(sd)
+
+
+def _strip_module(sd: dict[str, torch.Tensor], path: Path, where: str) -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = {}
+    for k, v in sd.items():
+        k2 = k[len("module.") :] if k.startswith("module.") else k
+        if k2 in out:
+            raise CheckpointError(f"{path}: {where}: key {k2!r} appears both with and without the 'module.' prefix")
+        out[k2] = v
+    return out
+
+
+def read_checkpoint(path: PathLike) -> tuple[str, dict[str, torch.Tensor]]:
+    """Read gpt.pth / s2mel.pth (or a .safetensors export) into ('gpt' | 's2mel', flat state dict).
+
+    gpt.pth: a flat state dict, or one under 'model'. s2mel.pth: state['net'] = {'cfm', 'length_regulator',
+    'gpt_layer'}, each a flat state dict (a leading 'module.' is stripped); other top-level entries (optimizer,
+    epoch, ...) are ignored. The s2mel result is flattened as '<module>.<key>'; a .safetensors export uses those
+    flattened names directly. Tensors stay memory-mapped (torch.load mmap=True) until the remap touches them.
+    """
+    path = Path(path)
+    obj = _load_flat(path)
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{path}: wrong container: top level is a {type(obj).__name__}, expected a dict")
+    if "net" in obj:
+        net = obj["net"]
+        if not isinstance(net, Mapping):
+            raise CheckpointError(f"{path}: wrong container: state['net'] is a {type(net).__name__}, expected a dict")
+        flat: dict[str, torch.Tensor] = {}
+        for name, sub in net.items():
+            sub = _strip_module(_check_flat(path, sub, f"state['net'][{name!r}]"), path, f"net[{name!r}]")
+            for k, v in sub.items():
+                flat[f"{name}.{k}"] = v
+        missing = [g for g, req in tables.S2MEL_GROUPS if req and g not in net]
+        if missing:
+            raise CheckpointError(f"{path}: state['net'] lacks the module(s) {missing} (has {sorted(net)})")
+        return "s2mel", flat
+    if "model" in obj and isinstance(obj["model"], Mapping):
+        obj = obj["model"]
+    sd = _strip_module(_check_flat(path, obj, "the top level"), path, "state dict")
+    kind = detect_kind(sd)
+    if kind is None:
+        raise CheckpointError(
+            f"{path}: wrong container: neither a gpt.pth (no 'gpt.h.*' keys) nor an s2mel.pth (no state['net'] and "
+            f"no 'cfm.estimator.*' keys); first keys: {sorted(sd)[:6]}"
+        )
+    return kind, sd
+
+
+def detect_kind(sd: Mapping[str, Any]) -> Optional[str]:
+    if any(k.startswith("cfm.estimator.") for k in sd):
+        return "s2mel"
+    if any(k.startswith("gpt.h.") for k in sd):
+        return "gpt"
+    return None
+
+
+def detect_version(kind: str, sd: Mapping[str, Any]) -> str:
+    """'2.0' or '2.5' from the keys (2.5's gpt.pth has spk_emb_proj / lang_embedding; its s2mel has no gpt_layer)."""
+    if kind == "gpt":
+        return "2.5" if any(tables.full_match(tables.GPT_25_MARKERS, k) for k in sd) else "2.0"
+    return "2.0" if any(k.startswith("gpt_layer.") for k in sd) else "2.5 (no gpt_layer)"
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Dimensions: read from the checkpoint's shapes, checked against config.yaml
+# ----------------------------------------------------------------------------------------------------------------------
+def _shape(sd, key: str, what: str) -> tuple[int, ...]:
+    if key not in sd:
+        raise CheckpointError(f"missing key {key!r} (needed to read {what})")
+    return tuple(sd[key].shape)
+
+
+def _count(sd, pattern: str) -> int:
+    idx = [int(m.group(1)) for k in sd if (m := re.fullmatch(pattern, k))]
+    return max(idx) + 1 if idx else 0
+
+
+def model_dims(kind: str, sd: Mapping[str, torch.Tensor], heads: Optional[int] = None) -> dict[str, int]:
+    """Model dimensions from tensor shapes. Head counts are not in any shape: from config.yaml, else C // 64."""
+    if kind == "gpt":
+        C = _shape(sd, "gpt.ln_f.weight", "the model width")[0]
+        d = {
+            "C": C,
+            "L": _count(sd, r"gpt\.h\.(\d+)\.ln_1\.weight"),
+            "Vt": _shape(sd, "text_embedding.weight", "the text vocabulary")[0],
+            "Vm": _shape(sd, "mel_embedding.weight", "the mel vocabulary")[0],
+            "Pt": _shape(sd, "text_pos_embedding.emb.weight", "the text positions")[0],
+            "Pm": _shape(sd, "mel_pos_embedding.emb.weight", "the mel positions")[0],
+            "E": _shape(sd, "emovec_layer.weight", "the emotion width")[1],
+        }
+        d["heads"] = heads or C // 64
+        if d["L"] == 0:
+            raise CheckpointError("no 'gpt.h.{i}.ln_1.weight' keys: not an IndexTTS2 gpt.pth")
+        return d
+    e = "cfm.estimator."
+    C, D = _shape(sd, e + "cond_projection.weight", "the DiT width")
+    F = _shape(sd, e + "conv2.weight", "the mel channels")[0]
+    H = _shape(sd, e + "conv1.weight", "the WaveNet width")[0]
+    merge_in = _shape(sd, e + "cond_x_merge_linear.weight", "the style width")[1]
+    R, Q = _shape(sd, "length_regulator.content_in_proj.weight", "the length-regulator width")
+    d = {
+        "C": C,
+        "D": D,
+        "F": F,
+        "H": H,
+        "S": merge_in - C - 2 * F,
+        "L": _count(sd, r"cfm\.estimator\.transformer\.layers\.(\d+)\.attention\.wqkv\.weight"),
+        "I": _shape(sd, e + "transformer.layers.0.feed_forward.w1.weight", "the SwiGLU width")[0],
+        "W": _count(sd, r"cfm\.estimator\.wavenet\.in_layers\.(\d+)\.conv\.conv\.weight_v"),
+        "K": _shape(sd, e + "wavenet.in_layers.0.conv.conv.weight_v", "the WaveNet kernel")[-1],
+        "R": R,
+        "Q": Q,
+        "N": max(_count(sd, r"length_regulator\.model\.(\d+)\.weight") - 1, 0) // 3,
+    }
+    d["heads"] = heads or C // 64
+    return d
+
+
+def load_config(path: Optional[PathLike]) -> Optional[dict]:
+    if path is None:
+        return None
+    try:
+        import yaml
+    except ImportError as e:  # pragma: no cover - pyyaml comes with transformers
+        raise CheckpointError("reading config.yaml needs pyyaml (pip install pyyaml)") from e
+    try:
+        with open(path) as f:
+            cfg = yaml.safe_load(f)
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read the config: {e}") from e
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"{path}: not a YAML mapping")
+    return cfg
+
+
+def config_dims(kind: str, cfg: dict) -> dict[str, Any]:
+    """The dimensions (same letters as model_dims) and structural flags that config.yaml states."""
+    if kind == "gpt":
+        g = cfg.get("gpt")
+        if not isinstance(g, dict):
+            raise CheckpointError("config.yaml has no 'gpt' section")
+        want = {"C": g.get("model_dim"), "L": g.get("layers"), "heads": g.get("heads"),
+                "Vm": g.get("number_mel_codes")}  # fmt: skip
+        if g.get("number_text_tokens") is not None:
+            want["Vt"] = g["number_text_tokens"] * g.get("types", 1) + 1
+        if g.get("max_text_tokens") is not None:
+            want["Pt"] = g["max_text_tokens"] + 2
+        if g.get("max_mel_tokens") is not None:
+            want["Pm"] = g["max_mel_tokens"] + 2 + g.get("max_conditioning_inputs", 1)
+        return {k: v for k, v in want.items() if v is not None}
+    s = cfg.get("s2mel", cfg)
+    dit, wn, lr = s.get("DiT", {}), s.get("wavenet", {}), s.get("length_regulator", {})
+    if not dit:
+        raise CheckpointError("config.yaml has no 's2mel.DiT' section")
+    unsupported = {
+        "DiT.uvit_skip_connection": (dit.get("uvit_skip_connection"), True),
+        "DiT.long_skip_connection": (dit.get("long_skip_connection"), True),
+        "DiT.final_layer_type": (dit.get("final_layer_type"), "wavenet"),
+        "DiT.time_as_token": (dit.get("time_as_token", False), False),
+        "DiT.style_as_token": (dit.get("style_as_token", False), False),
+        "DiT.style_condition": (dit.get("style_condition"), True),
+        "length_regulator.is_discrete": (lr.get("is_discrete", False), False),
+        "length_regulator.vector_quantize": (lr.get("vector_quantize", False), False),
+        "length_regulator.f0_condition": (lr.get("f0_condition", False), False),
+        "length_regulator.n_codebooks": (lr.get("n_codebooks", 1), 1),
+    }
+    bad = {k: v for k, (v, ok) in unsupported.items() if v != ok}
+    if bad:
+        raise CheckpointError(f"config.yaml selects s2mel variants the fast path does not implement: {bad}")
+    want = {
+        "C": dit.get("hidden_dim"),
+        "L": dit.get("depth"),
+        "heads": dit.get("num_heads"),
+        "F": dit.get("in_channels"),
+        "D": dit.get("content_dim"),
+        "S": s.get("style_encoder", {}).get("dim"),
+        "H": wn.get("hidden_dim"),
+        "W": wn.get("num_layers"),
+        "K": wn.get("kernel_size"),
+        "R": lr.get("channels"),
+        "Q": lr.get("in_channels"),
+        "N": len(lr["sampling_ratios"]) if "sampling_ratios" in lr else None,
+    }
+    return {k: v for k, v in want.items() if v is not None}
+
+
+def check_config(kind: str, dims: dict[str, int], cfg: Optional[dict]) -> dict[str, int]:
+    """Compare checkpoint dimensions with config.yaml; returns dims with the config's head count."""
+    if cfg is None:
+        return dims
+    want = config_dims(kind, cfg)
+    heads = want.pop("heads", None)
+    diff = {k: (dims.get(k), v) for k, v in want.items() if dims.get(k) != v}
+    if diff:
+        raise CheckpointError(
+            "checkpoint shapes disagree with config.yaml: "
+            + ", ".join(f"{k}: checkpoint {a} vs config {b}" for k, (a, b) in diff.items())
+        )
+    out = dict(dims)
+    if heads is not None:
+        if dims["C"] % heads:
+            raise CheckpointError(f"config.yaml heads={heads} does not divide the width {dims['C']}")
+        out["heads"] = heads
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Rules -> concrete entries
+# ----------------------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Entry:
+    dst: str
+    srcs: tuple[str, ...]
+    op: str
+    cls: str
+    src_shapes: tuple[tuple[int, ...], ...]
+
+
+def _eval_shape(expr: str, dims: dict[str, int]) -> tuple[int, ...]:
+    return tuple(int(eval(p, {"__builtins__": {}}, dims)) for p in expr.split(","))  # noqa: S307 - table constants
+
+
+def _rules(kind: str, stack_adaln: bool) -> tuple[Rule, ...]:
+    if kind == "gpt":
+        return tables.GPT_RULES
+    adaln = tables.S2MEL_RULES_ADALN_STACKED if stack_adaln else tables.S2MEL_RULES_ADALN_SPLIT
+    return tables.S2MEL_RULES + adaln
+
+
+def expand_rules(kind: str, dims: dict[str, int], *, stack_adaln: bool = True,
+                 with_gpt_layer: bool = True) -> list[Entry]:  # fmt: skip
+    """Every table rule instantiated at these dimensions, in pack order."""
+    out: list[Entry] = []
+    base = {"n3": 3 * dims.get("N", 0)}
+    for r in _rules(kind, stack_adaln):
+        if not with_gpt_layer and r.dst.startswith("gpt_layer."):
+            continue
+        shapes = tuple(_eval_shape(s, dims) for s in r.shapes)
+        if r.each:
+            srcs, src_shapes = [], []
+            for sub in tables.index_values(r.each, dims):
+                srcs += [s.format(**sub) for s in r.srcs]
+                src_shapes += list(shapes)
+            srcs += list(r.tail)
+            src_shapes += [_eval_shape(s, dims) for s in r.tail_shapes]
+            out.append(Entry(r.dst, tuple(srcs), r.op, r.cls, tuple(src_shapes)))
+        elif r.over:
+            for sub in tables.index_values(r.over, dims):
+                out.append(Entry(r.dst.format(**sub), tuple(s.format(**sub) for s in r.srcs), r.op, r.cls, shapes))
+        else:
+            out.append(Entry(r.dst, tuple(s.format(**base) for s in r.srcs), r.op, r.cls, shapes))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Transforms and their inverses
+# ----------------------------------------------------------------------------------------------------------------------
+def _fold_wn(g: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """g * v / ||v|| over all dims but 0, no eps: the exact computation of torch.nn.utils.weight_norm's hook."""
+    return torch._weight_norm(v.float(), g.float(), 0)
+
+
+def _wn_norms(w: torch.Tensor, g_shape: tuple[int, ...]) -> torch.Tensor:
+    """||w|| over all dims but 0, computed by the same kernel _weight_norm uses, so that _fold_wn(norms, w) == w."""
+    if hasattr(torch, "_weight_norm_interface"):
+        return torch._weight_norm_interface(w, torch.ones(g_shape, dtype=w.dtype), 0)[1].reshape(g_shape)
+    return torch.norm_except_dim(w, 2, 0).reshape(g_shape)  # pragma: no cover
+
+
+def _taps(w: torch.Tensor) -> torch.Tensor:  # [out, in, k] -> [out, k*in], column j*in + c = w[:, c, j]
+    return w.permute(0, 2, 1).reshape(w.shape[0], -1).contiguous()
+
+
+def _untaps(w: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    o, i, k = shape
+    return w.reshape(o, k, i).permute(0, 2, 1).contiguous()
+
+
+def _forward_op(op: str, xs: list[torch.Tensor]) -> torch.Tensor:
+    if op == "copy":
+        return xs[0]
+    if op == "t":
+        return xs[0].t().contiguous()
+    if op == "cat0":
+        return torch.cat(xs, dim=0)
+    if op == "wn":
+        w = _fold_wn(xs[0], xs[1])
+        return w.reshape(w.shape[0], w.shape[1]) if w.dim() == 3 else w
+    if op == "wn_taps":
+        return _taps(_fold_wn(xs[0], xs[1]))
+    if op == "taps":
+        return _taps(xs[0])
+    if op == "k1":
+        return xs[0].reshape(xs[0].shape[0], xs[0].shape[1])
+    raise ValueError(f"unknown op {op!r}")
+
+
+def _inverse_op(op: str, w: torch.Tensor, shapes: tuple[tuple[int, ...], ...]) -> list[torch.Tensor]:
+    if op == "copy":
+        return [w]
+    if op == "t":
+        return [w.t().contiguous()]
+    if op == "cat0":
+        return [p.contiguous() for p in torch.split(w, [s[0] for s in shapes], dim=0)]
+    if op in ("wn", "wn_taps"):
+        v = _untaps(w, shapes[1]) if op == "wn_taps" else w.reshape(shapes[1])
+        return [_wn_norms(v, shapes[0]), v.contiguous()]
+    if op == "taps":
+        return [_untaps(w, shapes[0])]
+    if op == "k1":
+        return [w.reshape(shapes[0])]
+    raise ValueError(f"unknown op {op!r}")
+
+
+def _dst_shape(e: Entry) -> tuple[int, ...]:
+    s = e.src_shapes
+    if e.op == "copy":
+        return s[0]
+    if e.op == "t":
+        return (s[0][1], s[0][0])
+    if e.op == "cat0":
+        return (sum(x[0] for x in s), *s[0][1:])
+    if e.op == "wn":
+        return s[1][:2]
+    if e.op in ("wn_taps", "taps"):
+        v = s[-1]
+        return (v[0], v[1] * v[2])
+    if e.op == "k1":
+        return s[0][:2]
+    raise ValueError(e.op)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Remap (strict) and inverse
+# ----------------------------------------------------------------------------------------------------------------------
+@dataclass
+class RemapReport:
+    kind: str
+    version: str
+    dims: dict[str, int]
+    mapped: list[tuple[str, tuple[str, ...], str]] = field(default_factory=list)  # (dst, srcs, op)
+    carried: list[str] = field(default_factory=list)
+    ignored: list[tuple[str, str]] = field(default_factory=list)  # (key, why)
+    nonfinite: list[str] = field(default_factory=list)
+
+    @property
+    def folded(self) -> list[str]:
+        return [d for d, _, op in self.mapped if op.startswith("wn")]
+
+    def summary(self) -> str:
+        ops: dict[str, int] = {}
+        for _, _, op in self.mapped:
+            ops[op] = ops.get(op, 0) + 1
+        srcs = sum(len(s) for _, s, _ in self.mapped)
+        lines = [
+            f"{self.kind} checkpoint (IndexTTS {self.version}), dims {self.dims}",
+            f"  mapped:  {srcs} checkpoint tensors -> {len(self.mapped)} pack tensors, by transform {ops}",
+            f"  folded:  {len(self.folded)} weight-norm pairs",
+            f"  carried: {len(self.carried)} tensors verbatim (conditioning encoders)",
+            f"  ignored: {len(self.ignored)} keys",
+        ]
+        whys: dict[str, int] = {}
+        for _, why in self.ignored:
+            whys[why] = whys.get(why, 0) + 1
+        lines += [f"    {n} x {why}" for why, n in whys.items()]
+        if self.nonfinite:
+            lines.append(f"  NON-FINITE (allowed): {self.nonfinite}")
+        return "\n".join(lines)
+
+
+def _fmt_keys(keys, n: int = 12) -> str:
+    keys = sorted(keys)
+    return ", ".join(keys[:n]) + (f" (+{len(keys) - n} more)" if len(keys) > n else "")
+
+
+def _policy(kind: str, policy: Optional[Mapping[str, str]]) -> dict[str, str]:
+    p = dict(DEFAULT_POLICY[kind])
+    if policy:
+        unknown = set(policy) - set(p)
+        if unknown:
+            raise ValueError(f"policy: unknown tensor classes {sorted(unknown)} (known: {sorted(p)})")
+        for k, v in policy.items():
+            if not isinstance(getattr(torch, str(v), None), torch.dtype) or getattr(torch, v) not in FLOAT_DTYPES:
+                raise ValueError(f"policy[{k!r}] = {v!r}: expected one of float32, float16, bfloat16")
+        p.update(policy)
+    return p
+
+
+def plan_checkpoint(
+    sd: Mapping[str, torch.Tensor], kind: Optional[str] = None, *, stack_adaln: bool = True
+) -> dict[str, Any]:
+    """What remap_state_dict would do with each key, without transforming or raising (for inspection).
+
+    Returns {'kind', 'version', 'dims' (or None), 'error' (why dims could not be read, or None),
+    'actions': {key: (action, target)}, 'missing': [...]}; action is one of mapped:<op>, carried, ignored,
+    unknown, wrong-shape, wrong-dtype.
+    """
+    kind = kind or detect_kind(sd)
+    res: dict[str, Any] = {"kind": kind, "version": None, "dims": None, "error": None, "actions": {}, "missing": []}
+    if kind is None:
+        res["error"] = "neither a gpt.pth nor an s2mel.pth"
+        return res
+    res["version"] = detect_version(kind, sd)
+    try:
+        dims = model_dims(kind, sd)
+    except CheckpointError as e:
+        res["error"] = str(e)
+        dims = None
+    res["dims"] = dims
+    used: dict[str, tuple[str, str, tuple[int, ...]]] = {}
+    if dims is not None:
+        with_gl = any(k.startswith("gpt_layer.") for k in sd)
+        for e in expand_rules(kind, dims, stack_adaln=stack_adaln, with_gpt_layer=with_gl):
+            for s, shp in zip(e.srcs, e.src_shapes, strict=True):
+                used[s] = (e.op, e.dst, shp)
+    res["missing"] = [s for s in used if s not in sd]
+    ignore = tables.GPT_IGNORE if kind == "gpt" else tables.S2MEL_IGNORE
+    for k, v in sd.items():
+        if k in used:
+            op, dst, shp = used[k]
+            if tuple(v.shape) != shp:
+                res["actions"][k] = ("wrong-shape", f"expected {list(shp)}")
+            elif v.dtype not in FLOAT_DTYPES:
+                res["actions"][k] = ("wrong-dtype", str(v.dtype))
+            else:
+                res["actions"][k] = (f"mapped:{op}", dst)
+        elif kind == "gpt" and tables.full_match(tables.GPT_CARRY, k):
+            res["actions"][k] = ("carried", "cond." + k)
+        elif (why := next((w for p, w in ignore if re.fullmatch(p, k)), None)) is not None:
+            res["actions"][k] = ("ignored", why)
+        elif kind == "gpt" and tables.full_match(tables.GPT_25_MARKERS, k):
+            res["actions"][k] = ("unknown", "IndexTTS-2.5 key: no verified table")
+        else:
+            res["actions"][k] = ("unknown", "")
+    return res
+
+
+def remap_state_dict(
+    sd: Mapping[str, torch.Tensor],
+    kind: Optional[str] = None,
+    *,
+    config: Optional[dict] = None,
+    policy: Optional[Mapping[str, str]] = None,
+    stack_adaln: bool = True,
+    allow_nonfinite: bool = False,
+    progress: Optional[Callable[[int, int, str], None]] = None,
+) -> tuple[dict[str, torch.Tensor], RemapReport]:
+    """Official flat state dict -> {pack name: tensor in kernel layout}, strictly validated.
+
+    Raises CheckpointError naming every missing key, unknown key, wrong shape, wrong dtype and (unless
+    allow_nonfinite) every tensor holding NaN or inf.
+    """
+    kind = kind or detect_kind(sd)
+    if kind not in ("gpt", "s2mel"):
+        raise CheckpointError("cannot tell a gpt.pth from an s2mel.pth: no 'gpt.h.*' and no 'cfm.estimator.*' keys")
+    version = detect_version(kind, sd)
+    if kind == "gpt" and version == "2.5":
+        markers = [k for k in sd if tables.full_match(tables.GPT_25_MARKERS, k)]
+        raise CheckpointError(
+            f"IndexTTS-2.5 gpt.pth detected ({_fmt_keys(markers, 4)}): the reference module code has no 2.5 "
+            "UnifiedVoice, so no verified key table exists for it"
+        )
+    dims = check_config(kind, model_dims(kind, sd), config)
+    pol = _policy(kind, policy)
+    entries = expand_rules(
+        kind, dims, stack_adaln=stack_adaln, with_gpt_layer=any(k.startswith("gpt_layer.") for k in sd)
+    )
+    report = RemapReport(kind, version, dims)
+
+    # 1. coverage: every entry's sources present exactly once, every key accounted for
+    used: dict[str, str] = {}
+    dup = []
+    for e in entries:
+        for s in e.srcs:
+            if s in used:
+                dup.append(s)
+            used[s] = e.dst
+    if dup:  # a bug in checkpoint_tables, not in the file
+        raise RuntimeError(f"checkpoint_tables consume these keys twice: {dup}")
+    missing = [s for s in used if s not in sd]
+    carried, ignored, unknown = [], [], []
+    for k in sd:
+        if k in used:
+            continue
+        if kind == "gpt" and tables.full_match(tables.GPT_CARRY, k):
+            carried.append(k)
+            continue
+        why = next((why for p, why in (tables.GPT_IGNORE if kind == "gpt" else tables.S2MEL_IGNORE)
+                    if re.fullmatch(p, k)), None)  # fmt: skip
+        if why is not None:
+            ignored.append((k, why))
+        else:
+            unknown.append(k)
+    if config is not None and kind == "gpt":
+        if config.get("gpt", {}).get("condition_type") == "conformer_perceiver" and not carried:
+            missing.append("conditioning_encoder.* / perceiver_encoder.* (config: conformer_perceiver)")
+    problems = []
+    if missing:
+        problems.append(f"missing keys: {_fmt_keys(missing)}")
+    if unknown:
+        problems.append(f"unknown keys (not in the tables, the carry list or the ignore list): {_fmt_keys(unknown)}")
+    # 2. shapes and dtypes
+    wrong_shape, wrong_dtype = [], []
+    for e in entries:
+        for s, shp in zip(e.srcs, e.src_shapes, strict=True):
+            if s in sd and tuple(sd[s].shape) != shp:
+                wrong_shape.append(f"{s} {list(sd[s].shape)} (expected {list(shp)})")
+    for k in list(used) + carried:
+        if k in sd and sd[k].dtype not in FLOAT_DTYPES:
+            wrong_dtype.append(f"{k} {str(sd[k].dtype).replace('torch.', '')}")
+    if wrong_shape:
+        problems.append(f"wrong shape: {_fmt_keys(wrong_shape, 8)}")
+    if wrong_dtype:
+        problems.append(f"wrong dtype (expected float32/float16/bfloat16): {_fmt_keys(wrong_dtype, 8)}")
+    if problems:
+        raise CheckpointError(f"{kind} checkpoint rejected: " + "; ".join(problems))
+
+    # 3. transform, cast, finiteness
+    out: dict[str, torch.Tensor] = {}
+    total = len(entries) + len(carried)
+    nonfinite = []
+    for n, e in enumerate(entries):
+        xs = [sd[s] if e.op in ("copy", "t", "cat0", "taps", "k1") else sd[s].float() for s in e.srcs]
+        w = _forward_op(e.op, xs).to(getattr(torch, pol[e.cls])).contiguous()
+        if w is sd[e.srcs[0]] or (w.data_ptr() == sd[e.srcs[0]].data_ptr()):
+            w = w.clone()  # never alias an mmap'd source
+        if not bool(torch.isfinite(w).all()):
+            nonfinite.append(f"{e.dst} (from {', '.join(e.srcs) if len(e.srcs) <= 2 else e.srcs[0] + ', ...'})")
+        out[e.dst] = w
+        report.mapped.append((e.dst, e.srcs, e.op))
+        if progress:
+            progress(n + 1, total, e.dst)
+    for n, k in enumerate(sorted(carried)):
+        dt = getattr(torch, pol["carry"]) if pol.get("carry") else sd[k].dtype
+        w = sd[k].to(dt).clone().contiguous()
+        if not bool(torch.isfinite(w).all()):
+            nonfinite.append(k)
+        out["cond." + k] = w
+        report.carried.append(k)
+        if progress:
+            progress(len(entries) + n + 1, total, "cond." + k)
+    report.ignored = ignored
+    if nonfinite:
+        if not allow_nonfinite:
+            raise CheckpointError(
+                f"{kind} checkpoint rejected: non-finite values (NaN or inf, possibly after the dtype cast) in "
+                f"{_fmt_keys(nonfinite, 8)}; pass allow_nonfinite=True (--allow-nonfinite) to convert anyway"
+            )
+        report.nonfinite = nonfinite
+        warnings.warn(f"non-finite weights allowed in: {_fmt_keys(nonfinite, 8)}", stacklevel=2)
+    return out, report
+
+
+def inverse_remap(
+    pack: Mapping[str, torch.Tensor],
+    kind: str,
+    dims: dict[str, int],
+    *,
+    stack_adaln: bool = True,
+    dtype: torch.dtype = torch.float32,
+) -> dict[str, torch.Tensor]:
+    """Fast-pack tensors -> official flat state dict (ignored keys are not recreated; weight-norm pairs come back
+    as (g = ||w||, v = w), which fold to w again bit-exactly; values are cast to ``dtype``)."""
+    with_gpt_layer = "gpt_layer.0.w" in pack
+    out: dict[str, torch.Tensor] = {}
+    for e in expand_rules(kind, dims, stack_adaln=stack_adaln, with_gpt_layer=with_gpt_layer):
+        w = pack[e.dst]
+        if e.op.startswith("wn"):
+            w = w.float()
+        for s, t in zip(e.srcs, _inverse_op(e.op, w, e.src_shapes), strict=True):
+            out[s] = t.to(dtype)
+    for k, v in pack.items():
+        if k.startswith("cond."):
+            out[k[len("cond.") :]] = v.to(dtype)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Conversion: checkpoint -> fast-pack file (atomic)
+# ----------------------------------------------------------------------------------------------------------------------
+def file_sha256(path: PathLike, chunk: int = 1 << 24) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while b := f.read(chunk):
+            h.update(b)
+    return h.hexdigest()
+
+
+def _umask() -> int:
+    try:  # Linux: read it without changing it (os.umask is process-wide, racy under threads)
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    m = os.umask(0o022)
+    os.umask(m)
+    return m
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve() or (b.exists() and os.path.samefile(a, b))
+    except OSError:
+        return False
+
+
+def convert_checkpoint(
+    src: PathLike,
+    out: PathLike,
+    *,
+    config: Optional[PathLike] = None,
+    overwrite: bool = False,
+    policy: Optional[Mapping[str, str]] = None,
+    stack_adaln: bool = True,
+    allow_nonfinite: bool = False,
+    progress: Optional[Callable[[int, int, str], None]] = None,
+) -> RemapReport:
+    """Convert one official checkpoint to a fast-pack .safetensors file; returns the remap report.
+
+    The output is written to a temporary file in the same directory and renamed into place, so a failure never
+    leaves a partial pack; it never overwrites the source, nor an existing file unless ``overwrite``.
+    ``policy`` overrides dtype classes of DEFAULT_POLICY, either flat ({'gemm_w': 'bfloat16', ...}) or per model
+    kind ({'gpt': {...}}).
+    """
+    from safetensors.torch import save_file
+
+    from . import __version__
+
+    src, out = Path(src), Path(out)
+    if _same_file(src, out):
+        raise CheckpointError(f"output {out} is the source checkpoint itself; choose another output path")
+    if out.suffix != ".safetensors":
+        raise CheckpointError(f"output {out}: a fast pack is a .safetensors file")
+    if out.exists() and not overwrite:
+        raise CheckpointError(f"output {out} already exists; pass overwrite=True (--overwrite) to replace it")
+    if not out.parent.is_dir():
+        raise CheckpointError(f"output directory {out.parent} does not exist")
+    cfg = load_config(config)
+    kind, sd = read_checkpoint(src)
+    if policy and set(policy) <= {"gpt", "s2mel"}:  # a policy per model kind
+        policy = policy.get(kind)
+    tensors, report = remap_state_dict(
+        sd, kind, config=cfg, policy=policy, stack_adaln=stack_adaln, allow_nonfinite=allow_nonfinite,
+        progress=progress,
+    )  # fmt: skip
+    del sd
+    meta = {
+        "format": PACK_FORMAT,
+        "format_version": str(PACK_VERSION),
+        "model": kind,
+        "indextts_version": report.version,
+        "source_name": src.name,
+        "source_sha256": file_sha256(src),
+        "config": json.dumps(report.dims, sort_keys=True),
+        "dtype_policy": json.dumps(_policy(kind, policy), sort_keys=True),
+        "layout": json.dumps({"stack_adaln": bool(stack_adaln), "conv_taps": "tap-major", "gemm": "[N,K] row-major"}),
+        "package": f"indextts_fast {__version__}",
+        "nonfinite": json.dumps(report.nonfinite),
+        "heads_from": "config.yaml" if cfg is not None else "width // 64 (IndexTTS2 head_dim; no config given)",
+    }
+    fd, tmp = tempfile.mkstemp(dir=str(out.parent), prefix=f".{out.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=meta)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the pack ordinary file permissions
+        if out.exists() and not overwrite:  # appeared while converting
+            raise CheckpointError(f"output {out} already exists; pass overwrite=True (--overwrite) to replace it")
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return report
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Loading a fast pack: one read, every tensor a view, no transform
+# ----------------------------------------------------------------------------------------------------------------------
+_ST_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64,
+              "I64": torch.int64, "I32": torch.int32, "U8": torch.uint8}  # fmt: skip
+
+
+def read_pack(path: PathLike, device: Union[str, torch.device] = "cpu") -> tuple[dict[str, torch.Tensor], dict]:
+    """Read a fast pack fully into memory on ``device``: (tensors, metadata). No transform happens here."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such file")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) != 8:
+                raise CheckpointError(f"{path}: truncated (no safetensors header)")
+            (n,) = struct.unpack("<Q", head)
+            size = os.fstat(f.fileno()).st_size
+            if n > size - 8:
+                raise CheckpointError(f"{path}: truncated or not a safetensors file (header length {n} > file)")
+            header = json.loads(f.read(n))
+            meta = header.pop("__metadata__", None) or {}
+            nbytes = size - 8 - n
+            buf = torch.empty(nbytes, dtype=torch.uint8, pin_memory=torch.device(device).type == "cuda")
+            if f.readinto(memoryview(buf.numpy())) != nbytes:
+                raise CheckpointError(f"{path}: truncated while reading")
+    except OSError as e:
+        raise CheckpointError(f"{path}: unreadable: {e}") from e
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: not a safetensors file (bad header)") from e
+    if meta.get("format") != PACK_FORMAT:
+        raise CheckpointError(f"{path}: not an indextts_fast pack (metadata format {meta.get('format')!r})")
+    if meta.get("format_version") != str(PACK_VERSION):
+        raise CheckpointError(f"{path}: pack format version {meta.get('format_version')} (this reader: {PACK_VERSION})")
+    end = max((int(info["data_offsets"][1]) for k, info in header.items() if isinstance(info, dict)), default=0)
+    if end > nbytes:
+        raise CheckpointError(f"{path}: truncated ({nbytes} data bytes, the header describes {end})")
+    if torch.device(device).type != "cpu":
+        buf = buf.to(device, non_blocking=True)
+        if buf.is_cuda:
+            torch.cuda.current_stream(buf.device).synchronize()  # resident on the device when this returns
+    out = {}
+    for name, info in header.items():
+        dt = _ST_DTYPES.get(info.get("dtype"))
+        s, e = info["data_offsets"]
+        shape = info["shape"]
+        if dt is None or not (0 <= s <= e <= nbytes):
+            raise CheckpointError(f"{path}: corrupt entry {name!r} ({info})")
+        numel = 1
+        for d in shape:
+            numel *= d
+        if (e - s) != numel * dt.itemsize:
+            raise CheckpointError(f"{path}: corrupt entry {name!r}: {e - s} bytes for shape {shape}")
+        raw = buf[s:e]
+        t = raw.view(dt) if s % dt.itemsize == 0 else raw.clone().view(dt)
+        out[name] = t.view(shape)
+    return out, meta
+
+
+def _check_pack(path: Path, tensors: dict[str, torch.Tensor], meta: dict) -> tuple[str, dict, dict, bool]:
+    kind = meta.get("model")
+    if kind not in ("gpt", "s2mel"):
+        raise CheckpointError(f"{path}: pack metadata names an unknown model {kind!r}")
+    try:
+        dims = json.loads(meta["config"])
+        pol = json.loads(meta["dtype_policy"])
+        stack = bool(json.loads(meta.get("layout", "{}")).get("stack_adaln", False))
+    except (KeyError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: pack metadata incomplete or corrupt ({e!r})") from e
+    entries = expand_rules(kind, dims, stack_adaln=stack, with_gpt_layer="gpt_layer.0.w" in tensors)
+    want = {e.dst: (_dst_shape(e), getattr(torch, pol[e.cls])) for e in entries}
+    missing = [k for k in want if k not in tensors]
+    extra = [k for k in tensors if k not in want and not k.startswith("cond.")]
+    bad = [
+        f"{k} {list(t.shape)} {t.dtype} (expected {list(want[k][0])} {want[k][1]})"
+        for k, t in tensors.items()
+        if k in want and (tuple(t.shape) != want[k][0] or t.dtype != want[k][1])
+    ]
+    if missing or extra or bad:
+        raise CheckpointError(
+            f"{path}: pack does not match its own metadata: missing {_fmt_keys(missing, 6)}; "
+            f"extra {_fmt_keys(extra, 6)}; wrong {_fmt_keys(bad, 6)}"
+        )
+    return kind, dims, pol, stack
+
+
+@dataclass
+class FastGPTLayer:
+    ln1_w: torch.Tensor
+    ln1_b: torch.Tensor
+    qkv_w: torch.Tensor  # [3C, C], rows q | k | v
+    qkv_b: torch.Tensor
+    attn_out_w: torch.Tensor  # [C, C]
+    attn_out_b: torch.Tensor
+    ln2_w: torch.Tensor
+    ln2_b: torch.Tensor
+    fc_w: torch.Tensor  # [4C, C]
+    fc_b: torch.Tensor
+    proj_w: torch.Tensor  # [C, 4C]
+    proj_b: torch.Tensor
+
+
+@dataclass
+class FastGPTWeights:
+    """UnifiedVoice's GPT-2 in kernel layout. logits = mel_head(final_norm(ln_f(h))); see the module docstring."""
+
+    config: dict
+    meta: dict
+    text_embedding: torch.Tensor
+    mel_embedding: torch.Tensor
+    text_pos: torch.Tensor
+    mel_pos: torch.Tensor
+    speed_emb: torch.Tensor
+    emovec_w: torch.Tensor
+    emovec_b: torch.Tensor
+    emo_w: torch.Tensor
+    emo_b: torch.Tensor
+    layers: list[FastGPTLayer]
+    ln_f_w: torch.Tensor
+    ln_f_b: torch.Tensor
+    final_norm_w: torch.Tensor
+    final_norm_b: torch.Tensor
+    mel_head_w: torch.Tensor
+    mel_head_b: torch.Tensor
+    cond: dict[str, torch.Tensor]  # conditioning encoders, official names, verbatim
+
+
+@dataclass
+class FastDiTLayer:
+    wqkv: torch.Tensor  # [3C, C], rows q | k | v
+    wo: torch.Tensor
+    w13: torch.Tensor  # [2I, C] = cat(w1, w3)
+    w2: torch.Tensor
+    attn_norm_g: torch.Tensor  # RMSNorm gains
+    ffn_norm_g: torch.Tensor
+    attn_norm_w: torch.Tensor  # AdaLN project_layer [2C, C] (scale | shift); a view of adaln_w when stacked
+    attn_norm_b: torch.Tensor
+    ffn_norm_w: torch.Tensor
+    ffn_norm_b: torch.Tensor
+    skip_in_w: Optional[torch.Tensor]  # [C, 2C] for the layers that pop a UViT skip, else None
+    skip_in_b: Optional[torch.Tensor]
+
+
+@dataclass
+class FastDiTWeights:
+    t_embed: dict[str, torch.Tensor]  # freqs [128], w0 [C,256], b0, w2 [C,C], b2
+    t_embed2: dict[str, torch.Tensor]
+    cond_proj_w: torch.Tensor
+    cond_proj_b: torch.Tensor
+    merge_w: torch.Tensor
+    merge_b: torch.Tensor
+    layers: list[FastDiTLayer]
+    norm_g: torch.Tensor
+    norm_w: torch.Tensor  # transformer.norm project_layer [2C, C]
+    norm_b: torch.Tensor
+    adaln_w: Optional[torch.Tensor]  # stacked [(2L+1)*2C, C] when stack_adaln
+    adaln_b: Optional[torch.Tensor]
+    skip_linear_w: torch.Tensor
+    skip_linear_b: torch.Tensor
+    conv1_w: torch.Tensor
+    conv1_b: torch.Tensor
+    res_proj_w: torch.Tensor
+    res_proj_b: torch.Tensor
+    wn_cond_w: torch.Tensor  # [2H*W, H]
+    wn_cond_b: torch.Tensor
+    wn_in_w: list[torch.Tensor]  # [2H, K*H] tap-major
+    wn_in_b: list[torch.Tensor]
+    wn_res_skip_w: list[torch.Tensor]  # [2H, H] (last layer [H, H])
+    wn_res_skip_b: list[torch.Tensor]
+    final_adaln_w: torch.Tensor  # [2H, H] (shift | scale), applied after SiLU
+    final_adaln_b: torch.Tensor
+    final_linear_w: torch.Tensor
+    final_linear_b: torch.Tensor
+    conv2_w: torch.Tensor  # [F, H]
+    conv2_b: torch.Tensor
+
+
+@dataclass
+class FastLengthRegulatorWeights:
+    in_proj_w: torch.Tensor
+    in_proj_b: torch.Tensor
+    conv_w: list[torch.Tensor]  # [R, 3R] tap-major
+    conv_b: list[torch.Tensor]
+    gn_w: list[torch.Tensor]
+    gn_b: list[torch.Tensor]
+    out_w: torch.Tensor
+    out_b: torch.Tensor
+
+
+@dataclass
+class FastS2MelWeights:
+    config: dict
+    meta: dict
+    dit: FastDiTWeights
+    length_regulator: FastLengthRegulatorWeights
+    gpt_layer: Optional[list[tuple[torch.Tensor, torch.Tensor]]]
+
+
+def _build_gpt(t: dict[str, torch.Tensor], dims: dict, meta: dict) -> FastGPTWeights:
+    layers = [
+        FastGPTLayer(
+            *(
+                t[f"h.{i}.{n}"]
+                for n in (
+                    "ln1.w",
+                    "ln1.b",
+                    "qkv.w",
+                    "qkv.b",
+                    "attn_out.w",
+                    "attn_out.b",
+                    "ln2.w",
+                    "ln2.b",
+                    "fc.w",
+                    "fc.b",
+                    "proj.w",
+                    "proj.b",
+                )
+            )
+        )  # fmt: skip
+        for i in range(dims["L"])
+    ]
+    return FastGPTWeights(
+        dims, meta, t["text_embedding"], t["mel_embedding"], t["text_pos"], t["mel_pos"], t["speed_emb"],
+        t["emovec.w"], t["emovec.b"], t["emo.w"], t["emo.b"], layers, t["ln_f.w"], t["ln_f.b"], t["final_norm.w"],
+        t["final_norm.b"], t["mel_head.w"], t["mel_head.b"],
+        {k[len("cond.") :]: v for k, v in t.items() if k.startswith("cond.")},
+    )  # fmt: skip
+
+
+def _build_s2mel(t: dict[str, torch.Tensor], dims: dict, meta: dict, stack: bool) -> FastS2MelWeights:
+    L, C, W, N = dims["L"], dims["C"], dims["W"], dims["N"]
+    skip = set(range(L // 2 + 1, L))
+    layers = []
+    for i in range(L):
+        p = f"dit.layers.{i}."
+        if stack:
+            r = 4 * C * i
+            an_w, an_b = t["dit.adaln.w"][r : r + 2 * C], t["dit.adaln.b"][r : r + 2 * C]
+            fn_w, fn_b = t["dit.adaln.w"][r + 2 * C : r + 4 * C], t["dit.adaln.b"][r + 2 * C : r + 4 * C]
+        else:
+            an_w, an_b, fn_w, fn_b = (
+                t[p + "attn_norm.w"],
+                t[p + "attn_norm.b"],
+                t[p + "ffn_norm.w"],
+                t[p + "ffn_norm.b"],
+            )
+        layers.append(FastDiTLayer(
+            t[p + "wqkv"], t[p + "wo"], t[p + "w13"], t[p + "w2"], t[p + "attn_norm.g"], t[p + "ffn_norm.g"],
+            an_w, an_b, fn_w, fn_b, t.get(p + "skip_in.w") if i in skip else None,
+            t.get(p + "skip_in.b") if i in skip else None,
+        ))  # fmt: skip
+    if stack:
+        nw, nb = t["dit.adaln.w"][4 * C * L :], t["dit.adaln.b"][4 * C * L :]
+    else:
+        nw, nb = t["dit.norm.w"], t["dit.norm.b"]
+    te = lambda p: {k: t[f"{p}.{k}"] for k in ("freqs", "w0", "b0", "w2", "b2")}
+    dit = FastDiTWeights(
+        te("dit.t_embed"), te("dit.t_embed2"), t["dit.cond_proj.w"], t["dit.cond_proj.b"], t["dit.merge.w"],
+        t["dit.merge.b"], layers, t["dit.norm.g"], nw, nb, t.get("dit.adaln.w"), t.get("dit.adaln.b"),
+        t["dit.skip_linear.w"], t["dit.skip_linear.b"], t["dit.conv1.w"], t["dit.conv1.b"], t["dit.res_proj.w"],
+        t["dit.res_proj.b"], t["dit.wn.cond.w"], t["dit.wn.cond.b"],
+        [t[f"dit.wn.in.{i}.w"] for i in range(W)], [t[f"dit.wn.in.{i}.b"] for i in range(W)],
+        [t[f"dit.wn.res_skip.{i}.w"] for i in range(W)], [t[f"dit.wn.res_skip.{i}.b"] for i in range(W)],
+        t["dit.final.adaln.w"], t["dit.final.adaln.b"], t["dit.final.linear.w"], t["dit.final.linear.b"],
+        t["dit.conv2.w"], t["dit.conv2.b"],
+    )  # fmt: skip
+    lr = FastLengthRegulatorWeights(
+        t["lr.in_proj.w"], t["lr.in_proj.b"], [t[f"lr.conv.{i}.w"] for i in range(N)],
+        [t[f"lr.conv.{i}.b"] for i in range(N)], [t[f"lr.gn.{i}.w"] for i in range(N)],
+        [t[f"lr.gn.{i}.b"] for i in range(N)], t["lr.out.w"], t["lr.out.b"],
+    )  # fmt: skip
+    gl = [(t[f"gpt_layer.{j}.w"], t[f"gpt_layer.{j}.b"]) for j in range(3)] if "gpt_layer.0.w" in t else None
+    return FastS2MelWeights(dims, meta, dit, lr, gl)
+
+
+def load_pack(path: PathLike, device: Union[str, torch.device] = "cpu") -> Union[FastGPTWeights, FastS2MelWeights]:
+    """A fast pack -> FastGPTWeights / FastS2MelWeights with every tensor resident on ``device``."""
+    path = Path(path)
+    tensors, meta = read_pack(path, device)
+    kind, dims, _, stack = _check_pack(path, tensors, meta)
+    if kind == "gpt":
+        return _build_gpt(tensors, dims, meta)
+    return _build_s2mel(tensors, dims, meta, stack)

@@ -1,0 +1,185 @@
+"""Malformed inputs: each one is refused with a message naming the problem; no pack (and no temporary file) is
+left behind and the source file is untouched."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from indextts_fast import loader as L
+
+from . import loader_fixtures as lf
+
+
+@pytest.fixture(scope="module")
+def gpt_sd():
+    return lf.build_gpt_core()[1]
+
+
+@pytest.fixture(scope="module")
+def s2mel():
+    return lf.build_s2mel()
+
+
+def _refused(src, out, match, **kw):
+    """convert_checkpoint(src, out) raises CheckpointError matching ``match``; nothing is written; src unchanged."""
+    before = L.file_sha256(src) if os.path.isfile(src) else None
+    out_before = out.read_bytes() if out.exists() else None
+    with pytest.raises(L.CheckpointError, match=match) as ei:
+        L.convert_checkpoint(src, out, **kw)
+    if out_before is None:
+        assert not out.exists(), "a refused conversion left an output file"
+    else:
+        assert out.read_bytes() == out_before, "a refused conversion changed the existing file"
+    if out.parent.is_dir():
+        assert not [f for f in os.listdir(out.parent) if f.endswith(".tmp")], "temporary file left behind"
+    if before is not None:
+        assert L.file_sha256(src) == before, "the source checkpoint changed"
+    return str(ei.value)
+
+
+def _save(obj, path):
+    torch.save(obj, path)
+    return path
+
+
+def test_truncated_file(gpt_sd, tmp_path):
+    src = _save(gpt_sd, tmp_path / "gpt.pth")
+    data = src.read_bytes()
+    src.write_bytes(data[: len(data) * 3 // 5])
+    msg = _refused(src, tmp_path / "gpt.safetensors", "truncated, corrupt")
+    assert "gpt.pth" in msg
+
+
+@pytest.mark.parametrize(
+    "case, match",
+    [
+        ("list", "wrong container: top level is a list"),
+        ("net_tensor", r"wrong container: state\['net'\] is a Tensor"),
+        ("net_no_cfm", r"state\['net'\] lacks the module\(s\) \['cfm'\]"),
+        ("unrelated", "wrong container: neither a gpt.pth"),
+        ("nested", r"wrong container: .*non-tensor entries \['gpt.h'\]"),
+        ("pickled_object", "cannot read the checkpoint"),
+    ],
+)
+def test_wrong_container(gpt_sd, s2mel, tmp_path, case, match):
+    t = torch.randn(3)
+    obj = {
+        "list": [t],
+        "net_tensor": {"net": t},
+        "net_no_cfm": {"net": {"length_regulator": s2mel.models["length_regulator"].state_dict()}},
+        "unrelated": {"encoder.weight": t},
+        "nested": {"gpt.h": {"0": t}},
+        "pickled_object": {"model": gpt_sd, "extra": lf.GPTCore({})},  # not loadable with weights_only=True
+    }[case]
+    _refused(_save(obj, tmp_path / "x.pth"), tmp_path / "x.safetensors", match)
+
+
+def test_missing_key(gpt_sd, s2mel, tmp_path):
+    sd = dict(gpt_sd)
+    del sd["gpt.h.1.mlp.c_fc.bias"]
+    _refused(
+        _save(sd, tmp_path / "gpt.pth"), tmp_path / "gpt.safetensors", r"missing keys: gpt\.h\.1\.mlp\.c_fc\.bias$"
+    )
+    st = lf.s2mel_container(s2mel)
+    del st["net"]["cfm"]["estimator.wavenet.in_layers.2.conv.conv.weight_g"]
+    _refused(_save(st, tmp_path / "s2mel.pth"), tmp_path / "s2mel.safetensors",
+             r"missing keys: cfm\.estimator\.wavenet\.in_layers\.2\.conv\.conv\.weight_g")  # fmt: skip
+
+
+def test_unknown_extra_key(gpt_sd, tmp_path):
+    sd = dict(gpt_sd)
+    sd["gpt.h.0.attn.c_attn.lora_A"] = torch.randn(4, 64)
+    _refused(_save(sd, tmp_path / "gpt.pth"), tmp_path / "gpt.safetensors",
+             r"unknown keys .*: gpt\.h\.0\.attn\.c_attn\.lora_A")  # fmt: skip
+
+
+def test_wrong_shape(gpt_sd, s2mel, tmp_path):
+    sd = dict(gpt_sd)
+    sd["gpt.h.0.attn.c_attn.weight"] = sd["gpt.h.0.attn.c_attn.weight"].t().contiguous()  # an [out, in] export
+    _refused(_save(sd, tmp_path / "gpt.pth"), tmp_path / "gpt.safetensors",
+             r"wrong shape: gpt\.h\.0\.attn\.c_attn\.weight \[192, 64\] \(expected \[64, 192\]\)")  # fmt: skip
+    st = lf.s2mel_container(s2mel)
+    cfm = st["net"]["cfm"]
+    cfm["estimator.transformer.layers.1.feed_forward.w3.weight"] = torch.randn(255, 64)
+    _refused(_save(st, tmp_path / "s2mel.pth"), tmp_path / "s2mel.safetensors",
+             r"wrong shape: cfm\.estimator\.transformer\.layers\.1\.feed_forward\.w3\.weight \[255, 64\]")  # fmt: skip
+
+
+def test_wrong_dtype(gpt_sd, tmp_path):
+    sd = dict(gpt_sd)
+    sd["gpt.h.1.ln_1.weight"] = torch.randint(0, 5, (64,), dtype=torch.int32)
+    _refused(_save(sd, tmp_path / "gpt.pth"), tmp_path / "gpt.safetensors",
+             r"wrong dtype \(expected float32/float16/bfloat16\): gpt\.h\.1\.ln_1\.weight int32")  # fmt: skip
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), 1e6], ids=["nan", "inf", "fp16_overflow"])
+def test_nonfinite_weights(gpt_sd, tmp_path, bad):
+    sd = {k: v.clone() for k, v in gpt_sd.items()}
+    sd["gpt.h.1.mlp.c_fc.weight"][3, 7] = bad  # 1e6 is finite in fp32 but inf after the fp16 GEMM-weight cast
+    src = _save(sd, tmp_path / "gpt.pth")
+    out = tmp_path / "gpt.safetensors"
+    _refused(src, out, r"non-finite values .* h\.1\.fc\.w \(from gpt\.h\.1\.mlp\.c_fc\.weight\)")
+    with pytest.warns(UserWarning, match="non-finite weights allowed"):
+        rep = L.convert_checkpoint(src, out, allow_nonfinite=True)
+    assert rep.nonfinite and "h.1.fc.w" in rep.nonfinite[0]
+    w = L.load_pack(out)
+    assert "h.1.fc.w" in w.meta["nonfinite"]
+    assert not torch.isfinite(w.layers[1].fc_w[7, 3])
+
+
+def test_existing_output(gpt_sd, tmp_path):
+    src = _save(gpt_sd, tmp_path / "gpt.pth")
+    out = tmp_path / "gpt.safetensors"
+    out.write_bytes(b"an existing file")
+    _refused(src, out, "already exists; pass overwrite=True")
+    L.convert_checkpoint(src, out, overwrite=True)
+    assert L.load_pack(out).meta["source_sha256"] == L.file_sha256(src)
+
+
+def test_output_equal_to_input(gpt_sd, tmp_path):
+    from safetensors.torch import save_file
+
+    src = tmp_path / "gpt.safetensors"
+    save_file({k: v.contiguous() for k, v in gpt_sd.items()}, src)
+    for out in (src, tmp_path / "." / "gpt.safetensors"):
+        msg = _refused(src, out, "is the source checkpoint itself", overwrite=True)
+        assert "gpt.safetensors" in msg
+    link = tmp_path / "link.safetensors"
+    link.symlink_to(src)
+    _refused(src, link, "is the source checkpoint itself", overwrite=True)
+    pth = _save(gpt_sd, tmp_path / "gpt.pth")
+    _refused(pth, pth, "is the source checkpoint itself", overwrite=True)
+
+
+def test_unreadable_path(gpt_sd, tmp_path):
+    _refused(tmp_path / "nope.pth", tmp_path / "out.safetensors", "nope.pth: no such file")
+    (tmp_path / "adir.pth").mkdir()
+    _refused(tmp_path / "adir.pth", tmp_path / "out.safetensors", "adir.pth: unreadable")
+    src = _save(gpt_sd, tmp_path / "gpt.pth")
+    _refused(src, tmp_path / "no_dir" / "out.safetensors", "output directory .*no_dir does not exist")
+    if os.geteuid() != 0:  # root reads through mode 000
+        src.chmod(0)
+        try:
+            _refused(src, tmp_path / "out.safetensors", "gpt.pth: unreadable")
+        finally:
+            src.chmod(0o644)
+
+
+def test_bad_pack_on_load(gpt_sd, tmp_path):
+    src = _save(gpt_sd, tmp_path / "gpt.pth")
+    out = tmp_path / "gpt.safetensors"
+    L.convert_checkpoint(src, out)
+    data = out.read_bytes()
+    (tmp_path / "trunc.safetensors").write_bytes(data[: len(data) - 100])
+    with pytest.raises(L.CheckpointError, match="truncated"):
+        L.load_pack(tmp_path / "trunc.safetensors")
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in gpt_sd.items()}, tmp_path / "plain.safetensors")
+    with pytest.raises(L.CheckpointError, match="not an indextts_fast pack"):
+        L.load_pack(tmp_path / "plain.safetensors")
+    with pytest.raises(L.CheckpointError, match="no such file"):
+        L.load_pack(tmp_path / "missing.safetensors")

@@ -1,0 +1,93 @@
+#!/usr/bin/env python3
+"""Convert an official IndexTTS2 checkpoint (gpt.pth / s2mel.pth, or a .safetensors export with the same names)
+into an indextts_fast fast pack (.safetensors in kernel layout).
+
+    python tools/convert_checkpoint.py checkpoints/gpt.pth --config checkpoints/config.yaml
+    python tools/convert_checkpoint.py checkpoints/s2mel.pth out/s2mel.fast.safetensors --config checkpoints/config.yaml
+
+Exit status 0 on success, 2 when the checkpoint is refused (the message names the keys and the problem).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from indextts_fast.loader import CheckpointError, convert_checkpoint  # noqa: E402
+
+
+def _progress(quiet: bool):
+    if quiet:
+        return None, lambda: None
+    try:
+        from tqdm import tqdm
+    except ImportError:  # a plain counter on stderr
+        state = {"last": -1}
+
+        def plain(done, total, name):
+            pct = 100 * done // total
+            if pct // 10 != state["last"] // 10:
+                print(f"  {pct:3d}% {name}", file=sys.stderr)
+            state["last"] = pct
+
+        return plain, lambda: None
+    bar = {"bar": None}
+
+    def cb(done, total, name):
+        if bar["bar"] is None:
+            bar["bar"] = tqdm(total=total, unit="tensor", desc="remap", file=sys.stderr)
+        bar["bar"].set_postfix_str(name[-40:], refresh=False)
+        bar["bar"].update(done - bar["bar"].n)
+
+    def close():
+        if bar["bar"] is not None:
+            bar["bar"].close()
+
+    return cb, close
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("src", type=Path, help="gpt.pth / s2mel.pth / .safetensors export")
+    ap.add_argument("out", type=Path, nargs="?", help="output .safetensors (default: <src stem>.fast.safetensors)")
+    ap.add_argument("--config", type=Path, help="config.yaml to check the dimensions against (and take head counts)")
+    ap.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    ap.add_argument("--allow-nonfinite", action="store_true", help="convert even if weights hold NaN / inf")
+    ap.add_argument(
+        "--split-adaln", action="store_true", help="one AdaLN projection GEMM per norm (default: one stacked GEMM)"
+    )
+    ap.add_argument(
+        "--gpt-dtype",
+        choices=["float16", "bfloat16", "float32"],
+        default=None,
+        help="dtype of the GPT GEMM weights and biases (default float16)",
+    )
+    ap.add_argument("--quiet", action="store_true")
+    a = ap.parse_args(argv)
+    out = a.out or a.src.with_name(a.src.stem + ".fast.safetensors")
+    policy = {"gpt": {"gemm_w": a.gpt_dtype, "gemm_b": a.gpt_dtype}} if a.gpt_dtype else None
+    cb, close = _progress(a.quiet)
+    t0 = time.perf_counter()
+    try:
+        rep = convert_checkpoint(
+            a.src, out, config=a.config, overwrite=a.overwrite, policy=policy,
+            stack_adaln=not a.split_adaln, allow_nonfinite=a.allow_nonfinite, progress=cb,
+        )  # fmt: skip
+    except CheckpointError as e:
+        close()
+        print(f"refused: {e}", file=sys.stderr)
+        return 2
+    close()
+    dt = time.perf_counter() - t0
+    if not a.quiet:
+        print(rep.summary())
+        print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB) in {dt:.2f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
