@@ -18,8 +18,10 @@ Kernel layouts (the contract the GEMM / attention / norm kernels are written aga
       [out, in, k] -> [out, k*in], tap-major (column j*in + c = tap j of channel c);
     * DiT AdaLN project_layer weights (scale | shift) either per norm or stacked into one [(2L+1)*2C, C] GEMM
       (layer i attention_norm, layer i ffn_norm, ..., transformer.norm), ``stack_adaln``;
-    * dtype per tensor class (``DEFAULT_POLICY``): GPT GEMM weights and biases fp16, its norms and embeddings
-      fp32; s2mel all fp32 (the official code runs it in fp32).
+    * dtype per tensor class (``DEFAULT_POLICY``): the GPT all fp16, as IndexTTS2 runs it with ``use_fp16``
+      (``gpt.half()`` rounds every tensor of UnifiedVoice, norms and embeddings included, so storing those in
+      fp32 would not reproduce its tokens; ``gpt_policy("float32")`` reproduces the fp32 default); s2mel all
+      fp32 (the official code runs it in fp32 either way).
 
 Strictness: every table entry (checkpoint_tables.py) is matched by exactly one key of the expected shape and a
 floating dtype; every key is mapped, carried (GPT conditioning encoders) or on the explicit ignore list;
@@ -76,18 +78,24 @@ PACK_VERSION = 1
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 DEFAULT_POLICY: dict[str, dict[str, str]] = {
+    # use_fp16: the official code calls .half() on the whole UnifiedVoice (infer_v2.py)
     "gpt": {
         "gemm_w": "float16",
         "gemm_b": "float16",
-        "norm": "float32",
-        "embed": "float32",
-        "other": "float32",
-        "carry": "float32",
+        "norm": "float16",
+        "embed": "float16",
+        "other": "float16",
+        "carry": "float16",
     },  # fmt: skip
     "s2mel": {"gemm_w": "float32", "gemm_b": "float32", "norm": "float32", "embed": "float32", "other": "float32"},
 }
 
 PathLike = Union[str, os.PathLike]
+
+
+def gpt_policy(dtype: str) -> dict[str, str]:
+    """Every GPT tensor class in one dtype: "float16" = official use_fp16, "float32" = official default."""
+    return {k: dtype for k in DEFAULT_POLICY["gpt"]}
 
 
 class CheckpointError(ValueError):

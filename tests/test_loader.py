@@ -15,7 +15,7 @@ from . import loader_fixtures as lf
 from . import loader_refs as refs
 from .helpers import assert_close_rel
 
-F32 = {"gemm_w": "float32", "gemm_b": "float32"}  # GPT policy with fp32 GEMMs (exact round trips / forwards)
+F32 = L.gpt_policy("float32")  # the GPT in fp32 (exact round trips / forwards)
 
 
 @pytest.fixture(scope="module")
@@ -102,14 +102,14 @@ def test_gpt_round_trip_bit_exact(uv):
 
 
 def test_gpt_round_trip_fp16_policy(uv):
-    """Default GPT policy: GEMM weights / biases fp16, norms / embeddings fp32; the inverse gives the fp16 values."""
+    """Default GPT policy: every tensor fp16, as the official use_fp16 (.half()); the inverse gives those values."""
     sd = uv.state_dict()
     pack, rep = L.remap_state_dict(sd)
-    assert pack["h.0.qkv.w"].dtype == torch.float16 and pack["h.0.ln1.w"].dtype == torch.float32
-    assert pack["mel_embedding"].dtype == torch.float32 and pack["mel_head.b"].dtype == torch.float16
+    assert pack["h.0.qkv.w"].dtype == torch.float16 and pack["h.0.ln1.w"].dtype == torch.float16
+    assert pack["mel_embedding"].dtype == torch.float16 and pack["mel_head.b"].dtype == torch.float16
     inv = L.inverse_remap(pack, "gpt", rep.dims)
-    gemm = {s for d, srcs, _ in rep.mapped for s in srcs if pack[d].dtype == torch.float16}
-    want = {k: (v.half().float() if k in gemm else v) for k, v in sd.items() if not k.startswith("text_head.")}
+    assert all(t.dtype == torch.float16 for t in pack.values())
+    want = {k: v.half().float() for k, v in sd.items() if not k.startswith("text_head.")}
     _assert_same_sd(inv, want, "inverse(remap_fp16(sd))")
 
 
@@ -161,8 +161,8 @@ def test_gpt_kernel_layout(uv, tmp_path):
     assert torch.equal(w.layers[1].qkv_w[C : 2 * C], a[:, C : 2 * C].t().half())  # rows C..2C = k
     assert torch.equal(w.layers[0].fc_w, uv.gpt.h[0].mlp.c_fc.weight.detach().t().half())
     assert torch.equal(w.mel_head_w, uv.mel_head.weight.detach().half())
-    assert torch.equal(w.ln_f_w, uv.gpt.ln_f.weight.detach()) and w.ln_f_w.dtype == torch.float32
-    assert torch.equal(w.cond["perceiver_encoder.latents"], uv.perceiver_encoder.latents.detach())
+    assert torch.equal(w.ln_f_w, uv.gpt.ln_f.weight.detach().half())
+    assert torch.equal(w.cond["perceiver_encoder.latents"], uv.perceiver_encoder.latents.detach().half())
     assert len(w.cond) == len(rep.carried) == 110
     assert (tmp_path / "gpt.safetensors").stat().st_mode & 0o644 == 0o644  # not mkstemp's 0600
     meta = w.meta

@@ -75,10 +75,10 @@ def test_full_width_gpt(tmp_path):
     assert torch.equal(l1.qkv_w, core.gpt.h[1].attn.c_attn.weight.detach().t().half())
     assert l1.fc_w.shape == (5120, 1280) and l1.proj_w.shape == (1280, 5120)
     assert w.mel_head_w.shape == (8194, 1280) and w.mel_pos.shape == (1818, 1280)
-    assert w.ln_f_w.dtype == torch.float32 and w.text_embedding.dtype == torch.float32
-    # forward at fp32 GEMM policy vs the official chain gpt -> final_norm -> mel_head
+    assert w.ln_f_w.dtype == torch.float16 and w.text_embedding.dtype == torch.float16  # as gpt.half()
+    # forward at the fp32 policy vs the official chain gpt -> final_norm -> mel_head
     L.convert_checkpoint(tmp_path / "gpt.pth", tmp_path / "gpt32.safetensors", config=cfg,
-                         policy={"gemm_w": "float32", "gemm_b": "float32"})  # fmt: skip
+                         policy=L.gpt_policy("float32"))  # fmt: skip
     w32 = L.load_pack(tmp_path / "gpt32.safetensors")
     core64, _ = lf.build_gpt_core(full=True, layers=2)
     core64.load_state_dict(sd)

@@ -50,7 +50,7 @@ def test_convert_tool_gpt_dtype(tmp_path):
         == 0
     )
     w = L.load_pack(tmp_path / "g.safetensors")
-    assert w.layers[0].qkv_w.dtype == torch.bfloat16 and w.ln_f_w.dtype == torch.float32
+    assert w.layers[0].qkv_w.dtype == torch.bfloat16 and w.ln_f_w.dtype == torch.bfloat16
 
 
 def test_inspect_tool(s2mel_pth, tmp_path, capsys):

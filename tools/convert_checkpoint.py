@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from indextts_fast.loader import CheckpointError, convert_checkpoint  # noqa: E402
+from indextts_fast.loader import CheckpointError, convert_checkpoint, gpt_policy  # noqa: E402
 
 
 def _progress(quiet: bool):
@@ -64,12 +64,12 @@ def main(argv=None) -> int:
         "--gpt-dtype",
         choices=["float16", "bfloat16", "float32"],
         default=None,
-        help="dtype of the GPT GEMM weights and biases (default float16)",
+        help="dtype of every GPT tensor (default float16, as IndexTTS2's use_fp16; float32 = its fp32 default)",
     )
     ap.add_argument("--quiet", action="store_true")
     a = ap.parse_args(argv)
     out = a.out or a.src.with_name(a.src.stem + ".fast.safetensors")
-    policy = {"gpt": {"gemm_w": a.gpt_dtype, "gemm_b": a.gpt_dtype}} if a.gpt_dtype else None
+    policy = {"gpt": gpt_policy(a.gpt_dtype)} if a.gpt_dtype else None
     cb, close = _progress(a.quiet)
     t0 = time.perf_counter()
     try:
