@@ -78,11 +78,18 @@ def check_inference(op: str, *tensors) -> None:
         )
 
 
-def rows_view(name: str, t: torch.Tensor, n: int) -> torch.Tensor:
-    """View ``t`` [..., n] as [M, n] with one row stride, without a copy; raise if that is impossible."""
+def rows_view(name: str, t: torch.Tensor, n: int, *, copy_ok: bool = False) -> torch.Tensor:
+    """View ``t`` [..., n] as [M, n] with one row stride, without a copy.
+
+    Where the leading dims do not flatten (a slice along T of a [B, T, n] tensor, say): an input
+    (``copy_ok``) is copied once into contiguous rows; an output buffer raises, since the kernel must write
+    into the caller's memory.
+    """
     try:
         return t.view(-1, n)
     except RuntimeError as e:
+        if copy_ok:
+            return t.reshape(-1, n)
         raise ValueError(
             f"{name} with shape {tuple(t.shape)} and strides {tuple(t.stride())} cannot be viewed as rows of {n} "
             "elements; pass a tensor whose leading dimensions are contiguous"

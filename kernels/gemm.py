@@ -270,9 +270,9 @@ def _launch(op, x, weight, bias, residual, act, precision, out):
     M = x.numel() // K
     if M == 0 or N == 0:
         return y
-    x2 = rows_view("x", x, K)
+    x2 = rows_view("x", x, K, copy_ok=True)
     y2 = rows_view("out", y, N)
-    r2 = rows_view("residual", residual, N) if residual is not None else y2
+    r2 = rows_view("residual", residual, N, copy_ok=True) if residual is not None else y2
     prec = (precision or "ieee") if x.dtype == torch.float32 else "tf32"  # no effect on fp16/bf16 operands
     sms = _num_sms(x.device.index if x.device.index is not None else torch.cuda.current_device()) if x.is_cuda else 1
     gemv, BM, BN, BK, GM, warps, stages = gemm_launch_config(

@@ -180,9 +180,9 @@ def _launch(
     if M == 0:
         return y if h is None else (y, h)
 
-    x2 = rows_view("x", x, N)
+    x2 = rows_view("x", x, N, copy_ok=True)
     y2 = rows_view("out", y, N)
-    r2 = rows_view("residual", residual, N) if residual is not None else x2
+    r2 = rows_view("residual", residual, N, copy_ok=True) if residual is not None else x2
     h2 = rows_view("residual_out", h, N) if h is not None else y2
     BLOCK_M, BLOCK_N, num_warps = norm_launch_config(M, N)
     grid = (triton.cdiv(M, BLOCK_M),)

@@ -150,3 +150,15 @@ def test_tolerance_rule_catches_wrong_math(device):
     partial[0, 0, 3] = float("nan")  # an element a kernel never wrote
     with pytest.raises(AssertionError, match="non-finite"):
         assert_close_rel(partial, ref.layer_norm_ref(x, None, None), ref.layer_norm_ref(x.double(), None, None))
+
+
+def test_input_slices_that_do_not_flatten(device):
+    """x = a [B, T, N] slice along T has no single row stride: it is read through one copy, out stays exact."""
+    base = randn(2, 9, 96, device=device, mean=0.5)
+    x, r = base[:, :5], base[:, 4:]
+    w, b = randn(96, device=device), randn(96, device=device)
+    y, h = K.layer_norm_fwd(x, w, b, residual=r)
+    assert torch.equal(h, x + r)
+    assert_close_rel(y, ref.layer_norm_ref(x, w, b, residual=r)[0], ref.layer_norm_ref(*upcast(h, w, b)))
+    with pytest.raises(ValueError, match="out with shape"):  # an output must be written in place
+        K.layer_norm_fwd(x, w, b, out=torch.empty(2, 9, 96, device=device)[:, :5])

@@ -1,0 +1,126 @@
+"""Whole blocks composed from the dispatched ops, against the official modules.
+
+Each kernel is checked on its own elsewhere; this checks that their conventions compose: the AdaLN halves of a
+projection feed the norm kernel as views, the attention kernel reads the GEMM's fused qkv output, the GEMM's
+epilogues carry the residual stream, and the packed weights keep the official math. Ours runs on the Triton
+kernels (the interpreter on CPU), fp32 as the official DiT runs; the GPT-2 block also in fp16.
+Tolerance rule: low = the official module at the test dtype, high = the official module in fp64.
+"""
+
+import copy
+
+import pytest
+import torch
+
+import indextts_fast as F
+from indextts_kernels.reference import pack_w13
+
+from .helpers import assert_close_rel, official, randn
+
+DIM, HEADS, HEAD_DIM = 128, 2, 64
+
+
+def _randomize(module, scale=0.3):
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            p.copy_(torch.randn_like(p) * scale + (1.0 if name.endswith("norm.weight") else 0.0))
+    return module.eval()
+
+
+def _dit_block_ours(blk, x, c, skip=None):
+    """One gpt_fast TransformerBlock of the DiT from our ops (c: the time embedding [B, 1, C])."""
+    C = x.shape[-1]
+    if skip is not None:  # UViT skip: skip_in_linear(cat(x, skip))
+        x = F.linear(torch.cat([x, skip], dim=-1), blk.skip_in_linear.weight, blk.skip_in_linear.bias)
+    an, fn, ff = blk.attention_norm, blk.ffn_norm, blk.feed_forward
+    scale, shift = F.linear(c, an.project_layer.weight, an.project_layer.bias).split(C, dim=-1)
+    qkv = F.linear(F.adaptive_rms_norm(x, an.norm.weight, scale, shift, an.eps), blk.attention.wqkv.weight)
+    h = F.linear(F.dit_attention(qkv, blk.attention.n_head), blk.attention.wo.weight, residual=x)
+    scale, shift = F.linear(c, fn.project_layer.weight, fn.project_layer.bias).split(C, dim=-1)
+    f = F.adaptive_rms_norm(h, fn.norm.weight, scale, shift, fn.eps)
+    return F.swiglu_feed_forward(f, pack_w13(ff.w1.weight, ff.w3.weight), ff.w2.weight, residual=h)
+
+
+@pytest.mark.parametrize("with_skip", [False, True], ids=["plain", "uvit_skip"])
+def test_dit_transformer_block_matches_official(with_skip):
+    m = official("s2mel.modules.gpt_fast.model")
+    args = m.ModelArgs(block_size=256, n_layer=1, n_head=HEADS, dim=DIM, head_dim=HEAD_DIM, uvit_skip_connection=True)
+    blk = _randomize(m.TransformerBlock(args))
+    blk64 = copy.deepcopy(blk).double()
+    B, T = 2, 37
+    x, c = randn(B, T, DIM, std=1.5), randn(B, 1, DIM)
+    skip = randn(B, T, DIM) if with_skip else None
+    pos = torch.arange(T)
+    freqs = m.precompute_freqs_cis(256, HEAD_DIM, 10000, dtype=torch.float32)[pos]
+    mask = torch.ones(1, 1, T, T, dtype=torch.bool)
+    with torch.no_grad():
+        low = blk(x, c, pos, freqs, mask, skip_in_x=skip)
+        high = blk64(
+            x.double(), c.double(), pos, freqs.double(), mask, skip_in_x=None if skip is None else skip.double()
+        )
+        ours = _dit_block_ours(blk, x, c, skip)
+        # the Transformer's final norm is an AdaLN on the same c
+        tn = _randomize(m.AdaptiveLayerNorm(DIM, m.RMSNorm(DIM)))
+        final_low = tn(low, c)
+        final_high = copy.deepcopy(tn).double()(high, c.double())
+        scale, shift = F.linear(c, tn.project_layer.weight, tn.project_layer.bias).split(DIM, dim=-1)
+        final_ours = F.adaptive_rms_norm(ours, tn.norm.weight, scale, shift, tn.eps)
+    assert_close_rel(ours, low, high, "DiT TransformerBlock from our ops")
+    assert_close_rel(final_ours, final_low, final_high, "DiT block + final AdaLN from our ops")
+
+
+def _gpt2_block_ours(blk, x, k_cache, v_cache, *, lengths=None):
+    """One HF GPT2Block from our ops: prefill (lengths None) or one decode step. Conv1D weights are [in, out]."""
+    a = blk.attn
+    y = F.layer_norm(x, blk.ln_1.weight, blk.ln_1.bias, blk.ln_1.eps)
+    qkv = F.linear(y, a.c_attn.weight.t().contiguous(), a.c_attn.bias)
+    if lengths is None:
+        o = F.gpt_prefill_attention(qkv, a.num_heads, k_cache, v_cache)
+    else:
+        o = F.gpt_decode_attention(qkv, a.num_heads, k_cache, v_cache, lengths)
+    h = F.linear(o, a.c_proj.weight.t().contiguous(), a.c_proj.bias, residual=x)
+    y2 = F.layer_norm(h, blk.ln_2.weight, blk.ln_2.bias, blk.ln_2.eps)
+    mlp = blk.mlp
+    return F.gpt2_mlp(y2, mlp.c_fc.weight.t().contiguous(), mlp.c_fc.bias, mlp.c_proj.weight.t().contiguous(),
+                      mlp.c_proj.bias, residual=h)  # fmt: skip
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["float32", "float16"])
+def test_gpt2_model_prefill_and_decode_match_hf(dtype):
+    """Two HF GPT2Blocks + ln_f: a 9-token prefill, then two cached decode steps, from our ops."""
+    from transformers import DynamicCache, GPT2Config, GPT2Model
+
+    cfg = GPT2Config(n_embd=DIM, n_head=HEADS, n_layer=2, n_positions=64, attn_implementation="sdpa")
+    hf = _randomize(GPT2Model(cfg), scale=0.1)
+    with torch.no_grad():
+        hf.wpe.weight.zero_()  # IndexTTS2 adds its own position embeddings outside GPT-2 (wpe is null)
+    hf = hf.to(dtype)
+    hf64 = copy.deepcopy(hf).double()
+    B, T, steps, S = 2, 9, 2, 16
+    xs = randn(B, T + steps, DIM, dtype=dtype)
+    cache = torch.zeros(2, 2, B, HEADS, S, HEAD_DIM, dtype=dtype)
+    lengths = torch.full((B,), T, dtype=torch.int32)
+    outs = []
+    with torch.no_grad():
+        h = xs[:, :T]
+        for i, blk in enumerate(hf.h):
+            h = _gpt2_block_ours(blk, h, cache[i, 0], cache[i, 1])
+        outs.append(F.layer_norm(h, hf.ln_f.weight, hf.ln_f.bias, hf.ln_f.eps))
+        for s in range(steps):
+            h = xs[:, T + s : T + s + 1]
+            for i, blk in enumerate(hf.h):
+                h = _gpt2_block_ours(blk, h, cache[i, 0], cache[i, 1], lengths=lengths)
+            lengths += 1
+            outs.append(F.layer_norm(h, hf.ln_f.weight, hf.ln_f.bias, hf.ln_f.eps))
+        ours = torch.cat(outs, dim=1)
+
+        def run_hf(model, x):
+            kv = DynamicCache()
+            res = [model(inputs_embeds=x[:, :T], past_key_values=kv, use_cache=True).last_hidden_state]
+            for s in range(steps):
+                res.append(model(inputs_embeds=x[:, T + s : T + s + 1], past_key_values=kv, use_cache=True)
+                           .last_hidden_state)  # fmt: skip
+            return torch.cat(res, dim=1)
+
+        low, high = run_hf(hf, xs), run_hf(hf64, xs.double())
+    assert_close_rel(ours, low, high, f"GPT-2 prefill + decode from our ops ({dtype})")
