@@ -178,6 +178,46 @@ def test_regimes_and_configs():
     assert (600 + bm - 1) // bm * (1280 // bn) >= 132
 
 
+# IndexTTS2's GEMMs, from the spec: (N, K, bias, residual, act, dtypes, rows from, rows to). GPT-2 decode runs 1-8 rows,
+# prefill and the teacher-forced pass up to ~1600; the DiT 2 x T rows with T <= ~3870.
+_IT2_GEMMS = [
+    (3840, 1280, True, False, "none", ("fp16", "fp32"), 1, 4096),  # GPT-2 c_attn
+    (1280, 1280, True, True, "none", ("fp16", "fp32"), 1, 4096),  # GPT-2 attn c_proj
+    (5120, 1280, True, False, "gelu_new", ("fp16", "fp32"), 1, 4096),  # GPT-2 c_fc
+    (1280, 5120, True, True, "none", ("fp16", "fp32"), 1, 4096),  # GPT-2 mlp c_proj
+    (1536, 512, False, False, "none", ("fp32", "bf16"), 9, 8192),  # DiT wqkv
+    (512, 512, False, True, "none", ("fp32", "bf16"), 9, 8192),  # DiT wo
+    (1536, 512, False, False, "swiglu", ("fp32", "bf16"), 9, 8192),  # DiT w13
+    (512, 1536, False, True, "none", ("fp32", "bf16"), 9, 8192),  # DiT w2
+    (512, 1024, True, False, "none", ("fp32", "bf16"), 9, 8192),  # DiT skip_in_linear
+]
+# SM counts of sm_86 / sm_89 / sm_90 parts (A10, 3090, A40, L4, 4090, L40S, H100 PCIe / SXM, H20)
+_SM_COUNTS = (72, 82, 84, 58, 128, 142, 114, 132, 78)
+
+
+def test_compile_variants_cover_every_launch():
+    """Every specialization the launcher produces at IndexTTS2 sizes, on any target GPU, is in the AOT table."""
+    gemm = K.load_kernel_module("gemm")
+    dts = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+    acts = {"none": gemm.ACT_NONE, "gelu_new": gemm.ACT_GELU_NEW, "swiglu": gemm.ACT_SWIGLU}
+    listed = {(sig["A"][1:], tuple(c.items()), nw) for _, _, sig, c, nw in gemm.compile_variants()}
+    missing = set()
+    for N, K_, has_b, has_r, act, tnames, min_m, max_m in _IT2_GEMMS:
+        rows = list(range(min_m, 257)) + list(range(257, max_m + 1, 37)) + [max_m]
+        for tname in tnames:
+            for prec in (None, "ieee", "tf32x3", "tf32") if tname == "fp32" else (None,):
+                for M in rows:
+                    for sms in _SM_COUNTS:
+                        const, nw, stages = gemm._specialization(
+                            M, N, K_, dts[tname], act=acts[act], has_bias=has_b, has_residual=has_r,
+                            precision=prec, num_sms=sms, interpret=False,
+                        )  # fmt: skip
+                        assert stages == 3  # the AOT tool compiles at Triton's default
+                        if (tname, tuple(const.items()), nw) not in listed:
+                            missing.add((tname, N, K_, act, tuple(const.items())))
+    assert not missing, f"{len(missing)} launch specializations are not in compile_variants(): {sorted(missing)[:3]}"
+
+
 def test_strided_rows_and_leading_dims(device):
     """x and residual as views of wider tensors (row stride != K), 3-D leading dims kept in the output."""
     B, T, K_, N = 2, 19, 64, 48
