@@ -274,6 +274,14 @@ def _prepare_out(op, out, shape, x, weight, bias, residual):
     check_tensor("out", out, dtypes=(x.dtype,), device=x.device, shape=tuple(shape))
     if out.numel() == 0:
         return out
+    extent = 1  # dims by stride: each must step past everything the smaller ones span, or elements alias
+    for stride, n in sorted((st, n) for n, st in zip(out.shape, out.stride(), strict=True) if n > 1):
+        if stride < extent:
+            raise ValueError(
+                f"{op}: out overlaps itself (strides {tuple(out.stride())} for shape {tuple(out.shape)}, an "
+                "expanded view?): programs would race to write the shared elements"
+            )
+        extent += stride * (n - 1)
     lo, hi = _span(out)
     for name, t in (("x", x), ("weight", weight), ("bias", bias), ("residual", residual)):
         if t is None or t.numel() == 0:

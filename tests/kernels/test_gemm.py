@@ -272,6 +272,12 @@ def test_out_in_place_on_residual_and_overlap_refused(device):
         K.linear_fwd(x, w, residual=buf[:M], out=buf[1:])
     with pytest.raises(ValueError, match="out overlaps weight"):
         K.linear_fwd(x, w, out=w[:M])  # w is [64, 64]: its first rows have the output's shape
+    with pytest.raises(ValueError, match="out overlaps itself"):  # every row would be written by its own program
+        K.linear_fwd(x, w, out=torch.empty(1, N, device=device).expand(M, N))
+    with pytest.raises(ValueError, match="out overlaps itself"):
+        K.swiglu_linear_fwd(
+            x, randn(2 * N, K_, device=device), out=torch.empty(M + N, device=device).as_strided((M, N), (1, 1))
+        )  # rows 1 apart
 
 
 def test_empty_rows(device):
