@@ -137,8 +137,8 @@ def _tf32(t: torch.Tensor) -> torch.Tensor:
 def test_fp32_precision(op, precision, device):
     """fp32 tensor-core regime at each precision. "tf32" is held to torch's error on TF32-cut inputs.
 
-    Under the interpreter every precision is exact (it ignores input_precision); compiled, "ieee" is the FMA
-    path and the two tf32 modes run on tensor cores.
+    Compiled, "ieee" is the FMA path and the two tf32 modes run on tensor cores; under the interpreter
+    ``dot_prec`` emulates the tensor cores' operand rounding and Triton's tf32x3 split.
     """
     M, K_, N = (37, 96, 100) if INTERPRET else (3442, 512, 1536)
     x = randn(M, K_, device=device)
@@ -160,6 +160,16 @@ def test_fp32_precision(op, precision, device):
     high = fn(x.double(), w.double())
     low = fn(_tf32(x), _tf32(w)) if precision == "tf32" else fn(x, w)
     assert_close_rel(y, low, high)
+
+
+def test_tf32_error_is_caught(device):
+    """ "tf32" (10-bit operands) is measurably worse than fp32, so the fp32 bound above can tell the modes apart:
+    on the GPU the tensor cores round, under the interpreter dot_prec emulates them."""
+    M, K_, N = 37, 96, 100
+    x, w = randn(M, K_, device=device), randn(N, K_, device=device, std=K_**-0.5)
+    y = K.linear_fwd(x, w, precision="tf32")
+    with pytest.raises(AssertionError, match="max error"):
+        assert_close_rel(y, ref.linear_ref(x, w), ref.linear_ref(*upcast(x, w)))
 
 
 def test_regimes_and_configs():
