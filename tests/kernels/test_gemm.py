@@ -126,6 +126,23 @@ def test_gpt2_mlp_residual(M, dtype, device):
     assert_close_rel(y, low, ref.gpt2_mlp_ref(*upcast(x, wf, bf, wp, bp), residual=r.double()))
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("M", [3, 37])
+@pytest.mark.filterwarnings("ignore:overflow encountered in multiply:RuntimeWarning")
+def test_gelu_new_extremes(M, dtype, device):
+    """gelu_new through sigmoid at large |u|: u^3 and exp() overflow to inf, the result must still be u (u >> 0)
+    or 0 (u << 0), never NaN; moderate u under the tolerance rule. Pre-activations u = x (K = 1, weight 1)."""
+    big = torch.finfo(dtype).max / 2
+    u = torch.tensor([big, -big, 1e4, -1e4, 300.0, -300.0, 41.0, -41.0])
+    u = torch.cat([u, torch.linspace(-12.0, 12.0, 3 * M - len(u))]).reshape(M, 3)
+    x = u.reshape(-1, 1).to(device=device, dtype=dtype)
+    w, b = torch.ones(1, 1, dtype=dtype, device=device), torch.zeros(1, dtype=dtype, device=device)
+    y = K.linear_fwd(x, w, b, activation="gelu_new", out=poisoned((3 * M, 1), dtype, device)).flatten()
+    high = ref.gelu_new_ref(x.double()).flatten()
+    assert torch.equal(y[:8:2], x.flatten()[:8:2]) and torch.equal(y[1:8:2], torch.zeros_like(y[1:8:2]))
+    assert_close_rel(y[8:], ref.gelu_new_ref(x.flatten()[8:]), high[8:])
+
+
 def _tf32(t: torch.Tensor) -> torch.Tensor:
     """fp32 cut to TF32 (10 explicit mantissa bits) by truncation: whether the tensor cores' operand conversion
     rounds to nearest or truncates, truncation is the larger error, so a bound built on it holds for both."""
