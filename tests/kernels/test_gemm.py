@@ -245,6 +245,15 @@ def test_compile_variants_cover_every_launch():
     assert not missing, f"{len(missing)} launch specializations are not in compile_variants(): {sorted(missing)[:3]}"
 
 
+def test_grouped_tile_order_with_a_partial_group(device):
+    """More row tiles than GROUP_M (8), their count not a multiple of it: every tile is computed exactly once."""
+    gemm = K.load_kernel_module("gemm")
+    M, K_, N = 9 * 64 + 13, 64, 130  # interpreter tiles 64 x 64: 10 row tiles = one group of 8 + a group of 2
+    gemv, bm, *_ = gemm.gemm_launch_config(M, N, K_, torch.float32)
+    assert not gemv and -(-M // bm) > 8 and -(-M // bm) % 8
+    _check_linear("bias+residual", (M, K_, N), torch.float32, device)
+
+
 def test_strided_rows_and_leading_dims(device):
     """x and residual as views of wider tensors (row stride != K), 3-D leading dims kept in the output."""
     B, T, K_, N = 2, 19, 64, 48
