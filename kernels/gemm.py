@@ -405,6 +405,7 @@ INDEXTTS2_GEMMS = (
     ("dit/w2+res", 512, 1536, False, True, ACT_NONE, ("fp32", "bf16"), _DIT_M),
     ("dit/skip_in+bias", 512, 1024, True, False, ACT_NONE, ("fp32", "bf16"), _DIT_M),
 )
+_DIVISIBLE = ("A", "W", "BIAS", "R", "C", "N", "K", "stride_am", "stride_wn", "stride_rm", "stride_cm")
 _TORCH_DT = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -417,7 +418,9 @@ def _representative_rows(rows: range) -> list[int]:
 def compile_variants():
     """Every kernel specialization the launchers produce at IndexTTS2 sizes, for the AOT compile check.
 
-    Yields (name, jit_fn, signature, constexprs, num_warps). Covers every op of ``INDEXTTS2_GEMMS`` at each of
+    Yields (name, jit_fn, signature, constexprs, num_warps, divisible). ``divisible`` names the arguments a real
+    launch specializes as 16-divisible (torch allocations are 16-byte aligned; every IndexTTS2 N, K and row
+    stride is a multiple of 16), so the table compiles the code that runs. Covers every op of ``INDEXTTS2_GEMMS`` at each of
     its dtypes, fp32 at every precision, each row count, and any SM count (the big/small tile choice is made
     against the device's SM count: 1 and an unbounded count give both). Identical constexprs are listed once.
     """
@@ -445,4 +448,4 @@ def compile_variants():
                         bm, bn, bk = const["BLOCK_M"], const["BLOCK_N"], const["BLOCK_K"]
                         regime = f"gemv/BM{bm}xBN{bn}xBK{bk}" if const["GEMV"] else f"mma/{bm}x{bn}x{bk}"
                         pname = f"/{const['INPUT_PRECISION']}" if tname == "fp32" and not const["GEMV"] else ""
-                        yield f"gemm/{tag}/{tname}{pname}/{regime}", _gemm_kernel, sig, const, nw
+                        yield f"gemm/{tag}/{tname}{pname}/{regime}", _gemm_kernel, sig, const, nw, _DIVISIBLE

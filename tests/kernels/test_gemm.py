@@ -191,7 +191,14 @@ def test_tf32_error_is_caught(device):
 
 def test_regimes_and_configs():
     """M <= 8 runs the GEMV decode path, larger M the tensor-core tiles; compiled configs at IndexTTS2 sizes."""
-    cfg = K.load_kernel_module("gemm").gemm_launch_config
+    gemm = K.load_kernel_module("gemm")
+    cfg = gemm.gemm_launch_config
+    # fp32 defaults to exact products (FMA), as torch with allow_tf32=False; tf32x3 / tf32 only when asked
+    for prec, want in ((None, "ieee"), ("tf32x3", "tf32x3"), ("tf32", "tf32")):
+        const, *_ = gemm._specialization(
+            3442, 1536, 512, torch.float32, act=0, has_bias=False, has_residual=False, precision=prec, num_sms=132
+        )
+        assert const["INPUT_PRECISION"] == want
     for M in (1, 3, 8):
         assert cfg(M, 5120, 1280, torch.float16, interpret=False)[0]
         assert cfg(M, 100, 96, torch.float32, interpret=True)[0]
@@ -227,7 +234,7 @@ def test_compile_variants_cover_every_launch():
     gemm = K.load_kernel_module("gemm")
     dts = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
     acts = {"none": gemm.ACT_NONE, "gelu_new": gemm.ACT_GELU_NEW, "swiglu": gemm.ACT_SWIGLU}
-    listed = {(sig["A"][1:], tuple(c.items()), nw) for _, _, sig, c, nw in gemm.compile_variants()}
+    listed = {(sig["A"][1:], tuple(c.items()), nw) for _, _, sig, c, nw, _ in gemm.compile_variants()}
     missing = set()
     for N, K_, has_b, has_r, act, tnames, min_m, max_m in _IT2_GEMMS:
         rows = list(range(min_m, 257)) + list(range(257, max_m + 1, 37)) + [max_m]
