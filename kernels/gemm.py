@@ -21,8 +21,8 @@ Numerics:   fp32 accumulation; epilogue in fp32 (bias, activation, residual); on
             fp32 inputs: ``precision`` picks the tensor-core regime's dot. Default "ieee": exact fp32 products (FMA,
             no tensor cores), as the official fp32 DiT under torch's default (allow_tf32=False). "tf32x3" (tensor
             cores, about fp32 accuracy) and "tf32" (10-bit mantissa inputs) are opt-in. The decode regime always
-            multiplies in fp32 on CUDA cores, whatever ``precision`` says. The interpreter's fp32 dot is exact for
-            every precision, so only the GPU distinguishes them.
+            multiplies in fp32 on CUDA cores, whatever ``precision`` says. The interpreter's fp32 dot is exact, so
+            there ``dot_prec`` emulates the tensor cores' TF32 operand rounding and Triton's tf32x3 split.
 Regimes:    M > 8: tensor-core tiles (tl.dot), grouped tile order for L2 reuse, tile size from the tile count.
             M <= 8 (GPT decode, 3 beams): GEMV-style. Every program owns all M rows and a few output columns and
             streams its weight rows once (prefetching the next K slab while it multiplies the current one) into a
@@ -392,7 +392,8 @@ def gpt2_mlp_fwd(
 
 # The GEMMs of the IndexTTS2 hot path: (tag, N, K, HAS_BIAS, HAS_RESIDUAL, ACT, dtypes, rows M).
 # GPT-2: fp16 under use_fp16, else fp32; M = 3 beams per decode step (1 to 8 allowed), 3 x ~87 at the prefill,
-# up to ~1600 in the teacher-forced latent pass. DiT: fp32 as the official code (bf16 opt-in), M = 2 x T, T <= ~3870.
+# up to ~1600 in the teacher-forced latent pass. DiT: fp32 as the official code (bf16 opt-in), M = 2 x T, T <= ~3870;
+# its AdaLN project_layer maps the time embedding c [B = 2, 1, C] to scale | shift (M = B).
 _GPT_M, _DIT_M = range(1, 4097), range(9, 8193)
 INDEXTTS2_GEMMS = (
     ("gpt/c_attn+bias", 3840, 1280, True, False, ACT_NONE, ("fp16", "fp32"), _GPT_M),
@@ -404,6 +405,7 @@ INDEXTTS2_GEMMS = (
     ("dit/w13_swiglu", 1536, 512, False, False, ACT_SWIGLU, ("fp32", "bf16"), _DIT_M),
     ("dit/w2+res", 512, 1536, False, True, ACT_NONE, ("fp32", "bf16"), _DIT_M),
     ("dit/skip_in+bias", 512, 1024, True, False, ACT_NONE, ("fp32", "bf16"), _DIT_M),
+    ("dit/adaln_project+bias", 1024, 512, True, False, ACT_NONE, ("fp32", "bf16"), range(1, 9)),  # c [B, 1, C]
 )
 _DIVISIBLE = ("A", "W", "BIAS", "R", "C", "N", "K", "stride_am", "stride_wn", "stride_rm", "stride_cm")
 _TORCH_DT = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -420,14 +422,16 @@ def compile_variants():
 
     Yields (name, jit_fn, signature, constexprs, num_warps, divisible). ``divisible`` names the arguments a real
     launch specializes as 16-divisible (torch allocations are 16-byte aligned; every IndexTTS2 N, K and row
-    stride is a multiple of 16), so the table compiles the code that runs. Covers every op of ``INDEXTTS2_GEMMS`` at each of
-    its dtypes, fp32 at every precision, each row count, and any SM count (the big/small tile choice is made
-    against the device's SM count: 1 and an unbounded count give both). Identical constexprs are listed once.
+    stride is a multiple of 16), so the table compiles the code that runs. Covers every op of
+    ``INDEXTTS2_GEMMS`` at each of its dtypes, the fp32 DiT at every precision (the fp32 GPT at its default,
+    ieee), each row count, and any SM count (the big/small tile choice is made against the device's SM count:
+    1 and an unbounded count give both). Identical constexprs are listed once.
     """
     seen = set()
     for tag, N, K, has_b, has_r, act, tnames, rows in INDEXTTS2_GEMMS:
         for tname in tnames:
-            for prec in GEMM_PRECISIONS if tname == "fp32" else (None,):
+            # fp32 DiT at every precision (tf32x3 / tf32 are its opt-in speed modes); the fp32 GPT at its default
+            for prec in GEMM_PRECISIONS if tname == "fp32" and tag.startswith("dit/") else (None,):
                 for M in _representative_rows(rows):
                     for sms in (1, 1 << 30):
                         const, nw, _stages = _specialization(
