@@ -21,8 +21,8 @@ Numerics:   fp32 accumulation; epilogue in fp32 (bias, activation, residual); on
             fp32 inputs: ``precision`` picks the tensor-core regime's dot. Default "ieee": exact fp32 products (FMA,
             no tensor cores), as the official fp32 DiT under torch's default (allow_tf32=False). "tf32x3" (tensor
             cores, about fp32 accuracy) and "tf32" (10-bit mantissa inputs) are opt-in. The decode regime always
-            multiplies in fp32 on CUDA cores, whatever ``precision`` says. The interpreter's fp32 dot is exact for
-            every precision, so only the GPU distinguishes them.
+            multiplies in fp32 on CUDA cores, whatever ``precision`` says. The interpreter's fp32 dot is exact, so
+            there ``dot_prec`` emulates the tensor cores' TF32 operand rounding and Triton's tf32x3 split.
 Regimes:    M > 8: tensor-core tiles (tl.dot), grouped tile order for L2 reuse, tile size from the tile count.
             M <= 8 (GPT decode, 3 beams): GEMV-style. Every program owns all M rows and a few output columns and
             streams its weight rows once (prefetching the next K slab while it multiplies the current one) into a
@@ -49,7 +49,7 @@ import triton.language as tl
 
 from ._jit import cast_to, dot_prec
 from ._utils import check_launchable, check_tensor, is_interpreting, next_pow2, rows_view
-from ._validate import ffn_args, gemm_args
+from ._validate import GEMM_PRECISIONS, ffn_args, gemm_args
 from .reference import pack_w13
 
 __all__ = [
@@ -235,6 +235,34 @@ def gemm_launch_config(
     return False, 64, 64, 32, 8, 4, 3  # BLOCK_K 64 would spill with the gelu + residual epilogue
 
 
+def _specialization(
+    M: int,
+    N: int,
+    K: int,
+    dtype: torch.dtype,
+    *,
+    act: int,
+    has_bias: bool,
+    has_residual: bool,
+    precision: Optional[str],
+    num_sms: int,
+    interpret: Optional[bool] = None,
+) -> tuple[dict, int, int]:
+    """(constexprs, num_warps, num_stages) of one launch: the single place the launcher and the AOT table share."""
+    prec = (precision or "ieee") if dtype == torch.float32 else "tf32"  # no effect on fp16/bf16 operands
+    gemv, BM, BN, BK, GM, warps, stages = gemm_launch_config(
+        M, N, K, dtype, swiglu=act == ACT_SWIGLU, residual=has_residual, precision=prec, num_sms=num_sms,
+        interpret=interpret,
+    )  # fmt: skip
+    if gemv:
+        prec = "ieee"  # the decode regime has no tl.dot: one compiled variant whatever ``precision`` says
+    const = dict(
+        HAS_BIAS=has_bias, HAS_RESIDUAL=has_residual, ACT=act, GEMV=gemv, INPUT_PRECISION=prec,
+        BLOCK_M=BM, BLOCK_N=BN, BLOCK_K=BK, GROUP_M=GM, EVEN_K=K % BK == 0,
+    )  # fmt: skip
+    return const, warps, stages
+
+
 def _span(t: torch.Tensor) -> tuple[int, int]:
     lo = t.data_ptr()
     return lo, lo + (sum((n - 1) * st for n, st in zip(t.shape, t.stride(), strict=True)) + 1) * t.element_size()
@@ -246,6 +274,14 @@ def _prepare_out(op, out, shape, x, weight, bias, residual):
     check_tensor("out", out, dtypes=(x.dtype,), device=x.device, shape=tuple(shape))
     if out.numel() == 0:
         return out
+    extent = 1  # dims by stride: each must step past everything the smaller ones span, or elements alias
+    for stride, n in sorted((st, n) for n, st in zip(out.shape, out.stride(), strict=True) if n > 1):
+        if stride < extent:
+            raise ValueError(
+                f"{op}: out overlaps itself (strides {tuple(out.stride())} for shape {tuple(out.shape)}, an "
+                "expanded view?): programs would race to write the shared elements"
+            )
+        extent += stride * (n - 1)
     lo, hi = _span(out)
     for name, t in (("x", x), ("weight", weight), ("bias", bias), ("residual", residual)):
         if t is None or t.numel() == 0:
@@ -273,20 +309,18 @@ def _launch(op, x, weight, bias, residual, act, precision, out):
     x2 = rows_view("x", x, K, copy_ok=True)
     y2 = rows_view("out", y, N)
     r2 = rows_view("residual", residual, N, copy_ok=True) if residual is not None else y2
-    prec = (precision or "ieee") if x.dtype == torch.float32 else "tf32"  # no effect on fp16/bf16 operands
     sms = _num_sms(x.device.index if x.device.index is not None else torch.cuda.current_device()) if x.is_cuda else 1
-    gemv, BM, BN, BK, GM, warps, stages = gemm_launch_config(
-        M, N, K, x.dtype, swiglu=act == ACT_SWIGLU, residual=residual is not None, precision=prec, num_sms=sms
-    )
-    grid = (triton.cdiv(M, BM) * triton.cdiv(N, BN),)
+    const, warps, stages = _specialization(
+        M, N, K, x.dtype, act=act, has_bias=bias is not None, has_residual=residual is not None,
+        precision=precision, num_sms=sms,
+    )  # fmt: skip
+    grid = (triton.cdiv(M, const["BLOCK_M"]) * triton.cdiv(N, const["BLOCK_N"]),)
     with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
         _gemm_kernel[grid](
             x2, weight, bias if bias is not None else weight, r2, y2,
             M, N, K,
             x2.stride(0), weight.stride(0), r2.stride(0), y2.stride(0),
-            HAS_BIAS=bias is not None, HAS_RESIDUAL=residual is not None, ACT=act, GEMV=gemv,
-            INPUT_PRECISION=prec, BLOCK_M=BM, BLOCK_N=BN, BLOCK_K=BK, GROUP_M=GM,
-            EVEN_K=K % BK == 0, num_warps=warps, num_stages=stages,
+            **const, num_warps=warps, num_stages=stages,
         )  # fmt: skip
     return y
 
@@ -356,55 +390,66 @@ def gpt2_mlp_fwd(
     return _launch("gpt2_mlp_fwd", h, c_proj_weight, c_proj_bias, residual, ACT_NONE, precision, out)
 
 
+# The GEMMs of the IndexTTS2 hot path: (tag, N, K, HAS_BIAS, HAS_RESIDUAL, ACT, dtypes, rows M).
+# GPT-2: fp16 under use_fp16, else fp32; M = 3 beams per decode step (1 to 8 allowed), 3 x ~87 at the prefill,
+# up to ~1600 in the teacher-forced latent pass. DiT: fp32 as the official code (bf16 opt-in), M = 2 x T, T <= ~3870;
+# its AdaLN project_layer maps the time embedding c [B = 2, 1, C] to scale | shift (M = B).
+_GPT_M, _DIT_M = range(1, 4097), range(9, 8193)
+INDEXTTS2_GEMMS = (
+    ("gpt/c_attn+bias", 3840, 1280, True, False, ACT_NONE, ("fp16", "fp32"), _GPT_M),
+    ("gpt/attn_c_proj+bias+res", 1280, 1280, True, True, ACT_NONE, ("fp16", "fp32"), _GPT_M),
+    ("gpt/c_fc+bias+gelu", 5120, 1280, True, False, ACT_GELU_NEW, ("fp16", "fp32"), _GPT_M),
+    ("gpt/c_proj+bias+res", 1280, 5120, True, True, ACT_NONE, ("fp16", "fp32"), _GPT_M),
+    ("dit/wqkv", 1536, 512, False, False, ACT_NONE, ("fp32", "bf16"), _DIT_M),
+    ("dit/wo+res", 512, 512, False, True, ACT_NONE, ("fp32", "bf16"), _DIT_M),
+    ("dit/w13_swiglu", 1536, 512, False, False, ACT_SWIGLU, ("fp32", "bf16"), _DIT_M),
+    ("dit/w2+res", 512, 1536, False, True, ACT_NONE, ("fp32", "bf16"), _DIT_M),
+    ("dit/skip_in+bias", 512, 1024, True, False, ACT_NONE, ("fp32", "bf16"), _DIT_M),
+    ("dit/adaln_project+bias", 1024, 512, True, False, ACT_NONE, ("fp32", "bf16"), range(1, 9)),  # c [B, 1, C]
+)
+_DIVISIBLE = ("A", "W", "BIAS", "R", "C", "N", "K", "stride_am", "stride_wn", "stride_rm", "stride_cm")
+_TORCH_DT = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def _representative_rows(rows: range) -> list[int]:
+    """Rows that reach every config of ``rows``: M picks the regime and BLOCK_M up to DECODE_MAX_M, beyond it
+    only the tile count cdiv(M, 128) against the SM count matters, and compile_variants tries both extremes."""
+    return sorted({m for m in rows if m <= DECODE_MAX_M} | {rows[-1]})
+
+
 def compile_variants():
     """Every kernel specialization the launchers produce at IndexTTS2 sizes, for the AOT compile check.
 
-    Yields (name, jit_fn, signature, constexprs, num_warps). Variants with identical constexprs are listed once.
+    Yields (name, jit_fn, signature, constexprs, num_warps, divisible). ``divisible`` names the arguments a real
+    launch specializes as 16-divisible (torch allocations are 16-byte aligned; every IndexTTS2 N, K and row
+    stride is a multiple of 16), so the table compiles the code that runs. Covers every op of
+    ``INDEXTTS2_GEMMS`` at each of its dtypes, the fp32 DiT at every precision (the fp32 GPT at its default,
+    ieee), each row count, and any SM count (the big/small tile choice is made against the device's SM count:
+    1 and an unbounded count give both). Identical constexprs are listed once.
     """
-    # (tag, dtype, precision, M, N, K, HAS_BIAS, HAS_RESIDUAL, ACT)
-    cases = [
-        # DiT, fp32 as the official code (M = 2 x 1721)
-        ("dit/wqkv", "fp32", "ieee", 3442, 1536, 512, False, False, ACT_NONE),
-        ("dit/w13_swiglu", "fp32", "ieee", 3442, 1536, 512, False, False, ACT_SWIGLU),
-        ("dit/w2+res", "fp32", "ieee", 3442, 512, 1536, False, True, ACT_NONE),
-        ("dit/skip_in+bias", "fp32", "ieee", 3442, 512, 1024, True, False, ACT_NONE),
-        ("dit/wqkv", "fp32", "tf32x3", 3442, 1536, 512, False, False, ACT_NONE),
-        ("dit/w13_swiglu", "fp32", "tf32x3", 3442, 1536, 512, False, False, ACT_SWIGLU),
-        ("dit/w2+res", "fp32", "tf32x3", 3442, 512, 1536, False, True, ACT_NONE),
-        ("dit/w13_swiglu", "bf16", "tf32", 3442, 1536, 512, False, False, ACT_SWIGLU),
-        ("dit/w2+res", "bf16", "tf32", 3442, 512, 1536, False, True, ACT_NONE),
-        # GPT-2 prefill (M = 600) and decode (M = 3 beams), fp16 as use_fp16
-        ("gpt/c_attn+bias", "fp16", "tf32", 600, 3840, 1280, True, False, ACT_NONE),
-        ("gpt/c_fc+bias+gelu", "fp16", "tf32", 600, 5120, 1280, True, False, ACT_GELU_NEW),
-        ("gpt/c_proj+bias+res", "fp16", "tf32", 600, 1280, 5120, True, True, ACT_NONE),
-        ("gpt/c_attn+bias", "fp16", "tf32", 3, 3840, 1280, True, False, ACT_NONE),
-        ("gpt/c_fc+bias+gelu", "fp16", "tf32", 3, 5120, 1280, True, False, ACT_GELU_NEW),
-        ("gpt/c_proj+bias+res", "fp16", "tf32", 3, 1280, 5120, True, True, ACT_NONE),
-        # GPT-2 in fp32 (the official default without use_fp16)
-        ("gpt/c_fc+bias+gelu", "fp32", "ieee", 3, 5120, 1280, True, False, ACT_GELU_NEW),
-        ("gpt/c_proj+bias+res", "fp32", "ieee", 3, 1280, 5120, True, True, ACT_NONE),
-    ]
-    torch_dt = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
     seen = set()
-    for tag, tname, prec, M, N, K, has_b, has_r, act in cases:
-        gemv, bm, bn, bk, gm, nw, _stages = gemm_launch_config(
-            M, N, K, torch_dt[tname], swiglu=act == ACT_SWIGLU, residual=has_r, precision=prec, interpret=False
-        )
-        const = dict(
-            HAS_BIAS=has_b, HAS_RESIDUAL=has_r, ACT=act, GEMV=gemv, INPUT_PRECISION=prec,
-            BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=gm, EVEN_K=K % bk == 0,
-        )  # fmt: skip
-        key = (tname, tuple(const.items()), nw)
-        if key in seen:
-            continue
-        seen.add(key)
-        p = f"*{tname}"
-        sig = {
-            "A": p, "W": p, "BIAS": p, "R": p, "C": p, "M": "i32", "N": "i32", "K": "i32",
-            "stride_am": "i32", "stride_wn": "i32", "stride_rm": "i32", "stride_cm": "i32",
-        }  # fmt: skip
-        for k in const:
-            sig[k] = "constexpr"
-        regime = f"gemv/BM{bm}xBN{bn}xBK{bk}" if gemv else f"mma/{bm}x{bn}x{bk}"
-        pname = f"/{prec}" if tname == "fp32" else ""
-        yield f"gemm/{tag}/{tname}{pname}/{regime}", _gemm_kernel, sig, const, nw
+    for tag, N, K, has_b, has_r, act, tnames, rows in INDEXTTS2_GEMMS:
+        for tname in tnames:
+            # fp32 DiT at every precision (tf32x3 / tf32 are its opt-in speed modes); the fp32 GPT at its default
+            for prec in GEMM_PRECISIONS if tname == "fp32" and tag.startswith("dit/") else (None,):
+                for M in _representative_rows(rows):
+                    for sms in (1, 1 << 30):
+                        const, nw, _stages = _specialization(
+                            M, N, K, _TORCH_DT[tname], act=act, has_bias=has_b, has_residual=has_r,
+                            precision=prec, num_sms=sms, interpret=False,
+                        )  # fmt: skip
+                        key = (tname, tuple(const.items()), nw)
+                        if key in seen:
+                            continue
+                        seen.add(key)
+                        p = f"*{tname}"
+                        sig = {
+                            "A": p, "W": p, "BIAS": p, "R": p, "C": p, "M": "i32", "N": "i32", "K": "i32",
+                            "stride_am": "i32", "stride_wn": "i32", "stride_rm": "i32", "stride_cm": "i32",
+                        }  # fmt: skip
+                        for k in const:
+                            sig[k] = "constexpr"
+                        bm, bn, bk = const["BLOCK_M"], const["BLOCK_N"], const["BLOCK_K"]
+                        regime = f"gemv/BM{bm}xBN{bn}xBK{bk}" if const["GEMV"] else f"mma/{bm}x{bn}x{bk}"
+                        pname = f"/{const['INPUT_PRECISION']}" if tname == "fp32" and not const["GEMV"] else ""
+                        yield f"gemm/{tag}/{tname}{pname}/{regime}", _gemm_kernel, sig, const, nw, _DIVISIBLE

@@ -126,6 +126,23 @@ def test_gpt2_mlp_residual(M, dtype, device):
     assert_close_rel(y, low, ref.gpt2_mlp_ref(*upcast(x, wf, bf, wp, bp), residual=r.double()))
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("M", [3, 37])
+@pytest.mark.filterwarnings("ignore:overflow encountered in multiply:RuntimeWarning")
+def test_gelu_new_extremes(M, dtype, device):
+    """gelu_new through sigmoid at large |u|: u^3 and exp() overflow to inf, the result must still be u (u >> 0)
+    or 0 (u << 0), never NaN; moderate u under the tolerance rule. Pre-activations u = x (K = 1, weight 1)."""
+    big = torch.finfo(dtype).max / 2
+    u = torch.tensor([big, -big, 1e4, -1e4, 300.0, -300.0, 41.0, -41.0])
+    u = torch.cat([u, torch.linspace(-12.0, 12.0, 3 * M - len(u))]).reshape(M, 3)
+    x = u.reshape(-1, 1).to(device=device, dtype=dtype)
+    w, b = torch.ones(1, 1, dtype=dtype, device=device), torch.zeros(1, dtype=dtype, device=device)
+    y = K.linear_fwd(x, w, b, activation="gelu_new", out=poisoned((3 * M, 1), dtype, device)).flatten()
+    high = ref.gelu_new_ref(x.double()).flatten()
+    assert torch.equal(y[:8:2], x.flatten()[:8:2]) and torch.equal(y[1:8:2], torch.zeros_like(y[1:8:2]))
+    assert_close_rel(y[8:], ref.gelu_new_ref(x.flatten()[8:]), high[8:])
+
+
 def _tf32(t: torch.Tensor) -> torch.Tensor:
     """fp32 cut to TF32 (10 explicit mantissa bits) by truncation: whether the tensor cores' operand conversion
     rounds to nearest or truncates, truncation is the larger error, so a bound built on it holds for both."""
@@ -137,8 +154,8 @@ def _tf32(t: torch.Tensor) -> torch.Tensor:
 def test_fp32_precision(op, precision, device):
     """fp32 tensor-core regime at each precision. "tf32" is held to torch's error on TF32-cut inputs.
 
-    Under the interpreter every precision is exact (it ignores input_precision); compiled, "ieee" is the FMA
-    path and the two tf32 modes run on tensor cores.
+    Compiled, "ieee" is the FMA path and the two tf32 modes run on tensor cores; under the interpreter
+    ``dot_prec`` emulates the tensor cores' operand rounding and Triton's tf32x3 split.
     """
     M, K_, N = (37, 96, 100) if INTERPRET else (3442, 512, 1536)
     x = randn(M, K_, device=device)
@@ -162,9 +179,26 @@ def test_fp32_precision(op, precision, device):
     assert_close_rel(y, low, high)
 
 
+def test_tf32_error_is_caught(device):
+    """ "tf32" (10-bit operands) is measurably worse than fp32, so the fp32 bound above can tell the modes apart:
+    on the GPU the tensor cores round, under the interpreter dot_prec emulates them."""
+    M, K_, N = 37, 96, 100
+    x, w = randn(M, K_, device=device), randn(N, K_, device=device, std=K_**-0.5)
+    y = K.linear_fwd(x, w, precision="tf32")
+    with pytest.raises(AssertionError, match="max error"):
+        assert_close_rel(y, ref.linear_ref(x, w), ref.linear_ref(*upcast(x, w)))
+
+
 def test_regimes_and_configs():
     """M <= 8 runs the GEMV decode path, larger M the tensor-core tiles; compiled configs at IndexTTS2 sizes."""
-    cfg = K.load_kernel_module("gemm").gemm_launch_config
+    gemm = K.load_kernel_module("gemm")
+    cfg = gemm.gemm_launch_config
+    # fp32 defaults to exact products (FMA), as torch with allow_tf32=False; tf32x3 / tf32 only when asked
+    for prec, want in ((None, "ieee"), ("tf32x3", "tf32x3"), ("tf32", "tf32")):
+        const, *_ = gemm._specialization(
+            3442, 1536, 512, torch.float32, act=0, has_bias=False, has_residual=False, precision=prec, num_sms=132
+        )
+        assert const["INPUT_PRECISION"] == want
     for M in (1, 3, 8):
         assert cfg(M, 5120, 1280, torch.float16, interpret=False)[0]
         assert cfg(M, 100, 96, torch.float32, interpret=True)[0]
@@ -176,6 +210,57 @@ def test_regimes_and_configs():
     # prefill c_proj (600 x 1280): small tiles so that the 132 SMs of an H100 all get work
     _, bm, bn, *_ = cfg(600, 1280, 5120, torch.float16, interpret=False)
     assert (600 + bm - 1) // bm * (1280 // bn) >= 132
+
+
+# IndexTTS2's GEMMs, from the spec: (N, K, bias, residual, act, dtypes, rows from, rows to). GPT-2 decode runs 1-8 rows,
+# prefill and the teacher-forced pass up to ~1600; the DiT 2 x T rows with T <= ~3870.
+_IT2_GEMMS = [
+    (3840, 1280, True, False, "none", ("fp16", "fp32"), 1, 4096),  # GPT-2 c_attn
+    (1280, 1280, True, True, "none", ("fp16", "fp32"), 1, 4096),  # GPT-2 attn c_proj
+    (5120, 1280, True, False, "gelu_new", ("fp16", "fp32"), 1, 4096),  # GPT-2 c_fc
+    (1280, 5120, True, True, "none", ("fp16", "fp32"), 1, 4096),  # GPT-2 mlp c_proj
+    (1536, 512, False, False, "none", ("fp32", "bf16"), 9, 8192),  # DiT wqkv
+    (512, 512, False, True, "none", ("fp32", "bf16"), 9, 8192),  # DiT wo
+    (1536, 512, False, False, "swiglu", ("fp32", "bf16"), 9, 8192),  # DiT w13
+    (512, 1536, False, True, "none", ("fp32", "bf16"), 9, 8192),  # DiT w2
+    (512, 1024, True, False, "none", ("fp32", "bf16"), 9, 8192),  # DiT skip_in_linear
+    (1024, 512, True, False, "none", ("fp32", "bf16"), 1, 8),  # DiT AdaLN project_layer on c [B, 1, C]
+]
+# SM counts of sm_86 / sm_89 / sm_90 parts (A10, 3090, A40, L4, 4090, L40S, H100 PCIe / SXM, H20)
+_SM_COUNTS = (72, 82, 84, 58, 128, 142, 114, 132, 78)
+
+
+def test_compile_variants_cover_every_launch():
+    """Every specialization the launcher produces at IndexTTS2 sizes, on any target GPU, is in the AOT table."""
+    gemm = K.load_kernel_module("gemm")
+    dts = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+    acts = {"none": gemm.ACT_NONE, "gelu_new": gemm.ACT_GELU_NEW, "swiglu": gemm.ACT_SWIGLU}
+    listed = {(sig["A"][1:], tuple(c.items()), nw) for _, _, sig, c, nw, _ in gemm.compile_variants()}
+    missing = set()
+    for N, K_, has_b, has_r, act, tnames, min_m, max_m in _IT2_GEMMS:
+        rows = list(range(min_m, 257)) + list(range(257, max_m + 1, 37)) + [max_m]
+        for tname in tnames:
+            dit_fp32 = tname == "fp32" and N * K_ != 1280 * 1280 and 1280 not in (N, K_)
+            for prec in (None, "ieee", "tf32x3", "tf32") if dit_fp32 else (None,):  # GPT fp32: default only
+                for M in rows:
+                    for sms in _SM_COUNTS:
+                        const, nw, stages = gemm._specialization(
+                            M, N, K_, dts[tname], act=acts[act], has_bias=has_b, has_residual=has_r,
+                            precision=prec, num_sms=sms, interpret=False,
+                        )  # fmt: skip
+                        assert stages == 3  # the AOT tool compiles at Triton's default
+                        if (tname, tuple(const.items()), nw) not in listed:
+                            missing.add((tname, N, K_, act, tuple(const.items())))
+    assert not missing, f"{len(missing)} launch specializations are not in compile_variants(): {sorted(missing)[:3]}"
+
+
+def test_grouped_tile_order_with_a_partial_group(device):
+    """More row tiles than GROUP_M (8), their count not a multiple of it: every tile is computed exactly once."""
+    gemm = K.load_kernel_module("gemm")
+    M, K_, N = 9 * 64 + 13, 64, 130  # interpreter tiles 64 x 64: 10 row tiles = one group of 8 + a group of 2
+    gemv, bm, *_ = gemm.gemm_launch_config(M, N, K_, torch.float32)
+    assert not gemv and -(-M // bm) > 8 and -(-M // bm) % 8
+    _check_linear("bias+residual", (M, K_, N), torch.float32, device)
 
 
 def test_strided_rows_and_leading_dims(device):
@@ -232,6 +317,12 @@ def test_out_in_place_on_residual_and_overlap_refused(device):
         K.linear_fwd(x, w, residual=buf[:M], out=buf[1:])
     with pytest.raises(ValueError, match="out overlaps weight"):
         K.linear_fwd(x, w, out=w[:M])  # w is [64, 64]: its first rows have the output's shape
+    with pytest.raises(ValueError, match="out overlaps itself"):  # every row would be written by its own program
+        K.linear_fwd(x, w, out=torch.empty(1, N, device=device).expand(M, N))
+    with pytest.raises(ValueError, match="out overlaps itself"):
+        K.swiglu_linear_fwd(
+            x, randn(2 * N, K_, device=device), out=torch.empty(M + N, device=device).as_strided((M, N), (1, 1))
+        )  # rows 1 apart
 
 
 def test_empty_rows(device):
