@@ -53,8 +53,8 @@ Matches:    indextts_kernels.reference.{attention_ref, dit_attention_ref, gpt_pr
             gpt_decode_attention_ref} (= official gpt_fast ``Attention`` with its ``freqs_cis`` and HF
             ``GPT2Attention`` with its cache; tests/test_official_attention.py).
 Limits:     head_dim 64 or 128; B * H <= 65535 (a grid axis); one layer's cache < 2**31 elements; forward only.
-            Key lengths of 0 give zero output rows (SDPA gives NaN there). Decode lengths >= S_max: checked on the
-            host for CPU tensors; on the device (no sync) such a row writes nothing and its output is NaN.
+            Key lengths of 0 give zero output rows (SDPA gives NaN there). Decode lengths >= S_max or < 0: checked on
+            the host for CPU tensors; on the device (no sync) such a row writes nothing and its output is NaN.
             The RoPE of each key block is recomputed by every query block (T / 128 times per head): a few FMAs per
             key element next to the two MMAs, instead of a separate pass that would write k back to memory.
 """
@@ -251,7 +251,7 @@ def _attn_decode_kernel(
     PL,  # pointer to fp32 partial sums [B * H, NUM_SPLITS]
     PACC,  # pointer to fp32 partial outputs [B * H, NUM_SPLITS, D] (unnormalized)
     H,
-    S,  # cache capacity: a row with LENS[b] >= S writes nothing and gets a NaN output
+    S,  # cache capacity: a row with LENS[b] >= S (or < 0) writes nothing and gets a NaN output
     sq_b, sq_h,
     skn_b, skn_h,
     svn_b, svn_h,
@@ -275,7 +275,7 @@ def _attn_decode_kernel(
     q = tl.load(Q + b * sq_b + h * sq_h + d).to(tl.float32)
     chunk = tl.cdiv(tl.cdiv(L, NUM_SPLITS), BLOCK_N) * BLOCK_N
     lo = split * chunk
-    fits = L < S
+    fits = (L >= 0) & (L < S)  # a negative device length would write before the row's slab
     hi = tl.minimum(tl.minimum(lo + chunk, L), S)
 
     # the new token: every split loads it (128 bytes), split 0 attends to it from registers and appends it

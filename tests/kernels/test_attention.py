@@ -129,6 +129,28 @@ def test_decode_length_beyond_cache_gives_nan_not_garbage(device, monkeypatch):
     assert torch.equal(kc[0], before_k[0]) and torch.equal(vc[0], before_v[0])
 
 
+def test_decode_negative_length_writes_nothing(device, monkeypatch):
+    """A negative device length (not checkable without a sync) must not write before the row's cache slab."""
+    from indextts_kernels import attention
+
+    monkeypatch.setattr(attention, "decode_attention_args", lambda *a, **k: None)
+    B, S = 2, 64
+    kc, vc = _filled_cache(B, S, torch.float32, device)
+    table = torch.arange(B, dtype=torch.int32, device=device)[:, None].expand(B, S).contiguous()
+    before = kc.clone(), vc.clone(), table.clone()
+    lengths = torch.tensor([5, -1], dtype=torch.int32, device=device)
+    qkv = _qkv(B, 1, torch.float32, device)
+    y = K.gpt_decode_attention_fwd(qkv, H, kc, vc, lengths, row_table=table)
+    assert y[1].isnan().all() and torch.isfinite(y[0]).all()
+    for name, now, was in zip(("k_cache", "v_cache", "row_table"), (kc, vc, table), before, strict=True):
+        changed = (now != was).reshape(now.shape[0], -1).any(-1)
+        assert not changed[1:].any() and (name == "row_table" or changed[0]), f"{name}: rows written {changed}"
+    # the reference agrees: no write (no wrap-around to position S - 1) and a NaN row
+    kr, vr, tr = (t.clone() for t in before)
+    low = ref.gpt_decode_attention_ref(qkv, H, kr, vr, lengths, tr)
+    assert torch.equal(kr, kc) and torch.equal(vr, vc) and torch.equal(tr, table) and low[1].isnan().all()
+
+
 def _bad_inputs(device):
     qkv = _qkv(1, 5, torch.float32, device)
     kc, vc = _filled_cache(1, 8, torch.float32, device)
