@@ -217,3 +217,96 @@ def test_tolerance_rule_catches_wrong_math(device):
     partial[1, 5, 3] = float("nan")
     with pytest.raises(AssertionError, match="non-finite"):
         assert_close_rel(partial, low, high)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+def test_rope_causal_attention_writes_rotated_keys_to_cache(dtype, device):
+    """attention_fwd with rope=True and a cache (the ROPE + WRITE_CACHE branch): the cache holds the rotated k."""
+    B, T, S = 2, 37, 48
+    q, k, v = (randn(B, T, H, D, dtype=dtype, device=device) for _ in range(3))
+    kc, vc = poisoned((B, H, S, D), dtype, device), poisoned((B, H, S, D), dtype, device)
+    y = K.attention_fwd(q, k, v, causal=True, rope=True, k_cache=kc, v_cache=vc)
+    tab = ref.rope_table_ref(T, D, device=device)
+    qr, kr = ref.rope_ref(q, tab), ref.rope_ref(k, tab)
+    kr64 = ref.rope_ref(k.double(), tab)
+    assert_close_rel(kc[:, :, :T].transpose(1, 2), kr, kr64, what="rotated k in the cache")
+    assert torch.equal(vc[:, :, :T], v.transpose(1, 2)) and kc[:, :, T:].isnan().all()
+    high = ref.attention_ref(ref.rope_ref(q.double(), tab), kr64, v.double(), causal=True)
+    assert_close_rel(y, ref.attention_ref(qr, kr, v, causal=True), high, what="rope + causal")
+
+
+def test_dit_key_lengths_beyond_T_and_zero(device):
+    """x_lens > T means all T keys (no read past the sequence); x_lens = 0 gives a zero row; int64 lengths."""
+    B, T = 3, 37
+    qkv = _qkv(B, T, torch.float32, device)
+    x_lens = torch.tensor([T + 30, 0, T - 1], dtype=torch.int64, device=device)
+    y = K.dit_attention_fwd(qkv, H, x_lens=x_lens, out=poisoned((B, T, H * D), torch.float32, device))
+    low, high = ref.dit_attention_ref(qkv, H, x_lens), ref.dit_attention_ref(qkv.double(), H, x_lens)
+    assert torch.equal(y[1], torch.zeros_like(y[1]))
+    assert_close_rel(y, low, high, what="x_lens beyond T")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+def test_gpt_prefill_and_decode_head_dim_128(dtype, device):
+    """head_dim 128 (BLOCK_N 32 in decode): prefill fills the cache, then a split decode step with a row table."""
+    B, T, S, heads, hd = 2, 21, 100, 1, 128
+    qkv = _qkv(B, T, dtype, device, heads=heads, head_dim=hd)
+    kc, vc = poisoned((B, heads, S, hd), dtype, device), poisoned((B, heads, S, hd), dtype, device)
+    y = K.gpt_prefill_attention_fwd(qkv, heads, kc, vc)
+    q, k, v = (t.unflatten(-1, (heads, hd)) for t in qkv.split(heads * hd, dim=-1))
+    assert torch.equal(kc[:, :, :T], k.transpose(1, 2)) and torch.equal(vc[:, :, :T], v.transpose(1, 2))
+    high = ref.attention_ref(q.double(), k.double(), v.double(), causal=True)
+    assert_close_rel(y, ref.attention_ref(q, k, v, causal=True), high, what="prefill D128")
+    kc, vc = randn(B, heads, S, hd, dtype=dtype, device=device), randn(B, heads, S, hd, dtype=dtype, device=device)
+    table = torch.tensor([1, 0], dtype=torch.int32, device=device)[:, None].expand(B, S).contiguous()
+    kr, vr, tr = kc.clone(), vc.clone(), table.clone()
+    lengths = torch.tensor([T + 50, S - 1], dtype=torch.int32, device=device)
+    new = _qkv(B, 1, dtype, device, heads=heads, head_dim=hd)
+    y = K.gpt_decode_attention_fwd(new, heads, kc, vc, lengths, row_table=table, num_splits=4)
+    low = ref.gpt_decode_attention_ref(new, heads, kr, vr, lengths, tr)
+    assert torch.equal(kc, kr) and torch.equal(vc, vr) and torch.equal(table, tr)
+    high = ref.gpt_decode_attention_ref(new.double(), heads, kr.double(), vr.double(), lengths, table)
+    assert_close_rel(y, low, high, what="decode D128")
+
+
+@pytest.mark.parametrize("lengths", [[137, 137, 137], [140, 70, 3]], ids=["beams", "ragged"])
+def test_gpt_decode_row_table_across_splits(lengths, device):
+    """A gathered (non-identity) row table read by every split (lengths not a multiple of the split)."""
+    dtype, B, S = torch.float16, 3, 150
+    kc, vc = _filled_cache(B, S, dtype, device)
+    g = torch.Generator().manual_seed(3)
+    table = torch.randint(0, B, (B, S), generator=g, dtype=torch.int32).to(device)
+    kr, vr, tr = kc.clone(), vc.clone(), table.clone()
+    lens = torch.tensor(lengths, dtype=torch.int32, device=device)
+    qkv = _qkv(B, 1, dtype, device)
+    y = K.gpt_decode_attention_fwd(qkv, H, kc, vc, lens, row_table=table, num_splits=4)
+    low = ref.gpt_decode_attention_ref(qkv, H, kr, vr, lens, tr)
+    assert torch.equal(kc, kr) and torch.equal(table, tr)
+    high = ref.gpt_decode_attention_ref(qkv.double(), H, kr.double(), vr.double(), lens, table)
+    assert_close_rel(y, low, high, what="row table across splits")
+
+
+@pytest.mark.parametrize(
+    "dtype, head_dim, rope", [(torch.float32, 64, True), (torch.float16, 64, True), (torch.float16, 64, False),
+                              (torch.bfloat16, 128, True)], ids=["fp32-64x16", "fp16-rope-128x32", "fp16-128x64",
+                                                                 "bf16-d128-64x32"]
+)  # fmt: skip
+def test_gpu_tile_configs(dtype, head_dim, rope, device, monkeypatch):
+    """The GPU launch configs (not the interpreter's 64 x 64 tile): BLOCK_M 128 with BLOCK_N 16/32/64."""
+    from indextts_kernels import attention
+
+    real = attention.attention_launch_config
+    monkeypatch.setattr(attention, "attention_launch_config", lambda *a, **k: real(*a, **{**k, "interpret": False}))
+    B, T, heads = 1, 70, 1
+    qkv = _qkv(B, T, dtype, device, heads=heads, head_dim=head_dim)
+    if rope:
+        lens = torch.tensor([53], dtype=torch.int32, device=device)
+        y = K.dit_attention_fwd(qkv, heads, x_lens=lens)
+        low, high = ref.dit_attention_ref(qkv, heads, lens), ref.dit_attention_ref(qkv.double(), heads, lens)
+    else:
+        S = 80
+        kc, vc = torch.empty(B, heads, S, head_dim, dtype=dtype), torch.empty(B, heads, S, head_dim, dtype=dtype)
+        y = K.gpt_prefill_attention_fwd(qkv, heads, kc.to(device), vc.to(device))
+        low = ref.gpt_prefill_attention_ref(qkv, heads, kc.clone(), vc.clone())
+        high = ref.gpt_prefill_attention_ref(qkv.double(), heads, kc.double(), vc.double())
+    assert_close_rel(y, low, high, what=f"GPU tile config {real(head_dim, dtype, rope, interpret=False)}")
