@@ -288,8 +288,8 @@ def test_gpt_decode_row_table_across_splits(lengths, device):
 
 @pytest.mark.parametrize(
     "dtype, head_dim, rope", [(torch.float32, 64, True), (torch.float16, 64, True), (torch.float16, 64, False),
-                              (torch.bfloat16, 128, True)], ids=["fp32-64x16", "fp16-rope-128x32", "fp16-128x64",
-                                                                 "bf16-d128-64x32"]
+                              (torch.bfloat16, 128, True), (torch.float32, 128, True)],
+    ids=["fp32-64x16", "fp16-rope-128x32", "fp16-128x64", "bf16-d128-64x32", "fp32-d128-32x16"]
 )  # fmt: skip
 def test_gpu_tile_configs(dtype, head_dim, rope, device, monkeypatch):
     """The GPU launch configs (not the interpreter's 64 x 64 tile): BLOCK_M 128 with BLOCK_N 16/32/64."""
@@ -310,3 +310,38 @@ def test_gpu_tile_configs(dtype, head_dim, rope, device, monkeypatch):
         low = ref.gpt_prefill_attention_ref(qkv, heads, kc.clone(), vc.clone())
         high = ref.gpt_prefill_attention_ref(qkv.double(), heads, kc.double(), vc.double())
     assert_close_rel(y, low, high, what=f"GPU tile config {real(head_dim, dtype, rope, interpret=False)}")
+
+
+def test_compile_variants_cover_the_launch_configs():
+    """Every kernel specialization the ops launch on a GPU (dtype, fp32 precision, head_dim, flags, tiles, splits)
+    is listed in compile_variants(), so the AOT table (0 spills, mma) checks the code that actually runs."""
+    from indextts_kernels import attention as A
+
+    def key(fn, ptr, const):
+        return getattr(fn, "__name__", None) or fn.fn.__name__, ptr, tuple(sorted(const.items()))
+
+    listed = {key(fn, sig.get("Q", sig.get("O")), const) for _, fn, sig, const, *_ in A.compile_variants()}
+    cases = [(t, prec, D) for t in ("fp16", "bf16") for D in (64, 128) for prec in ("ieee",)]
+    cases += [("fp32", prec, D) for prec in A.FP32_PRECISIONS for D in (64, 128)]
+    tdt = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+    launched = []
+    for tname, prec, D in cases:
+        ptr = "*fp32" if tname == "fp32" else f"*{tname}"
+        flags = [(False, False, True, False), (True, False, False, True)]  # DiT (no x_lens), GPT prefill
+        if D == 64 and prec != "tf32":
+            flags.append((False, True, True, False))  # DiT with x_lens
+        for causal, lens, rope, write in flags:
+            if prec == "tf32" and not rope:
+                continue  # the prefill op runs exact fp32 or tf32x3
+            bm, bn, _, _ = A.attention_launch_config(D, tdt[tname], rope, prec, interpret=False)
+            const = dict(HEAD_DIM=D, CAUSAL=causal, HAS_LENS=lens, ROPE=rope, WRITE_CACHE=write, FP32_PREC=prec,
+                         BLOCK_M=bm, BLOCK_N=bn)  # fmt: skip
+            launched.append(key(A._attn_fwd_kernel, ptr, const))
+        if prec == "ieee":
+            splits = A.decode_num_splits(2048, interpret=False)
+            for table in (False, True):
+                const = dict(HEAD_DIM=D, HAS_TABLE=table, NUM_SPLITS=splits, BLOCK_N=A.decode_block_n(D, tdt[tname]))
+                launched.append(key(A._attn_decode_kernel, ptr, const))
+            launched.append(key(A._attn_decode_reduce_kernel, ptr, dict(HEAD_DIM=D, NUM_SPLITS=splits)))
+    missing = [k for k in launched if k not in listed]
+    assert not missing, f"launch configs missing from compile_variants(): {missing}"
