@@ -345,3 +345,23 @@ def test_compile_variants_cover_the_launch_configs():
             launched.append(key(A._attn_decode_reduce_kernel, ptr, dict(HEAD_DIM=D, NUM_SPLITS=splits)))
     missing = [k for k in launched if k not in listed]
     assert not missing, f"launch configs missing from compile_variants(): {missing}"
+
+
+@pytest.mark.parametrize("backend", ["kernel", "dispatch-torch"])
+def test_strided_lengths_raise(backend, device, monkeypatch):
+    """The kernels read x_lens[b] and lengths[b] at offset b: a strided or expanded view must raise, not be
+    silently read as contiguous (a wrong mask, or the new k/v written at the wrong cache position)."""
+    if backend == "dispatch-torch":
+        monkeypatch.setenv("INDEXTTS_FAST_BACKEND", "torch")
+        dit, decode = F.dit_attention, F.gpt_decode_attention
+    else:
+        dit, decode = K.dit_attention_fwd, K.gpt_decode_attention_fwd
+    B, T, S = 2, 9, 16
+    pairs = torch.tensor([[T, 0], [3, 0]], dtype=torch.int32, device=device)
+    with pytest.raises(ValueError, match="x_lens"):
+        dit(_qkv(B, T, torch.float32, device), H, x_lens=pairs[:, 0])  # stride 2
+    kc, vc = _filled_cache(B, S, torch.float32, device)
+    with pytest.raises(ValueError, match="lengths"):
+        decode(_qkv(B, 1, torch.float32, device), H, kc, vc, pairs[:, 0])
+    with pytest.raises(ValueError, match="lengths"):
+        decode(_qkv(B, 1, torch.float32, device), H, kc, vc, torch.tensor([4], dtype=torch.int32).expand(B))
