@@ -56,7 +56,8 @@ def test_gpt_prefill_attention_fills_cache(T, dtype, device):
     assert y is out
     q, k, v = (t.unflatten(-1, (H, D)) for t in qkv.split(H * D, dim=-1))
     assert torch.equal(kc[:B, :, :T], k.transpose(1, 2)) and torch.equal(vc[:B, :, :T], v.transpose(1, 2))
-    assert kc[:, :, T:].isnan().all() and kc[B:].isnan().all(), "the prefill wrote outside positions 0..T-1"
+    for c in (kc, vc):
+        assert c[:, :, T:].isnan().all() and c[B:].isnan().all(), "the prefill wrote outside positions 0..T-1"
     low = ref.attention_ref(q, k, v, causal=True)
     high = ref.attention_ref(q.double(), k.double(), v.double(), causal=True)
     assert_close_rel(y, low, high, what="causal prefill")
