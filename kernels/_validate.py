@@ -129,7 +129,7 @@ def attention_args(op: str, q, k, v, *, causal=False, x_lens=None, k_cache=None,
     if not isinstance(causal, bool):
         raise TypeError(f"{op}: causal must be a bool, got {type(causal).__name__}")
     if x_lens is not None:
-        check_tensor("x_lens", x_lens, dtypes=INDEX_DTYPES, device=q.device, shape=(B,), last_dim_contiguous=False)
+        check_tensor("x_lens", x_lens, dtypes=INDEX_DTYPES, device=q.device, shape=(B,))
     _check_cache(op, k_cache, v_cache, q, B, T)
     _check_out(out, (B, T, H * D), q.dtype, q.device)
     check_inference(op, q, k, v)
@@ -161,7 +161,7 @@ def decode_attention_args(op: str, q, k_cache, v_cache, lengths, *, row_table=No
         span = sum((n - 1) * st for n, st in zip(c.shape, c.stride(), strict=True) if n > 0) + 1
         if span >= 2**31:
             raise ValueError(f"{name} spans {span} elements; one layer's cache must hold fewer than 2**31")
-    check_tensor("lengths", lengths, dtypes=INDEX_DTYPES, device=q.device, shape=(B,), last_dim_contiguous=False)
+    check_tensor("lengths", lengths, dtypes=INDEX_DTYPES, device=q.device, shape=(B,))
     if lengths.device.type == "cpu" and B and int(lengths.max()) >= S:
         raise ValueError(f"{op}: lengths up to {int(lengths.max())} leave no room in a cache of S_max = {S}")
     if lengths.device.type == "cpu" and B and int(lengths.min()) < 0:

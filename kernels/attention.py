@@ -53,8 +53,8 @@ Matches:    indextts_kernels.reference.{attention_ref, dit_attention_ref, gpt_pr
             gpt_decode_attention_ref} (= official gpt_fast ``Attention`` with its ``freqs_cis`` and HF
             ``GPT2Attention`` with its cache; tests/test_official_attention.py).
 Limits:     head_dim 64 or 128; B * H <= 65535 (a grid axis); one layer's cache < 2**31 elements; forward only.
-            Key lengths of 0 give zero output rows (SDPA gives NaN there). Decode lengths >= S_max: checked on the
-            host for CPU tensors; on the device (no sync) such a row writes nothing and its output is NaN.
+            Key lengths of 0 give zero output rows (SDPA gives NaN there). Decode lengths >= S_max or < 0: checked on
+            the host for CPU tensors; on the device (no sync) such a row writes nothing and its output is NaN.
             The RoPE of each key block is recomputed by every query block (T / 128 times per head): a few FMAs per
             key element next to the two MMAs, instead of a separate pass that would write k back to memory.
 """
@@ -251,7 +251,7 @@ def _attn_decode_kernel(
     PL,  # pointer to fp32 partial sums [B * H, NUM_SPLITS]
     PACC,  # pointer to fp32 partial outputs [B * H, NUM_SPLITS, D] (unnormalized)
     H,
-    S,  # cache capacity: a row with LENS[b] >= S writes nothing and gets a NaN output
+    S,  # cache capacity: a row with LENS[b] >= S (or < 0) writes nothing and gets a NaN output
     sq_b, sq_h,
     skn_b, skn_h,
     svn_b, svn_h,
@@ -275,7 +275,7 @@ def _attn_decode_kernel(
     q = tl.load(Q + b * sq_b + h * sq_h + d).to(tl.float32)
     chunk = tl.cdiv(tl.cdiv(L, NUM_SPLITS), BLOCK_N) * BLOCK_N
     lo = split * chunk
-    fits = L < S
+    fits = (L >= 0) & (L < S)  # a negative device length would write before the row's slab
     hi = tl.minimum(tl.minimum(lo + chunk, L), S)
 
     # the new token: every split loads it (128 bytes), split 0 attends to it from registers and appends it
@@ -360,14 +360,17 @@ def attention_launch_config(
     Chosen from the AOT table (0 spills on sm_86/89/90 at head_dim 64): fp16/bf16 head_dim 64 run 128 x 64
     tiles on 8 warps (128 x 32 with the in-kernel RoPE, whose cos/sin and pair halves cost registers); fp32 with
     tf32x3 (three operand splits in registers) 64 x 32 on 8 warps; exact fp32 (CUDA-core FMAs, whose operands
-    are replicated across threads) 64 x 16 on 8 warps; head_dim 128 64 x 32 on 8 warps. Not tuned on a GPU yet.
+    are replicated across threads) 64 x 16 on 8 warps; head_dim 128 64 x 32 on 8 warps, except fp32 at head_dim
+    128: 32 x 16 (ieee with RoPE) and 32 x 32 (tf32x3/tf32), where the larger tiles spill. Not tuned on a GPU yet.
     Under the interpreter one 64 x 64 tile keeps the per-program Python cost low.
     """
     if is_interpreting() if interpret is None else interpret:
         return 64, 64, 4, 1
     if dtype == torch.float32 and fp32_precision == "ieee":
-        return 64, 16, 8, 3
-    if dtype == torch.float32 or head_dim > 64:
+        return (32, 16, 8, 3) if rope and head_dim > 64 else (64, 16, 8, 3)
+    if dtype == torch.float32:
+        return (32, 32, 8, 3) if head_dim > 64 else (64, 32, 8, 3)
+    if head_dim > 64:
         return 64, 32, 8, 3
     return (128, 32, 8, 3) if rope else (128, 64, 8, 3)
 
@@ -580,51 +583,70 @@ def compile_variants():
     IndexTTS2 strides are multiples of 64), so the check compiles the code that actually runs.
     """
     fwd = [
-        # name, causal, lens, rope, write_cache, (dtype, head_dim) pairs
+        # name, causal, lens, rope, write_cache, (dtype or fp32 precision, head_dim) pairs
         (
             "dit_rope",
             False,
             False,
             True,
             False,
-            (("fp32", 64), ("tf32x3", 64), ("fp16", 64), ("bf16", 64), ("fp16", 128)),
+            (("fp32", 64), ("tf32x3", 64), ("tf32", 64), ("fp16", 64), ("bf16", 64), ("fp32", 128), ("fp16", 128)),
         ),
-        ("dit_rope_lens", False, True, True, False, (("fp32", 64), ("fp16", 64))),
-        ("gpt_prefill_cache", True, False, False, True, (("fp16", 64), ("bf16", 64), ("fp32", 64), ("fp16", 128))),
+        ("dit_rope", False, False, True, False, (("tf32x3", 128), ("tf32", 128), ("bf16", 128))),
+        ("dit_rope_lens", False, True, True, False, (("fp32", 64), ("tf32x3", 64), ("fp16", 64), ("bf16", 64))),
+        (
+            "gpt_prefill_cache",
+            True,
+            False,
+            False,
+            True,
+            (
+                ("fp16", 64),
+                ("bf16", 64),
+                ("fp32", 64),
+                ("tf32x3", 64),
+                ("fp16", 128),
+                ("bf16", 128),
+                ("fp32", 128),
+                ("tf32x3", 128),
+            ),
+        ),
         ("full", False, False, False, False, (("fp16", 64),)),
     ]
-    tdt = {"fp32": torch.float32, "tf32x3": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+    tdt = {"fp32": torch.float32, "tf32x3": torch.float32, "tf32": torch.float32, "fp16": torch.float16,
+           "bf16": torch.bfloat16}  # fmt: skip
     strides = ("sq_b", "sq_t", "sq_h", "sk_b", "sk_t", "sk_h", "sv_b", "sv_t", "sv_h", "so_b", "so_t", "so_h",
                "srot_t", "srot_i", "skc_b", "skc_h", "skc_t", "svc_b", "svc_h", "svc_t")  # fmt: skip
     for name, causal, lens, rope, write, cases in fwd:
         for tname, D in cases:
-            prec = "tf32x3" if tname == "tf32x3" else "ieee"  # fp32 data either way
+            prec = tname if tname in ("tf32x3", "tf32") else "ieee"  # fp32 data for all three precisions
             bm, bn, nw, _ = attention_launch_config(D, tdt[tname], rope, prec, interpret=False)
-            p = "*fp32" if tname == "tf32x3" else f"*{tname}"
-            sig = {"Q": p, "K": p, "V": p, "O": p, "LENS": "*i32", "ROT": "*fp32", "KC": p, "VC": p,
-                   "T": "i32", "H": "i32", **{s: "i32" for s in strides}, "sm_scale": "fp32"}  # fmt: skip
+            p = "*fp32" if tname in ("tf32x3", "tf32") else f"*{tname}"
+            # unused pointers are q's, as the launcher passes them (x_lens int32, the official fp32 RoPE table)
+            sig = {"Q": p, "K": p, "V": p, "O": p, "LENS": "*i32" if lens else p, "ROT": "*fp32" if rope else p,
+                   "KC": p, "VC": p, "T": "i32", "H": "i32", **{s: "i32" for s in strides}, "sm_scale": "fp32"}  # fmt: skip
             const = dict(HEAD_DIM=D, CAUSAL=causal, HAS_LENS=lens, ROPE=rope, WRITE_CACHE=write,
                          FP32_PREC=prec, BLOCK_M=bm, BLOCK_N=bn)  # fmt: skip
             sig.update({k: "constexpr" for k in const})
-            div = ["Q", "K", "V", "O", "KC", "VC", *(s for s in strides if s != "srot_i")]
+            div = ["Q", "K", "V", "O", "LENS", "ROT", "KC", "VC", *(s for s in strides if s != "srot_i" or not rope)]
             yield f"attn/{name}/{tname}/D{D}/{bm}x{bn}", _attn_fwd_kernel, sig, const, nw, div
     splits = decode_num_splits(2048, interpret=False)
     dstrides = ("sq_b", "sq_h", "skn_b", "skn_h", "svn_b", "svn_h", "skc_b", "skc_h", "skc_t", "svc_b", "svc_h",
                 "svc_t")  # fmt: skip
-    for tname, D, has_table in (("fp16", 64, False), ("fp16", 64, True), ("bf16", 64, True), ("fp32", 64, True),
-                                ("fp16", 128, True)):  # fmt: skip
+    decode = [(t, D, tab) for t in ("fp16", "bf16", "fp32") for D in (64, 128) for tab in (True, False)]
+    for tname, D, has_table in decode:
         p = f"*{tname}"
         sig = {"Q": p, "KN": p, "VN": p, "KC": p, "VC": p, "LENS": "*i32", "TABLE": "*i32", "PM": "*fp32",
                "PL": "*fp32", "PACC": "*fp32", "H": "i32", "S": "i32", **{s: "i32" for s in dstrides},
                "stab_b": "i32", "sm_scale": "fp32"}  # fmt: skip
         const = dict(HEAD_DIM=D, HAS_TABLE=has_table, NUM_SPLITS=splits, BLOCK_N=decode_block_n(D, tdt[tname]))
         sig.update({k: "constexpr" for k in const})
-        div = ["Q", "KN", "VN", "KC", "VC", "TABLE", "PM", "PL", "PACC", *dstrides]
+        div = ["Q", "KN", "VN", "KC", "VC", "LENS", "TABLE", "PM", "PL", "PACC", *dstrides, "stab_b"]
         tab = "+table" if has_table else ""
         yield f"attn/decode{tab}/{tname}/D{D}/S{splits}", _attn_decode_kernel, sig, const, 4, div
-    for tname, D in (("fp16", 64), ("fp32", 64), ("fp16", 128)):
+    for tname, D in ((t, D) for t in ("fp16", "bf16", "fp32") for D in (64, 128)):
         sig = {"PM": "*fp32", "PL": "*fp32", "PACC": "*fp32", "O": f"*{tname}", "H": "i32", "so_b": "i32",
                "so_h": "i32", "HEAD_DIM": "constexpr", "NUM_SPLITS": "constexpr"}  # fmt: skip
         const = dict(HEAD_DIM=D, NUM_SPLITS=splits)
-        div = ["O", "so_b", "so_h"]
+        div = ["PM", "PL", "PACC", "O", "so_b", "so_h"]
         yield f"attn/decode_reduce/{tname}/D{D}/S{splits}", _attn_decode_reduce_kernel, sig, const, 1, div

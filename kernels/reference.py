@@ -234,7 +234,7 @@ def gpt_decode_attention_ref(
 
     Row b appends its new k, v at position L = lengths[b] of cache row b (and sets row_table[b, L] = b), then
     attends over positions 0..L, where position s is read from cache row ``row_table[b, s]`` (row b without a
-    table). A row whose L does not fit the cache writes nothing and gets NaN, as the kernel.
+    table). A row whose L does not fit the cache (L >= S_max or L < 0) writes nothing and gets NaN, as the kernel.
     """
     q, k, v = _split_heads(qkv, n_heads)
     B, _, H, D = q.shape
@@ -242,7 +242,7 @@ def gpt_decode_attention_ref(
     out = torch.full((B, 1, H * D), float("nan"), dtype=qkv.dtype, device=qkv.device)
     for b in range(B):
         L = int(lengths[b])
-        if L >= S:
+        if L < 0 or L >= S:
             continue
         k_cache[b, :, L] = k[b, 0]
         v_cache[b, :, L] = v[b, 0]

@@ -56,7 +56,8 @@ def test_gpt_prefill_attention_fills_cache(T, dtype, device):
     assert y is out
     q, k, v = (t.unflatten(-1, (H, D)) for t in qkv.split(H * D, dim=-1))
     assert torch.equal(kc[:B, :, :T], k.transpose(1, 2)) and torch.equal(vc[:B, :, :T], v.transpose(1, 2))
-    assert kc[:, :, T:].isnan().all() and kc[B:].isnan().all(), "the prefill wrote outside positions 0..T-1"
+    for c in (kc, vc):
+        assert c[:, :, T:].isnan().all() and c[B:].isnan().all(), "the prefill wrote outside positions 0..T-1"
     low = ref.attention_ref(q, k, v, causal=True)
     high = ref.attention_ref(q.double(), k.double(), v.double(), causal=True)
     assert_close_rel(y, low, high, what="causal prefill")
@@ -129,6 +130,28 @@ def test_decode_length_beyond_cache_gives_nan_not_garbage(device, monkeypatch):
     assert torch.equal(kc[0], before_k[0]) and torch.equal(vc[0], before_v[0])
 
 
+def test_decode_negative_length_writes_nothing(device, monkeypatch):
+    """A negative device length (not checkable without a sync) must not write before the row's cache slab."""
+    from indextts_kernels import attention
+
+    monkeypatch.setattr(attention, "decode_attention_args", lambda *a, **k: None)
+    B, S = 2, 64
+    kc, vc = _filled_cache(B, S, torch.float32, device)
+    table = torch.arange(B, dtype=torch.int32, device=device)[:, None].expand(B, S).contiguous()
+    before = kc.clone(), vc.clone(), table.clone()
+    lengths = torch.tensor([5, -1], dtype=torch.int32, device=device)
+    qkv = _qkv(B, 1, torch.float32, device)
+    y = K.gpt_decode_attention_fwd(qkv, H, kc, vc, lengths, row_table=table)
+    assert y[1].isnan().all() and torch.isfinite(y[0]).all()
+    for name, now, was in zip(("k_cache", "v_cache", "row_table"), (kc, vc, table), before, strict=True):
+        changed = (now != was).reshape(now.shape[0], -1).any(-1)
+        assert not changed[1:].any() and (name == "row_table" or changed[0]), f"{name}: rows written {changed}"
+    # the reference agrees: no write (no wrap-around to position S - 1) and a NaN row
+    kr, vr, tr = (t.clone() for t in before)
+    low = ref.gpt_decode_attention_ref(qkv, H, kr, vr, lengths, tr)
+    assert torch.equal(kr, kc) and torch.equal(vr, vc) and torch.equal(tr, table) and low[1].isnan().all()
+
+
 def _bad_inputs(device):
     qkv = _qkv(1, 5, torch.float32, device)
     kc, vc = _filled_cache(1, 8, torch.float32, device)
@@ -195,3 +218,151 @@ def test_tolerance_rule_catches_wrong_math(device):
     partial[1, 5, 3] = float("nan")
     with pytest.raises(AssertionError, match="non-finite"):
         assert_close_rel(partial, low, high)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+def test_rope_causal_attention_writes_rotated_keys_to_cache(dtype, device):
+    """attention_fwd with rope=True and a cache (the ROPE + WRITE_CACHE branch): the cache holds the rotated k."""
+    B, T, S = 2, 37, 48
+    q, k, v = (randn(B, T, H, D, dtype=dtype, device=device) for _ in range(3))
+    kc, vc = poisoned((B, H, S, D), dtype, device), poisoned((B, H, S, D), dtype, device)
+    y = K.attention_fwd(q, k, v, causal=True, rope=True, k_cache=kc, v_cache=vc)
+    tab = ref.rope_table_ref(T, D, device=device)
+    qr, kr = ref.rope_ref(q, tab), ref.rope_ref(k, tab)
+    kr64 = ref.rope_ref(k.double(), tab)
+    assert_close_rel(kc[:, :, :T].transpose(1, 2), kr, kr64, what="rotated k in the cache")
+    assert torch.equal(vc[:, :, :T], v.transpose(1, 2)) and kc[:, :, T:].isnan().all()
+    high = ref.attention_ref(ref.rope_ref(q.double(), tab), kr64, v.double(), causal=True)
+    assert_close_rel(y, ref.attention_ref(qr, kr, v, causal=True), high, what="rope + causal")
+
+
+def test_dit_key_lengths_beyond_T_and_zero(device):
+    """x_lens > T means all T keys (no read past the sequence); x_lens = 0 gives a zero row; int64 lengths."""
+    B, T = 3, 37
+    qkv = _qkv(B, T, torch.float32, device)
+    x_lens = torch.tensor([T + 30, 0, T - 1], dtype=torch.int64, device=device)
+    y = K.dit_attention_fwd(qkv, H, x_lens=x_lens, out=poisoned((B, T, H * D), torch.float32, device))
+    low, high = ref.dit_attention_ref(qkv, H, x_lens), ref.dit_attention_ref(qkv.double(), H, x_lens)
+    assert torch.equal(y[1], torch.zeros_like(y[1]))
+    assert_close_rel(y, low, high, what="x_lens beyond T")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+def test_gpt_prefill_and_decode_head_dim_128(dtype, device):
+    """head_dim 128 (BLOCK_N 32 in decode): prefill fills the cache, then a split decode step with a row table."""
+    B, T, S, heads, hd = 2, 21, 100, 1, 128
+    qkv = _qkv(B, T, dtype, device, heads=heads, head_dim=hd)
+    kc, vc = poisoned((B, heads, S, hd), dtype, device), poisoned((B, heads, S, hd), dtype, device)
+    y = K.gpt_prefill_attention_fwd(qkv, heads, kc, vc)
+    q, k, v = (t.unflatten(-1, (heads, hd)) for t in qkv.split(heads * hd, dim=-1))
+    assert torch.equal(kc[:, :, :T], k.transpose(1, 2)) and torch.equal(vc[:, :, :T], v.transpose(1, 2))
+    high = ref.attention_ref(q.double(), k.double(), v.double(), causal=True)
+    assert_close_rel(y, ref.attention_ref(q, k, v, causal=True), high, what="prefill D128")
+    kc, vc = randn(B, heads, S, hd, dtype=dtype, device=device), randn(B, heads, S, hd, dtype=dtype, device=device)
+    table = torch.tensor([1, 0], dtype=torch.int32, device=device)[:, None].expand(B, S).contiguous()
+    kr, vr, tr = kc.clone(), vc.clone(), table.clone()
+    lengths = torch.tensor([T + 50, S - 1], dtype=torch.int32, device=device)
+    new = _qkv(B, 1, dtype, device, heads=heads, head_dim=hd)
+    y = K.gpt_decode_attention_fwd(new, heads, kc, vc, lengths, row_table=table, num_splits=4)
+    low = ref.gpt_decode_attention_ref(new, heads, kr, vr, lengths, tr)
+    assert torch.equal(kc, kr) and torch.equal(vc, vr) and torch.equal(table, tr)
+    high = ref.gpt_decode_attention_ref(new.double(), heads, kr.double(), vr.double(), lengths, table)
+    assert_close_rel(y, low, high, what="decode D128")
+
+
+@pytest.mark.parametrize("lengths", [[137, 137, 137], [140, 70, 3]], ids=["beams", "ragged"])
+def test_gpt_decode_row_table_across_splits(lengths, device):
+    """A gathered (non-identity) row table read by every split (lengths not a multiple of the split)."""
+    dtype, B, S = torch.float16, 3, 150
+    kc, vc = _filled_cache(B, S, dtype, device)
+    g = torch.Generator().manual_seed(3)
+    table = torch.randint(0, B, (B, S), generator=g, dtype=torch.int32).to(device)
+    kr, vr, tr = kc.clone(), vc.clone(), table.clone()
+    lens = torch.tensor(lengths, dtype=torch.int32, device=device)
+    qkv = _qkv(B, 1, dtype, device)
+    y = K.gpt_decode_attention_fwd(qkv, H, kc, vc, lens, row_table=table, num_splits=4)
+    low = ref.gpt_decode_attention_ref(qkv, H, kr, vr, lens, tr)
+    assert torch.equal(kc, kr) and torch.equal(table, tr)
+    high = ref.gpt_decode_attention_ref(qkv.double(), H, kr.double(), vr.double(), lens, table)
+    assert_close_rel(y, low, high, what="row table across splits")
+
+
+@pytest.mark.parametrize(
+    "dtype, head_dim, rope", [(torch.float32, 64, True), (torch.float16, 64, True), (torch.float16, 64, False),
+                              (torch.bfloat16, 128, True), (torch.float32, 128, True)],
+    ids=["fp32-64x16", "fp16-rope-128x32", "fp16-128x64", "bf16-d128-64x32", "fp32-d128-32x16"]
+)  # fmt: skip
+def test_gpu_tile_configs(dtype, head_dim, rope, device, monkeypatch):
+    """The GPU launch configs (not the interpreter's 64 x 64 tile): BLOCK_M 128 with BLOCK_N 16/32/64."""
+    from indextts_kernels import attention
+
+    real = attention.attention_launch_config
+    monkeypatch.setattr(attention, "attention_launch_config", lambda *a, **k: real(*a, **{**k, "interpret": False}))
+    B, T, heads = 1, 70, 1
+    qkv = _qkv(B, T, dtype, device, heads=heads, head_dim=head_dim)
+    if rope:
+        lens = torch.tensor([53], dtype=torch.int32, device=device)
+        y = K.dit_attention_fwd(qkv, heads, x_lens=lens)
+        low, high = ref.dit_attention_ref(qkv, heads, lens), ref.dit_attention_ref(qkv.double(), heads, lens)
+    else:
+        S = 80
+        kc, vc = torch.empty(B, heads, S, head_dim, dtype=dtype), torch.empty(B, heads, S, head_dim, dtype=dtype)
+        y = K.gpt_prefill_attention_fwd(qkv, heads, kc.to(device), vc.to(device))
+        low = ref.gpt_prefill_attention_ref(qkv, heads, kc.clone(), vc.clone())
+        high = ref.gpt_prefill_attention_ref(qkv.double(), heads, kc.double(), vc.double())
+    assert_close_rel(y, low, high, what=f"GPU tile config {real(head_dim, dtype, rope, interpret=False)}")
+
+
+def test_compile_variants_cover_the_launch_configs():
+    """Every kernel specialization the ops launch on a GPU (dtype, fp32 precision, head_dim, flags, tiles, splits)
+    is listed in compile_variants(), so the AOT table (0 spills, mma) checks the code that actually runs."""
+    from indextts_kernels import attention as A
+
+    def key(fn, ptr, const):
+        return getattr(fn, "__name__", None) or fn.fn.__name__, ptr, tuple(sorted(const.items()))
+
+    listed = {key(fn, sig.get("Q", sig.get("O")), const) for _, fn, sig, const, *_ in A.compile_variants()}
+    cases = [(t, prec, D) for t in ("fp16", "bf16") for D in (64, 128) for prec in ("ieee",)]
+    cases += [("fp32", prec, D) for prec in A.FP32_PRECISIONS for D in (64, 128)]
+    tdt = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+    launched = []
+    for tname, prec, D in cases:
+        ptr = "*fp32" if tname == "fp32" else f"*{tname}"
+        flags = [(False, False, True, False), (True, False, False, True)]  # DiT (no x_lens), GPT prefill
+        if D == 64 and prec != "tf32":
+            flags.append((False, True, True, False))  # DiT with x_lens
+        for causal, lens, rope, write in flags:
+            if prec == "tf32" and not rope:
+                continue  # the prefill op runs exact fp32 or tf32x3
+            bm, bn, _, _ = A.attention_launch_config(D, tdt[tname], rope, prec, interpret=False)
+            const = dict(HEAD_DIM=D, CAUSAL=causal, HAS_LENS=lens, ROPE=rope, WRITE_CACHE=write, FP32_PREC=prec,
+                         BLOCK_M=bm, BLOCK_N=bn)  # fmt: skip
+            launched.append(key(A._attn_fwd_kernel, ptr, const))
+        if prec == "ieee":
+            splits = A.decode_num_splits(2048, interpret=False)
+            for table in (False, True):
+                const = dict(HEAD_DIM=D, HAS_TABLE=table, NUM_SPLITS=splits, BLOCK_N=A.decode_block_n(D, tdt[tname]))
+                launched.append(key(A._attn_decode_kernel, ptr, const))
+            launched.append(key(A._attn_decode_reduce_kernel, ptr, dict(HEAD_DIM=D, NUM_SPLITS=splits)))
+    missing = [k for k in launched if k not in listed]
+    assert not missing, f"launch configs missing from compile_variants(): {missing}"
+
+
+@pytest.mark.parametrize("backend", ["kernel", "dispatch-torch"])
+def test_strided_lengths_raise(backend, device, monkeypatch):
+    """The kernels read x_lens[b] and lengths[b] at offset b: a strided or expanded view must raise, not be
+    silently read as contiguous (a wrong mask, or the new k/v written at the wrong cache position)."""
+    if backend == "dispatch-torch":
+        monkeypatch.setenv("INDEXTTS_FAST_BACKEND", "torch")
+        dit, decode = F.dit_attention, F.gpt_decode_attention
+    else:
+        dit, decode = K.dit_attention_fwd, K.gpt_decode_attention_fwd
+    B, T, S = 2, 9, 16
+    pairs = torch.tensor([[T, 0], [3, 0]], dtype=torch.int32, device=device)
+    with pytest.raises(ValueError, match="x_lens"):
+        dit(_qkv(B, T, torch.float32, device), H, x_lens=pairs[:, 0])  # stride 2
+    kc, vc = _filled_cache(B, S, torch.float32, device)
+    with pytest.raises(ValueError, match="lengths"):
+        decode(_qkv(B, 1, torch.float32, device), H, kc, vc, pairs[:, 0])
+    with pytest.raises(ValueError, match="lengths"):
+        decode(_qkv(B, 1, torch.float32, device), H, kc, vc, torch.tensor([4], dtype=torch.int32).expand(B))
