@@ -826,8 +826,68 @@ _ST_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16
               "I64": torch.int64, "I32": torch.int32, "U8": torch.uint8}  # fmt: skip
 
 
+_MAX_HEADER = 100 << 20  # the safetensors format's own limit on the JSON header
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _parse_pack_header(path: Path, raw: bytes, nbytes: int) -> tuple[dict[str, tuple], dict[str, str]]:
+    """Validate an untrusted safetensors header: {name: (dtype, shape, start, end)} and the str->str metadata.
+
+    Every entry needs a known dtype, a shape of non-negative ints, two int offsets whose span holds exactly the
+    shape's bytes, and the spans must tile the data area [0, nbytes) without gap or overlap (the format's rule).
+    """
+    try:
+        header = json.loads(raw)
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, bad UTF-8, absurd nesting
+        raise CheckpointError(f"{path}: not a safetensors file (bad header: {type(e).__name__})") from e
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: not a safetensors file (header is a {type(header).__name__}, not an object)")
+    meta = header.pop("__metadata__", None) or {}
+    if not isinstance(meta, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
+        raise CheckpointError(f"{path}: corrupt metadata (expected string keys and values)")
+    entries: dict[str, tuple] = {}
+    for name, info in header.items():
+        dt = _ST_DTYPES.get(info.get("dtype")) if isinstance(info, dict) and isinstance(info.get("dtype"), str) \
+            else None  # fmt: skip
+        shape, offs = (info.get("shape"), info.get("data_offsets")) if isinstance(info, dict) else (None, None)
+        if (
+            dt is None
+            or not isinstance(shape, list)
+            or not all(_is_int(d) and d >= 0 for d in shape)
+            or not isinstance(offs, list)
+            or len(offs) != 2
+            or not all(_is_int(o) for o in offs)
+            or not 0 <= offs[0] <= offs[1]
+        ):
+            raise CheckpointError(f"{path}: corrupt entry {name!r}: {str(info)[:200]}")
+        if offs[1] > nbytes:
+            raise CheckpointError(f"{path}: truncated ({nbytes} data bytes, entry {name!r} ends at byte {offs[1]})")
+        numel = 1
+        for d in shape:
+            numel *= d
+        if offs[1] - offs[0] != numel * dt.itemsize:
+            raise CheckpointError(f"{path}: corrupt entry {name!r}: {offs[1] - offs[0]} bytes for shape {shape}")
+        entries[name] = (dt, tuple(shape), offs[0], offs[1])
+    pos = 0
+    for name, (_, _, s, e) in sorted(entries.items(), key=lambda kv: (kv[1][2], kv[1][3])):
+        if s != pos:
+            raise CheckpointError(
+                f"{path}: corrupt data offsets: {name!r} starts at byte {s}, expected {pos} (gap or overlap)"
+            )
+        pos = e
+    if pos != nbytes:
+        raise CheckpointError(f"{path}: truncated or trailing data ({nbytes} data bytes, the header describes {pos})")
+    return entries, meta
+
+
 def read_pack(path: PathLike, device: Union[str, torch.device] = "cpu") -> tuple[dict[str, torch.Tensor], dict]:
-    """Read a fast pack fully into memory on ``device``: (tensors, metadata). No transform happens here."""
+    """Read a fast pack fully into memory on ``device``: (tensors, metadata). No transform happens here.
+
+    The file is untrusted: the header is validated (size, structure, dtypes, shapes, offsets) before any data is
+    read, and every failure is a CheckpointError naming the file."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: no such file")
@@ -840,64 +900,83 @@ def read_pack(path: PathLike, device: Union[str, torch.device] = "cpu") -> tuple
             size = os.fstat(f.fileno()).st_size
             if n > size - 8:
                 raise CheckpointError(f"{path}: truncated or not a safetensors file (header length {n} > file)")
-            header = json.loads(f.read(n))
-            meta = header.pop("__metadata__", None) or {}
+            if n > _MAX_HEADER:
+                raise CheckpointError(f"{path}: not a fast pack (header length {n} > {_MAX_HEADER} bytes)")
             nbytes = size - 8 - n
+            entries, meta = _parse_pack_header(path, f.read(n), nbytes)
+            if meta.get("format") != PACK_FORMAT:
+                raise CheckpointError(f"{path}: not an indextts_fast pack (metadata format {meta.get('format')!r})")
+            if meta.get("format_version") != str(PACK_VERSION):
+                raise CheckpointError(
+                    f"{path}: pack format version {meta.get('format_version')} (this reader: {PACK_VERSION})"
+                )
             buf = torch.empty(nbytes, dtype=torch.uint8, pin_memory=torch.device(device).type == "cuda")
             if f.readinto(memoryview(buf.numpy())) != nbytes:
                 raise CheckpointError(f"{path}: truncated while reading")
     except OSError as e:
         raise CheckpointError(f"{path}: unreadable: {e}") from e
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path}: not a safetensors file (bad header)") from e
-    if meta.get("format") != PACK_FORMAT:
-        raise CheckpointError(f"{path}: not an indextts_fast pack (metadata format {meta.get('format')!r})")
-    if meta.get("format_version") != str(PACK_VERSION):
-        raise CheckpointError(f"{path}: pack format version {meta.get('format_version')} (this reader: {PACK_VERSION})")
-    end = max((int(info["data_offsets"][1]) for k, info in header.items() if isinstance(info, dict)), default=0)
-    if end > nbytes:
-        raise CheckpointError(f"{path}: truncated ({nbytes} data bytes, the header describes {end})")
     if torch.device(device).type != "cpu":
         buf = buf.to(device, non_blocking=True)
         if buf.is_cuda:
             torch.cuda.current_stream(buf.device).synchronize()  # resident on the device when this returns
     out = {}
-    for name, info in header.items():
-        dt = _ST_DTYPES.get(info.get("dtype"))
-        s, e = info["data_offsets"]
-        shape = info["shape"]
-        if dt is None or not (0 <= s <= e <= nbytes):
-            raise CheckpointError(f"{path}: corrupt entry {name!r} ({info})")
-        numel = 1
-        for d in shape:
-            numel *= d
-        if (e - s) != numel * dt.itemsize:
-            raise CheckpointError(f"{path}: corrupt entry {name!r}: {e - s} bytes for shape {shape}")
+    for name, (dt, shape, s, e) in entries.items():
         raw = buf[s:e]
         t = raw.view(dt) if s % dt.itemsize == 0 else raw.clone().view(dt)
         out[name] = t.view(shape)
     return out, meta
 
 
+_PACK_DIMS = {"gpt": ("C", "L", "Vt", "Vm", "Pt", "Pm", "E", "heads"),
+              "s2mel": ("C", "D", "F", "H", "S", "L", "I", "W", "K", "R", "Q", "N", "heads")}  # fmt: skip
+
+
 def _check_pack(path: Path, tensors: dict[str, torch.Tensor], meta: dict) -> tuple[str, dict, dict, bool]:
+    """The pack's metadata (untrusted: validated before use) against its tensors: every name, shape and dtype."""
     kind = meta.get("model")
     if kind not in ("gpt", "s2mel"):
         raise CheckpointError(f"{path}: pack metadata names an unknown model {kind!r}")
     try:
         dims = json.loads(meta["config"])
         pol = json.loads(meta["dtype_policy"])
-        stack = bool(json.loads(meta.get("layout", "{}")).get("stack_adaln", False))
-    except (KeyError, json.JSONDecodeError) as e:
+        layout = json.loads(meta.get("layout", "{}"))
+    except (KeyError, ValueError, RecursionError) as e:
         raise CheckpointError(f"{path}: pack metadata incomplete or corrupt ({e!r})") from e
+    need = _PACK_DIMS[kind]
+    if (
+        not isinstance(dims, dict)
+        or set(dims) != set(need)
+        or not all(_is_int(v) and 0 <= v < 2**31 for v in dims.values())
+        or dims["heads"] < 1
+        or dims["C"] % dims["heads"]
+    ):
+        raise CheckpointError(
+            f"{path}: corrupt pack metadata: config {meta['config'][:200]!r} is not the integer dimensions {need}"
+        )
+    if max(dims["L"], dims.get("W", 0), dims.get("N", 0)) > len(tensors):  # every index needs its own tensors
+        raise CheckpointError(f"{path}: corrupt pack metadata: config {dims} describes more layers than the pack has")
+    if (
+        not isinstance(pol, dict)
+        or set(pol) != set(DEFAULT_POLICY[kind])
+        or not all(v in ("float32", "float16", "bfloat16") for v in pol.values())
+    ):
+        raise CheckpointError(f"{path}: corrupt pack metadata: dtype_policy {meta['dtype_policy'][:200]!r}")
+    if not isinstance(layout, dict) or not isinstance(layout.get("stack_adaln", False), bool):
+        raise CheckpointError(f"{path}: corrupt pack metadata: layout {meta.get('layout', '')[:200]!r}")
+    stack = layout.get("stack_adaln", False)
     entries = expand_rules(kind, dims, stack_adaln=stack, with_gpt_layer="gpt_layer.0.w" in tensors)
     want = {e.dst: (_dst_shape(e), getattr(torch, pol[e.cls])) for e in entries}
     missing = [k for k in want if k not in tensors]
-    extra = [k for k in tensors if k not in want and not k.startswith("cond.")]
+    cond = {k for k in tensors if kind == "gpt" and k.startswith("cond.")}
+    extra = [k for k in tensors if k not in want and k not in cond]
+    extra += [k for k in cond if not tables.full_match(tables.GPT_CARRY, k[len("cond.") :])]
     bad = [
         f"{k} {list(t.shape)} {t.dtype} (expected {list(want[k][0])} {want[k][1]})"
         for k, t in tensors.items()
         if k in want and (tuple(t.shape) != want[k][0] or t.dtype != want[k][1])
     ]
+    bad += [f"{k} {t.dtype} (expected {pol['carry']})" for k, t in tensors.items()
+            if k in cond and t.dtype != getattr(torch, pol["carry"])]  # fmt: skip
     if missing or extra or bad:
         raise CheckpointError(
             f"{path}: pack does not match its own metadata: missing {_fmt_keys(missing, 6)}; "

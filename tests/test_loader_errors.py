@@ -183,3 +183,105 @@ def test_bad_pack_on_load(gpt_sd, tmp_path):
         L.load_pack(tmp_path / "plain.safetensors")
     with pytest.raises(L.CheckpointError, match="no such file"):
         L.load_pack(tmp_path / "missing.safetensors")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Untrusted fast packs: a crafted header is refused with a CheckpointError naming the problem, never another
+# exception, and nothing is allocated from an unchecked size.
+# ----------------------------------------------------------------------------------------------------------------------
+def _pack_parts(path):
+    import json
+    import struct
+
+    data = path.read_bytes()
+    (n,) = struct.unpack("<Q", data[:8])
+    return json.loads(data[8 : 8 + n]), data[8 + n :]
+
+
+def _write_pack(path, header, body, raw=None):
+    import json
+    import struct
+
+    h = raw if raw is not None else json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(h)) + h + body)
+    return path
+
+
+def _mutations():
+    import json
+
+    def meta(h, **kw):
+        h["__metadata__"].update(kw)
+
+    def first(h):
+        return next(k for k in h if k != "__metadata__")
+
+    def entry(h, **kw):
+        h[first(h)].update(kw)
+
+    def dims(h, **kw):
+        d = json.loads(h["__metadata__"]["config"])
+        d.update(kw)
+        h["__metadata__"]["config"] = json.dumps(d)
+
+    return {
+        "header_not_object": (lambda h: [1, 2], "header is a list"),
+        "metadata_not_strings": (lambda h: h.update(__metadata__={"format": 1}), "corrupt metadata"),
+        "entry_not_object": (lambda h: h.update({first(h): "x"}), "corrupt entry"),
+        "entry_no_offsets": (lambda h: h[first(h)].pop("data_offsets") and None, "corrupt entry"),
+        "negative_shape": (lambda h: entry(h, shape=[-1] * len(h[first(h)]["shape"])), "corrupt entry"),
+        "float_shape": (lambda h: entry(h, shape=[1.5]), "corrupt entry"),
+        "string_offsets": (
+            lambda h: entry(h, data_offsets=[str(o) for o in h[first(h)]["data_offsets"]]),
+            "corrupt entry",
+        ),  # fmt: skip
+        "unknown_dtype": (lambda h: entry(h, dtype="F8_E9M9"), "corrupt entry"),
+        "overlapping_offsets": (lambda h: h.update(dup=dict(h[first(h)])), "gap or overlap"),
+        "config_not_json": (lambda h: meta(h, config="{"), "metadata incomplete or corrupt"),
+        "config_not_dims": (lambda h: meta(h, config="[1]"), "is not the integer dimensions"),
+        "config_string_dim": (lambda h: dims(h, C="64"), "is not the integer dimensions"),
+        "config_huge_layers": (lambda h: dims(h, L=10**9), "more layers than the pack has"),
+        "policy_not_dtype": (
+            lambda h: meta(h, dtype_policy=json.dumps(dict.fromkeys(L.DEFAULT_POLICY["gpt"], "load"))),
+            "corrupt pack metadata: dtype_policy",
+        ),  # fmt: skip
+        "layout_not_object": (lambda h: meta(h, layout="3"), "corrupt pack metadata: layout"),
+        "foreign_cond_key": (lambda h: h.update({"cond.evil": h.pop(first(h))}), r"extra .*cond\.evil"),
+    }
+
+
+@pytest.mark.parametrize("case", sorted(_mutations()))
+def test_crafted_pack_header(gpt_sd, tmp_path, case):
+    src = _save(gpt_sd, tmp_path / "gpt.pth")
+    good = tmp_path / "gpt.safetensors"
+    L.convert_checkpoint(src, good)
+    header, body = _pack_parts(good)
+    mutate, match = _mutations()[case]
+    header = mutate(header) or header
+    bad = _write_pack(tmp_path / "bad.safetensors", header, body)
+    with pytest.raises(L.CheckpointError, match=match) as ei:
+        L.load_pack(bad)
+    assert "bad.safetensors" in str(ei.value)
+
+
+@pytest.mark.parametrize(
+    "raw, match",
+    [
+        (b"[" * 100_000 + b"]" * 100_000, "bad header: RecursionError"),
+        (b"\xff\xfe{}", "bad header"),
+        (b'{"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}', "not an indextts_fast pack"),
+    ],
+    ids=["deeply_nested", "not_utf8", "no_metadata"],
+)
+def test_crafted_pack_raw_header(tmp_path, raw, match):
+    bad = _write_pack(tmp_path / "bad.safetensors", None, b"\0" * 8, raw=raw)
+    with pytest.raises(L.CheckpointError, match=match):
+        L.load_pack(bad)
+
+
+def test_pack_header_length_limit(tmp_path, monkeypatch):
+    """A header length beyond the format's limit is refused before it is read (small limit to keep the test fast)."""
+    monkeypatch.setattr(L, "_MAX_HEADER", 64)
+    bad = _write_pack(tmp_path / "bad.safetensors", None, b"", raw=b"{" + b" " * 100 + b"}")
+    with pytest.raises(L.CheckpointError, match="header length 102 > 64"):
+        L.load_pack(bad)
