@@ -302,6 +302,8 @@ def config_dims(kind: str, cfg: dict) -> dict[str, Any]:
         "DiT.time_as_token": (dit.get("time_as_token", False), False),
         "DiT.style_as_token": (dit.get("style_as_token", False), False),
         "DiT.style_condition": (dit.get("style_condition"), True),
+        "DiT.is_causal": (dit.get("is_causal", False), False),  # causal mask: same keys, other attention
+        "wavenet.dilation_rate": (wn.get("dilation_rate", 1), 1),  # dilated taps: same keys, other conv
         "length_regulator.is_discrete": (lr.get("is_discrete", False), False),
         "length_regulator.vector_quantize": (lr.get("vector_quantize", False), False),
         "length_regulator.f0_condition": (lr.get("f0_condition", False), False),

@@ -327,6 +327,12 @@ def test_config_check(uv, s2mel):
     scfg["DiT"]["time_as_token"] = True
     with pytest.raises(L.CheckpointError, match="time_as_token"):
         L.remap_state_dict(lf.flat_s2mel(s2mel), config={"s2mel": scfg})
+    # variants whose keys and shapes are identical but whose math differs are refused too
+    for section, flag, value in (("DiT", "is_causal", True), ("wavenet", "dilation_rate", 2)):
+        scfg = lf.s2mel_config()
+        scfg[section][flag] = value
+        with pytest.raises(L.CheckpointError, match=f"{section}.{flag}"):
+            L.remap_state_dict(lf.flat_s2mel(s2mel), config={"s2mel": scfg})
 
 
 def test_config_yaml_file(s2mel, tmp_path):
