@@ -170,8 +170,12 @@ def read_checkpoint(path: PathLike) -> tuple[str, dict[str, torch.Tensor]]:
             raise CheckpointError(f"{path}: wrong container: state['net'] is a {type(net).__name__}, expected a dict")
         flat: dict[str, torch.Tensor] = {}
         for name, sub in net.items():
+            if not isinstance(name, str):
+                raise CheckpointError(f"{path}: wrong container: state['net'] has a non-string module name {name!r}")
             sub = _strip_module(_check_flat(path, sub, f"state['net'][{name!r}]"), path, f"net[{name!r}]")
             for k, v in sub.items():
+                if f"{name}.{k}" in flat:  # e.g. net['cfm']['estimator.x'] and net['cfm.estimator']['x']
+                    raise CheckpointError(f"{path}: state['net'] holds the key {name}.{k} twice (as {name!r}: {k!r})")
                 flat[f"{name}.{k}"] = v
         missing = [g for g, req in tables.S2MEL_GROUPS if req and g not in net]
         if missing:

@@ -285,3 +285,12 @@ def test_pack_header_length_limit(tmp_path, monkeypatch):
     bad = _write_pack(tmp_path / "bad.safetensors", None, b"", raw=b"{" + b" " * 100 + b"}")
     with pytest.raises(L.CheckpointError, match="header length 102 > 64"):
         L.load_pack(bad)
+
+
+def test_s2mel_groups_naming_one_key_twice(s2mel, tmp_path):
+    """net['cfm.estimator']['conv1.bias'] flattens to the same name as net['cfm']['estimator.conv1.bias']: refused,
+    never one silently replacing the other."""
+    st = lf.s2mel_container(s2mel)
+    st["net"]["cfm.estimator"] = {"conv1.bias": torch.randn_like(st["net"]["cfm"]["estimator.conv1.bias"])}
+    _refused(_save(st, tmp_path / "s2mel.pth"), tmp_path / "s2mel.safetensors",
+             r"holds the key cfm\.estimator\.conv1\.bias twice")  # fmt: skip
