@@ -575,13 +575,27 @@ def plan_checkpoint(
                 res["actions"][k] = (f"mapped:{op}", dst)
         elif kind == "gpt" and tables.full_match(tables.GPT_CARRY, k):
             res["actions"][k] = ("carried", "cond." + k)
-        elif (why := next((w for p, w in ignore if re.fullmatch(p, k)), None)) is not None:
+        elif (why := next((w for p, w in ignore if re.fullmatch(p, k)), None)) is not None and (
+            dims is None or _layer_of(kind, k) < dims["L"]
+        ):
             res["actions"][k] = ("ignored", why)
         elif kind == "gpt" and tables.full_match(tables.GPT_25_MARKERS, k):
             res["actions"][k] = ("unknown", "IndexTTS-2.5 key: no verified table")
         else:
             res["actions"][k] = ("unknown", "")
     return res
+
+
+_LAYER_KEY = {
+    "gpt": re.compile(r"gpt\.h\.(\d+)\."),
+    "s2mel": re.compile(r"cfm\.estimator\.transformer\.layers\.(\d+)\."),
+}
+
+
+def _layer_of(kind: str, key: str) -> int:
+    """The transformer layer a key belongs to (-1 for keys outside the layers)."""
+    m = _LAYER_KEY[kind].match(key)
+    return int(m.group(1)) if m else -1
 
 
 def remap_state_dict(
@@ -636,7 +650,7 @@ def remap_state_dict(
             continue
         why = next((why for p, why in (tables.GPT_IGNORE if kind == "gpt" else tables.S2MEL_IGNORE)
                     if re.fullmatch(p, k)), None)  # fmt: skip
-        if why is not None:
+        if why is not None and _layer_of(kind, k) < dims["L"]:  # an ignored key of a layer the model has
             ignored.append((k, why))
         else:
             unknown.append(k)

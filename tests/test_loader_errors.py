@@ -294,3 +294,19 @@ def test_s2mel_groups_naming_one_key_twice(s2mel, tmp_path):
     st["net"]["cfm.estimator"] = {"conv1.bias": torch.randn_like(st["net"]["cfm"]["estimator.conv1.bias"])}
     _refused(_save(st, tmp_path / "s2mel.pth"), tmp_path / "s2mel.safetensors",
              r"holds the key cfm\.estimator\.conv1\.bias twice")  # fmt: skip
+
+
+def test_ignored_names_beyond_the_last_layer(gpt_sd, s2mel, tmp_path):
+    """The ignore list covers layers the model has: a skip_in_linear or attn.bias of a layer past the last one is
+    an unknown key (a deeper checkpoint, or keys from another model), not something to drop silently."""
+    sd = dict(gpt_sd)
+    sd["gpt.h.2.attn.bias"] = torch.ones(1, 1, 4, 4)  # the tiny GPT has layers 0, 1
+    _refused(_save(sd, tmp_path / "gpt.pth"), tmp_path / "gpt.safetensors", r"unknown keys .*gpt\.h\.2\.attn\.bias")
+    st = lf.s2mel_container(s2mel)
+    st["net"]["cfm"]["estimator.transformer.layers.5.skip_in_linear.weight"] = torch.randn(64, 128)  # 5 layers: 0..4
+    _refused(_save(st, tmp_path / "s2mel.pth"), tmp_path / "s2mel.safetensors",
+             r"unknown keys .*layers\.5\.skip_in_linear\.weight")  # fmt: skip
+    plan = L.plan_checkpoint(
+        lf.flat_s2mel(s2mel) | {"cfm.estimator.transformer.layers.5.skip_in_linear.bias": torch.randn(64)}
+    )
+    assert plan["actions"]["cfm.estimator.transformer.layers.5.skip_in_linear.bias"][0] == "unknown"
