@@ -823,20 +823,54 @@ def convert_checkpoint(
         "nonfinite": json.dumps(report.nonfinite),
         "heads_from": "config.yaml" if cfg is not None else "width // 64 (IndexTTS2 head_dim; no config given)",
     }
-    fd, tmp = tempfile.mkstemp(dir=str(out.parent), prefix=f".{out.name}.", suffix=".tmp")
-    os.close(fd)
+    exists = f"output {out} already exists; pass overwrite=True (--overwrite) to replace it"
+    tmp = None
     try:
-        save_file(tensors, tmp, metadata=meta)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the pack ordinary file permissions
-        if out.exists() and not overwrite:  # appeared while converting
-            raise CheckpointError(f"output {out} already exists; pass overwrite=True (--overwrite) to replace it")
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
+        try:
+            fd, tmp = tempfile.mkstemp(dir=str(out.parent), prefix=f".{out.name}.", suffix=".tmp")
+            os.close(fd)
+            save_file(tensors, tmp, metadata=meta)
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the pack ordinary file permissions
+            if overwrite:
+                os.replace(tmp, out)
+            else:
+                _commit_no_clobber(tmp, out, exists)
+            _fsync_dir(out.parent)  # the rename itself survives a crash
+        except FileExistsError as e:  # appeared while converting
+            raise CheckpointError(exists) from e
+        except OSError as e:  # unwritable directory, disk full, ...
+            raise CheckpointError(f"output {out}: cannot write the pack: {e}") from e
+    finally:  # every exit, KeyboardInterrupt included, removes the temporary file
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
     return report
+
+
+def _commit_no_clobber(tmp: str, out: Path, exists: str) -> None:
+    """Publish tmp as out only if out does not exist, atomically (a hard link fails if the name exists)."""
+    try:
+        os.link(tmp, out)
+    except FileExistsError:
+        raise
+    except OSError:  # a file system without hard links: check, then rename (a small race window remains)
+        if os.path.lexists(out):
+            raise CheckpointError(exists) from None
+        os.replace(tmp, out)
+
+
+def _fsync_dir(d: Path) -> None:
+    try:
+        fd = os.open(d, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -310,3 +310,66 @@ def test_ignored_names_beyond_the_last_layer(gpt_sd, s2mel, tmp_path):
         lf.flat_s2mel(s2mel) | {"cfm.estimator.transformer.layers.5.skip_in_linear.bias": torch.randn(64)}
     )
     assert plan["actions"]["cfm.estimator.transformer.layers.5.skip_in_linear.bias"][0] == "unknown"
+
+
+def _other_writer(monkeypatch, out, names=("replace", "link")):
+    """Another process creates ``out`` just before our conversion commits its pack (the rename / link)."""
+    for name in names:
+        real = getattr(os, name)
+
+        def racing(a, b, *args, _real=real, **kw):
+            if os.fspath(b) == os.fspath(out) and not os.path.lexists(out):
+                with open(out, "wb") as f:
+                    f.write(b"written by another process")
+            return _real(a, b, *args, **kw)
+
+        monkeypatch.setattr(os, name, racing)
+
+
+def test_output_created_during_conversion_is_kept(gpt_sd, tmp_path, monkeypatch):
+    src = _save(gpt_sd, tmp_path / "gpt.pth")
+    out = tmp_path / "gpt.safetensors"
+    _other_writer(monkeypatch, out)
+    with pytest.raises(L.CheckpointError, match="already exists"):
+        L.convert_checkpoint(src, out)
+    assert out.read_bytes() == b"written by another process", "an existing file was replaced without overwrite"
+    assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
+
+
+@pytest.mark.parametrize(
+    "exc", [KeyboardInterrupt(), OSError(28, "No space left on device")], ids=["interrupt", "enospc"]
+)
+def test_failed_write_leaves_nothing(gpt_sd, tmp_path, monkeypatch, exc):
+    """A failure while the pack is being written (Ctrl-C, disk full) removes the partial file; no output appears."""
+    import safetensors.torch
+
+    src = _save(gpt_sd, tmp_path / "gpt.pth")
+    out = tmp_path / "gpt.safetensors"
+    real = safetensors.torch.save_file
+
+    def partial_then_fail(tensors, filename, metadata=None):
+        real(dict(list(tensors.items())[:3]), filename, metadata=metadata)
+        raise exc
+
+    monkeypatch.setattr(safetensors.torch, "save_file", partial_then_fail)
+    if isinstance(exc, KeyboardInterrupt):
+        with pytest.raises(KeyboardInterrupt):
+            L.convert_checkpoint(src, out)
+    else:
+        _refused(src, out, "cannot write the pack: .*No space left")
+    assert not out.exists() and os.listdir(tmp_path) == ["gpt.pth"]
+
+
+def test_unwritable_output_directory(gpt_sd, tmp_path, monkeypatch):
+    """The temporary file cannot be created (read-only directory): a CheckpointError naming the output."""
+    import tempfile
+
+    src = _save(gpt_sd, tmp_path / "gpt.pth")
+
+    def denied(*a, **kw):
+        raise PermissionError(13, "Permission denied", kw.get("dir"))
+
+    monkeypatch.setattr(tempfile, "mkstemp", denied)
+    _refused(
+        src, tmp_path / "gpt.safetensors", r"output .*gpt\.safetensors: cannot write the pack: .*Permission denied"
+    )
