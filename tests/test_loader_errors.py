@@ -152,6 +152,10 @@ def test_output_equal_to_input(gpt_sd, tmp_path):
     _refused(src, link, "is the source checkpoint itself", overwrite=True)
     pth = _save(gpt_sd, tmp_path / "gpt.pth")
     _refused(pth, pth, "is the source checkpoint itself", overwrite=True)
+    hard = tmp_path / "hard.safetensors"  # another name for the same inode
+    os.link(src, hard)
+    _refused(src, hard, "is the source checkpoint itself", overwrite=True)
+    _refused(hard, src, "is the source checkpoint itself", overwrite=True)
 
 
 def test_unreadable_path(gpt_sd, tmp_path):
