@@ -24,7 +24,8 @@ Kernel layouts (the contract the GEMM / attention / norm kernels are written aga
       fp32 (the official code runs it in fp32 either way).
 
 Strictness: every table entry (checkpoint_tables.py) is matched by exactly one key of the expected shape and a
-floating dtype; every key is mapped, carried (GPT conditioning encoders) or on the explicit ignore list;
+floating dtype; every key is mapped, carried (GPT conditioning encoders: each one present complete, with shapes
+consistent with its own widths, the GPT's and config.yaml's, see CARRY_*) or on the explicit ignore list;
 anything else raises CheckpointError naming the keys. Non-finite weights are an error unless
 ``allow_nonfinite=True`` (then they are reported). Model dimensions are read from the checkpoint's own shapes
 and checked against config.yaml when one is given.
@@ -541,8 +542,8 @@ def plan_checkpoint(
     """What remap_state_dict would do with each key, without transforming or raising (for inspection).
 
     Returns {'kind', 'version', 'dims' (or None), 'error' (why dims could not be read, or None),
-    'actions': {key: (action, target)}, 'missing': [...]}; action is one of mapped:<op>, carried, ignored,
-    unknown, wrong-shape, wrong-dtype.
+    'actions': {key: (action, target)}, 'missing': [...], 'problems': [...] (width mismatches between the
+    conditioning encoders)}; action is one of mapped:<op>, carried, ignored, unknown, wrong-shape, wrong-dtype.
     """
     kind = kind or detect_kind(sd)
     res: dict[str, Any] = {"kind": kind, "version": None, "dims": None, "error": None, "actions": {}, "missing": []}
@@ -583,7 +584,96 @@ def plan_checkpoint(
             res["actions"][k] = ("unknown", "IndexTTS-2.5 key: no verified table")
         else:
             res["actions"][k] = ("unknown", "")
+    res["problems"] = []
+    if kind == "gpt" and dims is not None:  # the conditioning encoders' completeness and shapes
+        carried = [k for k, (a, _) in res["actions"].items() if a == "carried"]
+        c_missing, c_wrong, c_unknown = _check_carried(sd, carried, dims, None)
+        res["missing"] += c_missing
+        for k in c_unknown:
+            res["actions"][k] = ("unknown", "")
+        for msg in c_wrong:
+            k, _, why = msg.partition(" ")
+            if k in res["actions"]:
+                res["actions"][k] = ("wrong-shape", why)
+            else:
+                res["problems"].append(msg)
     return res
+
+
+def _check_carried(
+    sd: Mapping[str, torch.Tensor], carried: list[str], dims: dict[str, int], config: Optional[dict]
+) -> tuple[list[str], list[str], list[str]]:
+    """(missing, wrong shape, unknown) among the carried conditioning-encoder keys (checkpoint_tables.CARRY_*).
+
+    Each encoder present must be complete (every block 0..n-1 with all its tensors) with shapes consistent with the
+    widths read from its own anchors, the perceivers must match the GPT / emotion widths and their conformers'
+    widths, and config.yaml (when given) fixes the conformer sizes, block counts and latent count."""
+    missing: list[str] = []
+    wrong: list[str] = []
+    unknown: list[str] = []
+    groups: dict[str, dict[str, str]] = {}
+    for k in carried:
+        prefix = k.split(".", 1)[0]
+        if prefix in tables.CARRY_GROUPS:
+            groups.setdefault(prefix, {})[k[len(prefix) + 1 :]] = k
+        else:  # pragma: no cover - GPT_CARRY only admits these prefixes
+            unknown.append(k)
+    g = (config or {}).get("gpt") or {}
+    if g.get("condition_type") == "conformer_perceiver":
+        missing += [f"{p}.* (config: conformer_perceiver)" for p in tables.CARRY_GROUPS if p not in groups]
+    widths: dict[str, dict[str, int]] = {}
+    for prefix, rest in groups.items():
+        templates, block_re, section = tables.CARRY_GROUPS[prefix]
+        n = max((int(m.group(1)) + 1 for r in rest if (m := re.match(block_re, r))), default=0)
+        expected = {}
+        for t, expr in templates.items():
+            for i in range(n) if "{n}" in t else (None,):
+                expected[t.replace("{n}", str(i))] = expr
+        unknown += [f"{prefix}.{r}" for r in rest if r not in expected]
+        missing += [f"{prefix}.{r}" for r in expected if r not in rest and r not in tables.CARRY_OPTIONAL]
+
+        def dim(r, i, rest=rest, prefix=prefix):
+            s = tuple(sd[f"{prefix}.{r}"].shape) if r in rest else ()
+            return s[i] if len(s) > i else None
+
+        if templates is tables.CARRY_CONFORMER:
+            w = {"D": dim("after_norm.weight", 0), "U": dim("encoders.0.feed_forward.w_1.weight", 0),
+                 "h": dim("encoders.0.self_attn.pos_bias_u", 0),
+                 "k": dim("encoders.0.conv_module.depthwise_conv.weight", 2)}  # fmt: skip
+        else:
+            w = {"N": dim("latents", 0), "P": dim("latents", 1), "A": dim("layers.0.0.to_q.weight", 0),
+                 "G": dim("layers.0.1.2.weight", 1)}  # fmt: skip
+            # the perceivers' width is the GPT width (perceiver_encoder) or the emotion width (emo_perceiver_encoder)
+            w["P"] = dims.get("E" if prefix.startswith("emo_") else "C", w["P"])
+            w["Q"] = dim("proj_context.weight", 1) if "proj_context.weight" in rest else w["P"]
+        if None in w.values() or not w.get("h", 1):
+            continue  # an anchor is missing (reported above): shapes cannot be derived
+        widths[prefix] = w
+        for r, expr in expected.items():
+            if r not in rest:
+                continue
+            got = tuple(sd[rest[r]].shape)
+            want = [p if p == "*" else int(eval(p, {"__builtins__": {}}, dict(w))) for p in expr.split(",")]  # noqa: S307
+            if len(got) != len(want) or any(p != "*" and p != s for p, s in zip(want, got, strict=True)):
+                wrong.append(f"{rest[r]} {list(got)} (expected [{expr}] with {w})")
+        sec = g.get(section) if isinstance(g.get(section), dict) else {}
+        if templates is tables.CARRY_CONFORMER:
+            want_cfg = {"D": sec.get("output_size"), "U": sec.get("linear_units"), "h": sec.get("attention_heads"),
+                        "blocks": sec.get("num_blocks")}  # fmt: skip
+            w = dict(w, blocks=n)
+        else:
+            want_cfg = {"N": 1 if prefix.startswith("emo_") else g.get("condition_num_latent", 32) if g else None,
+                        "blocks": None}  # fmt: skip
+        for key, v in want_cfg.items():
+            if v is not None and w[key] != v:
+                wrong.append(f"{prefix}: {key} = {w[key]} in the checkpoint, {v} in config.yaml ({section})")
+    for prefix, key, want, what in (
+        ("perceiver_encoder", "Q", widths.get("conditioning_encoder", {}).get("D"), "the conformer width"),
+        ("emo_perceiver_encoder", "Q", widths.get("emo_conditioning_encoder", {}).get("D"), "the conformer width"),
+    ):
+        if prefix in widths and want is not None and widths[prefix][key] != want:
+            wrong.append(f"{prefix}: {key} = {widths[prefix][key]}, expected {want} ({what})")
+    return missing, wrong, unknown
 
 
 _LAYER_KEY = {
@@ -654,9 +744,11 @@ def remap_state_dict(
             ignored.append((k, why))
         else:
             unknown.append(k)
-    if config is not None and kind == "gpt":
-        if config.get("gpt", {}).get("condition_type") == "conformer_perceiver" and not carried:
-            missing.append("conditioning_encoder.* / perceiver_encoder.* (config: conformer_perceiver)")
+    carry_wrong: list[str] = []
+    if kind == "gpt":
+        c_missing, carry_wrong, c_unknown = _check_carried(sd, carried, dims, config)
+        missing += c_missing
+        unknown += c_unknown
     problems = []
     if missing:
         problems.append(f"missing keys: {_fmt_keys(missing)}")
@@ -671,6 +763,7 @@ def remap_state_dict(
     for k in list(used) + carried:
         if k in sd and sd[k].dtype not in FLOAT_DTYPES:
             wrong_dtype.append(f"{k} {str(sd[k].dtype).replace('torch.', '')}")
+    wrong_shape += carry_wrong
     if wrong_shape:
         problems.append(f"wrong shape: {_fmt_keys(wrong_shape, 8)}")
     if wrong_dtype:

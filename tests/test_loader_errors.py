@@ -377,3 +377,53 @@ def test_unwritable_output_directory(gpt_sd, tmp_path, monkeypatch):
     _refused(
         src, tmp_path / "gpt.safetensors", r"output .*gpt\.safetensors: cannot write the pack: .*Permission denied"
     )
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Conditioning encoders (carried verbatim): complete, with shapes consistent with their own widths and the GPT's
+# ----------------------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def uv_sd():
+    return lf.build_unified_voice().state_dict()
+
+
+def _cond_case(sd, case):
+    sd = dict(sd)
+    if case == "wrong_shape_in_a_block":
+        sd["conditioning_encoder.encoders.0.self_attn.linear_q.weight"] = torch.randn(64, 63)
+        return sd, r"wrong shape: conditioning_encoder\.encoders\.0\.self_attn\.linear_q\.weight \[64, 63\]"
+    if case == "missing_block_tensor":
+        del sd["emo_conditioning_encoder.encoders.0.norm_ff.bias"]
+        return sd, r"missing keys: emo_conditioning_encoder\.encoders\.0\.norm_ff\.bias"
+    if case == "partial_extra_block":
+        sd["conditioning_encoder.encoders.1.self_attn.linear_q.weight"] = torch.randn(64, 64)
+        return sd, r"missing keys: .*conditioning_encoder\.encoders\.1\.conv_module\.depthwise_conv\.bias"
+    if case == "perceiver_width":
+        sd["perceiver_encoder.latents"] = torch.randn(32, 65)
+        return sd, r"wrong shape: .*perceiver_encoder\.latents \[32, 65\]"
+    if case == "encoder_absent":
+        for k in [k for k in sd if k.startswith("emo_perceiver_encoder.")]:
+            del sd[k]
+        return sd, r"missing keys: emo_perceiver_encoder\.\* \(config: conformer_perceiver\)"
+    raise AssertionError(case)
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["wrong_shape_in_a_block", "missing_block_tensor", "partial_extra_block", "perceiver_width", "encoder_absent"],
+)
+def test_conditioning_encoders_checked(uv_sd, tmp_path, case):
+    yaml = pytest.importorskip("yaml")
+    cfg = lf.gpt_config()
+    cfg["gpt"]["condition_module"] = dict(lf.TINY_COND)
+    cfg["gpt"]["emo_condition_module"] = dict(lf.TINY_COND)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    sd, match = _cond_case(uv_sd, case)
+    _refused(_save(sd, tmp_path / "gpt.pth"), tmp_path / "gpt.safetensors", match, config=tmp_path / "config.yaml")
+
+
+def test_conditioning_encoder_config_sizes(uv_sd):
+    cfg = lf.gpt_config()
+    cfg["gpt"]["condition_module"] = dict(lf.TINY_COND, num_blocks=2)
+    with pytest.raises(L.CheckpointError, match=r"conditioning_encoder: blocks = 1 in the checkpoint, 2 in config"):
+        L.remap_state_dict(uv_sd, config=cfg)
