@@ -319,6 +319,10 @@ def test_config_check(uv, s2mel):
     cfg["gpt"]["layers"] = 3
     with pytest.raises(L.CheckpointError, match="L: checkpoint 2 vs config 3"):
         L.remap_state_dict(uv.state_dict(), config=cfg)
+    cfg = lf.gpt_config()  # mel positions = max_mel_tokens + 2 + max_conditioning_inputs (official UnifiedVoice)
+    cfg["gpt"]["max_conditioning_inputs"] = 2
+    with pytest.raises(L.CheckpointError, match="Pm: checkpoint 51 vs config 52"):
+        L.remap_state_dict(uv.state_dict(), config=cfg)
     scfg = lf.s2mel_config()
     scfg["wavenet"]["kernel_size"] = 3
     with pytest.raises(L.CheckpointError, match="K: checkpoint 5 vs config 3"):

@@ -211,6 +211,11 @@ def _write_pack(path, header, body, raw=None):
     return path
 
 
+def _transpose_first_matrix(h):
+    k = next(k for k, v in h.items() if k != "__metadata__" and len(v["shape"]) == 2 and len(set(v["shape"])) == 2)
+    h[k]["shape"] = h[k]["shape"][::-1]
+
+
 def _mutations():
     import json
 
@@ -251,6 +256,11 @@ def _mutations():
         ),  # fmt: skip
         "layout_not_object": (lambda h: meta(h, layout="3"), "corrupt pack metadata: layout"),
         "foreign_cond_key": (lambda h: h.update({"cond.evil": h.pop(first(h))}), r"extra .*cond\.evil"),
+        "dtype_relabelled": (
+            lambda h: entry(h, dtype="BF16"),
+            r"wrong .* torch\.bfloat16 \(expected .* torch\.float16\)",
+        ),
+        "shape_transposed": (lambda h: _transpose_first_matrix(h), r"does not match its own metadata: .*wrong"),
     }
 
 
@@ -427,3 +437,26 @@ def test_conditioning_encoder_config_sizes(uv_sd):
     cfg["gpt"]["condition_module"] = dict(lf.TINY_COND, num_blocks=2)
     with pytest.raises(L.CheckpointError, match=r"conditioning_encoder: blocks = 1 in the checkpoint, 2 in config"):
         L.remap_state_dict(uv_sd, config=cfg)
+
+
+def test_misaligned_pack_entries_are_copied(tmp_path):
+    """Offsets that are not a multiple of the element size (legal in the format) are read through a copy."""
+    import json
+
+    meta = {"format": L.PACK_FORMAT, "format_version": str(L.PACK_VERSION)}
+    a = torch.tensor([1.5], dtype=torch.float16)
+    b = torch.tensor([3.25, -7.0], dtype=torch.float32)
+    header = {"__metadata__": meta, "a": {"dtype": "F16", "shape": [1], "data_offsets": [0, 2]},
+              "b": {"dtype": "F32", "shape": [2], "data_offsets": [2, 10]}}  # fmt: skip
+    body = a.view(torch.uint8).numpy().tobytes() + b.view(torch.uint8).numpy().tobytes()
+    path = _write_pack(tmp_path / "p.safetensors", None, body, raw=json.dumps(header).encode())
+    t, _ = L.read_pack(path)
+    assert torch.equal(t["a"], a) and torch.equal(t["b"], b)
+
+
+def test_nonfinite_conditioning_encoder_weight(tmp_path):
+    sd = {k: v.clone() for k, v in lf.build_unified_voice().state_dict().items()}
+    sd["perceiver_encoder.latents"][5, 3] = float("nan")
+    _refused(
+        _save(sd, tmp_path / "gpt.pth"), tmp_path / "gpt.safetensors", r"non-finite values .*perceiver_encoder\.latents"
+    )
