@@ -114,7 +114,7 @@ def _load_flat(path: Path) -> dict[str, Any]:
     """torch.load (weights_only, mmap) or safetensors; any reading failure becomes a CheckpointError."""
     if not path.exists():
         raise CheckpointError(f"{path}: no such file")
-    if not os.access(path, os.R_OK) or path.is_dir():
+    if not os.access(path, os.R_OK) or not path.is_file():  # a directory, a FIFO (would block), a device
         raise CheckpointError(f"{path}: unreadable (permission denied or not a regular file)")
     try:
         if _is_safetensors(path):

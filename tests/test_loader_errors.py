@@ -162,6 +162,8 @@ def test_unreadable_path(gpt_sd, tmp_path):
     _refused(tmp_path / "nope.pth", tmp_path / "out.safetensors", "nope.pth: no such file")
     (tmp_path / "adir.pth").mkdir()
     _refused(tmp_path / "adir.pth", tmp_path / "out.safetensors", "adir.pth: unreadable")
+    os.mkfifo(tmp_path / "fifo.pth")  # opening it would block until a writer appears
+    _refused(tmp_path / "fifo.pth", tmp_path / "out.safetensors", "fifo.pth: unreadable .*not a regular file")
     src = _save(gpt_sd, tmp_path / "gpt.pth")
     _refused(src, tmp_path / "no_dir" / "out.safetensors", "output directory .*no_dir does not exist")
     if os.geteuid() != 0:  # root reads through mode 000
