@@ -348,7 +348,7 @@ def check_config(kind: str, dims: dict[str, int], cfg: Optional[dict]) -> dict[s
         )
     out = dict(dims)
     if heads is not None:
-        if dims["C"] % heads:
+        if not isinstance(heads, int) or isinstance(heads, bool) or heads < 1 or dims["C"] % heads:
             raise CheckpointError(f"config.yaml heads={heads} does not divide the width {dims['C']}")
         out["heads"] = heads
     return out

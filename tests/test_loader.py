@@ -316,6 +316,11 @@ def test_config_check(uv, s2mel):
     cfg["gpt"]["heads"] = 8
     pack, rep = L.remap_state_dict(uv.state_dict(), config=cfg)
     assert rep.dims["heads"] == 8  # heads are not in any shape: the config decides
+    for bad in (0, 3, "4"):  # a head count that cannot split the width is refused, not divided by
+        cfg["gpt"]["heads"] = bad
+        with pytest.raises(L.CheckpointError, match=f"heads={bad} does not divide the width 64"):
+            L.remap_state_dict(uv.state_dict(), config=cfg)
+    cfg["gpt"]["heads"] = 8
     cfg["gpt"]["layers"] = 3
     with pytest.raises(L.CheckpointError, match="L: checkpoint 2 vs config 3"):
         L.remap_state_dict(uv.state_dict(), config=cfg)
