@@ -575,7 +575,7 @@ def plan_checkpoint(
             else:
                 res["actions"][k] = (f"mapped:{op}", dst)
         elif kind == "gpt" and tables.full_match(tables.GPT_CARRY, k):
-            res["actions"][k] = ("carried", "cond." + k)
+            res["actions"][k] = ("carried", "cond." + k) if v.dtype in FLOAT_DTYPES else ("wrong-dtype", str(v.dtype))
         elif (why := next((w for p, w in ignore if re.fullmatch(p, k)), None)) is not None and (
             dims is None or _layer_of(kind, k) < dims["L"]
         ):
