@@ -106,9 +106,10 @@ GPT_IGNORE: tuple[tuple[str, str], ...] = (
     (r"text_head\.(weight|bias)", "text logits head, unused at inference"),
 )
 
-# Conditioning encoders (run once per reference, not the hot path): carried verbatim in fp32 under
-# "cond.<official key>", names checked against these full-match regexes (ConformerEncoder with
-# input_layer conv2d2 and LayerNorm conv-module norm; PerceiverResampler).
+# Conditioning encoders (run once per reference, not the hot path): carried verbatim under "cond.<official key>"
+# in the policy's 'carry' dtype, names checked against these full-match regexes (ConformerEncoder with
+# input_layer conv2d2 and LayerNorm conv-module norm; PerceiverResampler), completeness and shapes against
+# CARRY_GROUPS below.
 GPT_CARRY: tuple[str, ...] = (
     r"(emo_)?conditioning_encoder\.embed\.(conv|out)\.0\.(weight|bias)",
     r"(emo_)?conditioning_encoder\.embed\.pos_enc\.pe",
@@ -353,3 +354,64 @@ def index_values(over: str, dims: dict[str, int]) -> list[dict[str, int]]:
 
 def full_match(patterns, key: str) -> bool:
     return any(re.fullmatch(p, key) for p in patterns)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Carried conditioning encoders: names and shapes (conformer_encoder.py::ConformerEncoder with input_layer conv2d2,
+# perceiver.py::PerceiverResampler). The shapes are expressions over widths read from the file itself: D conformer
+# width (after_norm), U its FFN width, h its heads (pos_bias_u rows), k its depthwise kernel; P perceiver width and
+# N latents (latents), A attention inner width (to_q rows), G GEGLU width, Q context width (proj_context columns, or
+# P when the context already has width P and proj_context is the identity); '*' is unconstrained. Templates with
+# {n} must exist for every block 0..n-1.
+# ----------------------------------------------------------------------------------------------------------------------
+CARRY_CONFORMER: dict[str, str] = {
+    "embed.conv.0.weight": "D,1,3,3",
+    "embed.conv.0.bias": "D",
+    "embed.out.0.weight": "D,*",
+    "embed.out.0.bias": "D",
+    "embed.pos_enc.pe": "1,*,D",
+    "after_norm.weight": "D",
+    "after_norm.bias": "D",
+    **{
+        f"encoders.{{n}}.self_attn.linear_{p}.{w}": ("D,D" if w == "weight" else "D")
+        for p in ("q", "k", "v", "out")
+        for w in ("weight", "bias")
+    },  # fmt: skip
+    "encoders.{n}.self_attn.linear_pos.weight": "D,D",
+    "encoders.{n}.self_attn.pos_bias_u": "h,D//h",
+    "encoders.{n}.self_attn.pos_bias_v": "h,D//h",
+    "encoders.{n}.feed_forward.w_1.weight": "U,D",
+    "encoders.{n}.feed_forward.w_1.bias": "U",
+    "encoders.{n}.feed_forward.w_2.weight": "D,U",
+    "encoders.{n}.feed_forward.w_2.bias": "D",
+    "encoders.{n}.conv_module.pointwise_conv1.weight": "2*D,D,1",
+    "encoders.{n}.conv_module.pointwise_conv1.bias": "2*D",
+    "encoders.{n}.conv_module.depthwise_conv.weight": "D,1,k",
+    "encoders.{n}.conv_module.depthwise_conv.bias": "D",
+    "encoders.{n}.conv_module.norm.weight": "D",
+    "encoders.{n}.conv_module.norm.bias": "D",
+    "encoders.{n}.conv_module.pointwise_conv2.weight": "D,D,1",
+    "encoders.{n}.conv_module.pointwise_conv2.bias": "D",
+    **{f"encoders.{{n}}.norm_{p}.{w}": "D" for p in ("ff", "mha", "conv", "final") for w in ("weight", "bias")},
+}
+CARRY_PERCEIVER: dict[str, str] = {
+    "latents": "N,P",
+    "norm.gamma": "P",
+    "proj_context.weight": "P,Q",  # absent when the context width is already P (nn.Identity)
+    "proj_context.bias": "P",
+    "layers.{n}.0.to_q.weight": "A,P",
+    "layers.{n}.0.to_kv.weight": "2*A,P",
+    "layers.{n}.0.to_out.weight": "P,A",
+    "layers.{n}.1.0.weight": "2*G,P",
+    "layers.{n}.1.0.bias": "2*G",
+    "layers.{n}.1.2.weight": "P,G",
+    "layers.{n}.1.2.bias": "P",
+}
+CARRY_OPTIONAL = ("proj_context.weight", "proj_context.bias")
+# prefix -> (templates, block-key regex, the config.yaml section giving its sizes)
+CARRY_GROUPS: dict[str, tuple[dict[str, str], str, str]] = {
+    "conditioning_encoder": (CARRY_CONFORMER, r"encoders\.(\d+)\.", "condition_module"),
+    "emo_conditioning_encoder": (CARRY_CONFORMER, r"encoders\.(\d+)\.", "emo_condition_module"),
+    "perceiver_encoder": (CARRY_PERCEIVER, r"layers\.(\d+)\.", "condition_module"),
+    "emo_perceiver_encoder": (CARRY_PERCEIVER, r"layers\.(\d+)\.", "emo_condition_module"),
+}

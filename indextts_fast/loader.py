@@ -24,7 +24,8 @@ Kernel layouts (the contract the GEMM / attention / norm kernels are written aga
       fp32 (the official code runs it in fp32 either way).
 
 Strictness: every table entry (checkpoint_tables.py) is matched by exactly one key of the expected shape and a
-floating dtype; every key is mapped, carried (GPT conditioning encoders) or on the explicit ignore list;
+floating dtype; every key is mapped, carried (GPT conditioning encoders: each one present complete, with shapes
+consistent with its own widths, the GPT's and config.yaml's, see CARRY_*) or on the explicit ignore list;
 anything else raises CheckpointError naming the keys. Non-finite weights are an error unless
 ``allow_nonfinite=True`` (then they are reported). Model dimensions are read from the checkpoint's own shapes
 and checked against config.yaml when one is given.
@@ -113,7 +114,7 @@ def _load_flat(path: Path) -> dict[str, Any]:
     """torch.load (weights_only, mmap) or safetensors; any reading failure becomes a CheckpointError."""
     if not path.exists():
         raise CheckpointError(f"{path}: no such file")
-    if not os.access(path, os.R_OK) or path.is_dir():
+    if not os.access(path, os.R_OK) or not path.is_file():  # a directory, a FIFO (would block), a device
         raise CheckpointError(f"{path}: unreadable (permission denied or not a regular file)")
     try:
         if _is_safetensors(path):
@@ -170,8 +171,12 @@ def read_checkpoint(path: PathLike) -> tuple[str, dict[str, torch.Tensor]]:
             raise CheckpointError(f"{path}: wrong container: state['net'] is a {type(net).__name__}, expected a dict")
         flat: dict[str, torch.Tensor] = {}
         for name, sub in net.items():
+            if not isinstance(name, str):
+                raise CheckpointError(f"{path}: wrong container: state['net'] has a non-string module name {name!r}")
             sub = _strip_module(_check_flat(path, sub, f"state['net'][{name!r}]"), path, f"net[{name!r}]")
             for k, v in sub.items():
+                if f"{name}.{k}" in flat:  # e.g. net['cfm']['estimator.x'] and net['cfm.estimator']['x']
+                    raise CheckpointError(f"{path}: state['net'] holds the key {name}.{k} twice (as {name!r}: {k!r})")
                 flat[f"{name}.{k}"] = v
         missing = [g for g, req in tables.S2MEL_GROUPS if req and g not in net]
         if missing:
@@ -302,6 +307,8 @@ def config_dims(kind: str, cfg: dict) -> dict[str, Any]:
         "DiT.time_as_token": (dit.get("time_as_token", False), False),
         "DiT.style_as_token": (dit.get("style_as_token", False), False),
         "DiT.style_condition": (dit.get("style_condition"), True),
+        "DiT.is_causal": (dit.get("is_causal", False), False),  # causal mask: same keys, other attention
+        "wavenet.dilation_rate": (wn.get("dilation_rate", 1), 1),  # dilated taps: same keys, other conv
         "length_regulator.is_discrete": (lr.get("is_discrete", False), False),
         "length_regulator.vector_quantize": (lr.get("vector_quantize", False), False),
         "length_regulator.f0_condition": (lr.get("f0_condition", False), False),
@@ -341,7 +348,7 @@ def check_config(kind: str, dims: dict[str, int], cfg: Optional[dict]) -> dict[s
         )
     out = dict(dims)
     if heads is not None:
-        if dims["C"] % heads:
+        if not isinstance(heads, int) or isinstance(heads, bool) or heads < 1 or dims["C"] % heads:
             raise CheckpointError(f"config.yaml heads={heads} does not divide the width {dims['C']}")
         out["heads"] = heads
     return out
@@ -535,8 +542,8 @@ def plan_checkpoint(
     """What remap_state_dict would do with each key, without transforming or raising (for inspection).
 
     Returns {'kind', 'version', 'dims' (or None), 'error' (why dims could not be read, or None),
-    'actions': {key: (action, target)}, 'missing': [...]}; action is one of mapped:<op>, carried, ignored,
-    unknown, wrong-shape, wrong-dtype.
+    'actions': {key: (action, target)}, 'missing': [...], 'problems': [...] (width mismatches between the
+    conditioning encoders)}; action is one of mapped:<op>, carried, ignored, unknown, wrong-shape, wrong-dtype.
     """
     kind = kind or detect_kind(sd)
     res: dict[str, Any] = {"kind": kind, "version": None, "dims": None, "error": None, "actions": {}, "missing": []}
@@ -568,14 +575,117 @@ def plan_checkpoint(
             else:
                 res["actions"][k] = (f"mapped:{op}", dst)
         elif kind == "gpt" and tables.full_match(tables.GPT_CARRY, k):
-            res["actions"][k] = ("carried", "cond." + k)
-        elif (why := next((w for p, w in ignore if re.fullmatch(p, k)), None)) is not None:
+            res["actions"][k] = ("carried", "cond." + k) if v.dtype in FLOAT_DTYPES else ("wrong-dtype", str(v.dtype))
+        elif (why := next((w for p, w in ignore if re.fullmatch(p, k)), None)) is not None and (
+            dims is None or _layer_of(kind, k) < dims["L"]
+        ):
             res["actions"][k] = ("ignored", why)
         elif kind == "gpt" and tables.full_match(tables.GPT_25_MARKERS, k):
             res["actions"][k] = ("unknown", "IndexTTS-2.5 key: no verified table")
         else:
             res["actions"][k] = ("unknown", "")
+    res["problems"] = []
+    if kind == "gpt" and dims is not None:  # the conditioning encoders' completeness and shapes
+        carried = [k for k, (a, _) in res["actions"].items() if a == "carried"]
+        c_missing, c_wrong, c_unknown = _check_carried(sd, carried, dims, None)
+        res["missing"] += c_missing
+        for k in c_unknown:
+            res["actions"][k] = ("unknown", "")
+        for msg in c_wrong:
+            k, _, why = msg.partition(" ")
+            if k in res["actions"]:
+                res["actions"][k] = ("wrong-shape", why)
+            else:
+                res["problems"].append(msg)
     return res
+
+
+def _check_carried(
+    sd: Mapping[str, torch.Tensor], carried: list[str], dims: dict[str, int], config: Optional[dict]
+) -> tuple[list[str], list[str], list[str]]:
+    """(missing, wrong shape, unknown) among the carried conditioning-encoder keys (checkpoint_tables.CARRY_*).
+
+    Each encoder present must be complete (every block 0..n-1 with all its tensors) with shapes consistent with the
+    widths read from its own anchors, the perceivers must match the GPT / emotion widths and their conformers'
+    widths, and config.yaml (when given) fixes the conformer sizes, block counts and latent count."""
+    missing: list[str] = []
+    wrong: list[str] = []
+    unknown: list[str] = []
+    groups: dict[str, dict[str, str]] = {}
+    for k in carried:
+        prefix = k.split(".", 1)[0]
+        if prefix in tables.CARRY_GROUPS:
+            groups.setdefault(prefix, {})[k[len(prefix) + 1 :]] = k
+        else:  # pragma: no cover - GPT_CARRY only admits these prefixes
+            unknown.append(k)
+    g = (config or {}).get("gpt") or {}
+    if g.get("condition_type") == "conformer_perceiver":
+        missing += [f"{p}.* (config: conformer_perceiver)" for p in tables.CARRY_GROUPS if p not in groups]
+    widths: dict[str, dict[str, int]] = {}
+    for prefix, rest in groups.items():
+        templates, block_re, section = tables.CARRY_GROUPS[prefix]
+        n = max((int(m.group(1)) + 1 for r in rest if (m := re.match(block_re, r))), default=0)
+        expected = {}
+        for t, expr in templates.items():
+            for i in range(n) if "{n}" in t else (None,):
+                expected[t.replace("{n}", str(i))] = expr
+        unknown += [f"{prefix}.{r}" for r in rest if r not in expected]
+        missing += [f"{prefix}.{r}" for r in expected if r not in rest and r not in tables.CARRY_OPTIONAL]
+
+        def dim(r, i, rest=rest, prefix=prefix):
+            s = tuple(sd[f"{prefix}.{r}"].shape) if r in rest else ()
+            return s[i] if len(s) > i else None
+
+        if templates is tables.CARRY_CONFORMER:
+            w = {"D": dim("after_norm.weight", 0), "U": dim("encoders.0.feed_forward.w_1.weight", 0),
+                 "h": dim("encoders.0.self_attn.pos_bias_u", 0),
+                 "k": dim("encoders.0.conv_module.depthwise_conv.weight", 2)}  # fmt: skip
+        else:
+            w = {"N": dim("latents", 0), "P": dim("latents", 1), "A": dim("layers.0.0.to_q.weight", 0),
+                 "G": dim("layers.0.1.2.weight", 1)}  # fmt: skip
+            # the perceivers' width is the GPT width (perceiver_encoder) or the emotion width (emo_perceiver_encoder)
+            w["P"] = dims.get("E" if prefix.startswith("emo_") else "C", w["P"])
+            w["Q"] = dim("proj_context.weight", 1) if "proj_context.weight" in rest else w["P"]
+        if None in w.values() or not w.get("h", 1):
+            continue  # an anchor is missing (reported above): shapes cannot be derived
+        widths[prefix] = w
+        for r, expr in expected.items():
+            if r not in rest:
+                continue
+            got = tuple(sd[rest[r]].shape)
+            want = [p if p == "*" else int(eval(p, {"__builtins__": {}}, dict(w))) for p in expr.split(",")]  # noqa: S307
+            if len(got) != len(want) or any(p != "*" and p != s for p, s in zip(want, got, strict=True)):
+                wrong.append(f"{rest[r]} {list(got)} (expected [{expr}] with {w})")
+        sec = g.get(section) if isinstance(g.get(section), dict) else {}
+        if templates is tables.CARRY_CONFORMER:
+            want_cfg = {"D": sec.get("output_size"), "U": sec.get("linear_units"), "h": sec.get("attention_heads"),
+                        "blocks": sec.get("num_blocks")}  # fmt: skip
+            w = dict(w, blocks=n)
+        else:
+            want_cfg = {"N": 1 if prefix.startswith("emo_") else g.get("condition_num_latent", 32) if g else None,
+                        "blocks": None}  # fmt: skip
+        for key, v in want_cfg.items():
+            if v is not None and w[key] != v:
+                wrong.append(f"{prefix}: {key} = {w[key]} in the checkpoint, {v} in config.yaml ({section})")
+    for prefix, key, want, what in (
+        ("perceiver_encoder", "Q", widths.get("conditioning_encoder", {}).get("D"), "the conformer width"),
+        ("emo_perceiver_encoder", "Q", widths.get("emo_conditioning_encoder", {}).get("D"), "the conformer width"),
+    ):
+        if prefix in widths and want is not None and widths[prefix][key] != want:
+            wrong.append(f"{prefix}: {key} = {widths[prefix][key]}, expected {want} ({what})")
+    return missing, wrong, unknown
+
+
+_LAYER_KEY = {
+    "gpt": re.compile(r"gpt\.h\.(\d+)\."),
+    "s2mel": re.compile(r"cfm\.estimator\.transformer\.layers\.(\d+)\."),
+}
+
+
+def _layer_of(kind: str, key: str) -> int:
+    """The transformer layer a key belongs to (-1 for keys outside the layers)."""
+    m = _LAYER_KEY[kind].match(key)
+    return int(m.group(1)) if m else -1
 
 
 def remap_state_dict(
@@ -630,13 +740,15 @@ def remap_state_dict(
             continue
         why = next((why for p, why in (tables.GPT_IGNORE if kind == "gpt" else tables.S2MEL_IGNORE)
                     if re.fullmatch(p, k)), None)  # fmt: skip
-        if why is not None:
+        if why is not None and _layer_of(kind, k) < dims["L"]:  # an ignored key of a layer the model has
             ignored.append((k, why))
         else:
             unknown.append(k)
-    if config is not None and kind == "gpt":
-        if config.get("gpt", {}).get("condition_type") == "conformer_perceiver" and not carried:
-            missing.append("conditioning_encoder.* / perceiver_encoder.* (config: conformer_perceiver)")
+    carry_wrong: list[str] = []
+    if kind == "gpt":
+        c_missing, carry_wrong, c_unknown = _check_carried(sd, carried, dims, config)
+        missing += c_missing
+        unknown += c_unknown
     problems = []
     if missing:
         problems.append(f"missing keys: {_fmt_keys(missing)}")
@@ -651,6 +763,7 @@ def remap_state_dict(
     for k in list(used) + carried:
         if k in sd and sd[k].dtype not in FLOAT_DTYPES:
             wrong_dtype.append(f"{k} {str(sd[k].dtype).replace('torch.', '')}")
+    wrong_shape += carry_wrong
     if wrong_shape:
         problems.append(f"wrong shape: {_fmt_keys(wrong_shape, 8)}")
     if wrong_dtype:
@@ -803,20 +916,54 @@ def convert_checkpoint(
         "nonfinite": json.dumps(report.nonfinite),
         "heads_from": "config.yaml" if cfg is not None else "width // 64 (IndexTTS2 head_dim; no config given)",
     }
-    fd, tmp = tempfile.mkstemp(dir=str(out.parent), prefix=f".{out.name}.", suffix=".tmp")
-    os.close(fd)
+    exists = f"output {out} already exists; pass overwrite=True (--overwrite) to replace it"
+    tmp = None
     try:
-        save_file(tensors, tmp, metadata=meta)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the pack ordinary file permissions
-        if out.exists() and not overwrite:  # appeared while converting
-            raise CheckpointError(f"output {out} already exists; pass overwrite=True (--overwrite) to replace it")
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
+        try:
+            fd, tmp = tempfile.mkstemp(dir=str(out.parent), prefix=f".{out.name}.", suffix=".tmp")
+            os.close(fd)
+            save_file(tensors, tmp, metadata=meta)
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the pack ordinary file permissions
+            if overwrite:
+                os.replace(tmp, out)
+            else:
+                _commit_no_clobber(tmp, out, exists)
+            _fsync_dir(out.parent)  # the rename itself survives a crash
+        except FileExistsError as e:  # appeared while converting
+            raise CheckpointError(exists) from e
+        except OSError as e:  # unwritable directory, disk full, ...
+            raise CheckpointError(f"output {out}: cannot write the pack: {e}") from e
+    finally:  # every exit, KeyboardInterrupt included, removes the temporary file
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
     return report
+
+
+def _commit_no_clobber(tmp: str, out: Path, exists: str) -> None:
+    """Publish tmp as out only if out does not exist, atomically (a hard link fails if the name exists)."""
+    try:
+        os.link(tmp, out)
+    except FileExistsError:
+        raise
+    except OSError:  # a file system without hard links: check, then rename (a small race window remains)
+        if os.path.lexists(out):
+            raise CheckpointError(exists) from None
+        os.replace(tmp, out)
+
+
+def _fsync_dir(d: Path) -> None:
+    try:
+        fd = os.open(d, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -826,8 +973,68 @@ _ST_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16
               "I64": torch.int64, "I32": torch.int32, "U8": torch.uint8}  # fmt: skip
 
 
+_MAX_HEADER = 100 << 20  # the safetensors format's own limit on the JSON header
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _parse_pack_header(path: Path, raw: bytes, nbytes: int) -> tuple[dict[str, tuple], dict[str, str]]:
+    """Validate an untrusted safetensors header: {name: (dtype, shape, start, end)} and the str->str metadata.
+
+    Every entry needs a known dtype, a shape of non-negative ints, two int offsets whose span holds exactly the
+    shape's bytes, and the spans must tile the data area [0, nbytes) without gap or overlap (the format's rule).
+    """
+    try:
+        header = json.loads(raw)
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, bad UTF-8, absurd nesting
+        raise CheckpointError(f"{path}: not a safetensors file (bad header: {type(e).__name__})") from e
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: not a safetensors file (header is a {type(header).__name__}, not an object)")
+    meta = header.pop("__metadata__", None) or {}
+    if not isinstance(meta, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
+        raise CheckpointError(f"{path}: corrupt metadata (expected string keys and values)")
+    entries: dict[str, tuple] = {}
+    for name, info in header.items():
+        dt = _ST_DTYPES.get(info.get("dtype")) if isinstance(info, dict) and isinstance(info.get("dtype"), str) \
+            else None  # fmt: skip
+        shape, offs = (info.get("shape"), info.get("data_offsets")) if isinstance(info, dict) else (None, None)
+        if (
+            dt is None
+            or not isinstance(shape, list)
+            or not all(_is_int(d) and d >= 0 for d in shape)
+            or not isinstance(offs, list)
+            or len(offs) != 2
+            or not all(_is_int(o) for o in offs)
+            or not 0 <= offs[0] <= offs[1]
+        ):
+            raise CheckpointError(f"{path}: corrupt entry {name!r}: {str(info)[:200]}")
+        if offs[1] > nbytes:
+            raise CheckpointError(f"{path}: truncated ({nbytes} data bytes, entry {name!r} ends at byte {offs[1]})")
+        numel = 1
+        for d in shape:
+            numel *= d
+        if offs[1] - offs[0] != numel * dt.itemsize:
+            raise CheckpointError(f"{path}: corrupt entry {name!r}: {offs[1] - offs[0]} bytes for shape {shape}")
+        entries[name] = (dt, tuple(shape), offs[0], offs[1])
+    pos = 0
+    for name, (_, _, s, e) in sorted(entries.items(), key=lambda kv: (kv[1][2], kv[1][3])):
+        if s != pos:
+            raise CheckpointError(
+                f"{path}: corrupt data offsets: {name!r} starts at byte {s}, expected {pos} (gap or overlap)"
+            )
+        pos = e
+    if pos != nbytes:
+        raise CheckpointError(f"{path}: truncated or trailing data ({nbytes} data bytes, the header describes {pos})")
+    return entries, meta
+
+
 def read_pack(path: PathLike, device: Union[str, torch.device] = "cpu") -> tuple[dict[str, torch.Tensor], dict]:
-    """Read a fast pack fully into memory on ``device``: (tensors, metadata). No transform happens here."""
+    """Read a fast pack fully into memory on ``device``: (tensors, metadata). No transform happens here.
+
+    The file is untrusted: the header is validated (size, structure, dtypes, shapes, offsets) before any data is
+    read, and every failure is a CheckpointError naming the file."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: no such file")
@@ -840,64 +1047,83 @@ def read_pack(path: PathLike, device: Union[str, torch.device] = "cpu") -> tuple
             size = os.fstat(f.fileno()).st_size
             if n > size - 8:
                 raise CheckpointError(f"{path}: truncated or not a safetensors file (header length {n} > file)")
-            header = json.loads(f.read(n))
-            meta = header.pop("__metadata__", None) or {}
+            if n > _MAX_HEADER:
+                raise CheckpointError(f"{path}: not a fast pack (header length {n} > {_MAX_HEADER} bytes)")
             nbytes = size - 8 - n
+            entries, meta = _parse_pack_header(path, f.read(n), nbytes)
+            if meta.get("format") != PACK_FORMAT:
+                raise CheckpointError(f"{path}: not an indextts_fast pack (metadata format {meta.get('format')!r})")
+            if meta.get("format_version") != str(PACK_VERSION):
+                raise CheckpointError(
+                    f"{path}: pack format version {meta.get('format_version')} (this reader: {PACK_VERSION})"
+                )
             buf = torch.empty(nbytes, dtype=torch.uint8, pin_memory=torch.device(device).type == "cuda")
             if f.readinto(memoryview(buf.numpy())) != nbytes:
                 raise CheckpointError(f"{path}: truncated while reading")
     except OSError as e:
         raise CheckpointError(f"{path}: unreadable: {e}") from e
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path}: not a safetensors file (bad header)") from e
-    if meta.get("format") != PACK_FORMAT:
-        raise CheckpointError(f"{path}: not an indextts_fast pack (metadata format {meta.get('format')!r})")
-    if meta.get("format_version") != str(PACK_VERSION):
-        raise CheckpointError(f"{path}: pack format version {meta.get('format_version')} (this reader: {PACK_VERSION})")
-    end = max((int(info["data_offsets"][1]) for k, info in header.items() if isinstance(info, dict)), default=0)
-    if end > nbytes:
-        raise CheckpointError(f"{path}: truncated ({nbytes} data bytes, the header describes {end})")
     if torch.device(device).type != "cpu":
         buf = buf.to(device, non_blocking=True)
         if buf.is_cuda:
             torch.cuda.current_stream(buf.device).synchronize()  # resident on the device when this returns
     out = {}
-    for name, info in header.items():
-        dt = _ST_DTYPES.get(info.get("dtype"))
-        s, e = info["data_offsets"]
-        shape = info["shape"]
-        if dt is None or not (0 <= s <= e <= nbytes):
-            raise CheckpointError(f"{path}: corrupt entry {name!r} ({info})")
-        numel = 1
-        for d in shape:
-            numel *= d
-        if (e - s) != numel * dt.itemsize:
-            raise CheckpointError(f"{path}: corrupt entry {name!r}: {e - s} bytes for shape {shape}")
+    for name, (dt, shape, s, e) in entries.items():
         raw = buf[s:e]
         t = raw.view(dt) if s % dt.itemsize == 0 else raw.clone().view(dt)
         out[name] = t.view(shape)
     return out, meta
 
 
+_PACK_DIMS = {"gpt": ("C", "L", "Vt", "Vm", "Pt", "Pm", "E", "heads"),
+              "s2mel": ("C", "D", "F", "H", "S", "L", "I", "W", "K", "R", "Q", "N", "heads")}  # fmt: skip
+
+
 def _check_pack(path: Path, tensors: dict[str, torch.Tensor], meta: dict) -> tuple[str, dict, dict, bool]:
+    """The pack's metadata (untrusted: validated before use) against its tensors: every name, shape and dtype."""
     kind = meta.get("model")
     if kind not in ("gpt", "s2mel"):
         raise CheckpointError(f"{path}: pack metadata names an unknown model {kind!r}")
     try:
         dims = json.loads(meta["config"])
         pol = json.loads(meta["dtype_policy"])
-        stack = bool(json.loads(meta.get("layout", "{}")).get("stack_adaln", False))
-    except (KeyError, json.JSONDecodeError) as e:
+        layout = json.loads(meta.get("layout", "{}"))
+    except (KeyError, ValueError, RecursionError) as e:
         raise CheckpointError(f"{path}: pack metadata incomplete or corrupt ({e!r})") from e
+    need = _PACK_DIMS[kind]
+    if (
+        not isinstance(dims, dict)
+        or set(dims) != set(need)
+        or not all(_is_int(v) and 0 <= v < 2**31 for v in dims.values())
+        or dims["heads"] < 1
+        or dims["C"] % dims["heads"]
+    ):
+        raise CheckpointError(
+            f"{path}: corrupt pack metadata: config {meta['config'][:200]!r} is not the integer dimensions {need}"
+        )
+    if max(dims["L"], dims.get("W", 0), dims.get("N", 0)) > len(tensors):  # every index needs its own tensors
+        raise CheckpointError(f"{path}: corrupt pack metadata: config {dims} describes more layers than the pack has")
+    if (
+        not isinstance(pol, dict)
+        or set(pol) != set(DEFAULT_POLICY[kind])
+        or not all(v in ("float32", "float16", "bfloat16") for v in pol.values())
+    ):
+        raise CheckpointError(f"{path}: corrupt pack metadata: dtype_policy {meta['dtype_policy'][:200]!r}")
+    if not isinstance(layout, dict) or not isinstance(layout.get("stack_adaln", False), bool):
+        raise CheckpointError(f"{path}: corrupt pack metadata: layout {meta.get('layout', '')[:200]!r}")
+    stack = layout.get("stack_adaln", False)
     entries = expand_rules(kind, dims, stack_adaln=stack, with_gpt_layer="gpt_layer.0.w" in tensors)
     want = {e.dst: (_dst_shape(e), getattr(torch, pol[e.cls])) for e in entries}
     missing = [k for k in want if k not in tensors]
-    extra = [k for k in tensors if k not in want and not k.startswith("cond.")]
+    cond = {k for k in tensors if kind == "gpt" and k.startswith("cond.")}
+    extra = [k for k in tensors if k not in want and k not in cond]
+    extra += [k for k in cond if not tables.full_match(tables.GPT_CARRY, k[len("cond.") :])]
     bad = [
         f"{k} {list(t.shape)} {t.dtype} (expected {list(want[k][0])} {want[k][1]})"
         for k, t in tensors.items()
         if k in want and (tuple(t.shape) != want[k][0] or t.dtype != want[k][1])
     ]
+    bad += [f"{k} {t.dtype} (expected {pol['carry']})" for k, t in tensors.items()
+            if k in cond and t.dtype != getattr(torch, pol["carry"])]  # fmt: skip
     if missing or extra or bad:
         raise CheckpointError(
             f"{path}: pack does not match its own metadata: missing {_fmt_keys(missing, 6)}; "

@@ -316,8 +316,17 @@ def test_config_check(uv, s2mel):
     cfg["gpt"]["heads"] = 8
     pack, rep = L.remap_state_dict(uv.state_dict(), config=cfg)
     assert rep.dims["heads"] == 8  # heads are not in any shape: the config decides
+    for bad in (0, 3, "4"):  # a head count that cannot split the width is refused, not divided by
+        cfg["gpt"]["heads"] = bad
+        with pytest.raises(L.CheckpointError, match=f"heads={bad} does not divide the width 64"):
+            L.remap_state_dict(uv.state_dict(), config=cfg)
+    cfg["gpt"]["heads"] = 8
     cfg["gpt"]["layers"] = 3
     with pytest.raises(L.CheckpointError, match="L: checkpoint 2 vs config 3"):
+        L.remap_state_dict(uv.state_dict(), config=cfg)
+    cfg = lf.gpt_config()  # mel positions = max_mel_tokens + 2 + max_conditioning_inputs (official UnifiedVoice)
+    cfg["gpt"]["max_conditioning_inputs"] = 2
+    with pytest.raises(L.CheckpointError, match="Pm: checkpoint 51 vs config 52"):
         L.remap_state_dict(uv.state_dict(), config=cfg)
     scfg = lf.s2mel_config()
     scfg["wavenet"]["kernel_size"] = 3
@@ -327,6 +336,12 @@ def test_config_check(uv, s2mel):
     scfg["DiT"]["time_as_token"] = True
     with pytest.raises(L.CheckpointError, match="time_as_token"):
         L.remap_state_dict(lf.flat_s2mel(s2mel), config={"s2mel": scfg})
+    # variants whose keys and shapes are identical but whose math differs are refused too
+    for section, flag, value in (("DiT", "is_causal", True), ("wavenet", "dilation_rate", 2)):
+        scfg = lf.s2mel_config()
+        scfg[section][flag] = value
+        with pytest.raises(L.CheckpointError, match=f"{section}.{flag}"):
+            L.remap_state_dict(lf.flat_s2mel(s2mel), config={"s2mel": scfg})
 
 
 def test_config_yaml_file(s2mel, tmp_path):

@@ -152,12 +152,18 @@ def test_output_equal_to_input(gpt_sd, tmp_path):
     _refused(src, link, "is the source checkpoint itself", overwrite=True)
     pth = _save(gpt_sd, tmp_path / "gpt.pth")
     _refused(pth, pth, "is the source checkpoint itself", overwrite=True)
+    hard = tmp_path / "hard.safetensors"  # another name for the same inode
+    os.link(src, hard)
+    _refused(src, hard, "is the source checkpoint itself", overwrite=True)
+    _refused(hard, src, "is the source checkpoint itself", overwrite=True)
 
 
 def test_unreadable_path(gpt_sd, tmp_path):
     _refused(tmp_path / "nope.pth", tmp_path / "out.safetensors", "nope.pth: no such file")
     (tmp_path / "adir.pth").mkdir()
     _refused(tmp_path / "adir.pth", tmp_path / "out.safetensors", "adir.pth: unreadable")
+    os.mkfifo(tmp_path / "fifo.pth")  # opening it would block until a writer appears
+    _refused(tmp_path / "fifo.pth", tmp_path / "out.safetensors", "fifo.pth: unreadable .*not a regular file")
     src = _save(gpt_sd, tmp_path / "gpt.pth")
     _refused(src, tmp_path / "no_dir" / "out.safetensors", "output directory .*no_dir does not exist")
     if os.geteuid() != 0:  # root reads through mode 000
@@ -183,3 +189,276 @@ def test_bad_pack_on_load(gpt_sd, tmp_path):
         L.load_pack(tmp_path / "plain.safetensors")
     with pytest.raises(L.CheckpointError, match="no such file"):
         L.load_pack(tmp_path / "missing.safetensors")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Untrusted fast packs: a crafted header is refused with a CheckpointError naming the problem, never another
+# exception, and nothing is allocated from an unchecked size.
+# ----------------------------------------------------------------------------------------------------------------------
+def _pack_parts(path):
+    import json
+    import struct
+
+    data = path.read_bytes()
+    (n,) = struct.unpack("<Q", data[:8])
+    return json.loads(data[8 : 8 + n]), data[8 + n :]
+
+
+def _write_pack(path, header, body, raw=None):
+    import json
+    import struct
+
+    h = raw if raw is not None else json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(h)) + h + body)
+    return path
+
+
+def _transpose_first_matrix(h):
+    k = next(k for k, v in h.items() if k != "__metadata__" and len(v["shape"]) == 2 and len(set(v["shape"])) == 2)
+    h[k]["shape"] = h[k]["shape"][::-1]
+
+
+def _mutations():
+    import json
+
+    def meta(h, **kw):
+        h["__metadata__"].update(kw)
+
+    def first(h):
+        return next(k for k in h if k != "__metadata__")
+
+    def entry(h, **kw):
+        h[first(h)].update(kw)
+
+    def dims(h, **kw):
+        d = json.loads(h["__metadata__"]["config"])
+        d.update(kw)
+        h["__metadata__"]["config"] = json.dumps(d)
+
+    return {
+        "header_not_object": (lambda h: [1, 2], "header is a list"),
+        "metadata_not_strings": (lambda h: h.update(__metadata__={"format": 1}), "corrupt metadata"),
+        "entry_not_object": (lambda h: h.update({first(h): "x"}), "corrupt entry"),
+        "entry_no_offsets": (lambda h: h[first(h)].pop("data_offsets") and None, "corrupt entry"),
+        "negative_shape": (lambda h: entry(h, shape=[-1] * len(h[first(h)]["shape"])), "corrupt entry"),
+        "float_shape": (lambda h: entry(h, shape=[1.5]), "corrupt entry"),
+        "string_offsets": (
+            lambda h: entry(h, data_offsets=[str(o) for o in h[first(h)]["data_offsets"]]),
+            "corrupt entry",
+        ),  # fmt: skip
+        "unknown_dtype": (lambda h: entry(h, dtype="F8_E9M9"), "corrupt entry"),
+        "overlapping_offsets": (lambda h: h.update(dup=dict(h[first(h)])), "gap or overlap"),
+        "config_not_json": (lambda h: meta(h, config="{"), "metadata incomplete or corrupt"),
+        "config_not_dims": (lambda h: meta(h, config="[1]"), "is not the integer dimensions"),
+        "config_string_dim": (lambda h: dims(h, C="64"), "is not the integer dimensions"),
+        "config_huge_layers": (lambda h: dims(h, L=10**9), "more layers than the pack has"),
+        "policy_not_dtype": (
+            lambda h: meta(h, dtype_policy=json.dumps(dict.fromkeys(L.DEFAULT_POLICY["gpt"], "load"))),
+            "corrupt pack metadata: dtype_policy",
+        ),  # fmt: skip
+        "layout_not_object": (lambda h: meta(h, layout="3"), "corrupt pack metadata: layout"),
+        "foreign_cond_key": (lambda h: h.update({"cond.evil": h.pop(first(h))}), r"extra .*cond\.evil"),
+        "dtype_relabelled": (
+            lambda h: entry(h, dtype="BF16"),
+            r"wrong .* torch\.bfloat16 \(expected .* torch\.float16\)",
+        ),
+        "shape_transposed": (lambda h: _transpose_first_matrix(h), r"does not match its own metadata: .*wrong"),
+    }
+
+
+@pytest.mark.parametrize("case", sorted(_mutations()))
+def test_crafted_pack_header(gpt_sd, tmp_path, case):
+    src = _save(gpt_sd, tmp_path / "gpt.pth")
+    good = tmp_path / "gpt.safetensors"
+    L.convert_checkpoint(src, good)
+    header, body = _pack_parts(good)
+    mutate, match = _mutations()[case]
+    header = mutate(header) or header
+    bad = _write_pack(tmp_path / "bad.safetensors", header, body)
+    with pytest.raises(L.CheckpointError, match=match) as ei:
+        L.load_pack(bad)
+    assert "bad.safetensors" in str(ei.value)
+
+
+@pytest.mark.parametrize(
+    "raw, match",
+    [
+        (b"[" * 100_000 + b"]" * 100_000, "bad header: RecursionError"),
+        (b"\xff\xfe{}", "bad header"),
+        (b'{"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}', "not an indextts_fast pack"),
+    ],
+    ids=["deeply_nested", "not_utf8", "no_metadata"],
+)
+def test_crafted_pack_raw_header(tmp_path, raw, match):
+    bad = _write_pack(tmp_path / "bad.safetensors", None, b"\0" * 8, raw=raw)
+    with pytest.raises(L.CheckpointError, match=match):
+        L.load_pack(bad)
+
+
+def test_pack_header_length_limit(tmp_path, monkeypatch):
+    """A header length beyond the format's limit is refused before it is read (small limit to keep the test fast)."""
+    monkeypatch.setattr(L, "_MAX_HEADER", 64)
+    bad = _write_pack(tmp_path / "bad.safetensors", None, b"", raw=b"{" + b" " * 100 + b"}")
+    with pytest.raises(L.CheckpointError, match="header length 102 > 64"):
+        L.load_pack(bad)
+
+
+def test_s2mel_groups_naming_one_key_twice(s2mel, tmp_path):
+    """net['cfm.estimator']['conv1.bias'] flattens to the same name as net['cfm']['estimator.conv1.bias']: refused,
+    never one silently replacing the other."""
+    st = lf.s2mel_container(s2mel)
+    st["net"]["cfm.estimator"] = {"conv1.bias": torch.randn_like(st["net"]["cfm"]["estimator.conv1.bias"])}
+    _refused(_save(st, tmp_path / "s2mel.pth"), tmp_path / "s2mel.safetensors",
+             r"holds the key cfm\.estimator\.conv1\.bias twice")  # fmt: skip
+
+
+def test_ignored_names_beyond_the_last_layer(gpt_sd, s2mel, tmp_path):
+    """The ignore list covers layers the model has: a skip_in_linear or attn.bias of a layer past the last one is
+    an unknown key (a deeper checkpoint, or keys from another model), not something to drop silently."""
+    sd = dict(gpt_sd)
+    sd["gpt.h.2.attn.bias"] = torch.ones(1, 1, 4, 4)  # the tiny GPT has layers 0, 1
+    _refused(_save(sd, tmp_path / "gpt.pth"), tmp_path / "gpt.safetensors", r"unknown keys .*gpt\.h\.2\.attn\.bias")
+    st = lf.s2mel_container(s2mel)
+    st["net"]["cfm"]["estimator.transformer.layers.5.skip_in_linear.weight"] = torch.randn(64, 128)  # 5 layers: 0..4
+    _refused(_save(st, tmp_path / "s2mel.pth"), tmp_path / "s2mel.safetensors",
+             r"unknown keys .*layers\.5\.skip_in_linear\.weight")  # fmt: skip
+    plan = L.plan_checkpoint(
+        lf.flat_s2mel(s2mel) | {"cfm.estimator.transformer.layers.5.skip_in_linear.bias": torch.randn(64)}
+    )
+    assert plan["actions"]["cfm.estimator.transformer.layers.5.skip_in_linear.bias"][0] == "unknown"
+
+
+def _other_writer(monkeypatch, out, names=("replace", "link")):
+    """Another process creates ``out`` just before our conversion commits its pack (the rename / link)."""
+    for name in names:
+        real = getattr(os, name)
+
+        def racing(a, b, *args, _real=real, **kw):
+            if os.fspath(b) == os.fspath(out) and not os.path.lexists(out):
+                with open(out, "wb") as f:
+                    f.write(b"written by another process")
+            return _real(a, b, *args, **kw)
+
+        monkeypatch.setattr(os, name, racing)
+
+
+def test_output_created_during_conversion_is_kept(gpt_sd, tmp_path, monkeypatch):
+    src = _save(gpt_sd, tmp_path / "gpt.pth")
+    out = tmp_path / "gpt.safetensors"
+    _other_writer(monkeypatch, out)
+    with pytest.raises(L.CheckpointError, match="already exists"):
+        L.convert_checkpoint(src, out)
+    assert out.read_bytes() == b"written by another process", "an existing file was replaced without overwrite"
+    assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
+
+
+@pytest.mark.parametrize(
+    "exc", [KeyboardInterrupt(), OSError(28, "No space left on device")], ids=["interrupt", "enospc"]
+)
+def test_failed_write_leaves_nothing(gpt_sd, tmp_path, monkeypatch, exc):
+    """A failure while the pack is being written (Ctrl-C, disk full) removes the partial file; no output appears."""
+    import safetensors.torch
+
+    src = _save(gpt_sd, tmp_path / "gpt.pth")
+    out = tmp_path / "gpt.safetensors"
+    real = safetensors.torch.save_file
+
+    def partial_then_fail(tensors, filename, metadata=None):
+        real(dict(list(tensors.items())[:3]), filename, metadata=metadata)
+        raise exc
+
+    monkeypatch.setattr(safetensors.torch, "save_file", partial_then_fail)
+    if isinstance(exc, KeyboardInterrupt):
+        with pytest.raises(KeyboardInterrupt):
+            L.convert_checkpoint(src, out)
+    else:
+        _refused(src, out, "cannot write the pack: .*No space left")
+    assert not out.exists() and os.listdir(tmp_path) == ["gpt.pth"]
+
+
+def test_unwritable_output_directory(gpt_sd, tmp_path, monkeypatch):
+    """The temporary file cannot be created (read-only directory): a CheckpointError naming the output."""
+    import tempfile
+
+    src = _save(gpt_sd, tmp_path / "gpt.pth")
+
+    def denied(*a, **kw):
+        raise PermissionError(13, "Permission denied", kw.get("dir"))
+
+    monkeypatch.setattr(tempfile, "mkstemp", denied)
+    _refused(
+        src, tmp_path / "gpt.safetensors", r"output .*gpt\.safetensors: cannot write the pack: .*Permission denied"
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Conditioning encoders (carried verbatim): complete, with shapes consistent with their own widths and the GPT's
+# ----------------------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def uv_sd():
+    return lf.build_unified_voice().state_dict()
+
+
+def _cond_case(sd, case):
+    sd = dict(sd)
+    if case == "wrong_shape_in_a_block":
+        sd["conditioning_encoder.encoders.0.self_attn.linear_q.weight"] = torch.randn(64, 63)
+        return sd, r"wrong shape: conditioning_encoder\.encoders\.0\.self_attn\.linear_q\.weight \[64, 63\]"
+    if case == "missing_block_tensor":
+        del sd["emo_conditioning_encoder.encoders.0.norm_ff.bias"]
+        return sd, r"missing keys: emo_conditioning_encoder\.encoders\.0\.norm_ff\.bias"
+    if case == "partial_extra_block":
+        sd["conditioning_encoder.encoders.1.self_attn.linear_q.weight"] = torch.randn(64, 64)
+        return sd, r"missing keys: .*conditioning_encoder\.encoders\.1\.conv_module\.depthwise_conv\.bias"
+    if case == "perceiver_width":
+        sd["perceiver_encoder.latents"] = torch.randn(32, 65)
+        return sd, r"wrong shape: .*perceiver_encoder\.latents \[32, 65\]"
+    if case == "encoder_absent":
+        for k in [k for k in sd if k.startswith("emo_perceiver_encoder.")]:
+            del sd[k]
+        return sd, r"missing keys: emo_perceiver_encoder\.\* \(config: conformer_perceiver\)"
+    raise AssertionError(case)
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["wrong_shape_in_a_block", "missing_block_tensor", "partial_extra_block", "perceiver_width", "encoder_absent"],
+)
+def test_conditioning_encoders_checked(uv_sd, tmp_path, case):
+    yaml = pytest.importorskip("yaml")
+    cfg = lf.gpt_config()
+    cfg["gpt"]["condition_module"] = dict(lf.TINY_COND)
+    cfg["gpt"]["emo_condition_module"] = dict(lf.TINY_COND)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    sd, match = _cond_case(uv_sd, case)
+    _refused(_save(sd, tmp_path / "gpt.pth"), tmp_path / "gpt.safetensors", match, config=tmp_path / "config.yaml")
+
+
+def test_conditioning_encoder_config_sizes(uv_sd):
+    cfg = lf.gpt_config()
+    cfg["gpt"]["condition_module"] = dict(lf.TINY_COND, num_blocks=2)
+    with pytest.raises(L.CheckpointError, match=r"conditioning_encoder: blocks = 1 in the checkpoint, 2 in config"):
+        L.remap_state_dict(uv_sd, config=cfg)
+
+
+def test_misaligned_pack_entries_are_copied(tmp_path):
+    """Offsets that are not a multiple of the element size (legal in the format) are read through a copy."""
+    import json
+
+    meta = {"format": L.PACK_FORMAT, "format_version": str(L.PACK_VERSION)}
+    a = torch.tensor([1.5], dtype=torch.float16)
+    b = torch.tensor([3.25, -7.0], dtype=torch.float32)
+    header = {"__metadata__": meta, "a": {"dtype": "F16", "shape": [1], "data_offsets": [0, 2]},
+              "b": {"dtype": "F32", "shape": [2], "data_offsets": [2, 10]}}  # fmt: skip
+    body = a.view(torch.uint8).numpy().tobytes() + b.view(torch.uint8).numpy().tobytes()
+    path = _write_pack(tmp_path / "p.safetensors", None, body, raw=json.dumps(header).encode())
+    t, _ = L.read_pack(path)
+    assert torch.equal(t["a"], a) and torch.equal(t["b"], b)
+
+
+def test_nonfinite_conditioning_encoder_weight(tmp_path):
+    sd = {k: v.clone() for k, v in lf.build_unified_voice().state_dict().items()}
+    sd["perceiver_encoder.latents"][5, 3] = float("nan")
+    _refused(
+        _save(sd, tmp_path / "gpt.pth"), tmp_path / "gpt.safetensors", r"non-finite values .*perceiver_encoder\.latents"
+    )

@@ -121,3 +121,27 @@ def test_full_s2mel_key_plan():
     ignored = sorted(k for k, v in plan["actions"].items() if v[0] == "ignored")
     assert len(ignored) == 3 + 1 + 1 + 1 + 2 * 7 + 2  # x_embedder g/v/b, cond_embedder, content_mask, input_pos,
     # skip_in_linear of layers 0..6, length_regulator embedding + mask_token
+
+
+def test_full_unified_voice_conditioning_encoders_consistent():
+    """The carried conditioning encoders of the complete official UnifiedVoice at IndexTTS-2's config pass the
+    completeness / shape checks (speaker conformer 6 blocks x 8 heads, emotion 4 x 4, perceivers 1280 / 1024)."""
+    mv = official("gpt.model_v2")
+    cm = dict(output_size=512, linear_units=2048, attention_heads=8, num_blocks=6, input_layer="conv2d2",
+              perceiver_mult=2)  # fmt: skip
+    em = dict(cm, linear_units=1024, attention_heads=4, num_blocks=4)
+    with torch.device("meta"):
+        uv = mv.UnifiedVoice(**lf.FULL_GPT, condition_type="conformer_perceiver", condition_module=cm,
+                             emo_condition_module=em)  # fmt: skip
+    sd = uv.state_dict()
+    plan = L.plan_checkpoint(sd)
+    carried = [k for k, (a, _) in plan["actions"].items() if a == "carried"]
+    cfg = lf.gpt_config(full=True)
+    cfg["gpt"].update(condition_module=cm, emo_condition_module=em)
+    assert L._check_carried(sd, carried, plan["dims"], cfg) == ([], [], [])
+    sd = dict(
+        sd, **{"emo_conditioning_encoder.encoders.3.feed_forward.w_1.weight": torch.empty(2048, 512, device="meta")}
+    )
+    missing, wrong, unknown = L._check_carried(sd, carried, plan["dims"], cfg)
+    assert wrong == ["emo_conditioning_encoder.encoders.3.feed_forward.w_1.weight [2048, 512] (expected [U,D] with "
+                     "{'D': 512, 'U': 1024, 'h': 4, 'k': 15})"] and not missing and not unknown  # fmt: skip

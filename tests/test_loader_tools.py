@@ -72,3 +72,16 @@ def test_inspect_tool(s2mel_pth, tmp_path, capsys):
     L.convert_checkpoint(s2mel_pth, tmp_path / "p.safetensors")
     assert ins.main([str(tmp_path / "p.safetensors")]) == 0
     assert "indextts_fast fast pack" in capsys.readouterr().out
+
+
+def test_inspect_tool_reports_conditioning_encoder_shapes(tmp_path, capsys):
+    ins = _tool("inspect_checkpoint")
+    sd = dict(lf.build_unified_voice().state_dict())
+    sd["conditioning_encoder.encoders.0.feed_forward.w_2.weight"] = torch.randn(64, 127)
+    sd["perceiver_encoder.norm.gamma"] = torch.ones(64, dtype=torch.int64)  # remap refuses it: so must the plan
+    torch.save(sd, tmp_path / "gpt.pth")
+    assert ins.main([str(tmp_path / "gpt.pth")]) == 1
+    text = capsys.readouterr().out
+    assert "conditioning_encoder.encoders.0.feed_forward.w_2.weight" in text and "wrong-shape" in text
+    assert "REFUSE" in text
+    assert "perceiver_encoder.norm.gamma" in text and "wrong-dtype" in text

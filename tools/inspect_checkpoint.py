@@ -72,7 +72,9 @@ def inspect_checkpoint(path: Path, keys: bool, split_adaln: bool) -> int:
             print(f"    {k:<64} {list(t.shape)!s:<20} {_dt(t):<9} {action:<14} {target}")
     for k in plan["missing"]:
         print(f"    MISSING {k}")
-    ok = not refused and not plan["missing"] and not plan["error"]
+    for msg in plan.get("problems", []):
+        print(f"    PROBLEM {msg}")
+    ok = not refused and not plan["missing"] and not plan["error"] and not plan.get("problems")
     print("  the loader would " + ("accept this checkpoint" if ok else "REFUSE this checkpoint"))
     return 0 if ok else 1
 
