@@ -33,6 +33,11 @@ Beam reordering (decode): no cache copy. An optional ``row_table`` int32 [B, S_m
             written exactly once, at the step where its logical row reaches that position (rows grow by one
             token per step, as in beam search). The price is one extra int32 load per key and a gathered (not
             slab-contiguous) key block: each key row is still one contiguous D * 2 = 128-byte segment.
+            Caller contract: reorder ``lengths`` with the table (``lengths = lengths[beam_idx]``; in beam search
+            all rows have one length, and rows of unequal length could overwrite a position another row still
+            reads); start every generation from an identity table (a prefill does not reset it); table values
+            are not bounds-checked on the device. Inside a CUDA graph, copy the reordered table into the
+            captured buffer (``table.copy_(reorder_kv_rows(table, beam_idx))``).
 Numerics:   loads upcast to fp32 for the RoPE (fp32 products, as the official ``apply_rotary_emb``), then the rotated
             q and k are rounded back to the input dtype (its ``type_as``); scores and the softmax state in fp32
             (exp2 of log2e-scaled scores); P is rounded to v's dtype for the P @ V product (as flash attention
