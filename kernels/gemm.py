@@ -297,8 +297,9 @@ def _prepare_out(op, out, shape, x, weight, bias, residual):
     return out
 
 
-def _launch(op, x, weight, bias, residual, act, precision, out):
-    gemm_args(op, x, weight, bias=bias, residual=residual, swiglu=act == ACT_SWIGLU, precision=precision)
+def _launch(op, x, weight, bias, residual, act, precision, out, *, checked=False):
+    if not checked:  # the feed-forward launchers validate the whole block once (ffn_args), then skip this
+        gemm_args(op, x, weight, bias=bias, residual=residual, swiglu=act == ACT_SWIGLU, precision=precision)
     check_launchable(x, op)
     K = x.shape[-1]
     N = weight.shape[0] // 2 if act == ACT_SWIGLU else weight.shape[0]
@@ -366,8 +367,8 @@ def swiglu_feed_forward_fwd(
 ) -> torch.Tensor:
     """DiT FeedForward (+ the block's residual): ``residual + w2(silu(w1 x) * w3 x)``, two launches."""
     ffn_args("swiglu_feed_forward_fwd", x, w13, w2, residual=residual, swiglu=True, precision=precision)
-    h = swiglu_linear_fwd(x, w13, precision=precision)
-    return _launch("swiglu_feed_forward_fwd", h, w2, None, residual, ACT_NONE, precision, out)
+    h = _launch("swiglu_feed_forward_fwd", x, w13, None, None, ACT_SWIGLU, precision, None, checked=True)
+    return _launch("swiglu_feed_forward_fwd", h, w2, None, residual, ACT_NONE, precision, out, checked=True)
 
 
 def gpt2_mlp_fwd(
@@ -386,8 +387,8 @@ def gpt2_mlp_fwd(
         "gpt2_mlp_fwd", x, c_fc_weight, c_proj_weight, b_in=c_fc_bias, b_out=c_proj_bias, residual=residual,
         swiglu=False, precision=precision,
     )  # fmt: skip
-    h = linear_fwd(x, c_fc_weight, c_fc_bias, activation="gelu_new", precision=precision)
-    return _launch("gpt2_mlp_fwd", h, c_proj_weight, c_proj_bias, residual, ACT_NONE, precision, out)
+    h = _launch("gpt2_mlp_fwd", x, c_fc_weight, c_fc_bias, None, ACT_GELU_NEW, precision, None, checked=True)
+    return _launch("gpt2_mlp_fwd", h, c_proj_weight, c_proj_bias, residual, ACT_NONE, precision, out, checked=True)
 
 
 # The GEMMs of the IndexTTS2 hot path: (tag, N, K, HAS_BIAS, HAS_RESIDUAL, ACT, dtypes, rows M).
