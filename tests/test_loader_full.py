@@ -85,9 +85,9 @@ def test_full_width_gpt(tmp_path):
     gpt_check(core, core64.double(), w32, torch.randn(1, 17, 1280))
 
 
-def test_full_unified_voice_key_plan():
-    """The complete official UnifiedVoice at IndexTTS-2's config (built on the meta device: names and shapes, no
-    memory): every one of its keys is mapped, carried or ignored, none is missing, every shape is as expected."""
+def _full_unified_voice_meta():
+    """The complete official UnifiedVoice at IndexTTS-2's config on the meta device: (speaker conformer config,
+    emotion conformer config, state dict of names and shapes)."""
     mv = official("gpt.model_v2")
     cm = dict(output_size=512, linear_units=2048, attention_heads=8, num_blocks=6, input_layer="conv2d2",
               perceiver_mult=2)  # fmt: skip
@@ -95,7 +95,13 @@ def test_full_unified_voice_key_plan():
     with torch.device("meta"):
         uv = mv.UnifiedVoice(**lf.FULL_GPT, condition_type="conformer_perceiver", condition_module=cm,
                              emo_condition_module=em)  # fmt: skip
-    sd = uv.state_dict()
+    return cm, em, uv.state_dict()
+
+
+def test_full_unified_voice_key_plan():
+    """The complete official UnifiedVoice at IndexTTS-2's config (built on the meta device: names and shapes, no
+    memory): every one of its keys is mapped, carried or ignored, none is missing, every shape is as expected."""
+    cm, em, sd = _full_unified_voice_meta()
     assert round(sum(v.numel() for v in sd.values()) / 1e9, 2) == 0.87  # indextts2-hot-path.md section 3.1
     plan = L.plan_checkpoint(sd)
     acts = Counter(a for a, _ in plan["actions"].values())
@@ -126,14 +132,7 @@ def test_full_s2mel_key_plan():
 def test_full_unified_voice_conditioning_encoders_consistent():
     """The carried conditioning encoders of the complete official UnifiedVoice at IndexTTS-2's config pass the
     completeness / shape checks (speaker conformer 6 blocks x 8 heads, emotion 4 x 4, perceivers 1280 / 1024)."""
-    mv = official("gpt.model_v2")
-    cm = dict(output_size=512, linear_units=2048, attention_heads=8, num_blocks=6, input_layer="conv2d2",
-              perceiver_mult=2)  # fmt: skip
-    em = dict(cm, linear_units=1024, attention_heads=4, num_blocks=4)
-    with torch.device("meta"):
-        uv = mv.UnifiedVoice(**lf.FULL_GPT, condition_type="conformer_perceiver", condition_module=cm,
-                             emo_condition_module=em)  # fmt: skip
-    sd = uv.state_dict()
+    cm, em, sd = _full_unified_voice_meta()
     plan = L.plan_checkpoint(sd)
     carried = [k for k, (a, _) in plan["actions"].items() if a == "carried"]
     cfg = lf.gpt_config(full=True)
