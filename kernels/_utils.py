@@ -78,6 +78,46 @@ def check_inference(op: str, *tensors) -> None:
         )
 
 
+def _span(t: torch.Tensor) -> tuple[int, int]:
+    """[first byte, one past the last byte] that ``t``'s elements occupy in memory."""
+    lo = t.data_ptr()
+    return lo, lo + (sum((n - 1) * st for n, st in zip(t.shape, t.stride(), strict=True)) + 1) * t.element_size()
+
+
+def check_out_buffer(op: str, name: str, out: torch.Tensor, inputs, *, in_place_ok=()) -> None:
+    """Refuse an output buffer that aliases itself or overlaps an input in memory.
+
+    ``inputs`` is ``(name, tensor or None)`` pairs. An output that overlaps an input would be written while
+    other programs may still read that input. ``in_place_ok`` names the inputs that may be the very same view
+    as ``out`` (same data pointer and strides): kernels whose programs read each such element before writing
+    it, and nothing else reads it, may run in place there.
+    """
+    if out.numel() == 0:
+        return
+    extent = 1  # dims by stride: each must step past everything the smaller ones span, or elements alias
+    for stride, n in sorted((st, n) for n, st in zip(out.shape, out.stride(), strict=True) if n > 1):
+        if stride < extent:
+            raise ValueError(
+                f"{op}: {name} overlaps itself (strides {tuple(out.stride())} for shape {tuple(out.shape)}, an "
+                "expanded view?): programs would race to write the shared elements"
+            )
+        extent += stride * (n - 1)
+    lo, hi = _span(out)
+    for iname, t in inputs:
+        if t is None or not isinstance(t, torch.Tensor) or t.numel() == 0 or t.device != out.device:
+            continue
+        if iname in in_place_ok and t.data_ptr() == out.data_ptr() and t.stride() == out.stride():
+            continue  # in place: each element is read, then written, by the same program
+        tlo, thi = _span(t)
+        if tlo < hi and lo < thi:
+            allowed = ", ".join(f"{name}={n}" for n in in_place_ok)
+            raise ValueError(
+                f"{op}: {name} overlaps {iname} in memory; other programs may still read {iname} while {name} is "
+                "written ("
+                + (f"only {allowed}, the very same view, is allowed)" if allowed else "pass a separate buffer)")
+            )
+
+
 def rows_view(name: str, t: torch.Tensor, n: int, *, copy_ok: bool = False) -> torch.Tensor:
     """View ``t`` [..., n] as [M, n] with one row stride, without a copy.
 

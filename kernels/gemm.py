@@ -14,10 +14,14 @@ Ops built on it (all IndexTTS2):
     GPT-2 MLP         out = residual + c_proj(gelu_new(c_fc(x)))  = linear(linear(x, fc, b, gelu_new), proj, b, residual)
     projections       GPT-2 c_attn (+bias), attn c_proj (+bias +residual); DiT wqkv, wo (+residual), skip_in_linear (+bias)
 Contract:   x [..., K] with contiguous leading dims; weight [N, K] contiguous (row-major, K contiguous). GPT-2 Conv1D
-            weights ([in, out] in the checkpoint) must be transposed to [out, in] first. x, weight, bias, residual
-            and the output share one dtype: fp32, fp16 or bf16.
-Numerics:   fp32 accumulation; epilogue in fp32 (bias, activation, residual); one rounding at the store. The unfused
-            torch ops round after each op at the working dtype; this kernel does not (it is closer to the fp32 result).
+            weights ([in, out] in the checkpoint) must be transposed to [out, in] first. x, weight and bias share one
+            dtype (fp32, fp16 or bf16); the residual may be of another float dtype (IndexTTS2's use_fp16 GPT keeps an
+            fp32 residual stream with fp16 operands) and the output takes torch's promotion of (x, residual).
+Numerics:   fp32 accumulation; epilogue in fp32 (bias, activation, residual); one rounding at the store, plus the
+            official cast points: before gelu_new the projection is rounded to x's dtype (the Conv1D output the
+            activation reads), and a wider residual is added to the projection rounded to x's dtype (torch's
+            promotion of ``residual + proj(x)``). Otherwise the unfused torch ops round after each op at the working
+            dtype; this kernel does not (it is closer to the fp32 result).
             fp32 inputs: ``precision`` picks the tensor-core regime's dot. Default "ieee": exact fp32 products (FMA,
             no tensor cores), as the official fp32 DiT under torch's default (allow_tf32=False). "tf32x3" (tensor
             cores, about fp32 accuracy) and "tf32" (10-bit mantissa inputs) are opt-in. The decode regime always
@@ -48,7 +52,7 @@ import triton
 import triton.language as tl
 
 from ._jit import cast_to, dot_prec
-from ._utils import check_launchable, check_tensor, is_interpreting, next_pow2, rows_view
+from ._utils import check_launchable, check_out_buffer, check_tensor, is_interpreting, next_pow2, rows_view
 from ._validate import GEMM_PRECISIONS, ffn_args, gemm_args
 from .reference import pack_w13
 
@@ -165,16 +169,23 @@ def _gemm_kernel(
             a_ptrs += BLOCK_K
             w_ptrs += BLOCK_K
 
-    # epilogue, fp32: bias, activation, residual; one rounding at the store
+    # epilogue, fp32: bias, activation, residual; one rounding at the store, plus the official cast points below
     if HAS_BIAS:
         acc += tl.load(BIAS + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
     if ACT == 1:
+        # the projection's result in x's dtype first (the official Conv1D output), then the activation in fp32
+        # (under CUDA autocast gelu_new's pow runs in fp32, so the official activation is fp32 math on it too)
+        acc = cast_to(acc, A.dtype.element_ty).to(tl.float32)
         # gelu_new: 0.5 u (1 + tanh(z)) with z = sqrt(2/pi) (u + 0.044715 u^3), and 0.5 (1 + tanh(z)) = sigmoid(2z)
         acc = acc * tl.sigmoid(1.5957691216057308 * (acc + 0.044715 * acc * acc * acc))
     if ACT == 2:
         acc = acc * tl.sigmoid(acc) * gate
     mask = m_ok[:, None] & n_ok[None, :]
     if HAS_RESIDUAL:
+        if R.dtype.element_ty != A.dtype.element_ty:
+            # a wider residual stream (fp32 under fp16 autocast): the projection is rounded to x's dtype, then added
+            # in the stream's precision, as torch's type promotion of ``residual + proj(x)`` does
+            acc = cast_to(acc, A.dtype.element_ty).to(tl.float32)
         acc += tl.load(R + rm.to(tl.int64)[:, None] * stride_rm + rn[None, :], mask=mask, other=0.0).to(tl.float32)
     tl.store(C + rm.to(tl.int64)[:, None] * stride_cm + rn[None, :], cast_to(acc, C.dtype.element_ty), mask=mask)
 
@@ -263,37 +274,12 @@ def _specialization(
     return const, warps, stages
 
 
-def _span(t: torch.Tensor) -> tuple[int, int]:
-    lo = t.data_ptr()
-    return lo, lo + (sum((n - 1) * st for n, st in zip(t.shape, t.stride(), strict=True)) + 1) * t.element_size()
-
-
-def _prepare_out(op, out, shape, x, weight, bias, residual):
+def _prepare_out(op, out, shape, dtype, x, weight, bias, residual):
     if out is None:
-        return torch.empty(shape, dtype=x.dtype, device=x.device)
-    check_tensor("out", out, dtypes=(x.dtype,), device=x.device, shape=tuple(shape))
-    if out.numel() == 0:
-        return out
-    extent = 1  # dims by stride: each must step past everything the smaller ones span, or elements alias
-    for stride, n in sorted((st, n) for n, st in zip(out.shape, out.stride(), strict=True) if n > 1):
-        if stride < extent:
-            raise ValueError(
-                f"{op}: out overlaps itself (strides {tuple(out.stride())} for shape {tuple(out.shape)}, an "
-                "expanded view?): programs would race to write the shared elements"
-            )
-        extent += stride * (n - 1)
-    lo, hi = _span(out)
-    for name, t in (("x", x), ("weight", weight), ("bias", bias), ("residual", residual)):
-        if t is None or t.numel() == 0:
-            continue
-        if name == "residual" and t.data_ptr() == out.data_ptr() and t.stride() == out.stride():
-            continue  # in place on the residual: each element is read, then written, by the same program
-        tlo, thi = _span(t)
-        if tlo < hi and lo < thi:
-            raise ValueError(
-                f"{op}: out overlaps {name} in memory; other programs may still read {name} while out is written "
-                "(only out=residual, the very same view, is allowed)"
-            )
+        return torch.empty(shape, dtype=dtype, device=x.device)
+    check_tensor("out", out, dtypes=(dtype,), device=x.device, shape=tuple(shape))
+    check_out_buffer(op, "out", out, (("x", x), ("weight", weight), ("bias", bias), ("residual", residual)),
+                     in_place_ok=("residual",))  # fmt: skip
     return out
 
 
@@ -303,7 +289,8 @@ def _launch(op, x, weight, bias, residual, act, precision, out, *, checked=False
     check_launchable(x, op)
     K = x.shape[-1]
     N = weight.shape[0] // 2 if act == ACT_SWIGLU else weight.shape[0]
-    y = _prepare_out(op, out, tuple(x.shape[:-1]) + (N,), x, weight, bias, residual)
+    out_dtype = x.dtype if residual is None else torch.promote_types(x.dtype, residual.dtype)
+    y = _prepare_out(op, out, tuple(x.shape[:-1]) + (N,), out_dtype, x, weight, bias, residual)
     M = x.numel() // K
     if M == 0 or N == 0:
         return y
@@ -391,16 +378,17 @@ def gpt2_mlp_fwd(
     return _launch("gpt2_mlp_fwd", h, c_proj_weight, c_proj_bias, residual, ACT_NONE, precision, out, checked=True)
 
 
-# The GEMMs of the IndexTTS2 hot path: (tag, N, K, HAS_BIAS, HAS_RESIDUAL, ACT, dtypes, rows M).
+# The GEMMs of the IndexTTS2 hot path: (tag, N, K, HAS_BIAS, HAS_RESIDUAL, ACT, dtypes, rows M); a dtype "fp16+r32"
+# is fp16 operands with an fp32 residual stream and output (the use_fp16 GPT's residual adds).
 # GPT-2: fp16 under use_fp16, else fp32; M = 3 beams per decode step (1 to 8 allowed), 3 x ~87 at the prefill,
 # up to ~1600 in the teacher-forced latent pass. DiT: fp32 as the official code (bf16 opt-in), M = 2 x T, T <= ~3870;
 # its AdaLN project_layer maps the time embedding c [B = 2, 1, C] to scale | shift (M = B).
 _GPT_M, _DIT_M = range(1, 4097), range(9, 8193)
 INDEXTTS2_GEMMS = (
     ("gpt/c_attn+bias", 3840, 1280, True, False, ACT_NONE, ("fp16", "fp32"), _GPT_M),
-    ("gpt/attn_c_proj+bias+res", 1280, 1280, True, True, ACT_NONE, ("fp16", "fp32"), _GPT_M),
+    ("gpt/attn_c_proj+bias+res", 1280, 1280, True, True, ACT_NONE, ("fp16+r32", "fp16", "fp32"), _GPT_M),
     ("gpt/c_fc+bias+gelu", 5120, 1280, True, False, ACT_GELU_NEW, ("fp16", "fp32"), _GPT_M),
-    ("gpt/c_proj+bias+res", 1280, 5120, True, True, ACT_NONE, ("fp16", "fp32"), _GPT_M),
+    ("gpt/c_proj+bias+res", 1280, 5120, True, True, ACT_NONE, ("fp16+r32", "fp16", "fp32"), _GPT_M),
     ("dit/wqkv", 1536, 512, False, False, ACT_NONE, ("fp32", "bf16"), _DIT_M),
     ("dit/wo+res", 512, 512, False, True, ACT_NONE, ("fp32", "bf16"), _DIT_M),
     ("dit/w13_swiglu", 1536, 512, False, False, ACT_SWIGLU, ("fp32", "bf16"), _DIT_M),
@@ -429,8 +417,10 @@ def compile_variants():
     1 and an unbounded count give both). Identical constexprs are listed once.
     """
     seen = set()
-    for tag, N, K, has_b, has_r, act, tnames, rows in INDEXTTS2_GEMMS:
-        for tname in tnames:
+    for tag, N, K, has_b, has_r, act, dtypes, rows in INDEXTTS2_GEMMS:
+        for dtype_tag in dtypes:
+            tname, _, rname = dtype_tag.partition("+r")
+            rname = f"fp{rname}" if rname else tname
             # fp32 DiT at every precision (tf32x3 / tf32 are its opt-in speed modes); the fp32 GPT at its default
             for prec in GEMM_PRECISIONS if tname == "fp32" and tag.startswith("dit/") else (None,):
                 for M in _representative_rows(rows):
@@ -439,13 +429,13 @@ def compile_variants():
                             M, N, K, _TORCH_DT[tname], act=act, has_bias=has_b, has_residual=has_r,
                             precision=prec, num_sms=sms, interpret=False,
                         )  # fmt: skip
-                        key = (tname, tuple(const.items()), nw)
+                        key = (dtype_tag, tuple(const.items()), nw)
                         if key in seen:
                             continue
                         seen.add(key)
-                        p = f"*{tname}"
+                        p, pr = f"*{tname}", f"*{rname}"
                         sig = {
-                            "A": p, "W": p, "BIAS": p, "R": p, "C": p, "M": "i32", "N": "i32", "K": "i32",
+                            "A": p, "W": p, "BIAS": p, "R": pr, "C": pr, "M": "i32", "N": "i32", "K": "i32",
                             "stride_am": "i32", "stride_wn": "i32", "stride_rm": "i32", "stride_cm": "i32",
                         }  # fmt: skip
                         for k in const:
@@ -453,4 +443,4 @@ def compile_variants():
                         bm, bn, bk = const["BLOCK_M"], const["BLOCK_N"], const["BLOCK_K"]
                         regime = f"gemv/BM{bm}xBN{bn}xBK{bk}" if const["GEMV"] else f"mma/{bm}x{bn}x{bk}"
                         pname = f"/{const['INPUT_PRECISION']}" if tname == "fp32" and not const["GEMV"] else ""
-                        yield f"gemm/{tag}/{tname}{pname}/{regime}", _gemm_kernel, sig, const, nw, _DIVISIBLE
+                        yield f"gemm/{tag}/{dtype_tag}{pname}/{regime}", _gemm_kernel, sig, const, nw, _DIVISIBLE

@@ -213,12 +213,13 @@ def test_regimes_and_configs():
 
 
 # IndexTTS2's GEMMs, from the spec: (N, K, bias, residual, act, dtypes, rows from, rows to). GPT-2 decode runs 1-8 rows,
-# prefill and the teacher-forced pass up to ~1600; the DiT 2 x T rows with T <= ~3870.
+# prefill and the teacher-forced pass up to ~1600; the DiT 2 x T rows with T <= ~3870. "fp16+r32": fp16 operands
+# with the fp32 residual stream of the use_fp16 GPT.
 _IT2_GEMMS = [
     (3840, 1280, True, False, "none", ("fp16", "fp32"), 1, 4096),  # GPT-2 c_attn
-    (1280, 1280, True, True, "none", ("fp16", "fp32"), 1, 4096),  # GPT-2 attn c_proj
+    (1280, 1280, True, True, "none", ("fp16+r32", "fp16", "fp32"), 1, 4096),  # GPT-2 attn c_proj
     (5120, 1280, True, False, "gelu_new", ("fp16", "fp32"), 1, 4096),  # GPT-2 c_fc
-    (1280, 5120, True, True, "none", ("fp16", "fp32"), 1, 4096),  # GPT-2 mlp c_proj
+    (1280, 5120, True, True, "none", ("fp16+r32", "fp16", "fp32"), 1, 4096),  # GPT-2 mlp c_proj
     (1536, 512, False, False, "none", ("fp32", "bf16"), 9, 8192),  # DiT wqkv
     (512, 512, False, True, "none", ("fp32", "bf16"), 9, 8192),  # DiT wo
     (1536, 512, False, False, "swiglu", ("fp32", "bf16"), 9, 8192),  # DiT w13
@@ -235,11 +236,13 @@ def test_compile_variants_cover_every_launch():
     gemm = K.load_kernel_module("gemm")
     dts = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
     acts = {"none": gemm.ACT_NONE, "gelu_new": gemm.ACT_GELU_NEW, "swiglu": gemm.ACT_SWIGLU}
-    listed = {(sig["A"][1:], tuple(c.items()), nw) for _, _, sig, c, nw, _ in gemm.compile_variants()}
+    listed = {(sig["A"][1:], sig["R"][1:], tuple(c.items()), nw) for _, _, sig, c, nw, _ in gemm.compile_variants()}
     missing = set()
     for N, K_, has_b, has_r, act, tnames, min_m, max_m in _IT2_GEMMS:
         rows = list(range(min_m, 257)) + list(range(257, max_m + 1, 37)) + [max_m]
-        for tname in tnames:
+        for dtype_tag in tnames:
+            tname, _, rbits = dtype_tag.partition("+r")
+            rname = f"fp{rbits}" if rbits else tname
             dit_fp32 = tname == "fp32" and N * K_ != 1280 * 1280 and 1280 not in (N, K_)
             for prec in (None, "ieee", "tf32x3", "tf32") if dit_fp32 else (None,):  # GPT fp32: default only
                 for M in rows:
@@ -249,8 +252,8 @@ def test_compile_variants_cover_every_launch():
                             precision=prec, num_sms=sms, interpret=False,
                         )  # fmt: skip
                         assert stages == 3  # the AOT tool compiles at Triton's default
-                        if (tname, tuple(const.items()), nw) not in listed:
-                            missing.add((tname, N, K_, act, tuple(const.items())))
+                        if (tname, rname, tuple(const.items()), nw) not in listed:
+                            missing.add((dtype_tag, N, K_, act, tuple(const.items())))
     assert not missing, f"{len(missing)} launch specializations are not in compile_variants(): {sorted(missing)[:3]}"
 
 
@@ -408,3 +411,29 @@ def test_tolerance_rule_catches_wrong_math(device):
     partial[5, 79] = float("nan")  # an element a kernel never wrote
     with pytest.raises(AssertionError, match="non-finite"):
         assert_close_rel(partial, ref.linear_ref(x, w), ref.linear_ref(*upcast(x, w)))
+
+
+@pytest.mark.parametrize("M", [3, 37], ids=["decode", "tiles"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=dtype_id)
+def test_half_operands_with_an_fp32_residual_stream(M, dtype, device):
+    """IndexTTS2's use_fp16 GPT: fp16 GEMMs on an fp32 residual stream. The projection is rounded to the operands'
+    dtype (the official Conv1D output), added to the stream in fp32 and stored as fp32, in place on the stream."""
+    K_, N = 96, 100
+    x, w, b, _ = _operands(M, K_, N, dtype, device)
+    stream = randn(M, N, device=device, mean=0.3, std=2.0)
+    low = ref.linear_ref(x, w, b, residual=stream)  # torch: stream + (x @ w.T + b in half) -> fp32
+    assert low.dtype == torch.float32
+    high = ref.linear_ref(*upcast(x, w, b, stream))
+    y = K.linear_fwd(x, w, b, residual=stream, out=poisoned((M, N), torch.float32, device))
+    assert y.dtype == torch.float32
+    assert_close_rel(y, low, high, "half GEMM + fp32 residual")
+    # the exact cast point: the projection as the kernel rounds it, plus the stream, in fp32
+    proj = K.linear_fwd(x, w, b)
+    assert torch.equal(y, proj.float() + stream), "the projection must be rounded to x's dtype before the add"
+    s0 = stream.clone()
+    assert K.linear_fwd(x, w, b, residual=stream, out=stream) is stream  # in place on the fp32 stream
+    assert torch.equal(stream, proj.float() + s0)
+    h = K.gpt2_mlp_fwd(x[:, :96], randn(64, 96, dtype=dtype, device=device, std=0.1),
+                       randn(64, dtype=dtype, device=device), randn(N, 64, dtype=dtype, device=device, std=0.1),
+                       b, residual=s0)  # fmt: skip
+    assert h.dtype == torch.float32
