@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from ._utils import MAX_FUSED_ROW, check_inference, check_tensor
+from ._utils import FLOAT_DTYPES, MAX_FUSED_ROW, check_inference, check_out_buffer, check_tensor
 
 
 def mod_layout(name: str, m: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, int, int]:
@@ -39,8 +39,12 @@ def mod_layout(name: str, m: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tenso
     return m3, (m3.stride(0) if B > 1 else 0), (m3.stride(1) if Tm > 1 else 0)
 
 
-def norm_args(op: str, x, *, weight=None, bias=None, residual=None, scale=None, shift=None, eps=1e-5) -> None:
+def norm_args(
+    op: str, x, *, weight=None, bias=None, residual=None, scale=None, shift=None, eps=1e-5, out_dtype=None
+) -> None:
     """Validate the inputs of the normalization ops (layer_norm, adaptive_rms_norm, final_layer_modulate)."""
+    if out_dtype is not None and out_dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{op}: out_dtype must be None, float32, float16 or bfloat16, got {out_dtype!r}")
     check_tensor("x", x, min_dim=1)
     N = x.shape[-1]
     if N == 0 or N > MAX_FUSED_ROW:
@@ -58,6 +62,22 @@ def norm_args(op: str, x, *, weight=None, bias=None, residual=None, scale=None, 
         mod_layout("scale", scale, x)
         mod_layout("shift", shift, x)
     check_inference(op, x, weight, bias, residual, scale, shift)
+
+
+def norm_out_dtype(x, weight=None, bias=None, residual=None, scale=None, shift=None, *, promote_params: bool):
+    """The output dtype a norm op returns by default, on every backend.
+
+    The stream dtype (x's, or torch's promotion of x and residual: the new stream ``x + residual`` is what gets
+    normalized); with ``promote_params`` (the RMSNorm and modulated forms, whose upstream elementwise tails follow
+    torch promotion) also promoted over the parameters and the modulation. LayerNorm keeps its input's dtype, as
+    ``F.layer_norm`` does.
+    """
+    dt = x.dtype if residual is None else torch.promote_types(x.dtype, residual.dtype)
+    if promote_params:
+        for t in (weight, bias, scale, shift):
+            if t is not None:
+                dt = torch.promote_types(dt, t.dtype)
+    return dt
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -105,16 +125,29 @@ def _check_cache(op: str, k_cache, v_cache, q, min_rows: int, min_len: int) -> N
         raise ValueError(f"k_cache {tuple(k_cache.shape)} and v_cache {tuple(v_cache.shape)} differ in shape")
 
 
-def _check_out(out, shape, dtype, device) -> None:
+def _check_out(op: str, out, shape, dtype, device, inputs) -> None:
     if out is None:
         return
     check_tensor("out", out, dtypes=(dtype,), device=device, shape=shape)
     if not out.is_contiguous():
         raise ValueError("out must be contiguous")
+    check_out_buffer(op, "out", out, inputs)  # every program reads keys and values that other programs' rows write
 
 
-def attention_args(op: str, q, k, v, *, causal=False, x_lens=None, k_cache=None, v_cache=None, out=None) -> None:
+FP32_PRECISIONS = ("tf32x3", "ieee", "tf32")
+
+
+def check_fp32_precision(op: str, fp32_precision) -> None:
+    if fp32_precision not in FP32_PRECISIONS:
+        raise ValueError(f"{op}: fp32_precision must be one of {FP32_PRECISIONS}, got {fp32_precision!r}")
+
+
+def attention_args(
+    op: str, q, k, v, *, causal=False, x_lens=None, k_cache=None, v_cache=None, out=None, fp32_precision="ieee",
+    freqs_cis=None,
+) -> None:  # fmt: skip
     """Validate attention inputs: q, k, v [B, T, H, D] of one dtype and device, head_dim 64 or 128."""
+    check_fp32_precision(op, fp32_precision)
     check_tensor("q", q)
     if q.dim() != 4:
         raise ValueError(f"q must be [B, T, H, D], got shape {tuple(q.shape)}")
@@ -131,7 +164,9 @@ def attention_args(op: str, q, k, v, *, causal=False, x_lens=None, k_cache=None,
     if x_lens is not None:
         check_tensor("x_lens", x_lens, dtypes=INDEX_DTYPES, device=q.device, shape=(B,))
     _check_cache(op, k_cache, v_cache, q, B, T)
-    _check_out(out, (B, T, H * D), q.dtype, q.device)
+    inputs = (("q", q), ("k", k), ("v", v), ("x_lens", x_lens), ("k_cache", k_cache), ("v_cache", v_cache),
+              ("freqs_cis", freqs_cis))  # fmt: skip
+    _check_out(op, out, (B, T, H * D), q.dtype, q.device, inputs)
     check_inference(op, q, k, v)
 
 
@@ -142,11 +177,13 @@ def rope_table_args(freqs_cis, T: int, D: int, device) -> None:
         raise ValueError(f"freqs_cis has shape {tuple(freqs_cis.shape)}; expected [S >= {T}, {D // 2}, 2]")
 
 
-def decode_attention_args(op: str, q, k_cache, v_cache, lengths, *, row_table=None, out=None) -> None:
+def decode_attention_args(op: str, q, k_cache, v_cache, lengths, *, row_table=None, out=None, qkv=None) -> None:
     """Validate a decode step: q [B, 1, H, D] views, caches [B_max >= B, H, S_max, D], lengths int [B].
 
-    Lengths live on the device; checking them against S_max would need a sync, so only CPU lengths are
-    checked here. The kernel writes nothing for a row whose length is >= S_max and stores NaN as its output.
+    Lengths and the row table live on the device; checking their values would need a device sync, so only CPU
+    tensors' values are checked here (lengths in [0, S_max), table entries in [0, B_max)). On the device the
+    kernel writes nothing for a row whose length is >= S_max or < 0, reads nothing through a table entry
+    outside [0, B_max), and stores NaN as that row's output.
     """
     check_tensor("qkv", q)
     B, T, H, D = q.shape
@@ -168,8 +205,42 @@ def decode_attention_args(op: str, q, k_cache, v_cache, lengths, *, row_table=No
         raise ValueError(f"{op}: lengths must be >= 0")
     if row_table is not None:
         check_tensor("row_table", row_table, dtypes=(torch.int32,), device=q.device, shape=(B, S))
-    _check_out(out, (B, 1, H * D), q.dtype, q.device)
+        if row_table.stride(-1) != 1 and S > 1:
+            raise ValueError(f"{op}: row_table must have a contiguous last dimension")
+        if row_table.device.type == "cpu" and row_table.numel():
+            lo, hi = int(row_table.min()), int(row_table.max())
+            if lo < 0 or hi >= k_cache.shape[0]:
+                raise ValueError(
+                    f"{op}: row_table holds physical rows {lo}..{hi}, outside the cache's rows 0..{k_cache.shape[0] - 1}"
+                )
+    inputs = (("qkv", q if qkv is None else qkv), ("k_cache", k_cache), ("v_cache", v_cache), ("lengths", lengths),
+              ("row_table", row_table))  # fmt: skip
+    _check_out(op, out, (B, 1, H * D), q.dtype, q.device, inputs)
     check_inference(op, q, k_cache, v_cache)
+
+
+def reorder_args(op: str, row_table, beam_idx) -> None:
+    """A beam reorder: row_table int32 [B, S_max] (the decode table), beam_idx integer [B] with values in [0, B).
+
+    Values are checked where that costs no device sync (CPU tensors); on the device an out-of-range index is
+    the caller's error (index_select asserts there)."""
+    check_tensor("row_table", row_table, dtypes=(torch.int32,), min_dim=2)
+    if row_table.dim() != 2:
+        raise ValueError(f"{op}: row_table must be [B, S_max], got shape {tuple(row_table.shape)}")
+    if not isinstance(beam_idx, torch.Tensor):
+        raise TypeError(f"{op}: beam_idx must be a torch.Tensor, got {type(beam_idx).__name__}")
+    if beam_idx.dtype not in INDEX_DTYPES:
+        raise TypeError(
+            f"{op}: beam_idx has dtype {str(beam_idx.dtype).replace('torch.', '')}; supported: int32, int64 "
+            "(row indices, not a mask or float)"
+        )
+    B = row_table.shape[0]
+    if tuple(beam_idx.shape) != (B,):
+        raise ValueError(f"{op}: beam_idx has shape {tuple(beam_idx.shape)}, expected ({B},): one source row per row")
+    if beam_idx.device.type == "cpu" and B:
+        lo, hi = int(beam_idx.min()), int(beam_idx.max())
+        if lo < 0 or hi >= B:
+            raise ValueError(f"{op}: beam_idx holds rows {lo}..{hi}, outside 0..{B - 1}")
 
 
 GEMM_PRECISIONS = ("ieee", "tf32x3", "tf32")
@@ -215,8 +286,8 @@ def gemm_args(op: str, x, weight, *, bias=None, residual=None, swiglu: bool = Fa
         if swiglu:
             raise ValueError(f"{op}: the SwiGLU epilogue takes no bias (the DiT FeedForward has none)")
         check_tensor("bias", bias, dtypes=(x.dtype,), device=x.device, shape=(N,))
-    if residual is not None:
-        check_tensor("residual", residual, dtypes=(x.dtype,), device=x.device, shape=tuple(x.shape[:-1]) + (N,))
+    if residual is not None:  # any float dtype: the output takes torch's promotion of (x, residual)
+        check_tensor("residual", residual, device=x.device, shape=tuple(x.shape[:-1]) + (N,))
     if precision is not None and precision not in GEMM_PRECISIONS:
         raise ValueError(f"{op}: precision must be None or one of {GEMM_PRECISIONS}, got {precision!r}")
     check_inference(op, x, weight, bias, residual)

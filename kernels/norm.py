@@ -29,8 +29,8 @@ import triton
 import triton.language as tl
 
 from ._jit import cast_to
-from ._utils import check_launchable, check_tensor, is_interpreting, next_pow2, rows_view
-from ._validate import mod_layout, norm_args
+from ._utils import check_launchable, check_out_buffer, check_tensor, is_interpreting, next_pow2, rows_view
+from ._validate import mod_layout, norm_args, norm_out_dtype
 
 __all__ = ["layer_norm_fwd", "adaptive_rms_norm_fwd", "final_layer_modulate_fwd", "norm_launch_config"]
 
@@ -86,8 +86,14 @@ def _norm_fwd_kernel(
         mean_sq = tl.sum(x * x, axis=1) / N
         xhat = x * tl.math.rsqrt(mean_sq + eps)[:, None]
     else:
-        mean = tl.sum(x, axis=1) / N
-        xc = tl.where(mask, x - mean[:, None], 0.0)
+        # corrected two-pass mean for rows far from zero (mean 100, std 1e-3): the fp32 mean itself is only known
+        # to half an ulp at the scale of the mean, which is large against the deviations. x - mean0 is exact
+        # (x and mean0 are close); the small correction (the mean of those deviations) is subtracted from it
+        # instead of being folded back into a rounded mean
+        mean0 = tl.sum(x, axis=1) / N
+        d = tl.where(mask, x - mean0[:, None], 0.0)
+        corr = tl.sum(d, axis=1) / N
+        xc = tl.where(mask, d - corr[:, None], 0.0)
         var = tl.sum(xc * xc, axis=1) / N
         xhat = xc * tl.math.rsqrt(var + eps)[:, None]
     if ROUND_NORM:
@@ -131,10 +137,12 @@ def norm_launch_config(M: int, N: int, interpret: Optional[bool] = None) -> tupl
     return BLOCK_M, BLOCK_N, num_warps
 
 
-def _prepare_out(name: str, out: Optional[torch.Tensor], x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+def _prepare_out(op: str, name: str, out: Optional[torch.Tensor], x: torch.Tensor, dtype: torch.dtype, inputs,
+                 in_place_ok=()) -> torch.Tensor:  # fmt: skip
     if out is None:
         return torch.empty(x.shape, dtype=dtype, device=x.device)
     check_tensor(name, out, dtypes=(dtype,), device=x.device, shape=tuple(x.shape))
+    check_out_buffer(op, name, out, inputs, in_place_ok=in_place_ok)
     return out
 
 
@@ -155,13 +163,11 @@ def _launch(
     out=None,
     residual_out=None,
 ):
-    norm_args(op, x, weight=weight, bias=bias, residual=residual, scale=scale, shift=shift, eps=eps)
+    norm_args(op, x, weight=weight, bias=bias, residual=residual, scale=scale, shift=shift, eps=eps,
+              out_dtype=out_dtype)  # fmt: skip
     check_launchable(x, op)
-    if out_dtype is None:  # torch promotion over the inputs, as the upstream module's elementwise tail does
-        out_dtype = x.dtype
-        for t in (weight, bias, scale, shift):
-            if t is not None:
-                out_dtype = torch.promote_types(out_dtype, t.dtype)
+    if out_dtype is None:
+        out_dtype = norm_out_dtype(x, weight, bias, residual, scale, shift, promote_params=mod != MOD_NONE or is_rms)
     N = x.shape[-1]
     T = x.shape[-2] if x.dim() >= 2 else 1
     scale3 = shift3 = x  # dummies, never read when MOD == 0
@@ -172,10 +178,13 @@ def _launch(
         scale3, ssb, sst = mod_layout("scale", scale, x)
         shift3, hsb, hst = mod_layout("shift", shift, x)
 
-    y = _prepare_out("out", out, x, out_dtype)
+    inputs = (("x", x), ("weight", weight), ("bias", bias), ("residual", residual), ("scale", scale), ("shift", shift))
+    # each program reads its whole rows before it writes them: out=x and residual_out=residual may run in place
+    y = _prepare_out(op, "out", out, x, out_dtype, inputs, in_place_ok=("x",))
     h = None
     if residual is not None:
-        h = _prepare_out("residual_out", residual_out, x, torch.promote_types(x.dtype, residual.dtype))
+        h = _prepare_out(op, "residual_out", residual_out, x, torch.promote_types(x.dtype, residual.dtype),
+                         inputs + (("out", y),), in_place_ok=("residual",))  # fmt: skip
     M = x.numel() // N
     if M == 0:
         return y if h is None else (y, h)
@@ -217,13 +226,11 @@ def layer_norm_fwd(
     One read of x and residual, two writes. ``out_dtype`` defaults to ``x.dtype`` (pass ``torch.float32``
     to reproduce fp16 autocast, where layer_norm returns fp32). weight/bias may be None (no affine).
     """
-    if out_dtype is not None and out_dtype not in (torch.float32, torch.float16, torch.bfloat16):
-        raise TypeError(f"layer_norm_fwd: out_dtype must be float32, float16 or bfloat16, got {out_dtype}")
     if residual is None and residual_out is not None:
         raise ValueError("layer_norm_fwd: residual_out given without residual")
     return _launch(
         "layer_norm_fwd", x, weight=weight, bias=bias, residual=residual, eps=eps, is_rms=False,
-        mod=MOD_NONE, round_norm=False, out_dtype=out_dtype or x.dtype, out=out, residual_out=residual_out,
+        mod=MOD_NONE, round_norm=False, out_dtype=out_dtype, out=out, residual_out=residual_out,
     )  # fmt: skip
 
 

@@ -162,3 +162,37 @@ def test_input_slices_that_do_not_flatten(device):
     assert_close_rel(y, ref.layer_norm_ref(x, w, b, residual=r)[0], ref.layer_norm_ref(*upcast(h, w, b)))
     with pytest.raises(ValueError, match="out with shape"):  # an output must be written in place
         K.layer_norm_fwd(x, w, b, out=torch.empty(2, 9, 96, device=device)[:, :5])
+
+
+def _no_less_accurate_than_torch(out, low, high, what):
+    """The tolerance rule, and on top: max error no larger than torch's own (plus the rule's floor)."""
+    assert_close_rel(out, low, high, what)
+    err, torch_err = float((out.double() - high).abs().max()), float((low.double() - high).abs().max())
+    floor = torch.finfo(out.dtype).eps * max(1.0, float(high.abs().max()))
+    assert err <= torch_err + floor, f"{what}: max error {err:.3e} > torch's {torch_err:.3e} + floor {floor:.3e}"
+
+
+@pytest.mark.parametrize("N", [1280, 512, 100, 37])
+def test_layer_norm_fp32_rows_far_from_zero(N, device):
+    """fp32 rows with mean 100 and std 1e-3 (LayerNorm and the FinalLayer's no-affine eps-1e-6 form).
+
+    The fp32 mean of such a row is only known to half an ulp of 100, which is large next to the deviations; a
+    kernel that subtracts that rounded mean is about as inaccurate as torch's CPU LayerNorm here (0.7-1.9x its
+    error under the interpreter, and up to 3x compiled on a GPU). Subtracting the exact deviation from a first
+    mean estimate and then its small correction makes the result accurate to the output's own rounding, so it
+    must be no less accurate than torch at all.
+    """
+    x = randn(*LEAD, N, device=device, mean=100.0, std=1e-3)
+    y = K.layer_norm_fwd(x, None, None, 1e-5, out=poisoned(x.shape, torch.float32, device))
+    _no_less_accurate_than_torch(y, ref.layer_norm_ref(x, None, None), ref.layer_norm_ref(x.double(), None, None),
+                                 "layer_norm, mean 100")  # fmt: skip
+    w = randn(N, device=device, mean=1.0, std=0.3)
+    b = randn(N, device=device, std=0.5)
+    y = K.layer_norm_fwd(x, w, b, 1e-5)
+    _no_less_accurate_than_torch(y, ref.layer_norm_ref(x, w, b), ref.layer_norm_ref(*upcast(x, w, b)),
+                                 "layer_norm affine, mean 100")  # fmt: skip
+    B, T = LEAD
+    shift, scale = randn(B, 2 * N, device=device, std=0.5).chunk(2, dim=1)
+    y = K.final_layer_modulate_fwd(x, shift, scale)
+    low = ref.final_layer_modulate_ref(x, shift, scale)
+    _no_less_accurate_than_torch(y, low, ref.final_layer_modulate_ref(*upcast(x, shift, scale)), "final layer")
