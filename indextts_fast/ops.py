@@ -19,6 +19,7 @@ from indextts_kernels._validate import (
     gemm_args,
     norm_args,
     qkv_heads,
+    reorder_args,
     rope_table_args,
 )
 
@@ -55,7 +56,7 @@ def layer_norm(
 ):
     """LayerNorm over the last dim; with ``residual`` returns ``(LayerNorm(x + residual), x + residual)``."""
     if backend_for(x.device) == TORCH:
-        norm_args("layer_norm", x, weight=weight, bias=bias, residual=residual, eps=eps)
+        norm_args("layer_norm", x, weight=weight, bias=bias, residual=residual, eps=eps, out_dtype=out_dtype)
         return reference.layer_norm_ref(x, weight, bias, eps, residual=residual, out_dtype=out_dtype)
     return _kernel("layer_norm_fwd")(x, weight, bias, eps, residual=residual, out_dtype=out_dtype)
 
@@ -96,7 +97,7 @@ def dit_attention(
     """
     if backend_for(qkv.device) == TORCH:
         q, k, v = qkv_heads("qkv", qkv, n_heads)
-        attention_args("dit_attention", q, k, v, x_lens=x_lens)
+        attention_args("dit_attention", q, k, v, x_lens=x_lens, fp32_precision=fp32_precision)
         if freqs_cis is not None:
             rope_table_args(freqs_cis, q.shape[1], q.shape[-1], q.device)
         return reference.dit_attention_ref(qkv, n_heads, x_lens, freqs_cis)
@@ -152,8 +153,13 @@ def reorder_kv_rows(row_table: torch.Tensor, beam_idx: torch.Tensor) -> torch.Te
     """Beam reorder without touching the cache: row r of the new table is row ``beam_idx[r]`` of the old one.
 
     One gather of B * S_max int32 for all layers (the cache itself stays in place); returns a new table.
+    ``beam_idx`` is an integer tensor [B] of rows in [0, B), on the table's device; its values are checked for CPU
+    tensors (on the device a bad index is the caller's error: checking it would cost a sync).
     """
-    return row_table.index_select(0, beam_idx.to(device=row_table.device, dtype=torch.long))
+    reorder_args("reorder_kv_rows", row_table, beam_idx)
+    if beam_idx.device != row_table.device:
+        raise ValueError(f"reorder_kv_rows: beam_idx is on {beam_idx.device}, row_table on {row_table.device}")
+    return row_table.index_select(0, beam_idx)
 
 
 def linear(

@@ -35,9 +35,11 @@ Beam reordering (decode): no cache copy. An optional ``row_table`` int32 [B, S_m
             slab-contiguous) key block: each key row is still one contiguous D * 2 = 128-byte segment.
             Caller contract: reorder ``lengths`` with the table (``lengths = lengths[beam_idx]``; in beam search
             all rows have one length, and rows of unequal length could overwrite a position another row still
-            reads); start every generation from an identity table (a prefill does not reset it); table values
-            are not bounds-checked on the device. Inside a CUDA graph, copy the reordered table into the
-            captured buffer (``table.copy_(reorder_kv_rows(table, beam_idx))``).
+            reads); start every generation from an identity table (a prefill does not reset it). Table values
+            must name physical rows in [0, B_max): checked on the host for CPU tensors; on the device (no sync)
+            an entry outside that range is never followed (no out-of-bounds read) and its row's output is NaN.
+            Inside a CUDA graph, copy the reordered table into the captured buffer
+            (``table.copy_(reorder_kv_rows(table, beam_idx))``).
 Numerics:   loads upcast to fp32 for the RoPE (fp32 products, as the official ``apply_rotary_emb``), then the rotated
             q and k are rounded back to the input dtype (its ``type_as``); scores and the softmax state in fp32
             (exp2 of log2e-scaled scores); P is rounded to v's dtype for the P @ V product (as flash attention
@@ -75,7 +77,7 @@ import triton.language as tl
 
 from ._jit import cast_to, dot
 from ._utils import check_launchable, is_interpreting, next_pow2
-from ._validate import attention_args, decode_attention_args, qkv_heads, rope_table_args
+from ._validate import FP32_PRECISIONS, attention_args, decode_attention_args, qkv_heads, rope_table_args  # noqa: F401
 
 __all__ = [
     "attention_fwd",
@@ -85,8 +87,6 @@ __all__ = [
     "attention_launch_config",
     "decode_num_splits",
 ]
-
-FP32_PRECISIONS = ("tf32x3", "ieee", "tf32")
 
 
 @triton.jit
@@ -243,7 +243,7 @@ def _attn_fwd_kernel(
     tl.store(o_ptrs, cast_to(out, O.dtype.element_ty), mask=row_ok[:, None])
 
 
-@triton.jit(do_not_specialize=["H", "S"])
+@triton.jit(do_not_specialize=["H", "S", "NROWS"])
 def _attn_decode_kernel(
     Q,  # pointer to the new queries [B, H, D] (strides below)
     KN,  # pointer to the new keys [B, H, D]
@@ -257,6 +257,7 @@ def _attn_decode_kernel(
     PACC,  # pointer to fp32 partial outputs [B * H, NUM_SPLITS, D] (unnormalized)
     H,
     S,  # cache capacity: a row with LENS[b] >= S (or < 0) writes nothing and gets a NaN output
+    NROWS,  # physical cache rows: a table entry outside [0, NROWS) is not read and makes the row's output NaN
     sq_b, sq_h,
     skn_b, skn_h,
     svn_b, svn_h,
@@ -303,6 +304,9 @@ def _attn_decode_kernel(
         ok = pos < hi
         if HAS_TABLE:
             phys = tl.load(TABLE + b * stab_b + pos, mask=ok, other=0)
+            in_range = (phys >= 0) & (phys < NROWS)
+            bad = ok & ~in_range  # a corrupt table entry: never read through it, and make the row's output NaN
+            ok = ok & in_range
         else:
             phys = tl.zeros([BLOCK_N], tl.int32) + b.to(tl.int32)
         # int32 offsets inside one layer's cache (the launcher checks it holds < 2**31 elements)
@@ -312,6 +316,8 @@ def _attn_decode_kernel(
         m_new = tl.maximum(m_i, tl.max(s, axis=0))
         alpha = tl.exp2(m_i - m_new)
         p = tl.exp2(s - m_new)
+        if HAS_TABLE:
+            p = tl.where(bad, float("nan"), p)  # loud, never silent garbage
         v = tl.load(vc_h + (phys * svc_b + pos * svc_t)[:, None] + d[None, :], mask=ok[:, None], other=0.0)
         l_i = l_i * alpha + tl.sum(p, axis=0)
         acc = acc * alpha + tl.sum(p[:, None] * v.to(tl.float32), axis=0)
@@ -443,9 +449,10 @@ def attention_fwd(
     the (rotated) k and v are also written to positions 0..T-1 of the cache, in the same pass.
     """
     op = "attention_fwd"
-    attention_args(op, q, k, v, causal=causal, x_lens=x_lens, k_cache=k_cache, v_cache=v_cache, out=out)
-    if fp32_precision not in FP32_PRECISIONS:
-        raise ValueError(f"{op}: fp32_precision must be one of {FP32_PRECISIONS}, got {fp32_precision!r}")
+    attention_args(
+        op, q, k, v, causal=causal, x_lens=x_lens, k_cache=k_cache, v_cache=v_cache, out=out,
+        fp32_precision=fp32_precision, freqs_cis=freqs_cis,
+    )  # fmt: skip
     check_launchable(q, op)
     B, T, H, D = q.shape
     if rope:
@@ -546,7 +553,7 @@ def gpt_decode_attention_fwd(
     """
     op = "gpt_decode_attention_fwd"
     q, k, v = qkv_heads("qkv", qkv, n_heads)
-    decode_attention_args(op, q, k_cache, v_cache, lengths, row_table=row_table, out=out)
+    decode_attention_args(op, q, k_cache, v_cache, lengths, row_table=row_table, out=out, qkv=qkv)
     check_launchable(qkv, op)
     B, _, H, D = q.shape
     S = k_cache.shape[2]
@@ -567,7 +574,7 @@ def gpt_decode_attention_fwd(
     with _device_ctx(qkv):
         _attn_decode_kernel[(B * H, splits)](
             q, k, v, k_cache, v_cache, lengths, table, pm, pl, pacc,
-            H, S,
+            H, S, k_cache.shape[0],
             q.stride(0), q.stride(2), k.stride(0), k.stride(2), v.stride(0), v.stride(2),
             k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
             v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
@@ -642,7 +649,7 @@ def compile_variants():
     for tname, D, has_table in decode:
         p = f"*{tname}"
         sig = {"Q": p, "KN": p, "VN": p, "KC": p, "VC": p, "LENS": "*i32", "TABLE": "*i32", "PM": "*fp32",
-               "PL": "*fp32", "PACC": "*fp32", "H": "i32", "S": "i32", **{s: "i32" for s in dstrides},
+               "PL": "*fp32", "PACC": "*fp32", "H": "i32", "S": "i32", "NROWS": "i32", **{s: "i32" for s in dstrides},
                "stab_b": "i32", "sm_scale": "fp32"}  # fmt: skip
         const = dict(HEAD_DIM=D, HAS_TABLE=has_table, NUM_SPLITS=splits, BLOCK_N=decode_block_n(D, tdt[tname]))
         sig.update({k: "constexpr" for k in const})

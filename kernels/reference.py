@@ -149,7 +149,7 @@ def rope_ref(x: torch.Tensor, freqs_cis: torch.Tensor) -> torch.Tensor:
     """
     compute = torch.float64 if x.dtype == torch.float64 else torch.float32
     T = x.shape[1]
-    xp = x.to(compute).reshape(*x.shape[:-1], -1, 2)
+    xp = x.to(compute).reshape(*x.shape[:-1], x.shape[-1] // 2, 2)
     f = freqs_cis[:T].to(compute).view(1, T, 1, xp.shape[-2], 2)
     x0, x1 = xp[..., 0], xp[..., 1]
     out = torch.stack([x0 * f[..., 0] - x1 * f[..., 1], x1 * f[..., 0] + x0 * f[..., 1]], dim=-1)

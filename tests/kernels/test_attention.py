@@ -177,9 +177,8 @@ def test_bad_input_raises(backend, device, monkeypatch):
         dit(qkv, H, x_lens=torch.tensor([5.0], device=device))
     with pytest.raises(TypeError, match="k_cache"):
         prefill(qkv, H, kc.half(), vc.half())  # mismatched dtypes
-    if backend == "kernel":
-        with pytest.raises(ValueError, match="fp32_precision"):
-            dit(qkv, H, fp32_precision="fp64")
+    with pytest.raises(ValueError, match="fp32_precision"):
+        dit(qkv, H, fp32_precision="fp64")
     with pytest.raises(ValueError, match="do not fit k_cache"):
         prefill(_qkv(1, 9, torch.float32, device), H, kc, vc)  # prompt longer than the cache
     with pytest.raises(ValueError, match="one new token"):
