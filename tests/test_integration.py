@@ -15,6 +15,7 @@ import torch
 import indextts_fast as F
 from indextts_kernels.reference import pack_w13
 
+from . import gpt_stack as gs
 from .helpers import assert_close_rel, official, randn
 
 DIM, HEADS, HEAD_DIM = 128, 2, 64
@@ -69,58 +70,18 @@ def test_dit_transformer_block_matches_official(with_skip):
     assert_close_rel(final_ours, final_low, final_high, "DiT block + final AdaLN from our ops")
 
 
-def _gpt2_block_ours(blk, x, k_cache, v_cache, *, lengths=None):
-    """One HF GPT2Block from our ops: prefill (lengths None) or one decode step. Conv1D weights are [in, out]."""
-    a = blk.attn
-    y = F.layer_norm(x, blk.ln_1.weight, blk.ln_1.bias, blk.ln_1.eps)
-    qkv = F.linear(y, a.c_attn.weight.t().contiguous(), a.c_attn.bias)
-    if lengths is None:
-        o = F.gpt_prefill_attention(qkv, a.num_heads, k_cache, v_cache)
-    else:
-        o = F.gpt_decode_attention(qkv, a.num_heads, k_cache, v_cache, lengths)
-    h = F.linear(o, a.c_proj.weight.t().contiguous(), a.c_proj.bias, residual=x)
-    y2 = F.layer_norm(h, blk.ln_2.weight, blk.ln_2.bias, blk.ln_2.eps)
-    mlp = blk.mlp
-    return F.gpt2_mlp(y2, mlp.c_fc.weight.t().contiguous(), mlp.c_fc.bias, mlp.c_proj.weight.t().contiguous(),
-                      mlp.c_proj.bias, residual=h)  # fmt: skip
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["float32", "float16"])
-def test_gpt2_model_prefill_and_decode_match_hf(dtype):
-    """Two HF GPT2Blocks + ln_f: a 9-token prefill, then two cached decode steps, from our ops."""
-    from transformers import DynamicCache, GPT2Config, GPT2Model
-
-    cfg = GPT2Config(n_embd=DIM, n_head=HEADS, n_layer=2, n_positions=64, attn_implementation="sdpa")
-    hf = _randomize(GPT2Model(cfg), scale=0.1)
-    with torch.no_grad():
-        hf.wpe.weight.zero_()  # IndexTTS2 adds its own position embeddings outside GPT-2 (wpe is null)
-    hf = hf.to(dtype)
+def test_gpt2_model_prefill_and_decode_match_hf(dtype, device):
+    """Two HF GPT2Blocks + ln_f: a 9-token prefill, then two cached decode steps, from our ops (the Triton kernels;
+    the interpreter on CPU). fp16 runs as IndexTTS2's use_fp16 does: halved weights under fp16 autocast, with the
+    fp32 residual stream that the null position embedding's fp32 zeros start (see gpt_stack.official_gpt2)."""
+    hf = gs.official_gpt2(n_layer=2, n_embd=DIM, n_head=HEADS, dtype=dtype, device=device, seed=1)
     hf64 = copy.deepcopy(hf).double()
-    B, T, steps, S = 2, 9, 2, 16
-    xs = randn(B, T + steps, DIM, dtype=dtype)
-    cache = torch.zeros(2, 2, B, HEADS, S, HEAD_DIM, dtype=dtype)
-    lengths = torch.full((B,), T, dtype=torch.int32)
-    outs = []
+    B, T, steps = 2, 9, 2
+    xs = randn(B, T + steps, DIM, dtype=dtype, device=device)
     with torch.no_grad():
-        h = xs[:, :T]
-        for i, blk in enumerate(hf.h):
-            h = _gpt2_block_ours(blk, h, cache[i, 0], cache[i, 1])
-        outs.append(F.layer_norm(h, hf.ln_f.weight, hf.ln_f.bias, hf.ln_f.eps))
-        for s in range(steps):
-            h = xs[:, T + s : T + s + 1]
-            for i, blk in enumerate(hf.h):
-                h = _gpt2_block_ours(blk, h, cache[i, 0], cache[i, 1], lengths=lengths)
-            lengths += 1
-            outs.append(F.layer_norm(h, hf.ln_f.weight, hf.ln_f.bias, hf.ln_f.eps))
-        ours = torch.cat(outs, dim=1)
-
-        def run_hf(model, x):
-            kv = DynamicCache()
-            res = [model(inputs_embeds=x[:, :T], past_key_values=kv, use_cache=True).last_hidden_state]
-            for s in range(steps):
-                res.append(model(inputs_embeds=x[:, T + s : T + s + 1], past_key_values=kv, use_cache=True)
-                           .last_hidden_state)  # fmt: skip
-            return torch.cat(res, dim=1)
-
-        low, high = run_hf(hf, xs), run_hf(hf64, xs.double())
+        ours = gs.ours_prefill_decode(hf, xs, T, steps)
+        low = gs.official_prefill_decode(hf, xs, T, steps, fp16_autocast=dtype == torch.float16)
+        high = gs.official_prefill_decode(hf64, xs.double(), T, steps)
+    assert ours.dtype == low.dtype == torch.float32  # the stream and ln_f's output are fp32 in both cases
     assert_close_rel(ours, low, high, f"GPT-2 prefill + decode from our ops ({dtype})")
