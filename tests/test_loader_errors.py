@@ -462,3 +462,44 @@ def test_nonfinite_conditioning_encoder_weight(tmp_path):
     _refused(
         _save(sd, tmp_path / "gpt.pth"), tmp_path / "gpt.safetensors", r"non-finite values .*perceiver_encoder\.latents"
     )
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Damaged zip records: torch.load(mmap=True) checks neither a record's size against its storage nor its CRC-32
+# ----------------------------------------------------------------------------------------------------------------------
+def _damaged_source(case, gpt_sd, s2mel, tmp_path):
+    """(source with one record cut 64 bytes short, the record, the tensor's path in the file, bytes it needs,
+    convert_checkpoint kwargs)."""
+    if case == "s2mel_fp32":
+        obj = lf.s2mel_container(s2mel)
+        t, where, kw = obj["net"]["cfm"]["estimator.conv1.weight"], "net/cfm/estimator.conv1.weight", {}
+    else:
+        obj = dict(gpt_sd)
+        t, where = obj["gpt.h.1.mlp.c_fc.weight"], "gpt.h.1.mlp.c_fc.weight"
+        kw = {"policy": L.gpt_policy("float32")} if case == "gpt_fp32" else {}
+    good = _save(obj, tmp_path / "good.pth")
+    rec = lf.record_holding(good, t)
+    n = t.numel() * t.element_size()
+    src = tmp_path / "short.pth"
+    lf.rewrite_zip(good, src, lambda name, data: data[:-64] if name == rec else data)
+    return src, rec, where, n, kw
+
+
+@pytest.mark.parametrize("case", ["s2mel_fp32", "gpt_fp32", "gpt_fp16"])
+def test_short_zip_record(gpt_sd, s2mel, tmp_path, case):
+    """A record shorter than its storage: the mmap'd storage runs past it into the next records and the zip
+    directory. An fp32 pack of those bytes was written (exit 0); an fp16 one was refused as 'non-finite'."""
+    src, rec, where, n, kw = _damaged_source(case, gpt_sd, s2mel, tmp_path)
+    msg = _refused(src, tmp_path / "out.safetensors", "truncated or corrupt", **kw)
+    assert msg == (
+        f"{src}: truncated or corrupt: record '{rec}' holds {n - 64} bytes, the storage of {where} needs {n}"
+    )
+
+
+def test_flipped_bit_in_tensor_data(gpt_sd, tmp_path):
+    """One bit flipped inside a tensor's bytes (the value stays finite): the record's CRC-32 no longer matches."""
+    src = _save(dict(gpt_sd), tmp_path / "gpt.pth")
+    rec = lf.record_holding(src, gpt_sd["gpt.h.0.attn.c_proj.weight"])
+    lf.flip_record_byte(src, rec, 4 * 100)  # the lowest mantissa byte of element 100
+    msg = _refused(src, tmp_path / "gpt.safetensors", "CRC-32")
+    assert msg == f"{src}: corrupt: record '{rec}' (gpt.h.0.attn.c_proj.weight) fails its CRC-32 check"

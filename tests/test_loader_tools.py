@@ -85,3 +85,29 @@ def test_inspect_tool_reports_conditioning_encoder_shapes(tmp_path, capsys):
     assert "conditioning_encoder.encoders.0.feed_forward.w_2.weight" in text and "wrong-shape" in text
     assert "REFUSE" in text
     assert "perceiver_encoder.norm.gamma" in text and "wrong-dtype" in text
+
+
+def _one_line(err: str, prefix: str) -> str:
+    """The tool's whole stderr: one line starting with ``prefix``, no traceback."""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(prefix) and "Traceback" not in err, err
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def gpt_sd():
+    return lf.build_gpt_core()[1]
+
+
+def test_tools_refuse_a_short_zip_record(gpt_sd, tmp_path, capsys):
+    conv, ins = _tool("convert_checkpoint"), _tool("inspect_checkpoint")
+    torch.save(gpt_sd, tmp_path / "good.pth")
+    rec = lf.record_holding(tmp_path / "good.pth", gpt_sd["gpt.ln_f.weight"])
+    lf.rewrite_zip(tmp_path / "good.pth", tmp_path / "gpt.pth", lambda n, d: d[:-64] if n == rec else d)
+    src = str(tmp_path / "gpt.pth")
+    assert conv.main([src, "--gpt-dtype", "float32", "--quiet"]) == 2
+    line = _one_line(capsys.readouterr().err, "refused: ")
+    assert f"truncated or corrupt: record '{rec}' holds 192 bytes, the storage of gpt.ln_f.weight needs 256" in line
+    assert ins.main([src]) == 2
+    assert "truncated or corrupt" in _one_line(capsys.readouterr().err, "error: ")
+    assert not (tmp_path / "gpt.fast.safetensors").exists()
