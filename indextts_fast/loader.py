@@ -26,9 +26,11 @@ Kernel layouts (the contract the GEMM / attention / norm kernels are written aga
 Strictness: every table entry (checkpoint_tables.py) is matched by exactly one key of the expected shape and a
 floating dtype; every key is mapped, carried (GPT conditioning encoders: each one present complete, with shapes
 consistent with its own widths, the GPT's and config.yaml's, see CARRY_*) or on the explicit ignore list;
-anything else raises CheckpointError naming the keys. Non-finite weights are an error unless
-``allow_nonfinite=True`` (then they are reported). Model dimensions are read from the checkpoint's own shapes
-and checked against config.yaml when one is given. A torch.save zip is checked record by record (the size of
+anything else raises CheckpointError naming the keys. Non-finite weights (also after the transform and the dtype
+cast) are an error unless ``allow_nonfinite=True`` (then they are reported). Model dimensions are read from the
+checkpoint's own shapes and checked against config.yaml (every field read is type-checked) when one is given;
+head counts are in no shape, so without config.yaml they are assumed width // 64 with a CheckpointWarning, and a
+width that is not a multiple of 64 needs the config. A torch.save zip is checked record by record (the size of
 every storage's record, every record's CRC-32), which torch.load(mmap=True) does not do.
 """
 
@@ -40,8 +42,10 @@ import json
 import os
 import pickle
 import re
+import signal
 import struct
 import tempfile
+import threading
 import warnings
 import zipfile
 from collections.abc import Callable, Mapping
@@ -56,6 +60,9 @@ from .checkpoint_tables import Rule
 
 __all__ = [
     "CheckpointError",
+    "CheckpointWarning",
+    "ConversionInterrupted",
+    "load_config",
     "PACK_FORMAT",
     "PACK_VERSION",
     "DEFAULT_POLICY",
@@ -105,6 +112,10 @@ def gpt_policy(dtype: str) -> dict[str, str]:
 
 class CheckpointError(ValueError):
     """A checkpoint or pack that the loader refuses; the message names the file, the keys and the problem."""
+
+
+class CheckpointWarning(UserWarning):
+    """Something the loader accepted but a user should know: a head count assumed, non-finite weights allowed."""
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -343,7 +354,8 @@ def _count(sd, pattern: str) -> int:
 
 
 def model_dims(kind: str, sd: Mapping[str, torch.Tensor], heads: Optional[int] = None) -> dict[str, int]:
-    """Model dimensions from tensor shapes. Head counts are not in any shape: from config.yaml, else C // 64."""
+    """Model dimensions from tensor shapes. Head counts are in no shape: ``heads``, else C // 64 provisionally
+    (None when C is not a multiple of 64); check_config settles it from config.yaml, warning or refusing."""
     if kind == "gpt":
         C = _shape(sd, "gpt.ln_f.weight", "the model width")[0]
         d = {
@@ -355,7 +367,7 @@ def model_dims(kind: str, sd: Mapping[str, torch.Tensor], heads: Optional[int] =
             "Pm": _shape(sd, "mel_pos_embedding.emb.weight", "the mel positions")[0],
             "E": _shape(sd, "emovec_layer.weight", "the emotion width")[1],
         }
-        d["heads"] = heads or C // 64
+        d["heads"] = heads or _heads_from_width(C)
         if d["L"] == 0:
             raise CheckpointError("no 'gpt.h.{i}.ln_1.weight' keys: not an IndexTTS2 gpt.pth")
         return d
@@ -379,97 +391,221 @@ def model_dims(kind: str, sd: Mapping[str, torch.Tensor], heads: Optional[int] =
         "Q": Q,
         "N": max(_count(sd, r"length_regulator\.model\.(\d+)\.weight") - 1, 0) // 3,
     }
-    d["heads"] = heads or C // 64
+    d["heads"] = heads or _heads_from_width(C)
     return d
 
 
+def _heads_from_width(C: int) -> Optional[int]:
+    return C // 64 if C % 64 == 0 else None
+
+
+_MAX_CONFIG = 16 << 20  # bytes; IndexTTS2's config.yaml is about 5 KB
+
+
+class _Config(dict):
+    """A parsed config.yaml that remembers its file, so that every message about it can name it."""
+
+    source = "config.yaml"
+
+
 def load_config(path: Optional[PathLike]) -> Optional[dict]:
+    """Read config.yaml (yaml.safe_load). Unreadable, not YAML, or not a mapping: a CheckpointError naming the file;
+    a tag that would construct a Python object (``!!python/...``) is refused. Field types are checked when used."""
     if path is None:
         return None
+    path = Path(path)
     try:
         import yaml
-    except ImportError as e:  # pragma: no cover - pyyaml comes with transformers
+    except ImportError as e:  # pragma: no cover - a dependency of this package
         raise CheckpointError("reading config.yaml needs pyyaml (pip install pyyaml)") from e
+    _check_regular_file(path)
     try:
-        with open(path) as f:
-            cfg = yaml.safe_load(f)
+        with open(path, "rb") as f:
+            raw = f.read(_MAX_CONFIG + 1)
     except OSError as e:
         raise CheckpointError(f"{path}: cannot read the config: {e}") from e
+    if len(raw) > _MAX_CONFIG:
+        raise CheckpointError(f"{path}: not a config.yaml (larger than {_MAX_CONFIG >> 20} MiB)")
+    try:
+        cfg = yaml.safe_load(raw)
+    except yaml.YAMLError as e:
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        mark = getattr(e, "problem_mark", None)
+        at = f"line {mark.line + 1}" if mark is not None else ""
+        tag = re.match(r"could not determine a constructor for the tag ('[^']*')", problem)
+        if tag and "python/" in tag.group(1):
+            raise CheckpointError(
+                f"{path}: a YAML tag that constructs a Python object is not accepted ({tag.group(1)}, {at})"
+            ) from None
+        where = f" ({at}, column {mark.column + 1})" if mark is not None else ""
+        raise CheckpointError(f"{path}: not valid YAML: {problem}{where}") from None
+    except RecursionError:
+        raise CheckpointError(f"{path}: not valid YAML: nested too deeply") from None
     if not isinstance(cfg, dict):
-        raise CheckpointError(f"{path}: not a YAML mapping")
-    return cfg
+        raise CheckpointError(f"{path}: not a YAML mapping (a {type(cfg).__name__} at the top level)")
+    out = _Config(cfg)
+    out.source = str(path)
+    return out
 
 
-def config_dims(kind: str, cfg: dict) -> dict[str, Any]:
-    """The dimensions (same letters as model_dims) and structural flags that config.yaml states."""
+_EXPECTED = {
+    "int": ("a non-negative integer", lambda v: _is_int(v) and v >= 0),
+    "positive": ("a positive integer", lambda v: _is_int(v) and v >= 1),
+    "flag": ("true or false", lambda v: isinstance(v, bool)),
+    "str": ("a string", lambda v: isinstance(v, str)),
+    "list": ("a list", lambda v: isinstance(v, list)),
+    "map": ("a mapping", lambda v: isinstance(v, dict)),
+}
+
+
+class _Section:
+    """Typed reads from one mapping of config.yaml: a field of the wrong type is a CheckpointError naming the file
+    and the field's full name (gpt.heads, s2mel.DiT.is_causal, ...). A field that is absent or null reads as the
+    default."""
+
+    def __init__(self, data: Mapping, source: str, name: str = ""):
+        self.data, self.source, self.name = data, source, name
+
+    @classmethod
+    def root(cls, cfg: Mapping) -> _Section:
+        return cls(cfg, getattr(cfg, "source", "config.yaml"))
+
+    def field(self, key: str) -> str:
+        return f"{self.name}.{key}" if self.name else key
+
+    def get(self, key: str, kind: str, default: Any = None) -> Any:
+        v = self.data.get(key)
+        if v is None:
+            return default
+        what, ok = _EXPECTED[kind]
+        if not ok(v):
+            shown = repr(v) if len(repr(v)) <= 60 else repr(v)[:57] + "..."
+            raise CheckpointError(
+                f"{self.source}: field {self.field(key)} is {shown} ({type(v).__name__}), expected {what}"
+            )
+        return v
+
+    def section(self, key: str, required: bool = False) -> _Section:
+        v = self.get(key, "map")
+        if v is None and required:
+            raise CheckpointError(f"{self.source}: no '{self.field(key)}' section")
+        return _Section(v or {}, self.source, self.field(key))
+
+
+def _cond_config(cfg: Optional[Mapping]) -> tuple[bool, dict[str, dict[str, Optional[int]]]]:
+    """What config.yaml fixes about the GPT's conditioning encoders: (condition_type is conformer_perceiver,
+    {encoder prefix: sizes}), the sizes in the letters of checkpoint_tables.CARRY_GROUPS."""
+    if cfg is None:
+        return False, {}
+    g = _Section.root(cfg).section("gpt")
+    required = g.get("condition_type", "str") == "conformer_perceiver"
+    sizes: dict[str, dict[str, Optional[int]]] = {}
+    for prefix, (templates, _, section) in tables.CARRY_GROUPS.items():
+        sec = g.section(section)
+        if templates is tables.CARRY_CONFORMER:
+            sizes[prefix] = {
+                "D": sec.get("output_size", "int"),
+                "U": sec.get("linear_units", "int"),
+                "h": sec.get("attention_heads", "int"),
+                "blocks": sec.get("num_blocks", "int"),
+            }
+        else:
+            n = 1 if prefix.startswith("emo_") else g.get("condition_num_latent", "int", 32) if g.data else None
+            sizes[prefix] = {"N": n}
+    return required, sizes
+
+
+def config_dims(kind: str, cfg: Mapping) -> dict[str, Any]:
+    """The dimensions (same letters as model_dims) that config.yaml states; refuses the structural variants the
+    fast path does not implement and wrong-typed fields."""
+    root = _Section.root(cfg)
     if kind == "gpt":
-        g = cfg.get("gpt")
-        if not isinstance(g, dict):
-            raise CheckpointError("config.yaml has no 'gpt' section")
-        want = {"C": g.get("model_dim"), "L": g.get("layers"), "heads": g.get("heads"),
-                "Vm": g.get("number_mel_codes")}  # fmt: skip
-        if g.get("number_text_tokens") is not None:
-            want["Vt"] = g["number_text_tokens"] * g.get("types", 1) + 1
-        if g.get("max_text_tokens") is not None:
-            want["Pt"] = g["max_text_tokens"] + 2
-        if g.get("max_mel_tokens") is not None:
-            want["Pm"] = g["max_mel_tokens"] + 2 + g.get("max_conditioning_inputs", 1)
+        g = root.section("gpt", required=True)
+        _cond_config(cfg)  # the conditioning-encoder fields are type-checked here too, before any other message
+        want = {"C": g.get("model_dim", "int"), "L": g.get("layers", "int"), "heads": g.get("heads", "positive"),
+                "Vm": g.get("number_mel_codes", "int")}  # fmt: skip
+        if (n := g.get("number_text_tokens", "int")) is not None:
+            want["Vt"] = n * g.get("types", "positive", 1) + 1
+        if (n := g.get("max_text_tokens", "int")) is not None:
+            want["Pt"] = n + 2
+        if (n := g.get("max_mel_tokens", "int")) is not None:
+            want["Pm"] = n + 2 + g.get("max_conditioning_inputs", "int", 1)
         return {k: v for k, v in want.items() if v is not None}
-    s = cfg.get("s2mel", cfg)
-    dit, wn, lr = s.get("DiT", {}), s.get("wavenet", {}), s.get("length_regulator", {})
-    if not dit:
-        raise CheckpointError("config.yaml has no 's2mel.DiT' section")
+    s = root.section("s2mel") if "s2mel" in cfg else root
+    dit = s.section("DiT", required=True)
+    wn, lr = s.section("wavenet"), s.section("length_regulator")
     unsupported = {
-        "DiT.uvit_skip_connection": (dit.get("uvit_skip_connection"), True),
-        "DiT.long_skip_connection": (dit.get("long_skip_connection"), True),
-        "DiT.final_layer_type": (dit.get("final_layer_type"), "wavenet"),
-        "DiT.time_as_token": (dit.get("time_as_token", False), False),
-        "DiT.style_as_token": (dit.get("style_as_token", False), False),
-        "DiT.style_condition": (dit.get("style_condition"), True),
-        "DiT.is_causal": (dit.get("is_causal", False), False),  # causal mask: same keys, other attention
-        "wavenet.dilation_rate": (wn.get("dilation_rate", 1), 1),  # dilated taps: same keys, other conv
-        "length_regulator.is_discrete": (lr.get("is_discrete", False), False),
-        "length_regulator.vector_quantize": (lr.get("vector_quantize", False), False),
-        "length_regulator.f0_condition": (lr.get("f0_condition", False), False),
-        "length_regulator.n_codebooks": (lr.get("n_codebooks", 1), 1),
+        "DiT.uvit_skip_connection": (dit.get("uvit_skip_connection", "flag"), True),
+        "DiT.long_skip_connection": (dit.get("long_skip_connection", "flag"), True),
+        "DiT.final_layer_type": (dit.get("final_layer_type", "str"), "wavenet"),
+        "DiT.time_as_token": (dit.get("time_as_token", "flag", False), False),
+        "DiT.style_as_token": (dit.get("style_as_token", "flag", False), False),
+        "DiT.style_condition": (dit.get("style_condition", "flag"), True),
+        "DiT.is_causal": (dit.get("is_causal", "flag", False), False),  # causal mask: same keys, other attention
+        "wavenet.dilation_rate": (wn.get("dilation_rate", "int", 1), 1),  # dilated taps: same keys, other conv
+        "length_regulator.is_discrete": (lr.get("is_discrete", "flag", False), False),
+        "length_regulator.vector_quantize": (lr.get("vector_quantize", "flag", False), False),
+        "length_regulator.f0_condition": (lr.get("f0_condition", "flag", False), False),
+        "length_regulator.n_codebooks": (lr.get("n_codebooks", "int", 1), 1),
     }
     bad = {k: v for k, (v, ok) in unsupported.items() if v != ok}
     if bad:
-        raise CheckpointError(f"config.yaml selects s2mel variants the fast path does not implement: {bad}")
+        raise CheckpointError(f"{root.source} selects s2mel variants the fast path does not implement: {bad}")
+    ratios = lr.get("sampling_ratios", "list")
     want = {
-        "C": dit.get("hidden_dim"),
-        "L": dit.get("depth"),
-        "heads": dit.get("num_heads"),
-        "F": dit.get("in_channels"),
-        "D": dit.get("content_dim"),
-        "S": s.get("style_encoder", {}).get("dim"),
-        "H": wn.get("hidden_dim"),
-        "W": wn.get("num_layers"),
-        "K": wn.get("kernel_size"),
-        "R": lr.get("channels"),
-        "Q": lr.get("in_channels"),
-        "N": len(lr["sampling_ratios"]) if "sampling_ratios" in lr else None,
+        "C": dit.get("hidden_dim", "int"),
+        "L": dit.get("depth", "int"),
+        "heads": dit.get("num_heads", "positive"),
+        "F": dit.get("in_channels", "int"),
+        "D": dit.get("content_dim", "int"),
+        "S": s.section("style_encoder").get("dim", "int"),
+        "H": wn.get("hidden_dim", "int"),
+        "W": wn.get("num_layers", "int"),
+        "K": wn.get("kernel_size", "int"),
+        "R": lr.get("channels", "int"),
+        "Q": lr.get("in_channels", "int"),
+        "N": len(ratios) if ratios is not None else None,
     }
     return {k: v for k, v in want.items() if v is not None}
 
 
-def check_config(kind: str, dims: dict[str, int], cfg: Optional[dict]) -> dict[str, int]:
-    """Compare checkpoint dimensions with config.yaml; returns dims with the config's head count."""
-    if cfg is None:
-        return dims
-    want = config_dims(kind, cfg)
+_HEADS_FIELD = {"gpt": "gpt.heads", "s2mel": "s2mel.DiT.num_heads"}
+
+
+def check_config(kind: str, dims: dict[str, int], cfg: Optional[Mapping]) -> dict[str, int]:
+    """Compare checkpoint dimensions with config.yaml; returns dims with the head count.
+
+    Head counts are in no tensor shape: config.yaml's when it gives one; else width // 64 (IndexTTS2's head_dim),
+    with a warning; a width that is not a multiple of 64 needs the config's head count."""
+    want = config_dims(kind, cfg) if cfg is not None else {}
+    src = getattr(cfg, "source", "config.yaml")
     heads = want.pop("heads", None)
     diff = {k: (dims.get(k), v) for k, v in want.items() if dims.get(k) != v}
     if diff:
         raise CheckpointError(
-            "checkpoint shapes disagree with config.yaml: "
+            f"checkpoint shapes disagree with {src}: "
             + ", ".join(f"{k}: checkpoint {a} vs config {b}" for k, (a, b) in diff.items())
         )
     out = dict(dims)
+    C = dims["C"]
     if heads is not None:
-        if not isinstance(heads, int) or isinstance(heads, bool) or heads < 1 or dims["C"] % heads:
-            raise CheckpointError(f"config.yaml heads={heads} does not divide the width {dims['C']}")
+        if C % heads:
+            raise CheckpointError(f"{src}: field {_HEADS_FIELD[kind]} = {heads} does not divide the width {C}")
         out["heads"] = heads
+        return out
+    why = "no config.yaml" if cfg is None else f"{src} has no {_HEADS_FIELD[kind]}"
+    if _heads_from_width(C) is None:
+        raise CheckpointError(
+            f"{kind} checkpoint: the width {C} is not a multiple of 64, so the head count cannot be derived from the "
+            f"shapes; pass config.yaml (config=, --config)" + ("" if cfg is None else f" with {_HEADS_FIELD[kind]}")
+        )
+    warnings.warn(
+        f"{why}: the head count is in no tensor shape; heads = width {C} // 64 = {C // 64} assumed (IndexTTS2's "
+        "head_dim); pass config.yaml (config=, --config) to take it from there",
+        CheckpointWarning,
+        stacklevel=3,  # the caller of remap_state_dict
+    )
+    out["heads"] = C // 64
     return out
 
 
@@ -611,6 +747,7 @@ class RemapReport:
     carried: list[str] = field(default_factory=list)
     ignored: list[tuple[str, str]] = field(default_factory=list)  # (key, why)
     nonfinite: list[str] = field(default_factory=list)
+    heads_from: str = "config.yaml"  # or "width // 64" (check_config warned)
 
     @property
     def folded(self) -> list[str]:
@@ -737,8 +874,8 @@ def _check_carried(
             groups.setdefault(prefix, {})[k[len(prefix) + 1 :]] = k
         else:  # pragma: no cover - GPT_CARRY only admits these prefixes
             unknown.append(k)
-    g = (config or {}).get("gpt") or {}
-    if g.get("condition_type") == "conformer_perceiver":
+    required, cfg_sizes = _cond_config(config)
+    if required:
         missing += [f"{p}.* (config: conformer_perceiver)" for p in tables.CARRY_GROUPS if p not in groups]
     widths: dict[str, dict[str, int]] = {}
     for prefix, rest in groups.items():
@@ -775,15 +912,9 @@ def _check_carried(
             want = [p if p == "*" else int(eval(p, {"__builtins__": {}}, dict(w))) for p in expr.split(",")]  # noqa: S307
             if len(got) != len(want) or any(p != "*" and p != s for p, s in zip(want, got, strict=True)):
                 wrong.append(f"{rest[r]} {list(got)} (expected [{expr}] with {w})")
-        sec = g.get(section) if isinstance(g.get(section), dict) else {}
         if templates is tables.CARRY_CONFORMER:
-            want_cfg = {"D": sec.get("output_size"), "U": sec.get("linear_units"), "h": sec.get("attention_heads"),
-                        "blocks": sec.get("num_blocks")}  # fmt: skip
             w = dict(w, blocks=n)
-        else:
-            want_cfg = {"N": 1 if prefix.startswith("emo_") else g.get("condition_num_latent", 32) if g else None,
-                        "blocks": None}  # fmt: skip
-        for key, v in want_cfg.items():
+        for key, v in cfg_sizes.get(prefix, {}).items():
             if v is not None and w[key] != v:
                 wrong.append(f"{prefix}: {key} = {w[key]} in the checkpoint, {v} in config.yaml ({section})")
     for prefix, key, want, what in (
@@ -837,7 +968,8 @@ def remap_state_dict(
     entries = expand_rules(
         kind, dims, stack_adaln=stack_adaln, with_gpt_layer=any(k.startswith("gpt_layer.") for k in sd)
     )
-    report = RemapReport(kind, version, dims)
+    from_config = config is not None and "heads" in config_dims(kind, config)
+    report = RemapReport(kind, version, dims, heads_from="config.yaml" if from_config else "width // 64")
 
     # 1. coverage: every entry's sources present exactly once, every key accounted for
     used: dict[str, str] = {}
@@ -922,7 +1054,7 @@ def remap_state_dict(
                 f"{_fmt_keys(nonfinite, 8)}; pass allow_nonfinite=True (--allow-nonfinite) to convert anyway"
             )
         report.nonfinite = nonfinite
-        warnings.warn(f"non-finite weights allowed in: {_fmt_keys(nonfinite, 8)}", stacklevel=2)
+        warnings.warn(f"non-finite weights allowed in: {_fmt_keys(nonfinite, 8)}", CheckpointWarning, stacklevel=2)
     return out, report
 
 
@@ -995,10 +1127,13 @@ def convert_checkpoint(
     """Convert one official checkpoint to a fast-pack .safetensors file; returns the remap report.
 
     The output is written to a temporary file in the same directory and renamed into place, so a failure never
-    leaves a partial pack; it never overwrites the source, nor an existing file unless ``overwrite``.
-    ``policy`` overrides dtype classes of DEFAULT_POLICY, either flat ({'gemm_w': 'bfloat16', ...}) or per model
-    kind ({'gpt': {...}}).
+    leaves a partial pack; it never overwrites the source, nor an existing file unless ``overwrite``. A write that
+    fails (disk full, ...) is a CheckpointError; SIGTERM / SIGHUP during the write (in the main thread) removes the
+    temporary file and raises ConversionInterrupted. ``config`` is the path of config.yaml. ``policy`` overrides
+    dtype classes of DEFAULT_POLICY, either flat ({'gemm_w': 'bfloat16', ...}, ``gpt_policy("float32")``) or per
+    model kind ({'gpt': {...}}).
     """
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     from . import __version__
@@ -1033,11 +1168,12 @@ def convert_checkpoint(
         "layout": json.dumps({"stack_adaln": bool(stack_adaln), "conv_taps": "tap-major", "gemm": "[N,K] row-major"}),
         "package": f"indextts_fast {__version__}",
         "nonfinite": json.dumps(report.nonfinite),
-        "heads_from": "config.yaml" if cfg is not None else "width // 64 (IndexTTS2 head_dim; no config given)",
-    }
+        "heads_from": "config.yaml" if report.heads_from == "config.yaml" else
+                      "width // 64 (IndexTTS2's head_dim; no head count in config.yaml)",
+    }  # fmt: skip
     exists = f"output {out} already exists; pass overwrite=True (--overwrite) to replace it"
     tmp = None
-    try:
+    with _TerminationGuard(out) as guard:
         try:
             fd, tmp = tempfile.mkstemp(dir=str(out.parent), prefix=f".{out.name}.", suffix=".tmp")
             os.close(fd)
@@ -1049,15 +1185,63 @@ def convert_checkpoint(
                 os.replace(tmp, out)
             else:
                 _commit_no_clobber(tmp, out, exists)
+            guard.published = True
             _fsync_dir(out.parent)  # the rename itself survives a crash
         except FileExistsError as e:  # appeared while converting
             raise CheckpointError(exists) from e
-        except OSError as e:  # unwritable directory, disk full, ...
+        except (OSError, SafetensorError) as e:  # unwritable directory, disk full (safetensors: SafetensorError), ...
             raise CheckpointError(f"output {out}: cannot write the pack: {e}") from e
-    finally:  # every exit, KeyboardInterrupt included, removes the temporary file
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
+        finally:  # every exit, KeyboardInterrupt and SIGTERM included, removes the temporary file
+            guard.hold()
+            if tmp is not None and os.path.lexists(tmp):
+                os.unlink(tmp)
     return report
+
+
+class ConversionInterrupted(KeyboardInterrupt):
+    """SIGTERM / SIGHUP arrived while a pack was being written; its temporary file has been removed."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
+
+
+class _TerminationGuard:
+    """While a pack is written, SIGTERM and SIGHUP raise ConversionInterrupted (so the write's cleanup runs)
+    instead of killing the process; the previous handlers are restored on exit. After hold() (the cleanup) a
+    signal is only recorded, and raised once the handlers are restored. Only the main thread can install handlers;
+    elsewhere this does nothing."""
+
+    SIGNALS = tuple(getattr(signal, n) for n in ("SIGTERM", "SIGHUP") if hasattr(signal, n))
+
+    def __init__(self, out: Path):
+        self.out, self.published, self.held, self.pending, self.old = out, False, False, None, {}
+
+    def _error(self, signum: int) -> ConversionInterrupted:
+        done = "the pack had been written" if self.published else "no pack written"
+        msg = f"terminated by {signal.Signals(signum).name} while writing {self.out}; its temporary file was removed"
+        return ConversionInterrupted(f"{msg}, {done}", signum)
+
+    def _on_signal(self, signum, frame):
+        if self.held or self.pending is not None:
+            self.pending = self.pending or signum
+            return
+        self.pending = signum
+        raise self._error(signum)
+
+    def hold(self) -> None:
+        self.held = True
+
+    def __enter__(self) -> _TerminationGuard:
+        if threading.current_thread() is threading.main_thread():
+            self.old = {s: signal.signal(s, self._on_signal) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        for s, h in self.old.items():
+            signal.signal(s, h)
+        if self.pending is not None and not isinstance(exc, ConversionInterrupted):
+            raise self._error(self.pending) from exc
 
 
 def _commit_no_clobber(tmp: str, out: Path, exists: str) -> None:

@@ -103,12 +103,13 @@ def build_unified_voice(seed: int = 0):
     return uv
 
 
-def construct_gpt_core(full: bool = False, layers=None) -> GPTCore:
+def construct_gpt_core(full: bool = False, layers=None, **sizes) -> GPTCore:
     """The official constructors only (default init, no extra randomization): the GPT hot-path part of
     UnifiedVoice at real or tiny size: GPT2Model via model_v2.build_hf_gpt_transformer plus the nn.Embedding /
-    nn.Linear / nn.LayerNorm heads that UnifiedVoice.__init__ creates, under the same names."""
+    nn.Linear / nn.LayerNorm heads that UnifiedVoice.__init__ creates, under the same names. ``sizes`` overrides
+    entries of TINY_GPT / FULL_GPT (model_dim, heads, ...)."""
     mv = official("gpt.model_v2")
-    c = dict(FULL_GPT if full else TINY_GPT)
+    c = dict(FULL_GPT if full else TINY_GPT, **sizes)
     if layers is not None:
         c["layers"] = layers
     C = c["model_dim"]
@@ -131,11 +132,11 @@ def construct_gpt_core(full: bool = False, layers=None) -> GPTCore:
     return GPTCore(parts).eval()
 
 
-def build_gpt_core(full: bool = False, seed: int = 0, layers=None):
+def build_gpt_core(full: bool = False, seed: int = 0, layers=None, **sizes):
     """construct_gpt_core with random weights everywhere (LayerNorms and speed_emb included).
     Returns (GPTCore module, its state dict); ``layers`` overrides the layer count (full width, fewer layers)."""
     torch.manual_seed(seed)
-    core = construct_gpt_core(full, layers)
+    core = construct_gpt_core(full, layers, **sizes)
     if not full:
         _randomize(core, seed)
     else:  # default inits are random except LayerNorm (ones / zeros) and speed_emb (zeros): perturb those

@@ -15,6 +15,9 @@ from . import loader_fixtures as lf
 from . import loader_refs as refs
 from .helpers import assert_close_rel
 
+# tests that convert without config.yaml on purpose: the head-count warning is expected there
+pytestmark = pytest.mark.filterwarnings("ignore:no config.yaml:UserWarning")
+
 F32 = L.gpt_policy("float32")  # the GPT in fp32 (exact round trips / forwards)
 
 
@@ -316,9 +319,12 @@ def test_config_check(uv, s2mel):
     cfg["gpt"]["heads"] = 8
     pack, rep = L.remap_state_dict(uv.state_dict(), config=cfg)
     assert rep.dims["heads"] == 8  # heads are not in any shape: the config decides
-    for bad in (0, 3, "4"):  # a head count that cannot split the width is refused, not divided by
+    cfg["gpt"]["heads"] = 3  # a head count that cannot split the width is refused, not divided by
+    with pytest.raises(L.CheckpointError, match="config.yaml: field gpt.heads = 3 does not divide the width 64"):
+        L.remap_state_dict(uv.state_dict(), config=cfg)
+    for bad in (0, "4", 2.0, True):  # not a positive integer: named as such, not as a width that does not divide
         cfg["gpt"]["heads"] = bad
-        with pytest.raises(L.CheckpointError, match=f"heads={bad} does not divide the width 64"):
+        with pytest.raises(L.CheckpointError, match=r"field gpt\.heads is .*, expected a positive integer"):
             L.remap_state_dict(uv.state_dict(), config=cfg)
     cfg["gpt"]["heads"] = 8
     cfg["gpt"]["layers"] = 3

@@ -12,6 +12,9 @@ from indextts_fast import loader as L
 
 from . import loader_fixtures as lf
 
+# tests that convert without config.yaml on purpose: the head-count warning is expected there
+pytestmark = pytest.mark.filterwarnings("ignore:no config.yaml:UserWarning")
+
 
 @pytest.fixture(scope="module")
 def gpt_sd():
@@ -503,3 +506,177 @@ def test_flipped_bit_in_tensor_data(gpt_sd, tmp_path):
     lf.flip_record_byte(src, rec, 4 * 100)  # the lowest mantissa byte of element 100
     msg = _refused(src, tmp_path / "gpt.safetensors", "CRC-32")
     assert msg == f"{src}: corrupt: record '{rec}' (gpt.h.0.attn.c_proj.weight) fails its CRC-32 check"
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# config.yaml: unreadable, unparsable or wrong-typed is a CheckpointError naming the file and the field
+# ----------------------------------------------------------------------------------------------------------------------
+def _gpt_cfg(**fields):
+    cfg = lf.gpt_config()
+    cfg["gpt"].update(fields)
+    return cfg
+
+
+# case -> (model, config.yaml contents: text, bytes or a mapping to dump, expected message after "<file>: ")
+CONFIG_CASES = {
+    "malformed": ("gpt", "gpt: [1, 2\n", r"not valid YAML: .* \(line 2, column 1\)"),
+    "binary": ("gpt", b"\x00\xff\xfe PK\x03\x04 \x89PNG", r"not valid YAML: .*"),
+    "python_tag": (
+        "gpt",
+        "gpt: !!python/object/apply:os.system ['echo hacked']\n",
+        r"a YAML tag that constructs a Python object is not accepted "
+        r"\('tag:yaml\.org,2002:python/object/apply:os\.system', line 1\)",
+    ),
+    "not_a_mapping": ("gpt", "- 1\n- 2\n", r"not a YAML mapping \(a list at the top level\)"),
+    "text_tokens_str": (
+        "gpt",
+        _gpt_cfg(number_text_tokens="100"),
+        r"field gpt\.number_text_tokens is '100' \(str\), expected a non-negative integer",
+    ),
+    "heads_str": ("gpt", _gpt_cfg(heads="4"), r"field gpt\.heads is '4' \(str\), expected a positive integer"),
+    "heads_zero": ("gpt", _gpt_cfg(heads=0), r"field gpt\.heads is 0 \(int\), expected a positive integer"),
+    "gpt_list": ("gpt", {"gpt": [1, 2]}, r"field gpt is \[1, 2\] \(list\), expected a mapping"),
+    "cond_list": (
+        "gpt",
+        _gpt_cfg(condition_module=[64]),
+        r"field gpt\.condition_module is \[64\] \(list\), expected a mapping",
+    ),
+    "cond_size_str": (
+        "gpt",
+        _gpt_cfg(condition_module=dict(lf.TINY_COND, num_blocks="1")),
+        r"field gpt\.condition_module\.num_blocks is '1' \(str\), expected a non-negative integer",
+    ),
+    "s2mel_int": ("s2mel", {"s2mel": 5}, r"field s2mel is 5 \(int\), expected a mapping"),
+    "dit_list": (
+        "s2mel",
+        {"s2mel": dict(lf.s2mel_config(), DiT=[1, 2])},
+        r"field s2mel\.DiT is \[1, 2\] \(list\), expected a mapping",
+    ),
+    "flag_str": (
+        "s2mel",
+        {"s2mel": dict(lf.s2mel_config(), DiT=dict(lf.s2mel_config()["DiT"], is_causal="no"))},
+        r"field s2mel\.DiT\.is_causal is 'no' \(str\), expected true or false",
+    ),
+    "ratios_int": (
+        "s2mel",
+        {
+            "s2mel": dict(
+                lf.s2mel_config(), length_regulator=dict(lf.s2mel_config()["length_regulator"], sampling_ratios=4)
+            )
+        },
+        r"field s2mel\.length_regulator\.sampling_ratios is 4 \(int\), expected a list",
+    ),  # fmt: skip
+}
+
+
+def write_config(path, contents):
+    yaml = pytest.importorskip("yaml")
+    if isinstance(contents, bytes):
+        path.write_bytes(contents)
+    elif isinstance(contents, str):
+        path.write_text(contents)
+    else:
+        path.write_text(yaml.safe_dump(contents))
+    return path
+
+
+@pytest.mark.parametrize("case", sorted(CONFIG_CASES))
+def test_bad_config_yaml(gpt_sd, s2mel, tmp_path, case):
+    model, contents, match = CONFIG_CASES[case]
+    cfg = write_config(tmp_path / "config.yaml", contents)
+    obj = gpt_sd if model == "gpt" else lf.s2mel_container(s2mel)
+    src = _save(obj, tmp_path / f"{model}.pth")
+    msg = _refused(src, tmp_path / "out.safetensors", match, config=cfg)
+    assert msg.startswith(f"{cfg}: ") and "\n" not in msg, msg
+
+
+class _Blocked(Exception):
+    pass
+
+
+def _alarm(seconds):
+    """Raise _Blocked in the main thread after ``seconds`` (a blocking open() is interrupted, not hung)."""
+    import contextlib
+    import signal
+
+    @contextlib.contextmanager
+    def guard():
+        def fire(signum, frame):
+            raise _Blocked(f"still blocked after {seconds} s")
+
+        old = signal.signal(signal.SIGALRM, fire)
+        signal.setitimer(signal.ITIMER_REAL, seconds)
+        try:
+            yield
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, old)
+
+    return guard()
+
+
+def test_config_fifo_does_not_block(gpt_sd, tmp_path):
+    src = _save(gpt_sd, tmp_path / "gpt.pth")
+    os.mkfifo(tmp_path / "config.yaml")  # opening it would block until a writer appears
+    with _alarm(20):
+        _refused(src, tmp_path / "gpt.safetensors", r"config\.yaml: unreadable \(permission denied or not a regular "
+                 r"file\)", config=tmp_path / "config.yaml")  # fmt: skip
+    _refused(src, tmp_path / "gpt.safetensors", r"nope\.yaml: no such file", config=tmp_path / "nope.yaml")
+
+
+def _safetensor_error(msg):
+    from safetensors import SafetensorError
+
+    return SafetensorError(msg)
+
+
+def test_safetensors_write_error_leaves_nothing(gpt_sd, tmp_path, monkeypatch):
+    """The safetensors writer reports a full disk as a SafetensorError, not an OSError."""
+    import safetensors.torch
+
+    src = _save(gpt_sd, tmp_path / "gpt.pth")
+    real = safetensors.torch.save_file
+
+    def partial_then_full(tensors, filename, metadata=None):
+        real(dict(list(tensors.items())[:3]), filename, metadata=metadata)
+        raise _safetensor_error("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", partial_then_full)
+    msg = _refused(src, tmp_path / "gpt.safetensors", "cannot write the pack")
+    assert msg == (
+        f"output {tmp_path / 'gpt.safetensors'}: cannot write the pack: Error while serializing: I/O error: No space "
+        "left on device (os error 28)"
+    )
+    assert os.listdir(tmp_path) == ["gpt.pth"]
+
+
+def gpt_core_config(path, **fields):
+    """config.yaml for build_gpt_core's GPT (no conditioning encoders), with ``fields`` of its gpt section changed."""
+    cfg = _gpt_cfg(**fields)
+    cfg["gpt"].pop("condition_type")
+    return write_config(path, cfg)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Head counts: in no tensor shape
+# ----------------------------------------------------------------------------------------------------------------------
+def test_heads_without_config_warns(gpt_sd, tmp_path):
+    src = _save(gpt_sd, tmp_path / "gpt.pth")
+    with pytest.warns(UserWarning, match=r"no config\.yaml: the head count is in no tensor shape; heads = width 64 "
+                                         r"// 64 = 1 assumed \(IndexTTS2's head_dim\)"):  # fmt: skip
+        rep = L.convert_checkpoint(src, tmp_path / "gpt.safetensors")
+    assert rep.dims["heads"] == 1 and rep.heads_from == "width // 64"
+    assert L.load_pack(tmp_path / "gpt.safetensors").meta["heads_from"].startswith("width // 64")
+
+
+def test_heads_required_when_width_is_not_a_multiple_of_64(tmp_path):
+    core, sd = lf.build_gpt_core(model_dim=80, heads=5)
+    src = _save(sd, tmp_path / "gpt.pth")
+    _refused(src, tmp_path / "gpt.safetensors", r"^gpt checkpoint: the width 80 is not a multiple of 64, so the head "
+             r"count cannot be derived from the shapes; pass config\.yaml \(config=, --config\)")  # fmt: skip
+    cfg = L.load_config(gpt_core_config(tmp_path / "c.yaml", model_dim=80, heads=5))
+    rep = L.convert_checkpoint(src, tmp_path / "gpt.safetensors", config=cfg.source)
+    assert rep.dims["heads"] == 5 and rep.heads_from == "config.yaml"
+    cfg["gpt"].pop("heads")  # a config without a head count does not help
+    with pytest.raises(L.CheckpointError, match=r"the width 80 is not a multiple of 64.* with gpt\.heads$"):
+        L.remap_state_dict(sd, config=cfg)

@@ -15,6 +15,9 @@ from . import loader_fixtures as lf
 from .helpers import official
 from .test_loader import _assert_same_sd, dit_check, gpt_check, official_fp64
 
+# tests that convert without config.yaml on purpose: the head-count warning is expected there
+pytestmark = pytest.mark.filterwarnings("ignore:no config.yaml:UserWarning")
+
 
 @pytest.fixture(scope="module")
 def full_s2mel():

@@ -12,6 +12,9 @@ from indextts_fast import loader as L
 
 from . import loader_fixtures as lf
 
+# tests that convert without config.yaml on purpose: the head-count warning is expected there
+pytestmark = pytest.mark.filterwarnings("ignore:no config.yaml:UserWarning")
+
 TOOLS = Path(__file__).resolve().parents[1] / "tools"
 
 
@@ -111,3 +114,93 @@ def test_tools_refuse_a_short_zip_record(gpt_sd, tmp_path, capsys):
     assert ins.main([src]) == 2
     assert "truncated or corrupt" in _one_line(capsys.readouterr().err, "error: ")
     assert not (tmp_path / "gpt.fast.safetensors").exists()
+
+
+@pytest.mark.parametrize("case", ["malformed", "binary", "python_tag", "heads_str", "text_tokens_str", "s2mel_int"])
+def test_convert_tool_bad_config(gpt_sd, tmp_path, capsys, case):
+    from .test_loader_errors import CONFIG_CASES, write_config
+
+    model, contents, match = CONFIG_CASES[case]
+    cfg = write_config(tmp_path / "config.yaml", contents)
+    if model == "gpt":
+        torch.save(gpt_sd, tmp_path / "src.pth")
+    else:
+        torch.save(lf.s2mel_container(lf.build_s2mel()), tmp_path / "src.pth")
+    assert _tool("convert_checkpoint").main([str(tmp_path / "src.pth"), "--config", str(cfg), "--quiet"]) == 2
+    line = _one_line(capsys.readouterr().err, f"refused: {cfg}: ")
+    assert __import__("re").search(match, line), line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml", "src.pth"]
+
+
+def test_convert_tool_real_write_failure(gpt_sd, tmp_path):
+    """A real failure inside the safetensors writer: the tool runs with a file-size limit (RLIMIT_FSIZE) below the
+    pack's size, so the write fails with EFBIG from the OS, as it fails with ENOSPC on a full disk."""
+    import resource
+    import subprocess
+    import sys
+
+    from .test_loader_errors import gpt_core_config
+
+    torch.save(gpt_sd, tmp_path / "gpt.pth")
+    cfg = gpt_core_config(tmp_path / "config.yaml")
+    hard = resource.getrlimit(resource.RLIMIT_FSIZE)[1]
+    p = subprocess.run(
+        [sys.executable, str(TOOLS / "convert_checkpoint.py"), str(tmp_path / "gpt.pth"), "--config", str(cfg), "-q"],
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (32 << 10, hard)),
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert p.returncode == 2, p.stderr
+    line = _one_line(p.stderr, f"refused: output {tmp_path / 'gpt.fast.safetensors'}: cannot write the pack: ")
+    assert "File too large" in line, line
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["config.yaml", "gpt.pth"]
+
+
+_SLOW_WRITE = """
+import importlib.util, sys, time
+import safetensors.torch
+real = safetensors.torch.save_file
+def slow(tensors, filename, metadata=None):
+    real(dict(list(tensors.items())[:2]), filename, metadata=metadata)  # a partial temporary file exists
+    print("writing", flush=True)
+    time.sleep(120)
+safetensors.torch.save_file = slow
+spec = importlib.util.spec_from_file_location("convert_checkpoint", sys.argv[1])
+conv = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(conv)
+sys.exit(conv.main(sys.argv[2:]))
+"""
+
+
+def test_convert_tool_sigterm_during_write(gpt_sd, tmp_path):
+    """SIGTERM while the pack is written: the temporary file is removed and the tool exits with one line."""
+    import signal
+    import subprocess
+    import sys
+
+    from .test_loader_errors import gpt_core_config
+
+    torch.save(gpt_sd, tmp_path / "gpt.pth")
+    cfg = gpt_core_config(tmp_path / "config.yaml")
+    out = tmp_path / "gpt.fast.safetensors"
+    p = subprocess.Popen([sys.executable, "-c", _SLOW_WRITE, str(TOOLS / "convert_checkpoint.py"),
+                          str(tmp_path / "gpt.pth"), "--config", str(cfg), "--quiet"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert p.stdout.readline() == "writing\n", p.stderr.read()
+        assert [f for f in tmp_path.iterdir() if f.name.endswith(".tmp")], "no temporary file while writing"
+        p.send_signal(signal.SIGTERM)
+        _, err = p.communicate(timeout=60)
+    finally:
+        p.kill()
+    assert p.returncode == 128 + signal.SIGTERM, (p.returncode, err)
+    line = _one_line(err, "error: ")
+    assert line == f"error: terminated by SIGTERM while writing {out}; its temporary file was removed, no pack written"
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["config.yaml", "gpt.pth"]
+
+
+def test_convert_tool_says_when_heads_are_assumed(gpt_sd, tmp_path, capsys):
+    conv = _tool("convert_checkpoint")
+    torch.save(gpt_sd, tmp_path / "gpt.pth")
+    assert conv.main([str(tmp_path / "gpt.pth"), "--quiet"]) == 0
+    line = _one_line(capsys.readouterr().err, "warning: ")
+    assert "no config.yaml: the head count is in no tensor shape; heads = width 64 // 64 = 1 assumed" in line
