@@ -62,7 +62,10 @@ __all__ = [
     "CheckpointError",
     "CheckpointWarning",
     "ConversionInterrupted",
+    "gpt_policy",
     "load_config",
+    "check_checkpoint",
+    "check_pack",
     "PACK_FORMAT",
     "PACK_VERSION",
     "DEFAULT_POLICY",
@@ -106,7 +109,9 @@ PathLike = Union[str, os.PathLike]
 
 
 def gpt_policy(dtype: str) -> dict[str, str]:
-    """Every GPT tensor class in one dtype: "float16" = official use_fp16, "float32" = official default."""
+    """A dtype policy with every GPT tensor class in one dtype, for ``policy=`` of convert_checkpoint /
+    remap_state_dict: "float16" is DEFAULT_POLICY (the official use_fp16), "float32" reproduces the official fp32
+    default, "bfloat16" halves the pack without fp16's range limit (not an official mode)."""
     return {k: dtype for k in DEFAULT_POLICY["gpt"]}
 
 
@@ -603,7 +608,7 @@ def check_config(kind: str, dims: dict[str, int], cfg: Optional[Mapping]) -> dic
         f"{why}: the head count is in no tensor shape; heads = width {C} // 64 = {C // 64} assumed (IndexTTS2's "
         "head_dim); pass config.yaml (config=, --config) to take it from there",
         CheckpointWarning,
-        stacklevel=3,  # the caller of remap_state_dict
+        stacklevel=4,  # the caller of remap_state_dict / check_checkpoint
     )
     out["heads"] = C // 64
     return out
@@ -951,8 +956,27 @@ def remap_state_dict(
     """Official flat state dict -> {pack name: tensor in kernel layout}, strictly validated.
 
     Raises CheckpointError naming every missing key, unknown key, wrong shape, wrong dtype and (unless
-    allow_nonfinite) every tensor holding NaN or inf.
+    allow_nonfinite) every tensor holding NaN or inf after its transform and dtype cast (a weight_v of zero norm
+    folds to NaN; 1e6 overflows fp16).
     """
+    return _remap(sd, kind, config, policy, stack_adaln, allow_nonfinite, progress, keep=True)
+
+
+def check_checkpoint(
+    sd: Mapping[str, torch.Tensor],
+    kind: Optional[str] = None,
+    *,
+    config: Optional[dict] = None,
+    policy: Optional[Mapping[str, str]] = None,
+    stack_adaln: bool = True,
+    allow_nonfinite: bool = False,
+) -> RemapReport:
+    """Every check of remap_state_dict, the values after transform and cast included, one tensor at a time and
+    nothing kept: the report if the checkpoint would convert, else the CheckpointError conversion raises."""
+    return _remap(sd, kind, config, policy, stack_adaln, allow_nonfinite, None, keep=False)[1]
+
+
+def _remap(sd, kind, config, policy, stack_adaln, allow_nonfinite, progress, *, keep: bool):
     kind = kind or detect_kind(sd)
     if kind not in ("gpt", "s2mel"):
         raise CheckpointError("cannot tell a gpt.pth from an s2mel.pth: no 'gpt.h.*' and no 'cfm.estimator.*' keys")
@@ -1029,11 +1053,12 @@ def remap_state_dict(
     for n, e in enumerate(entries):
         xs = [sd[s] if e.op in ("copy", "t", "cat0", "taps", "k1") else sd[s].float() for s in e.srcs]
         w = _forward_op(e.op, xs).to(getattr(torch, pol[e.cls])).contiguous()
-        if w is sd[e.srcs[0]] or (w.data_ptr() == sd[e.srcs[0]].data_ptr()):
+        if keep and (w is sd[e.srcs[0]] or w.data_ptr() == sd[e.srcs[0]].data_ptr()):
             w = w.clone()  # never alias an mmap'd source
         if not bool(torch.isfinite(w).all()):
             nonfinite.append(f"{e.dst} (from {', '.join(e.srcs) if len(e.srcs) <= 2 else e.srcs[0] + ', ...'})")
-        out[e.dst] = w
+        if keep:
+            out[e.dst] = w
         report.mapped.append((e.dst, e.srcs, e.op))
         if progress:
             progress(n + 1, total, e.dst)
@@ -1042,7 +1067,8 @@ def remap_state_dict(
         w = sd[k].to(dt).clone().contiguous()
         if not bool(torch.isfinite(w).all()):
             nonfinite.append(k)
-        out["cond." + k] = w
+        if keep:
+            out["cond." + k] = w
         report.carried.append(k)
         if progress:
             progress(len(entries) + n + 1, total, "cond." + k)
@@ -1054,7 +1080,7 @@ def remap_state_dict(
                 f"{_fmt_keys(nonfinite, 8)}; pass allow_nonfinite=True (--allow-nonfinite) to convert anyway"
             )
         report.nonfinite = nonfinite
-        warnings.warn(f"non-finite weights allowed in: {_fmt_keys(nonfinite, 8)}", CheckpointWarning, stacklevel=2)
+        warnings.warn(f"non-finite weights allowed in: {_fmt_keys(nonfinite, 8)}", CheckpointWarning, stacklevel=3)
     return out, report
 
 
@@ -1381,8 +1407,9 @@ _PACK_DIMS = {"gpt": ("C", "L", "Vt", "Vm", "Pt", "Pm", "E", "heads"),
               "s2mel": ("C", "D", "F", "H", "S", "L", "I", "W", "K", "R", "Q", "N", "heads")}  # fmt: skip
 
 
-def _check_pack(path: Path, tensors: dict[str, torch.Tensor], meta: dict) -> tuple[str, dict, dict, bool]:
-    """The pack's metadata (untrusted: validated before use) against its tensors: every name, shape and dtype."""
+def check_pack(path: PathLike, tensors: dict[str, torch.Tensor], meta: dict) -> tuple[str, dict, dict, bool]:
+    """What read_pack returned, checked as load_pack checks it: the metadata (untrusted: validated before use)
+    against the tensors, every name, shape and dtype. Returns (kind, dims, dtype policy, stack_adaln)."""
     kind = meta.get("model")
     if kind not in ("gpt", "s2mel"):
         raise CheckpointError(f"{path}: pack metadata names an unknown model {kind!r}")
@@ -1428,9 +1455,10 @@ def _check_pack(path: Path, tensors: dict[str, torch.Tensor], meta: dict) -> tup
     bad += [f"{k} {t.dtype} (expected {pol['carry']})" for k, t in tensors.items()
             if k in cond and t.dtype != getattr(torch, pol["carry"])]  # fmt: skip
     if missing or extra or bad:
+        found = {"missing": missing, "extra": extra, "wrong": bad}
         raise CheckpointError(
-            f"{path}: pack does not match its own metadata: missing {_fmt_keys(missing, 6)}; "
-            f"extra {_fmt_keys(extra, 6)}; wrong {_fmt_keys(bad, 6)}"
+            f"{path}: pack does not match its own metadata: "
+            + "; ".join(f"{what} {_fmt_keys(keys, 6)}" for what, keys in found.items() if keys)
         )
     return kind, dims, pol, stack
 
@@ -1628,7 +1656,7 @@ def load_pack(path: PathLike, device: Union[str, torch.device] = "cpu") -> Union
     """A fast pack -> FastGPTWeights / FastS2MelWeights with every tensor resident on ``device``."""
     path = Path(path)
     tensors, meta = read_pack(path, device)
-    kind, dims, _, stack = _check_pack(path, tensors, meta)
+    kind, dims, _, stack = check_pack(path, tensors, meta)
     if kind == "gpt":
         return _build_gpt(tensors, dims, meta)
     return _build_s2mel(tensors, dims, meta, stack)

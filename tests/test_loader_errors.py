@@ -680,3 +680,9 @@ def test_heads_required_when_width_is_not_a_multiple_of_64(tmp_path):
     cfg["gpt"].pop("heads")  # a config without a head count does not help
     with pytest.raises(L.CheckpointError, match=r"the width 80 is not a multiple of 64.* with gpt\.heads$"):
         L.remap_state_dict(sd, config=cfg)
+
+
+def test_gpt_policy_is_exported():
+    ns = {}
+    exec("from indextts_fast.loader import *", ns)
+    assert ns["gpt_policy"]("float32") == dict.fromkeys(L.DEFAULT_POLICY["gpt"], "float32")

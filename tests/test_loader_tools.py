@@ -198,9 +198,61 @@ def test_convert_tool_sigterm_during_write(gpt_sd, tmp_path):
     assert sorted(f.name for f in tmp_path.iterdir()) == ["config.yaml", "gpt.pth"]
 
 
+def test_inspect_refuses_a_pack_that_load_pack_refuses(gpt_sd, tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    torch.save(gpt_sd, tmp_path / "gpt.pth")
+    L.convert_checkpoint(tmp_path / "gpt.pth", tmp_path / "good.safetensors")
+    tensors, meta = L.read_pack(tmp_path / "good.safetensors")
+    del tensors["h.1.fc.b"]
+    save_file(tensors, tmp_path / "bad.safetensors", metadata=meta)  # readable, but not what its metadata says
+    with pytest.raises(L.CheckpointError, match=r"missing h\.1\.fc\.b"):
+        L.load_pack(tmp_path / "bad.safetensors")
+    assert _tool("inspect_checkpoint").main([str(tmp_path / "bad.safetensors")]) == 2
+    line = _one_line(capsys.readouterr().err, "error: ")
+    assert line == f"error: {tmp_path / 'bad.safetensors'}: pack does not match its own metadata: missing h.1.fc.b"
+
+
+def _bad_values(case):
+    """(model, state dict with one bad value, the pack tensor the converter names)."""
+    if case == "zero_norm_weight_v":
+        sd = {k: v.clone() for k, v in lf.flat_s2mel(lf.build_s2mel()).items()}
+        sd["cfm.estimator.wavenet.in_layers.1.conv.conv.weight_v"][5] = 0  # ||v|| = 0 for one output channel
+        return sd, "dit.wn.in.1.w"
+    sd = {k: v.clone() for k, v in lf.build_gpt_core()[1].items()}
+    sd["gpt.h.0.attn.c_proj.weight"][2, 9] = {"nan": float("nan"), "inf": float("inf"), "fp16_overflow": 1e6}[case]
+    return sd, "h.0.attn_out.w"
+
+
+@pytest.mark.parametrize("case", ["nan", "inf", "fp16_overflow", "zero_norm_weight_v"])
+def test_inspect_agrees_with_the_converter_on_values(tmp_path, capsys, case):
+    """Non-finite values (also after the fp16 cast, or from folding a zero-norm weight_v) are refused by both tools;
+    the fp16 overflow is accepted by both at --gpt-dtype float32."""
+    from safetensors.torch import save_file
+
+    conv, ins = _tool("convert_checkpoint"), _tool("inspect_checkpoint")
+    sd, dst = _bad_values(case)
+    src = tmp_path / "src.safetensors"
+    save_file({k: v.contiguous() for k, v in sd.items()}, src)
+    assert conv.main([str(src), "--quiet"]) == 2
+    assert f"non-finite values (NaN or inf, possibly after the dtype cast) in {dst}" in capsys.readouterr().err
+    assert ins.main([str(src)]) == 1
+    text = capsys.readouterr().out
+    assert "REFUSE" in text and f"non-finite values (NaN or inf, possibly after the dtype cast) in {dst}" in text
+    assert ins.main([str(src), "--json"]) == 1
+    assert '"accepted": false' in capsys.readouterr().out
+    if case == "fp16_overflow":
+        assert ins.main([str(src), "--gpt-dtype", "float32"]) == 0
+        assert "would accept" in capsys.readouterr().out
+        assert conv.main([str(src), "--gpt-dtype", "float32", "--quiet"]) == 0
+
+
 def test_convert_tool_says_when_heads_are_assumed(gpt_sd, tmp_path, capsys):
     conv = _tool("convert_checkpoint")
     torch.save(gpt_sd, tmp_path / "gpt.pth")
     assert conv.main([str(tmp_path / "gpt.pth"), "--quiet"]) == 0
     line = _one_line(capsys.readouterr().err, "warning: ")
     assert "no config.yaml: the head count is in no tensor shape; heads = width 64 // 64 = 1 assumed" in line
+    ins = _tool("inspect_checkpoint")
+    assert ins.main([str(tmp_path / "gpt.pth")]) == 0
+    assert "heads = width 64 // 64 = 1 assumed" in capsys.readouterr().out
