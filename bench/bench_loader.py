@@ -151,7 +151,7 @@ def test_record_checks(benchmark, synthetic_ckpt, provider):
     from pathlib import Path
 
     fn = {
-        "record_checks": lambda: L._check_zip_records(Path(synthetic_ckpt)),
+        "record_checks": lambda: L.containers._check_zip_records(Path(synthetic_ckpt)),
         "sha256": lambda: L.file_sha256(synthetic_ckpt),
         "torch_load_mmap": lambda: torch.load(synthetic_ckpt, mmap=True, weights_only=True),
     }[provider]

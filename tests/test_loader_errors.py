@@ -300,7 +300,7 @@ def test_crafted_pack_raw_header(tmp_path, raw, match):
 
 def test_pack_header_length_limit(tmp_path, monkeypatch):
     """A header length beyond the format's limit is refused before it is read (small limit to keep the test fast)."""
-    monkeypatch.setattr(L, "_MAX_HEADER", 64)
+    monkeypatch.setattr(L.pack, "_MAX_HEADER", 64)
     bad = _write_pack(tmp_path / "bad.safetensors", None, b"", raw=b"{" + b" " * 100 + b"}")
     with pytest.raises(L.CheckpointError, match="header length 102 > 64"):
         L.load_pack(bad)
