@@ -7,6 +7,8 @@
                                    ``overwrite=True``.
     load_pack(path, device)        the pack -> FastGPTWeights / FastS2MelWeights: one read of the whole file into
                                    memory (or one host-to-device copy), every tensor a view of it, no transform.
+    remap_live(module, kind)       a live official module (or its state dict) -> the same pack tensors, in the
+                                   module's own dtype and device, identity transforms as views.
 
 Kernel layouts (the contract the GEMM / attention / norm kernels are written against):
     * every GEMM weight is [N, K] row-major = nn.Linear's [out, in]; GPT-2 Conv1D [in, out] is transposed, so
@@ -30,7 +32,7 @@ and checked against config.yaml (config.py); a torch.save zip is checked record 
 
 Modules: errors (exception and warning types), tables (the key tables and ignore lists), containers (reading
 the official files), config (dimensions, config.yaml, head counts), policy (dtypes), conditioning (the carried
-encoders' checks), remap (rules -> entries, transforms, remap, inverse), pack (writing, reading and
+encoders' checks), remap (rules -> entries, transforms, remap, inverse, live remap), pack (writing, reading and
 validating fast packs), weights (the Fast*Weights dataclasses, load_pack).
 """
 
@@ -49,6 +51,7 @@ from .remap import (
     expand_rules,
     inverse_remap,
     plan_checkpoint,
+    remap_live,
     remap_state_dict,
 )
 from .tables import Rule
@@ -85,6 +88,7 @@ __all__ = [
     "RemapReport",
     "plan_checkpoint",
     "remap_state_dict",
+    "remap_live",
     "check_checkpoint",
     "inverse_remap",
     "convert_checkpoint",

@@ -27,9 +27,12 @@ def _count(sd, pattern: str) -> int:
     return max(idx) + 1 if idx else 0
 
 
-def model_dims(kind: str, sd: Mapping[str, torch.Tensor], heads: Optional[int] = None) -> dict[str, int]:
+def model_dims(
+    kind: str, sd: Mapping[str, torch.Tensor], heads: Optional[int] = None, *, parts: Optional[tuple[str, ...]] = None
+) -> dict[str, int]:
     """Model dimensions from tensor shapes. Head counts are in no shape: ``heads``, else C // 64 provisionally
-    (None when C is not a multiple of 64); check_config settles it from config.yaml, warning or refusing."""
+    (None when C is not a multiple of 64); check_config settles it from config.yaml, warning or refusing.
+    ``parts`` (s2mel): only the dimensions of those groups (the DiT's from cfm, R / Q / N from length_regulator)."""
     if kind == "gpt":
         C = _shape(sd, "gpt.ln_f.weight", "the model width")[0]
         d = {
@@ -45,27 +48,28 @@ def model_dims(kind: str, sd: Mapping[str, torch.Tensor], heads: Optional[int] =
         if d["L"] == 0:
             raise CheckpointError("no 'gpt.h.{i}.ln_1.weight' keys: not an IndexTTS2 gpt.pth")
         return d
-    e = "cfm.estimator."
-    C, D = _shape(sd, e + "cond_projection.weight", "the DiT width")
-    F = _shape(sd, e + "conv2.weight", "the mel channels")[0]
-    H = _shape(sd, e + "conv1.weight", "the WaveNet width")[0]
-    merge_in = _shape(sd, e + "cond_x_merge_linear.weight", "the style width")[1]
-    R, Q = _shape(sd, "length_regulator.content_in_proj.weight", "the length-regulator width")
-    d = {
-        "C": C,
-        "D": D,
-        "F": F,
-        "H": H,
-        "S": merge_in - C - 2 * F,
-        "L": _count(sd, r"cfm\.estimator\.transformer\.layers\.(\d+)\.attention\.wqkv\.weight"),
-        "I": _shape(sd, e + "transformer.layers.0.feed_forward.w1.weight", "the SwiGLU width")[0],
-        "W": _count(sd, r"cfm\.estimator\.wavenet\.in_layers\.(\d+)\.conv\.conv\.weight_v"),
-        "K": _shape(sd, e + "wavenet.in_layers.0.conv.conv.weight_v", "the WaveNet kernel")[-1],
-        "R": R,
-        "Q": Q,
-        "N": max(_count(sd, r"length_regulator\.model\.(\d+)\.weight") - 1, 0) // 3,
-    }
-    d["heads"] = heads or _heads_from_width(C)
+    d: dict[str, int] = {}
+    if parts is None or "cfm" in parts:
+        e = "cfm.estimator."
+        C, D = _shape(sd, e + "cond_projection.weight", "the DiT width")
+        F = _shape(sd, e + "conv2.weight", "the mel channels")[0]
+        merge_in = _shape(sd, e + "cond_x_merge_linear.weight", "the style width")[1]
+        d.update({
+            "C": C,
+            "D": D,
+            "F": F,
+            "H": _shape(sd, e + "conv1.weight", "the WaveNet width")[0],
+            "S": merge_in - C - 2 * F,
+            "L": _count(sd, r"cfm\.estimator\.transformer\.layers\.(\d+)\.attention\.wqkv\.weight"),
+            "I": _shape(sd, e + "transformer.layers.0.feed_forward.w1.weight", "the SwiGLU width")[0],
+            "W": _count(sd, r"cfm\.estimator\.wavenet\.in_layers\.(\d+)\.conv\.conv\.weight_v"),
+            "K": _shape(sd, e + "wavenet.in_layers.0.conv.conv.weight_v", "the WaveNet kernel")[-1],
+        })  # fmt: skip
+    if parts is None or "length_regulator" in parts:
+        R, Q = _shape(sd, "length_regulator.content_in_proj.weight", "the length-regulator width")
+        d.update(R=R, Q=Q, N=max(_count(sd, r"length_regulator\.model\.(\d+)\.weight") - 1, 0) // 3)
+    if "C" in d:
+        d["heads"] = heads or _heads_from_width(d["C"])
     return d
 
 
@@ -246,21 +250,29 @@ def config_dims(kind: str, cfg: Mapping) -> dict[str, Any]:
 _HEADS_FIELD = {"gpt": "gpt.heads", "s2mel": "s2mel.DiT.num_heads"}
 
 
-def check_config(kind: str, dims: dict[str, int], cfg: Optional[Mapping]) -> dict[str, int]:
+def check_config(
+    kind: str, dims: dict[str, int], cfg: Optional[Mapping], *, heads: Optional[int] = None
+) -> dict[str, int]:
     """Compare checkpoint dimensions with config.yaml; returns dims with the head count.
 
-    Head counts are in no tensor shape: config.yaml's when it gives one; else width // 64 (IndexTTS2's head_dim),
-    with a warning; a width that is not a multiple of 64 needs the config's head count."""
+    Head counts are in no tensor shape: ``heads`` when known otherwise (a live module's own; config.yaml must
+    agree), else config.yaml's; else width // 64 (IndexTTS2's head_dim), with a warning; a width that is not a
+    multiple of 64 needs the config's head count. Only the dimensions in ``dims`` are compared."""
     want = config_dims(kind, cfg) if cfg is not None else {}
     src = getattr(cfg, "source", "config.yaml")
-    heads = want.pop("heads", None)
-    diff = {k: (dims.get(k), v) for k, v in want.items() if dims.get(k) != v}
+    cfg_heads = want.pop("heads", None)
+    if heads is not None and cfg_heads is not None and heads != cfg_heads:
+        raise CheckpointError(f"{src}: field {_HEADS_FIELD[kind]} = {cfg_heads}, but the module has {heads} heads")
+    heads = heads or cfg_heads
+    diff = {k: (dims[k], v) for k, v in want.items() if k in dims and dims[k] != v}
     if diff:
         raise CheckpointError(
             f"checkpoint shapes disagree with {src}: "
             + ", ".join(f"{k}: checkpoint {a} vs config {b}" for k, (a, b) in diff.items())
         )
     out = dict(dims)
+    if "C" not in dims:  # no transformer among the parts remapped
+        return out
     C = dims["C"]
     if heads is not None:
         if C % heads:
@@ -277,7 +289,7 @@ def check_config(kind: str, dims: dict[str, int], cfg: Optional[Mapping]) -> dic
         f"{why}: the head count is in no tensor shape; heads = width {C} // 64 = {C // 64} assumed (IndexTTS2's "
         "head_dim); pass config.yaml (config=, --config) to take it from there",
         CheckpointWarning,
-        stacklevel=4,  # the caller of remap_state_dict / check_checkpoint
+        stacklevel=4,  # the caller of remap_state_dict / check_checkpoint / remap_live
     )
     out["heads"] = C // 64
     return out

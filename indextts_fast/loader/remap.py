@@ -1,5 +1,6 @@
 """Official state dict <-> fast-pack tensors: the table rules instantiated at the model's dimensions, the
-transforms and their exact inverses, the strict remap and its inverse."""
+transforms and their exact inverses, the strict remap (from a file's state dict or a live module) and its
+inverse."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import re
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import torch
 
@@ -40,13 +41,16 @@ def _rules(kind: str, stack_adaln: bool) -> tuple[Rule, ...]:
     return tables.S2MEL_RULES + adaln
 
 
-def expand_rules(kind: str, dims: dict[str, int], *, stack_adaln: bool = True,
-                 with_gpt_layer: bool = True) -> list[Entry]:  # fmt: skip
-    """Every table rule instantiated at these dimensions, in pack order."""
+def expand_rules(kind: str, dims: dict[str, int], *, stack_adaln: bool = True, with_gpt_layer: bool = True,
+                 parts: Optional[tuple[str, ...]] = None) -> list[Entry]:  # fmt: skip
+    """Every table rule instantiated at these dimensions, in pack order; ``parts``: only the rules reading those
+    s2mel groups (cfm, length_regulator, gpt_layer)."""
     out: list[Entry] = []
     base = {"n3": 3 * dims.get("N", 0)}
     for r in _rules(kind, stack_adaln):
         if not with_gpt_layer and r.dst.startswith("gpt_layer."):
+            continue
+        if parts is not None and r.srcs[0].split(".", 1)[0] not in parts:
             continue
         shapes = tuple(_eval_shape(s, dims) for s in r.shapes)
         if r.each:
@@ -273,7 +277,8 @@ def remap_state_dict(
     allow_nonfinite) every tensor holding NaN or inf after its transform and dtype cast (a weight_v of zero norm
     folds to NaN; 1e6 overflows fp16).
     """
-    return _remap(sd, kind, config, policy, stack_adaln, allow_nonfinite, progress, keep=True)
+    return _remap(sd, kind, config=config, policy=policy, stack_adaln=stack_adaln, allow_nonfinite=allow_nonfinite,
+                  progress=progress)  # fmt: skip
 
 
 def check_checkpoint(
@@ -287,13 +292,132 @@ def check_checkpoint(
 ) -> RemapReport:
     """Every check of remap_state_dict, the values after transform and cast included, one tensor at a time and
     nothing kept: the report if the checkpoint would convert, else the CheckpointError conversion raises."""
-    return _remap(sd, kind, config, policy, stack_adaln, allow_nonfinite, None, keep=False)[1]
+    return _remap(sd, kind, config=config, policy=policy, stack_adaln=stack_adaln, allow_nonfinite=allow_nonfinite,
+                  keep=False)[1]  # fmt: skip
 
 
-def _remap(sd, kind, config, policy, stack_adaln, allow_nonfinite, progress, *, keep: bool):
+_S2MEL_PARTS = tuple(g for g, _ in tables.S2MEL_GROUPS)
+_LIVE_CARRY = "conditioning encoder: stays in the official module (not carried by remap_live)"
+
+
+def remap_live(
+    module_or_state_dict: Union[torch.nn.Module, Mapping[str, torch.Tensor]],
+    kind: str,
+    *,
+    parts: Optional[tuple[str, ...]] = None,
+    config: Optional[dict] = None,
+    stack_adaln: bool = True,
+    allow_nonfinite: bool = False,
+) -> tuple[dict[str, torch.Tensor], RemapReport]:
+    """A live official module (or its state dict) -> ({pack name: tensor}, report), as remap_state_dict, except:
+
+    * every tensor keeps its own dtype and device (no dtype policy; weight norm folds in fp32 as in a conversion
+      and returns the source dtype); the identity transforms (copy, the k1 reshape) return views of the live
+      tensors, the others new tensors;
+    * the GPT's conditioning encoders are not carried (they stay in the module), and a key whose tensor is the
+      very tensor of a mapped or ignored key (the inference_model.* and gpt.wte aliases post_init_gpt2_config
+      adds) is ignored as an alias; both are listed in report.ignored;
+    * gpt: UnifiedVoice or its state_dict(). s2mel: MyModel.models (keys cfm.estimator.*, length_regulator.*,
+      gpt_layer.*), a CFM (estimator.*) or a lone DiT (its own keys), whose keys are prefixed to those names;
+      ``parts`` restricts the remap and its coverage checks to some of cfm / length_regulator / gpt_layer (keys of
+      the other groups are listed as ignored); a CFM or a DiT alone defaults to ("cfm",);
+    * the head count is the module's own when a module is given; for a state dict, config.yaml's or width // 64.
+
+    Strictness is remap_state_dict's: unknown or missing keys, wrong shapes or dtypes, and non-finite values are
+    CheckpointErrors naming them.
+    """
+    module = module_or_state_dict if isinstance(module_or_state_dict, torch.nn.Module) else None
+    sd = module.state_dict() if module is not None else module_or_state_dict
+    if not isinstance(sd, Mapping):
+        raise TypeError(f"remap_live: expected an nn.Module or a state dict, got {type(sd).__name__}")
+    if kind not in ("gpt", "s2mel"):
+        raise ValueError(f"remap_live: kind must be 'gpt' or 's2mel', got {kind!r}")
+    bad = [str(k) for k, v in sd.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    if bad:
+        raise CheckpointError(f"live {kind} state dict holds non-tensor entries {_fmt_keys(bad, 8)}")
+    prefix = _live_prefix(kind, sd)
+    if parts is None and prefix:
+        parts = ("cfm",)
+    heads = _live_heads(module, kind, prefix) if module is not None else None
+    sd = {prefix + k: v.detach() for k, v in sd.items()}
+    return _remap(sd, kind, config=config, stack_adaln=stack_adaln, allow_nonfinite=allow_nonfinite, live=True,
+                  parts=parts, heads=heads)  # fmt: skip
+
+
+def _live_prefix(kind: str, sd: Mapping[str, Any]) -> str:
+    """What turns a live module's keys into the flattened s2mel names: '' (MyModel.models), 'cfm.' (a CFM) or
+    'cfm.estimator.' (a lone DiT)."""
+    if kind == "gpt" or any(k.split(".", 1)[0] in _S2MEL_PARTS for k in sd):
+        return ""
+    if sd and all(k.startswith("models.") for k in sd):
+        raise CheckpointError("live s2mel: the keys models.* are MyModel's own; pass MyModel.models")
+    return "cfm." if sd and all(k.startswith("estimator.") for k in sd) else "cfm.estimator."
+
+
+def _live_heads(module: torch.nn.Module, kind: str, prefix: str) -> Optional[int]:
+    """The head count a live module was built with: UnifiedVoice.gpt.config.n_head (HF GPT2Config), the DiT's
+    transformer.config.n_head (gpt_fast ModelArgs)."""
+    path = "gpt" if kind == "gpt" else "cfm.estimator.transformer"[len(prefix) :]
+    try:
+        n = module.get_submodule(path).config.n_head
+    except AttributeError:
+        return None
+    return n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else None
+
+
+def _select_parts(kind: str, parts: Optional[tuple[str, ...]]) -> Optional[tuple[str, ...]]:
+    if parts is None:
+        return None
+    if kind != "s2mel":
+        raise ValueError("parts= selects s2mel groups; a gpt remap has none")
+    parts = tuple(parts)
+    unknown = [p for p in parts if p not in _S2MEL_PARTS]
+    if not parts or unknown:
+        raise ValueError(f"parts={parts!r}: expected a non-empty subset of {_S2MEL_PARTS}")
+    return parts
+
+
+def _transform(e: Entry, sd: Mapping[str, torch.Tensor], dtype: Optional[torch.dtype]) -> torch.Tensor:
+    """One entry's pack tensor: weight norm folded in fp32; cast to ``dtype``, or to the source's dtype when None
+    (then an identity transform returns the source tensor itself)."""
+    xs = [sd[s] for s in e.srcs]
+    w = _forward_op(e.op, [x.float() for x in xs] if e.op.startswith("wn") else xs)
+    return w.to(dtype or xs[-1].dtype).contiguous()
+
+
+def _aliases(sd: Mapping[str, torch.Tensor], known: list[str]) -> dict[str, str]:
+    """{key: the known key whose tensor it is (same storage, offset, shape, strides and dtype)}."""
+
+    def ident(t):
+        if t.device.type == "meta":
+            return None
+        return (t.device, t.dtype, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride())
+
+    primary = {ident(sd[k]): k for k in reversed(known)}
+    primary.pop(None, None)
+    return {k: primary[i] for k in sd if k not in known and (i := ident(sd[k])) in primary}
+
+
+def _remap(
+    sd: Mapping[str, torch.Tensor],
+    kind: Optional[str],
+    *,
+    config: Optional[dict] = None,
+    policy: Optional[Mapping[str, str]] = None,
+    stack_adaln: bool = True,
+    allow_nonfinite: bool = False,
+    progress: Optional[Callable[[int, int, str], None]] = None,
+    keep: bool = True,
+    live: bool = False,
+    parts: Optional[tuple[str, ...]] = None,
+    heads: Optional[int] = None,
+) -> tuple[dict[str, torch.Tensor], RemapReport]:
+    """The one remap behind remap_state_dict (keep), check_checkpoint (not keep) and remap_live (live: source
+    dtypes, no carry, aliases allowed; ``parts``, ``heads`` from the module)."""
     kind = kind or detect_kind(sd)
     if kind not in ("gpt", "s2mel"):
         raise CheckpointError("cannot tell a gpt.pth from an s2mel.pth: no 'gpt.h.*' and no 'cfm.estimator.*' keys")
+    parts = _select_parts(kind, parts)
     version = detect_version(kind, sd)
     if kind == "gpt" and version == "2.5":
         markers = [k for k in sd if tables.full_match(tables.GPT_25_MARKERS, k)]
@@ -301,13 +425,13 @@ def _remap(sd, kind, config, policy, stack_adaln, allow_nonfinite, progress, *, 
             f"IndexTTS-2.5 gpt.pth detected ({_fmt_keys(markers, 4)}): the reference module code has no 2.5 "
             "UnifiedVoice, so no verified key table exists for it"
         )
-    dims = check_config(kind, model_dims(kind, sd), config)
-    pol = _policy(kind, policy)
-    entries = expand_rules(
-        kind, dims, stack_adaln=stack_adaln, with_gpt_layer=any(k.startswith("gpt_layer.") for k in sd)
-    )
+    dims = check_config(kind, model_dims(kind, sd, heads, parts=parts), config, heads=heads)
+    pol = None if live else _policy(kind, policy)
+    with_gl = "gpt_layer" in parts if parts is not None else any(k.startswith("gpt_layer.") for k in sd)
+    entries = expand_rules(kind, dims, stack_adaln=stack_adaln, with_gpt_layer=with_gl, parts=parts)
     from_config = config is not None and "heads" in config_dims(kind, config)
-    report = RemapReport(kind, version, dims, heads_from="config.yaml" if from_config else "width // 64")
+    heads_from = "module" if heads else "config.yaml" if from_config else "width // 64"
+    report = RemapReport(kind, version, dims, heads_from=heads_from)
 
     # 1. coverage: every entry's sources present exactly once, every key accounted for
     used: dict[str, str] = {}
@@ -321,20 +445,28 @@ def _remap(sd, kind, config, policy, stack_adaln, allow_nonfinite, progress, *, 
         raise RuntimeError(f"the key tables consume these keys twice: {dup}")
     missing = [s for s in used if s not in sd]
     carried, ignored, unknown = [], [], []
+    ignore = tables.GPT_IGNORE if kind == "gpt" else tables.S2MEL_IGNORE
     for k in sd:
         if k in used:
             continue
-        if kind == "gpt" and tables.full_match(tables.GPT_CARRY, k):
+        if parts is not None and k.split(".", 1)[0] in _S2MEL_PARTS and k.split(".", 1)[0] not in parts:
+            ignored.append((k, f"outside parts={parts}"))
+        elif kind == "gpt" and tables.full_match(tables.GPT_CARRY, k) and live:
+            ignored.append((k, _LIVE_CARRY))
+        elif kind == "gpt" and tables.full_match(tables.GPT_CARRY, k):
             carried.append(k)
-            continue
-        why = next((why for p, why in (tables.GPT_IGNORE if kind == "gpt" else tables.S2MEL_IGNORE)
-                    if re.fullmatch(p, k)), None)  # fmt: skip
-        if why is not None and _layer_of(kind, k) < dims["L"]:  # an ignored key of a layer the model has
+        elif (why := next((w for p, w in ignore if re.fullmatch(p, k)), None)) is not None and _layer_of(
+            kind, k
+        ) < dims.get("L", 0):  # an ignored key of a layer the model has
             ignored.append((k, why))
         else:
             unknown.append(k)
+    if live and unknown:  # the same tensor under a second name
+        alias = _aliases(sd, [k for k in sd if k in used] + [k for k, _ in ignored])
+        ignored += [(k, f"alias of {alias[k]} (the same tensor)") for k in unknown if k in alias]
+        unknown = [k for k in unknown if k not in alias]
     carry_wrong: list[str] = []
-    if kind == "gpt":
+    if kind == "gpt" and not live:
         c_missing, carry_wrong, c_unknown = _check_carried(sd, carried, dims, config)
         missing += c_missing
         unknown += c_unknown
@@ -358,35 +490,33 @@ def _remap(sd, kind, config, policy, stack_adaln, allow_nonfinite, progress, *, 
     if wrong_dtype:
         problems.append(f"wrong dtype (expected float32/float16/bfloat16): {_fmt_keys(wrong_dtype, 8)}")
     if problems:
-        raise CheckpointError(f"{kind} checkpoint rejected: " + "; ".join(problems))
+        raise CheckpointError(f"{'live ' if live else ''}{kind} checkpoint rejected: " + "; ".join(problems))
 
-    # 3. transform, cast, finiteness
+    # 3. transform, cast, finiteness (judged once at the end: one device sync for live CUDA tensors)
     out: dict[str, torch.Tensor] = {}
     total = len(entries) + len(carried)
-    nonfinite = []
+    finite: list[tuple[str, torch.Tensor]] = []
     for n, e in enumerate(entries):
-        xs = [sd[s] if e.op in ("copy", "t", "cat0", "taps", "k1") else sd[s].float() for s in e.srcs]
-        w = _forward_op(e.op, xs).to(getattr(torch, pol[e.cls])).contiguous()
-        if keep and (w is sd[e.srcs[0]] or w.data_ptr() == sd[e.srcs[0]].data_ptr()):
+        w = _transform(e, sd, None if pol is None else getattr(torch, pol[e.cls]))
+        if keep and not live and w.data_ptr() == sd[e.srcs[0]].data_ptr():
             w = w.clone()  # never alias an mmap'd source
-        if not bool(torch.isfinite(w).all()):
-            nonfinite.append(f"{e.dst} (from {', '.join(e.srcs) if len(e.srcs) <= 2 else e.srcs[0] + ', ...'})")
+        srcs = ", ".join(e.srcs) if len(e.srcs) <= 2 else e.srcs[0] + ", ..."
+        finite.append((f"{e.dst} (from {srcs})", torch.isfinite(w).all()))
         if keep:
             out[e.dst] = w
         report.mapped.append((e.dst, e.srcs, e.op))
         if progress:
             progress(n + 1, total, e.dst)
     for n, k in enumerate(sorted(carried)):
-        dt = getattr(torch, pol["carry"]) if pol.get("carry") else sd[k].dtype
-        w = sd[k].to(dt).clone().contiguous()
-        if not bool(torch.isfinite(w).all()):
-            nonfinite.append(k)
+        w = sd[k].to(getattr(torch, pol["carry"])).clone().contiguous()
+        finite.append((k, torch.isfinite(w).all()))
         if keep:
             out["cond." + k] = w
         report.carried.append(k)
         if progress:
             progress(len(entries) + n + 1, total, "cond." + k)
     report.ignored = ignored
+    nonfinite = [name for name, ok in finite if not bool(ok)]
     if nonfinite:
         if not allow_nonfinite:
             raise CheckpointError(
