@@ -11,6 +11,10 @@ without the conformer / perceiver conditioning encoders) saved as gpt.pth, and a
     read      the floor of any loader: read the pack's bytes into a fresh buffer, nothing else
     convert   the one-time conversion (read, validate, transform, sha256, atomic write)
 
+The zip record checks of a torch.save source (every storage's record size, every record's CRC-32) are timed on
+their own on a 105 MB synthetic checkpoint, next to the source's sha256 and torch.load(mmap=True) of the same
+file (``-k record_checks``).
+
 Run: ``pytest bench/bench_loader.py --benchmark-enable -s`` (CPU only; both files sit in the page cache after
 the warm-up round, so this measures warm-cache loading, not disk bandwidth).
 """
@@ -131,3 +135,26 @@ def test_convert(benchmark, files, model):
         rounds=1,
         iterations=1,
     )
+
+
+@pytest.fixture(scope="module")
+def synthetic_ckpt(tmp_path_factory):
+    """25 fp32 tensors of 2**20 values: a 105 MB torch.save zip."""
+    path = tmp_path_factory.mktemp("record_checks") / "ck.pth"
+    g = torch.Generator().manual_seed(0)
+    torch.save({f"w{i}": torch.randn(1 << 20, generator=g) for i in range(25)}, path)
+    return path
+
+
+@pytest.mark.parametrize("provider", ["record_checks", "sha256", "torch_load_mmap"])
+def test_record_checks(benchmark, synthetic_ckpt, provider):
+    from pathlib import Path
+
+    fn = {
+        "record_checks": lambda: L.containers._check_zip_records(Path(synthetic_ckpt)),
+        "sha256": lambda: L.file_sha256(synthetic_ckpt),
+        "torch_load_mmap": lambda: torch.load(synthetic_ckpt, mmap=True, weights_only=True),
+    }[provider]
+    benchmark.group = "loader/record checks 105 MB"
+    benchmark.extra_info.update({"provider": provider, "machine": _machine(), "file_mib": 100})
+    benchmark.pedantic(fn, warmup_rounds=1, rounds=ROUNDS, iterations=1)  # no gc per round: nothing big is kept

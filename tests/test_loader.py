@@ -9,11 +9,14 @@ import pytest
 import torch
 
 from indextts_fast import loader as L
-from indextts_fast.checkpoint_tables import GPT_IGNORE, S2MEL_IGNORE
+from indextts_fast.loader.tables import GPT_IGNORE, S2MEL_IGNORE
 
 from . import loader_fixtures as lf
 from . import loader_refs as refs
 from .helpers import assert_close_rel
+
+# tests that convert without config.yaml on purpose: the head-count warning is expected there
+pytestmark = pytest.mark.filterwarnings("ignore:no config.yaml:UserWarning")
 
 F32 = L.gpt_policy("float32")  # the GPT in fp32 (exact round trips / forwards)
 
@@ -236,7 +239,7 @@ def test_gpt_forward_check_catches_wrong_layout(uv):
     pack, rep = L.remap_state_dict(sd, policy=F32, config=lf.gpt_config())
     C = 64
     pack["h.1.qkv.w"] = sd["gpt.h.1.attn.c_attn.weight"].reshape(3 * C, C).clone()
-    w = L._build_gpt(pack, rep.dims, {})
+    w = L.weights._build_gpt(pack, rep.dims, {})
     x = torch.randn(2, 9, 64)
     with pytest.raises(AssertionError, match="GPT logits"):
         gpt_check(uv, _uv64(uv), w, x)
@@ -277,7 +280,7 @@ def dit_check(model, w, cfg, B=2, T=19, m64=None):
 @pytest.mark.parametrize("stack", [True, False], ids=["stacked_adaln", "split_adaln"])
 def test_dit_forward_matches_official(s2mel, stack):
     pack, rep = L.remap_state_dict(lf.flat_s2mel(s2mel), stack_adaln=stack, config={"s2mel": lf.s2mel_config()})
-    w = L._build_s2mel(pack, rep.dims, {}, stack)
+    w = L.weights._build_s2mel(pack, rep.dims, {}, stack)
     dit_check(s2mel, w, lf.s2mel_config())
 
 
@@ -285,14 +288,14 @@ def test_dit_forward_check_catches_swapped_swiglu(s2mel):
     pack, rep = L.remap_state_dict(lf.flat_s2mel(s2mel), config={"s2mel": lf.s2mel_config()})
     w13 = pack["dit.layers.3.w13"]
     pack["dit.layers.3.w13"] = torch.cat(w13.chunk(2, dim=0)[::-1])  # w3 | w1
-    w = L._build_s2mel(pack, rep.dims, {}, True)
+    w = L.weights._build_s2mel(pack, rep.dims, {}, True)
     with pytest.raises(AssertionError, match="DiT estimator output"):
         dit_check(s2mel, w, lf.s2mel_config())
 
 
 def test_length_regulator_and_gpt_layer_match_official(s2mel):
     pack, rep = L.remap_state_dict(lf.flat_s2mel(s2mel))
-    w = L._build_s2mel(pack, rep.dims, {}, True)
+    w = L.weights._build_s2mel(pack, rep.dims, {}, True)
     lr = s2mel.models["length_regulator"]
     m64 = official_fp64(s2mel)
     x = torch.randn(2, 11, 40)
@@ -316,9 +319,12 @@ def test_config_check(uv, s2mel):
     cfg["gpt"]["heads"] = 8
     pack, rep = L.remap_state_dict(uv.state_dict(), config=cfg)
     assert rep.dims["heads"] == 8  # heads are not in any shape: the config decides
-    for bad in (0, 3, "4"):  # a head count that cannot split the width is refused, not divided by
+    cfg["gpt"]["heads"] = 3  # a head count that cannot split the width is refused, not divided by
+    with pytest.raises(L.CheckpointError, match="config.yaml: field gpt.heads = 3 does not divide the width 64"):
+        L.remap_state_dict(uv.state_dict(), config=cfg)
+    for bad in (0, "4", 2.0, True):  # not a positive integer: named as such, not as a width that does not divide
         cfg["gpt"]["heads"] = bad
-        with pytest.raises(L.CheckpointError, match=f"heads={bad} does not divide the width 64"):
+        with pytest.raises(L.CheckpointError, match=r"field gpt\.heads is .*, expected a positive integer"):
             L.remap_state_dict(uv.state_dict(), config=cfg)
     cfg["gpt"]["heads"] = 8
     cfg["gpt"]["layers"] = 3

@@ -12,6 +12,9 @@ from indextts_fast import loader as L
 
 from . import loader_fixtures as lf
 
+# tests that convert without config.yaml on purpose: the head-count warning is expected there
+pytestmark = pytest.mark.filterwarnings("ignore:no config.yaml:UserWarning")
+
 
 @pytest.fixture(scope="module")
 def gpt_sd():
@@ -297,7 +300,7 @@ def test_crafted_pack_raw_header(tmp_path, raw, match):
 
 def test_pack_header_length_limit(tmp_path, monkeypatch):
     """A header length beyond the format's limit is refused before it is read (small limit to keep the test fast)."""
-    monkeypatch.setattr(L, "_MAX_HEADER", 64)
+    monkeypatch.setattr(L.pack, "_MAX_HEADER", 64)
     bad = _write_pack(tmp_path / "bad.safetensors", None, b"", raw=b"{" + b" " * 100 + b"}")
     with pytest.raises(L.CheckpointError, match="header length 102 > 64"):
         L.load_pack(bad)
@@ -462,3 +465,224 @@ def test_nonfinite_conditioning_encoder_weight(tmp_path):
     _refused(
         _save(sd, tmp_path / "gpt.pth"), tmp_path / "gpt.safetensors", r"non-finite values .*perceiver_encoder\.latents"
     )
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Damaged zip records: torch.load(mmap=True) checks neither a record's size against its storage nor its CRC-32
+# ----------------------------------------------------------------------------------------------------------------------
+def _damaged_source(case, gpt_sd, s2mel, tmp_path):
+    """(source with one record cut 64 bytes short, the record, the tensor's path in the file, bytes it needs,
+    convert_checkpoint kwargs)."""
+    if case == "s2mel_fp32":
+        obj = lf.s2mel_container(s2mel)
+        t, where, kw = obj["net"]["cfm"]["estimator.conv1.weight"], "net/cfm/estimator.conv1.weight", {}
+    else:
+        obj = dict(gpt_sd)
+        t, where = obj["gpt.h.1.mlp.c_fc.weight"], "gpt.h.1.mlp.c_fc.weight"
+        kw = {"policy": L.gpt_policy("float32")} if case == "gpt_fp32" else {}
+    good = _save(obj, tmp_path / "good.pth")
+    rec = lf.record_holding(good, t)
+    n = t.numel() * t.element_size()
+    src = tmp_path / "short.pth"
+    lf.rewrite_zip(good, src, lambda name, data: data[:-64] if name == rec else data)
+    return src, rec, where, n, kw
+
+
+@pytest.mark.parametrize("case", ["s2mel_fp32", "gpt_fp32", "gpt_fp16"])
+def test_short_zip_record(gpt_sd, s2mel, tmp_path, case):
+    """A record shorter than its storage: the mmap'd storage runs past it into the next records and the zip
+    directory. An fp32 pack of those bytes was written (exit 0); an fp16 one was refused as 'non-finite'."""
+    src, rec, where, n, kw = _damaged_source(case, gpt_sd, s2mel, tmp_path)
+    msg = _refused(src, tmp_path / "out.safetensors", "truncated or corrupt", **kw)
+    assert msg == (
+        f"{src}: truncated or corrupt: record '{rec}' holds {n - 64} bytes, the storage of {where} needs {n}"
+    )
+
+
+def test_flipped_bit_in_tensor_data(gpt_sd, tmp_path):
+    """One bit flipped inside a tensor's bytes (the value stays finite): the record's CRC-32 no longer matches."""
+    src = _save(dict(gpt_sd), tmp_path / "gpt.pth")
+    rec = lf.record_holding(src, gpt_sd["gpt.h.0.attn.c_proj.weight"])
+    lf.flip_record_byte(src, rec, 4 * 100)  # the lowest mantissa byte of element 100
+    msg = _refused(src, tmp_path / "gpt.safetensors", "CRC-32")
+    assert msg == f"{src}: corrupt: record '{rec}' (gpt.h.0.attn.c_proj.weight) fails its CRC-32 check"
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# config.yaml: unreadable, unparsable or wrong-typed is a CheckpointError naming the file and the field
+# ----------------------------------------------------------------------------------------------------------------------
+def _gpt_cfg(**fields):
+    cfg = lf.gpt_config()
+    cfg["gpt"].update(fields)
+    return cfg
+
+
+# case -> (model, config.yaml contents: text, bytes or a mapping to dump, expected message after "<file>: ")
+CONFIG_CASES = {
+    "malformed": ("gpt", "gpt: [1, 2\n", r"not valid YAML: .* \(line 2, column 1\)"),
+    "binary": ("gpt", b"\x00\xff\xfe PK\x03\x04 \x89PNG", r"not valid YAML: .*"),
+    "python_tag": (
+        "gpt",
+        "gpt: !!python/object/apply:os.system ['echo hacked']\n",
+        r"a YAML tag that constructs a Python object is not accepted "
+        r"\('tag:yaml\.org,2002:python/object/apply:os\.system', line 1\)",
+    ),
+    "not_a_mapping": ("gpt", "- 1\n- 2\n", r"not a YAML mapping \(a list at the top level\)"),
+    "text_tokens_str": (
+        "gpt",
+        _gpt_cfg(number_text_tokens="100"),
+        r"field gpt\.number_text_tokens is '100' \(str\), expected a non-negative integer",
+    ),
+    "heads_str": ("gpt", _gpt_cfg(heads="4"), r"field gpt\.heads is '4' \(str\), expected a positive integer"),
+    "heads_zero": ("gpt", _gpt_cfg(heads=0), r"field gpt\.heads is 0 \(int\), expected a positive integer"),
+    "gpt_list": ("gpt", {"gpt": [1, 2]}, r"field gpt is \[1, 2\] \(list\), expected a mapping"),
+    "cond_list": (
+        "gpt",
+        _gpt_cfg(condition_module=[64]),
+        r"field gpt\.condition_module is \[64\] \(list\), expected a mapping",
+    ),
+    "cond_size_str": (
+        "gpt",
+        _gpt_cfg(condition_module=dict(lf.TINY_COND, num_blocks="1")),
+        r"field gpt\.condition_module\.num_blocks is '1' \(str\), expected a non-negative integer",
+    ),
+    "s2mel_int": ("s2mel", {"s2mel": 5}, r"field s2mel is 5 \(int\), expected a mapping"),
+    "dit_list": (
+        "s2mel",
+        {"s2mel": dict(lf.s2mel_config(), DiT=[1, 2])},
+        r"field s2mel\.DiT is \[1, 2\] \(list\), expected a mapping",
+    ),
+    "flag_str": (
+        "s2mel",
+        {"s2mel": dict(lf.s2mel_config(), DiT=dict(lf.s2mel_config()["DiT"], is_causal="no"))},
+        r"field s2mel\.DiT\.is_causal is 'no' \(str\), expected true or false",
+    ),
+    "ratios_int": (
+        "s2mel",
+        {
+            "s2mel": dict(
+                lf.s2mel_config(), length_regulator=dict(lf.s2mel_config()["length_regulator"], sampling_ratios=4)
+            )
+        },
+        r"field s2mel\.length_regulator\.sampling_ratios is 4 \(int\), expected a list",
+    ),  # fmt: skip
+}
+
+
+def write_config(path, contents):
+    yaml = pytest.importorskip("yaml")
+    if isinstance(contents, bytes):
+        path.write_bytes(contents)
+    elif isinstance(contents, str):
+        path.write_text(contents)
+    else:
+        path.write_text(yaml.safe_dump(contents))
+    return path
+
+
+@pytest.mark.parametrize("case", sorted(CONFIG_CASES))
+def test_bad_config_yaml(gpt_sd, s2mel, tmp_path, case):
+    model, contents, match = CONFIG_CASES[case]
+    cfg = write_config(tmp_path / "config.yaml", contents)
+    obj = gpt_sd if model == "gpt" else lf.s2mel_container(s2mel)
+    src = _save(obj, tmp_path / f"{model}.pth")
+    msg = _refused(src, tmp_path / "out.safetensors", match, config=cfg)
+    assert msg.startswith(f"{cfg}: ") and "\n" not in msg, msg
+
+
+class _Blocked(Exception):
+    pass
+
+
+def _alarm(seconds):
+    """Raise _Blocked in the main thread after ``seconds`` (a blocking open() is interrupted, not hung)."""
+    import contextlib
+    import signal
+
+    @contextlib.contextmanager
+    def guard():
+        def fire(signum, frame):
+            raise _Blocked(f"still blocked after {seconds} s")
+
+        old = signal.signal(signal.SIGALRM, fire)
+        signal.setitimer(signal.ITIMER_REAL, seconds)
+        try:
+            yield
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, old)
+
+    return guard()
+
+
+def test_config_fifo_does_not_block(gpt_sd, tmp_path):
+    src = _save(gpt_sd, tmp_path / "gpt.pth")
+    os.mkfifo(tmp_path / "config.yaml")  # opening it would block until a writer appears
+    with _alarm(20):
+        _refused(src, tmp_path / "gpt.safetensors", r"config\.yaml: unreadable \(permission denied or not a regular "
+                 r"file\)", config=tmp_path / "config.yaml")  # fmt: skip
+    _refused(src, tmp_path / "gpt.safetensors", r"nope\.yaml: no such file", config=tmp_path / "nope.yaml")
+
+
+def _safetensor_error(msg):
+    from safetensors import SafetensorError
+
+    return SafetensorError(msg)
+
+
+def test_safetensors_write_error_leaves_nothing(gpt_sd, tmp_path, monkeypatch):
+    """The safetensors writer reports a full disk as a SafetensorError, not an OSError."""
+    import safetensors.torch
+
+    src = _save(gpt_sd, tmp_path / "gpt.pth")
+    real = safetensors.torch.save_file
+
+    def partial_then_full(tensors, filename, metadata=None):
+        real(dict(list(tensors.items())[:3]), filename, metadata=metadata)
+        raise _safetensor_error("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", partial_then_full)
+    msg = _refused(src, tmp_path / "gpt.safetensors", "cannot write the pack")
+    assert msg == (
+        f"output {tmp_path / 'gpt.safetensors'}: cannot write the pack: Error while serializing: I/O error: No space "
+        "left on device (os error 28)"
+    )
+    assert os.listdir(tmp_path) == ["gpt.pth"]
+
+
+def gpt_core_config(path, **fields):
+    """config.yaml for build_gpt_core's GPT (no conditioning encoders), with ``fields`` of its gpt section changed."""
+    cfg = _gpt_cfg(**fields)
+    cfg["gpt"].pop("condition_type")
+    return write_config(path, cfg)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Head counts: in no tensor shape
+# ----------------------------------------------------------------------------------------------------------------------
+def test_heads_without_config_warns(gpt_sd, tmp_path):
+    src = _save(gpt_sd, tmp_path / "gpt.pth")
+    with pytest.warns(UserWarning, match=r"no config\.yaml: the head count is in no tensor shape; heads = width 64 "
+                                         r"// 64 = 1 assumed \(IndexTTS2's head_dim\)"):  # fmt: skip
+        rep = L.convert_checkpoint(src, tmp_path / "gpt.safetensors")
+    assert rep.dims["heads"] == 1 and rep.heads_from == "width // 64"
+    assert L.load_pack(tmp_path / "gpt.safetensors").meta["heads_from"].startswith("width // 64")
+
+
+def test_heads_required_when_width_is_not_a_multiple_of_64(tmp_path):
+    core, sd = lf.build_gpt_core(model_dim=80, heads=5)
+    src = _save(sd, tmp_path / "gpt.pth")
+    _refused(src, tmp_path / "gpt.safetensors", r"^gpt checkpoint: the width 80 is not a multiple of 64, so the head "
+             r"count cannot be derived from the shapes; pass config\.yaml \(config=, --config\)")  # fmt: skip
+    cfg = L.load_config(gpt_core_config(tmp_path / "c.yaml", model_dim=80, heads=5))
+    rep = L.convert_checkpoint(src, tmp_path / "gpt.safetensors", config=cfg.source)
+    assert rep.dims["heads"] == 5 and rep.heads_from == "config.yaml"
+    cfg["gpt"].pop("heads")  # a config without a head count does not help
+    with pytest.raises(L.CheckpointError, match=r"the width 80 is not a multiple of 64.* with gpt\.heads$"):
+        L.remap_state_dict(sd, config=cfg)
+
+
+def test_gpt_policy_is_exported():
+    ns = {}
+    exec("from indextts_fast.loader import *", ns)
+    assert ns["gpt_policy"]("float32") == dict.fromkeys(L.DEFAULT_POLICY["gpt"], "float32")

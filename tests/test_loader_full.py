@@ -15,6 +15,9 @@ from . import loader_fixtures as lf
 from .helpers import official
 from .test_loader import _assert_same_sd, dit_check, gpt_check, official_fp64
 
+# tests that convert without config.yaml on purpose: the head-count warning is expected there
+pytestmark = pytest.mark.filterwarnings("ignore:no config.yaml:UserWarning")
+
 
 @pytest.fixture(scope="module")
 def full_s2mel():
@@ -137,10 +140,10 @@ def test_full_unified_voice_conditioning_encoders_consistent():
     carried = [k for k, (a, _) in plan["actions"].items() if a == "carried"]
     cfg = lf.gpt_config(full=True)
     cfg["gpt"].update(condition_module=cm, emo_condition_module=em)
-    assert L._check_carried(sd, carried, plan["dims"], cfg) == ([], [], [])
+    assert L.conditioning._check_carried(sd, carried, plan["dims"], cfg) == ([], [], [])
     sd = dict(
         sd, **{"emo_conditioning_encoder.encoders.3.feed_forward.w_1.weight": torch.empty(2048, 512, device="meta")}
     )
-    missing, wrong, unknown = L._check_carried(sd, carried, plan["dims"], cfg)
+    missing, wrong, unknown = L.conditioning._check_carried(sd, carried, plan["dims"], cfg)
     assert wrong == ["emo_conditioning_encoder.encoders.3.feed_forward.w_1.weight [2048, 512] (expected [U,D] with "
                      "{'D': 512, 'U': 1024, 'h': 4, 'k': 15})"] and not missing and not unknown  # fmt: skip

@@ -12,6 +12,9 @@ from indextts_fast import loader as L
 
 from . import loader_fixtures as lf
 
+# tests that convert without config.yaml on purpose: the head-count warning is expected there
+pytestmark = pytest.mark.filterwarnings("ignore:no config.yaml:UserWarning")
+
 TOOLS = Path(__file__).resolve().parents[1] / "tools"
 
 
@@ -85,3 +88,171 @@ def test_inspect_tool_reports_conditioning_encoder_shapes(tmp_path, capsys):
     assert "conditioning_encoder.encoders.0.feed_forward.w_2.weight" in text and "wrong-shape" in text
     assert "REFUSE" in text
     assert "perceiver_encoder.norm.gamma" in text and "wrong-dtype" in text
+
+
+def _one_line(err: str, prefix: str) -> str:
+    """The tool's whole stderr: one line starting with ``prefix``, no traceback."""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(prefix) and "Traceback" not in err, err
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def gpt_sd():
+    return lf.build_gpt_core()[1]
+
+
+def test_tools_refuse_a_short_zip_record(gpt_sd, tmp_path, capsys):
+    conv, ins = _tool("convert_checkpoint"), _tool("inspect_checkpoint")
+    torch.save(gpt_sd, tmp_path / "good.pth")
+    rec = lf.record_holding(tmp_path / "good.pth", gpt_sd["gpt.ln_f.weight"])
+    lf.rewrite_zip(tmp_path / "good.pth", tmp_path / "gpt.pth", lambda n, d: d[:-64] if n == rec else d)
+    src = str(tmp_path / "gpt.pth")
+    assert conv.main([src, "--gpt-dtype", "float32", "--quiet"]) == 2
+    line = _one_line(capsys.readouterr().err, "refused: ")
+    assert f"truncated or corrupt: record '{rec}' holds 192 bytes, the storage of gpt.ln_f.weight needs 256" in line
+    assert ins.main([src]) == 2
+    assert "truncated or corrupt" in _one_line(capsys.readouterr().err, "error: ")
+    assert not (tmp_path / "gpt.fast.safetensors").exists()
+
+
+@pytest.mark.parametrize("case", ["malformed", "binary", "python_tag", "heads_str", "text_tokens_str", "s2mel_int"])
+def test_convert_tool_bad_config(gpt_sd, tmp_path, capsys, case):
+    from .test_loader_errors import CONFIG_CASES, write_config
+
+    model, contents, match = CONFIG_CASES[case]
+    cfg = write_config(tmp_path / "config.yaml", contents)
+    if model == "gpt":
+        torch.save(gpt_sd, tmp_path / "src.pth")
+    else:
+        torch.save(lf.s2mel_container(lf.build_s2mel()), tmp_path / "src.pth")
+    assert _tool("convert_checkpoint").main([str(tmp_path / "src.pth"), "--config", str(cfg), "--quiet"]) == 2
+    line = _one_line(capsys.readouterr().err, f"refused: {cfg}: ")
+    assert __import__("re").search(match, line), line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml", "src.pth"]
+
+
+def test_convert_tool_real_write_failure(gpt_sd, tmp_path):
+    """A real failure inside the safetensors writer: the tool runs with a file-size limit (RLIMIT_FSIZE) below the
+    pack's size, so the write fails with EFBIG from the OS, as it fails with ENOSPC on a full disk."""
+    import resource
+    import subprocess
+    import sys
+
+    from .test_loader_errors import gpt_core_config
+
+    torch.save(gpt_sd, tmp_path / "gpt.pth")
+    cfg = gpt_core_config(tmp_path / "config.yaml")
+    hard = resource.getrlimit(resource.RLIMIT_FSIZE)[1]
+    p = subprocess.run(
+        [sys.executable, str(TOOLS / "convert_checkpoint.py"), str(tmp_path / "gpt.pth"), "--config", str(cfg), "-q"],
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (32 << 10, hard)),
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert p.returncode == 2, p.stderr
+    line = _one_line(p.stderr, f"refused: output {tmp_path / 'gpt.fast.safetensors'}: cannot write the pack: ")
+    assert "File too large" in line, line
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["config.yaml", "gpt.pth"]
+
+
+_SLOW_WRITE = """
+import importlib.util, sys, time
+import safetensors.torch
+real = safetensors.torch.save_file
+def slow(tensors, filename, metadata=None):
+    real(dict(list(tensors.items())[:2]), filename, metadata=metadata)  # a partial temporary file exists
+    print("writing", flush=True)
+    time.sleep(120)
+safetensors.torch.save_file = slow
+spec = importlib.util.spec_from_file_location("convert_checkpoint", sys.argv[1])
+conv = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(conv)
+sys.exit(conv.main(sys.argv[2:]))
+"""
+
+
+def test_convert_tool_sigterm_during_write(gpt_sd, tmp_path):
+    """SIGTERM while the pack is written: the temporary file is removed and the tool exits with one line."""
+    import signal
+    import subprocess
+    import sys
+
+    from .test_loader_errors import gpt_core_config
+
+    torch.save(gpt_sd, tmp_path / "gpt.pth")
+    cfg = gpt_core_config(tmp_path / "config.yaml")
+    out = tmp_path / "gpt.fast.safetensors"
+    p = subprocess.Popen([sys.executable, "-c", _SLOW_WRITE, str(TOOLS / "convert_checkpoint.py"),
+                          str(tmp_path / "gpt.pth"), "--config", str(cfg), "--quiet"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert p.stdout.readline() == "writing\n", p.stderr.read()
+        assert [f for f in tmp_path.iterdir() if f.name.endswith(".tmp")], "no temporary file while writing"
+        p.send_signal(signal.SIGTERM)
+        _, err = p.communicate(timeout=60)
+    finally:
+        p.kill()
+    assert p.returncode == 128 + signal.SIGTERM, (p.returncode, err)
+    line = _one_line(err, "error: ")
+    assert line == f"error: terminated by SIGTERM while writing {out}; its temporary file was removed, no pack written"
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["config.yaml", "gpt.pth"]
+
+
+def test_inspect_refuses_a_pack_that_load_pack_refuses(gpt_sd, tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    torch.save(gpt_sd, tmp_path / "gpt.pth")
+    L.convert_checkpoint(tmp_path / "gpt.pth", tmp_path / "good.safetensors")
+    tensors, meta = L.read_pack(tmp_path / "good.safetensors")
+    del tensors["h.1.fc.b"]
+    save_file(tensors, tmp_path / "bad.safetensors", metadata=meta)  # readable, but not what its metadata says
+    with pytest.raises(L.CheckpointError, match=r"missing h\.1\.fc\.b"):
+        L.load_pack(tmp_path / "bad.safetensors")
+    assert _tool("inspect_checkpoint").main([str(tmp_path / "bad.safetensors")]) == 2
+    line = _one_line(capsys.readouterr().err, "error: ")
+    assert line == f"error: {tmp_path / 'bad.safetensors'}: pack does not match its own metadata: missing h.1.fc.b"
+
+
+def _bad_values(case):
+    """(model, state dict with one bad value, the pack tensor the converter names)."""
+    if case == "zero_norm_weight_v":
+        sd = {k: v.clone() for k, v in lf.flat_s2mel(lf.build_s2mel()).items()}
+        sd["cfm.estimator.wavenet.in_layers.1.conv.conv.weight_v"][5] = 0  # ||v|| = 0 for one output channel
+        return sd, "dit.wn.in.1.w"
+    sd = {k: v.clone() for k, v in lf.build_gpt_core()[1].items()}
+    sd["gpt.h.0.attn.c_proj.weight"][2, 9] = {"nan": float("nan"), "inf": float("inf"), "fp16_overflow": 1e6}[case]
+    return sd, "h.0.attn_out.w"
+
+
+@pytest.mark.parametrize("case", ["nan", "inf", "fp16_overflow", "zero_norm_weight_v"])
+def test_inspect_agrees_with_the_converter_on_values(tmp_path, capsys, case):
+    """Non-finite values (also after the fp16 cast, or from folding a zero-norm weight_v) are refused by both tools;
+    the fp16 overflow is accepted by both at --gpt-dtype float32."""
+    from safetensors.torch import save_file
+
+    conv, ins = _tool("convert_checkpoint"), _tool("inspect_checkpoint")
+    sd, dst = _bad_values(case)
+    src = tmp_path / "src.safetensors"
+    save_file({k: v.contiguous() for k, v in sd.items()}, src)
+    assert conv.main([str(src), "--quiet"]) == 2
+    assert f"non-finite values (NaN or inf, possibly after the dtype cast) in {dst}" in capsys.readouterr().err
+    assert ins.main([str(src)]) == 1
+    text = capsys.readouterr().out
+    assert "REFUSE" in text and f"non-finite values (NaN or inf, possibly after the dtype cast) in {dst}" in text
+    assert ins.main([str(src), "--json"]) == 1
+    assert '"accepted": false' in capsys.readouterr().out
+    if case == "fp16_overflow":
+        assert ins.main([str(src), "--gpt-dtype", "float32"]) == 0
+        assert "would accept" in capsys.readouterr().out
+        assert conv.main([str(src), "--gpt-dtype", "float32", "--quiet"]) == 0
+
+
+def test_convert_tool_says_when_heads_are_assumed(gpt_sd, tmp_path, capsys):
+    conv = _tool("convert_checkpoint")
+    torch.save(gpt_sd, tmp_path / "gpt.pth")
+    assert conv.main([str(tmp_path / "gpt.pth"), "--quiet"]) == 0
+    line = _one_line(capsys.readouterr().err, "warning: ")
+    assert "no config.yaml: the head count is in no tensor shape; heads = width 64 // 64 = 1 assumed" in line
+    ins = _tool("inspect_checkpoint")
+    assert ins.main([str(tmp_path / "gpt.pth")]) == 0
+    assert "heads = width 64 // 64 = 1 assumed" in capsys.readouterr().out

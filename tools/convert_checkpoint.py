@@ -5,7 +5,10 @@ into an indextts_fast fast pack (.safetensors in kernel layout).
     python tools/convert_checkpoint.py checkpoints/gpt.pth --config checkpoints/config.yaml
     python tools/convert_checkpoint.py checkpoints/s2mel.pth out/s2mel.fast.safetensors --config checkpoints/config.yaml
 
-Exit status 0 on success, 2 when the checkpoint is refused (the message names the keys and the problem).
+Exit status 0 on success, 2 when the checkpoint, the config or the output is refused or cannot be written (one
+`refused:` line names the file, the keys or field, and the problem), 128 + the signal number when SIGTERM / SIGHUP
+stops the write (the temporary file is removed first), 130 on Ctrl-C. Library warnings (the head count assumed
+without a config.yaml, non-finite weights allowed) are printed as `warning:` lines.
 """
 
 from __future__ import annotations
@@ -13,11 +16,18 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from indextts_fast.loader import CheckpointError, convert_checkpoint, gpt_policy  # noqa: E402
+from indextts_fast.loader import (  # noqa: E402
+    CheckpointError,
+    CheckpointWarning,
+    ConversionInterrupted,
+    convert_checkpoint,
+    gpt_policy,
+)
 
 
 def _progress(quiet: bool):
@@ -66,22 +76,36 @@ def main(argv=None) -> int:
         default=None,
         help="dtype of every GPT tensor (default float16, as IndexTTS2's use_fp16; float32 = its fp32 default)",
     )
-    ap.add_argument("--quiet", action="store_true")
+    ap.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no summary")
     a = ap.parse_args(argv)
     out = a.out or a.src.with_name(a.src.stem + ".fast.safetensors")
     policy = {"gpt": gpt_policy(a.gpt_dtype)} if a.gpt_dtype else None
     cb, close = _progress(a.quiet)
     t0 = time.perf_counter()
     try:
-        rep = convert_checkpoint(
-            a.src, out, config=a.config, overwrite=a.overwrite, policy=policy,
-            stack_adaln=not a.split_adaln, allow_nonfinite=a.allow_nonfinite, progress=cb,
-        )  # fmt: skip
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", CheckpointWarning)
+            try:
+                rep = convert_checkpoint(
+                    a.src, out, config=a.config, overwrite=a.overwrite, policy=policy,
+                    stack_adaln=not a.split_adaln, allow_nonfinite=a.allow_nonfinite, progress=cb,
+                )  # fmt: skip
+            finally:
+                close()
+                for w in caught:
+                    if issubclass(w.category, CheckpointWarning):
+                        print(f"warning: {w.message}", file=sys.stderr)
+                    else:
+                        warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     except CheckpointError as e:
-        close()
         print(f"refused: {e}", file=sys.stderr)
         return 2
-    close()
+    except ConversionInterrupted as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 128 + e.signum
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
     dt = time.perf_counter() - t0
     if not a.quiet:
         print(rep.summary())

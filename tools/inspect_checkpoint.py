@@ -4,10 +4,16 @@
 For a checkpoint: the container, the detected model and version (2.0 / 2.5), the dimensions read from the
 shapes, and for every key its shape, dtype and what the loader would do with it (mapped by which transform into
 which pack tensor, carried, ignored and why, or refused: unknown / wrong shape / wrong dtype), plus the missing
-keys. For a fast pack: its metadata and tensors.
+keys; then the verdict of the converter's own checks (coverage, shapes, dtypes, and every value after its
+transform and dtype cast), with the same config.yaml and GPT dtype as a conversion would use. For a fast pack:
+its metadata and tensors, checked as load_pack checks them.
 
     python tools/inspect_checkpoint.py checkpoints/s2mel.pth            # summary + refused keys
     python tools/inspect_checkpoint.py checkpoints/s2mel.pth --keys     # every key
+    python tools/inspect_checkpoint.py checkpoints/gpt.pth --config checkpoints/config.yaml --gpt-dtype float32
+
+Exit status 0 when the converter (or load_pack) would accept the file, 1 when it would refuse the checkpoint, 2
+when the file cannot be read at all or the pack is refused (one `error:` line).
 """
 
 from __future__ import annotations
@@ -15,12 +21,23 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from indextts_fast.loader import CheckpointError, plan_checkpoint, read_checkpoint, read_pack  # noqa: E402
+from indextts_fast.loader import (  # noqa: E402
+    CheckpointError,
+    CheckpointWarning,
+    check_checkpoint,
+    check_pack,
+    gpt_policy,
+    load_config,
+    plan_checkpoint,
+    read_checkpoint,
+    read_pack,
+)
 
 
 def _dt(t) -> str:
@@ -41,6 +58,7 @@ def _is_pack(path: Path) -> bool:
 
 def inspect_pack(path: Path, keys: bool) -> int:
     tensors, meta = read_pack(path)
+    check_pack(path, tensors, meta)  # what load_pack refuses is refused here (a CheckpointError: exit 2)
     print(f"{path}: indextts_fast fast pack")
     for k, v in meta.items():
         print(f"  {k}: {v}")
@@ -53,30 +71,53 @@ def inspect_pack(path: Path, keys: bool) -> int:
     return 0
 
 
-def inspect_checkpoint(path: Path, keys: bool, split_adaln: bool) -> int:
+def verdict(sd, kind: str, config, gpt_dtype, split_adaln: bool) -> tuple[str | None, list[str]]:
+    """(the converter's refusal message, or None if it would convert; the warnings it would give)."""
+    policy = gpt_policy(gpt_dtype) if gpt_dtype and kind == "gpt" else None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", CheckpointWarning)
+        try:
+            check_checkpoint(sd, kind, config=config, policy=policy, stack_adaln=not split_adaln)
+            refusal = None
+        except CheckpointError as e:
+            refusal = str(e)
+    return refusal, [str(w.message) for w in caught if issubclass(w.category, CheckpointWarning)]
+
+
+def inspect_checkpoint(path: Path, a, config) -> int:
     kind, sd = read_checkpoint(path)
-    plan = plan_checkpoint(sd, kind, stack_adaln=not split_adaln)
+    plan = plan_checkpoint(sd, kind, stack_adaln=not a.split_adaln)
+    refusal, notes = verdict(sd, kind, config, a.gpt_dtype, a.split_adaln)
+    if a.json:
+        plan["shapes"] = {k: [list(t.shape), _dt(t)] for k, t in sd.items()}
+        plan.update(accepted=refusal is None, refusal=refusal, warnings=notes)
+        print(json.dumps(plan, indent=1))
+        return 0 if refusal is None else 1
     print(f"{path}: {kind} checkpoint, IndexTTS {plan['version']}, {len(sd)} keys")
     if plan["error"]:
         print(f"  dimensions: cannot be read: {plan['error']}")
     else:
-        print(f"  dimensions (from shapes; heads = width // 64 unless config.yaml says otherwise): {plan['dims']}")
-    counts = Counter(a.split(":")[0] for a, _ in plan["actions"].values())
-    ops = Counter(a.split(":")[1] for a, _ in plan["actions"].values() if a.startswith("mapped:"))
+        print(f"  dimensions (from the shapes): {plan['dims']}")
+    counts = Counter(act.split(":")[0] for act, _ in plan["actions"].values())
+    ops = Counter(act.split(":")[1] for act, _ in plan["actions"].values() if act.startswith("mapped:"))
     print(f"  actions: {dict(counts)}; mapped by transform: {dict(ops)}")
     print(f"  dtypes: {dict(Counter(_dt(t) for t in sd.values()))}")
     refused = {k: v for k, v in plan["actions"].items() if v[0] in ("unknown", "wrong-shape", "wrong-dtype")}
     for k, t in sd.items():
         action, target = plan["actions"][k]
-        if keys or k in refused:
+        if a.keys or k in refused:
             print(f"    {k:<64} {list(t.shape)!s:<20} {_dt(t):<9} {action:<14} {target}")
     for k in plan["missing"]:
         print(f"    MISSING {k}")
     for msg in plan.get("problems", []):
         print(f"    PROBLEM {msg}")
-    ok = not refused and not plan["missing"] and not plan["error"] and not plan.get("problems")
-    print("  the loader would " + ("accept this checkpoint" if ok else "REFUSE this checkpoint"))
-    return 0 if ok else 1
+    for msg in notes:
+        print(f"  warning: {msg}")
+    if refusal is None:
+        print("  the loader would accept this checkpoint")
+        return 0
+    print(f"  the loader would REFUSE this checkpoint: {refusal}")
+    return 1
 
 
 def main(argv=None) -> int:
@@ -84,18 +125,19 @@ def main(argv=None) -> int:
     ap.add_argument("path", type=Path)
     ap.add_argument("--keys", action="store_true", help="list every key, not only the refused ones")
     ap.add_argument("--split-adaln", action="store_true", help="plan for the per-norm AdaLN layout")
-    ap.add_argument("--json", action="store_true", help="print the plan as JSON (checkpoints only)")
+    ap.add_argument("--config", type=Path, help="config.yaml, as convert_checkpoint.py --config")
+    ap.add_argument(
+        "--gpt-dtype",
+        choices=["float16", "bfloat16", "float32"],
+        default=None,
+        help="the GPT dtype to check the values in, as convert_checkpoint.py --gpt-dtype (default float16)",
+    )
+    ap.add_argument("--json", action="store_true", help="print the plan and the verdict as JSON (checkpoints only)")
     a = ap.parse_args(argv)
     try:
         if _is_pack(a.path):
             return inspect_pack(a.path, a.keys)
-        if a.json:
-            kind, sd = read_checkpoint(a.path)
-            plan = plan_checkpoint(sd, kind, stack_adaln=not a.split_adaln)
-            plan["shapes"] = {k: [list(t.shape), _dt(t)] for k, t in sd.items()}
-            print(json.dumps(plan, indent=1))
-            return 0
-        return inspect_checkpoint(a.path, a.keys, a.split_adaln)
+        return inspect_checkpoint(a.path, a, load_config(a.config))
     except CheckpointError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -5,14 +5,14 @@ Every name and shape here is read off the official module code (indextts2-infere
 ``indextts/s2mel/modules/commons.py::MyModel`` = {'cfm': CFM -> ``estimator`` = ``diffusion_transformer.DiT``
 (``gpt_fast/model.py::Transformer``, ``wavenet.py::WN`` built from ``encodec.py::SConv1d``),
 'length_regulator': ``length_regulator.py::InterpolateRegulator``, 'gpt_layer': Sequential of 3 Linear}.
-tests/test_loader_tables.py enumerates the official modules' state dicts and checks that these tables cover
-every key exactly once (mapped, carried or ignored), with the shapes given here.
+tests/test_loader.py enumerates the official modules' state dicts and checks that these tables cover every key
+exactly once (mapped, carried or ignored), with the shapes given here.
 
 A rule is ``Rule(dst, srcs, op, cls, shapes, over)``:
     dst     fast-pack name template ({i}: layer index)
     srcs    checkpoint key templates, in the order ``op`` consumes them ({i}: layer index; {a}, {b}: derived
             indices, see ``index_values``)
-    op      the transform (each has an exact inverse in loader.py):
+    op      the transform (each has an exact inverse in remap.py):
               copy        w -> w
               t           GPT-2 Conv1D [in, out] -> [out, in] (nn.Linear layout, GEMM [N, K])
               cat0        cat(srcs, dim=0): w1|w3 -> w13 [2I, K]; stacked AdaLN projections

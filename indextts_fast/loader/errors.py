@@ -1,0 +1,19 @@
+"""The loader's exception and warning types."""
+
+from __future__ import annotations
+
+
+class CheckpointError(ValueError):
+    """A checkpoint or pack that the loader refuses; the message names the file, the keys and the problem."""
+
+
+class CheckpointWarning(UserWarning):
+    """Something the loader accepted but a user should know: a head count assumed, non-finite weights allowed."""
+
+
+class ConversionInterrupted(KeyboardInterrupt):
+    """SIGTERM / SIGHUP arrived while a pack was being written; its temporary file has been removed."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
