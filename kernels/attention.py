@@ -398,8 +398,11 @@ def decode_num_splits(s_max: int, interpret: Optional[bool] = None) -> int:
     return max(1, min(16, next_pow2(triton.cdiv(s_max, 256))))
 
 
-def decode_block_n(head_dim: int, dtype: torch.dtype = torch.float16) -> int:
-    """Keys per decode iteration: 64 x 64 half elements, else 32 rows (0 spills in the AOT table)."""
+def decode_block_n(head_dim: int, dtype: torch.dtype = torch.float16, interpret: Optional[bool] = None) -> int:
+    """Keys per decode iteration: 64 x 64 half elements, else 32 rows (0 spills in the AOT table). Under the
+    interpreter 64 always (each iteration costs milliseconds of Python, whatever its size)."""
+    if is_interpreting() if interpret is None else interpret:
+        return 64
     return 64 if head_dim <= 64 and dtype != torch.float32 else 32
 
 
@@ -651,7 +654,9 @@ def compile_variants():
         sig = {"Q": p, "KN": p, "VN": p, "KC": p, "VC": p, "LENS": "*i32", "TABLE": "*i32", "PM": "*fp32",
                "PL": "*fp32", "PACC": "*fp32", "H": "i32", "S": "i32", "NROWS": "i32", **{s: "i32" for s in dstrides},
                "stab_b": "i32", "sm_scale": "fp32"}  # fmt: skip
-        const = dict(HEAD_DIM=D, HAS_TABLE=has_table, NUM_SPLITS=splits, BLOCK_N=decode_block_n(D, tdt[tname]))
+        const = dict(
+            HEAD_DIM=D, HAS_TABLE=has_table, NUM_SPLITS=splits, BLOCK_N=decode_block_n(D, tdt[tname], interpret=False)
+        )
         sig.update({k: "constexpr" for k in const})
         div = ["Q", "KN", "VN", "KC", "VC", "LENS", "TABLE", "PM", "PL", "PACC", *dstrides, "stab_b"]
         tab = "+table" if has_table else ""

@@ -223,7 +223,7 @@ def gemm_launch_config(
     if M <= DECODE_MAX_M:
         BM = next_pow2(M)
         if is_interpreting() if interpret is None else interpret:
-            return True, BM, min(32, next_pow2(N)), min(64, next_pow2(K)), 1, 4, 1
+            return True, BM, min(256, next_pow2(N)), min(512, next_pow2(K)), 1, 4, 1
         BN = 8 if N >= 2048 and not swiglu else 4
         BK = 4096 // (BM * BN) // (2 if swiglu else 1)
         BK = max(64, min(512, BK, next_pow2(K)))

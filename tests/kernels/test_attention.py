@@ -340,7 +340,12 @@ def test_compile_variants_cover_the_launch_configs():
         if prec == "ieee":
             splits = A.decode_num_splits(2048, interpret=False)
             for table in (False, True):
-                const = dict(HEAD_DIM=D, HAS_TABLE=table, NUM_SPLITS=splits, BLOCK_N=A.decode_block_n(D, tdt[tname]))
+                const = dict(
+                    HEAD_DIM=D,
+                    HAS_TABLE=table,
+                    NUM_SPLITS=splits,
+                    BLOCK_N=A.decode_block_n(D, tdt[tname], interpret=False),
+                )
                 launched.append(key(A._attn_decode_kernel, ptr, const))
             launched.append(key(A._attn_decode_reduce_kernel, ptr, dict(HEAD_DIM=D, NUM_SPLITS=splits)))
     missing = [k for k in launched if k not in listed]

@@ -18,8 +18,8 @@ from ..helpers import DTYPES, INTERPRET, assert_close_rel, dtype_id, poisoned, r
 pytestmark = pytest.mark.filterwarnings("ignore:overflow encountered in exp:RuntimeWarning")
 
 # (M, K, N): M in both regimes (1, 3: decode; 37, 70: tiles; SwiGLU adds 8), K a multiple of the interpreter's
-# BLOCK_K (64) or not, N odd / not a power of two / more than one tile
-SHAPES = [(1, 128, 100), (3, 96, 37), (37, 96, 100), (70, 128, 130)]
+# BLOCK_K (GEMV 512, tiles 64) or not and over several K slabs, N odd / not a power of two / more than one tile
+SHAPES = [(1, 700, 300), (3, 96, 37), (37, 96, 100), (70, 128, 130)]
 if not INTERPRET:  # one shape per regime, K off every compiled BLOCK_K (each case is a fresh compile)
     SHAPES = [(3, 100, 37), (70, 100, 130)]
 # compiled only: the IndexTTS2 projections with their own epilogue and dtype (one compile each)
