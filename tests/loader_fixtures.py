@@ -94,11 +94,12 @@ def _randomize(module: torch.nn.Module, seed: int = 0) -> None:
             p.copy_(torch.randn(p.shape, generator=g) / fan**0.5)
 
 
-def build_unified_voice(seed: int = 0):
-    """Tiny official UnifiedVoice with random weights (all submodules, conditioning encoders included)."""
+def build_unified_voice(seed: int = 0, **overrides):
+    """Tiny official UnifiedVoice with random weights (all submodules, conditioning encoders included);
+    ``overrides`` change UnifiedVoice arguments (e.g. max_mel_tokens)."""
     mv = official("gpt.model_v2")
-    uv = mv.UnifiedVoice(**TINY_GPT, condition_type="conformer_perceiver", condition_module=TINY_COND,
-                         emo_condition_module=TINY_COND).eval()  # fmt: skip
+    uv = mv.UnifiedVoice(**dict(TINY_GPT, **overrides), condition_type="conformer_perceiver",
+                         condition_module=TINY_COND, emo_condition_module=TINY_COND).eval()  # fmt: skip
     _randomize(uv, seed)
     return uv
 
@@ -160,10 +161,15 @@ class GPTCore(torch.nn.Module):
         return self.mel_head(self.final_norm(h))
 
 
-def build_s2mel(full: bool = False, seed: int = 0):
-    """Official MyModel(use_gpt_latent=True) = {'cfm', 'length_regulator', 'gpt_layer'} with random weights."""
+def build_s2mel(full: bool = False, seed: int = 0, wavenet=None, **dit):
+    """Official MyModel(use_gpt_latent=True) = {'cfm', 'length_regulator', 'gpt_layer'} with random weights;
+    ``dit`` overrides entries of the config's DiT section (e.g. num_heads=1: head_dim 64 at the tiny width),
+    ``wavenet`` entries of its wavenet section."""
     commons = official("s2mel.modules.commons")
-    args = commons.recursive_munch(s2mel_config(full))
+    cfg = s2mel_config(full)
+    cfg["DiT"].update(dit)
+    cfg["wavenet"].update(wavenet or {})
+    args = commons.recursive_munch(cfg)
     torch.manual_seed(seed)
     m = commons.MyModel(args, use_gpt_latent=True).eval()
     if not full:

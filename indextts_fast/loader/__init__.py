@@ -62,6 +62,8 @@ from .weights import (
     FastGPTWeights,
     FastLengthRegulatorWeights,
     FastS2MelWeights,
+    dit_weights,
+    gpt_weights,
     load_pack,
 )
 
@@ -95,6 +97,8 @@ __all__ = [
     "read_pack",
     "check_pack",
     "load_pack",
+    "gpt_weights",
+    "dit_weights",
     "FastGPTLayer",
     "FastGPTWeights",
     "FastDiTLayer",

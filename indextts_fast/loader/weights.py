@@ -155,8 +155,30 @@ def _build_gpt(t: dict[str, torch.Tensor], dims: dict, meta: dict) -> FastGPTWei
     )  # fmt: skip
 
 
+def gpt_weights(t: dict[str, torch.Tensor], dims: dict, meta: Optional[dict] = None) -> FastGPTWeights:
+    """FastGPTWeights over pack tensors (load_pack's, or remap_live's of a live UnifiedVoice)."""
+    return _build_gpt(t, dims, meta or {})
+
+
+def dit_weights(t: dict[str, torch.Tensor], dims: dict, stack_adaln: bool) -> FastDiTWeights:
+    """FastDiTWeights over the ``dit.*`` pack tensors (load_pack's, or remap_live's of a live DiT or CFM)."""
+    return _build_dit(t, dims, stack_adaln)
+
+
 def _build_s2mel(t: dict[str, torch.Tensor], dims: dict, meta: dict, stack: bool) -> FastS2MelWeights:
-    L, C, W, N = dims["L"], dims["C"], dims["W"], dims["N"]
+    N = dims["N"]
+    dit = _build_dit(t, dims, stack)
+    lr = FastLengthRegulatorWeights(
+        t["lr.in_proj.w"], t["lr.in_proj.b"], [t[f"lr.conv.{i}.w"] for i in range(N)],
+        [t[f"lr.conv.{i}.b"] for i in range(N)], [t[f"lr.gn.{i}.w"] for i in range(N)],
+        [t[f"lr.gn.{i}.b"] for i in range(N)], t["lr.out.w"], t["lr.out.b"],
+    )  # fmt: skip
+    gl = [(t[f"gpt_layer.{j}.w"], t[f"gpt_layer.{j}.b"]) for j in range(3)] if "gpt_layer.0.w" in t else None
+    return FastS2MelWeights(dims, meta, dit, lr, gl)
+
+
+def _build_dit(t: dict[str, torch.Tensor], dims: dict, stack: bool) -> FastDiTWeights:
+    L, C, W = dims["L"], dims["C"], dims["W"]
     skip = set(range(L // 2 + 1, L))
     layers = []
     for i in range(L):
@@ -192,13 +214,7 @@ def _build_s2mel(t: dict[str, torch.Tensor], dims: dict, meta: dict, stack: bool
         t["dit.final.adaln.w"], t["dit.final.adaln.b"], t["dit.final.linear.w"], t["dit.final.linear.b"],
         t["dit.conv2.w"], t["dit.conv2.b"],
     )  # fmt: skip
-    lr = FastLengthRegulatorWeights(
-        t["lr.in_proj.w"], t["lr.in_proj.b"], [t[f"lr.conv.{i}.w"] for i in range(N)],
-        [t[f"lr.conv.{i}.b"] for i in range(N)], [t[f"lr.gn.{i}.w"] for i in range(N)],
-        [t[f"lr.gn.{i}.b"] for i in range(N)], t["lr.out.w"], t["lr.out.b"],
-    )  # fmt: skip
-    gl = [(t[f"gpt_layer.{j}.w"], t[f"gpt_layer.{j}.b"]) for j in range(3)] if "gpt_layer.0.w" in t else None
-    return FastS2MelWeights(dims, meta, dit, lr, gl)
+    return dit
 
 
 def load_pack(path: PathLike, device: Union[str, torch.device] = "cpu") -> Union[FastGPTWeights, FastS2MelWeights]:
