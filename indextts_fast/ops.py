@@ -24,6 +24,7 @@ from indextts_kernels._validate import (
 )
 
 from ._dispatch import TORCH, backend_for
+from .profiling import op_range
 
 __all__ = [
     "layer_norm",
@@ -41,8 +42,10 @@ __all__ = [
 ]
 
 
-def _kernel(name: str):
-    return getattr(indextts_kernels, name)
+def _run(name: str, *args, **kwargs):
+    """The Triton launcher ``name``, inside an NVTX range when per-op ranges are on (profiling.op_range)."""
+    with op_range(name):
+        return getattr(indextts_kernels, name)(*args, **kwargs)
 
 
 def layer_norm(
@@ -58,7 +61,7 @@ def layer_norm(
     if backend_for(x.device) == TORCH:
         norm_args("layer_norm", x, weight=weight, bias=bias, residual=residual, eps=eps, out_dtype=out_dtype)
         return reference.layer_norm_ref(x, weight, bias, eps, residual=residual, out_dtype=out_dtype)
-    return _kernel("layer_norm_fwd")(x, weight, bias, eps, residual=residual, out_dtype=out_dtype)
+    return _run("layer_norm_fwd", x, weight, bias, eps, residual=residual, out_dtype=out_dtype)
 
 
 def adaptive_rms_norm(
@@ -72,7 +75,7 @@ def adaptive_rms_norm(
     if backend_for(x.device) == TORCH:
         norm_args("adaptive_rms_norm", x, weight=weight, scale=scale, shift=shift, eps=eps)
         return reference.adaptive_rms_norm_ref(x, weight, scale, shift, eps)
-    return _kernel("adaptive_rms_norm_fwd")(x, weight, scale, shift, eps)
+    return _run("adaptive_rms_norm_fwd", x, weight, scale, shift, eps)
 
 
 def final_layer_modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -80,7 +83,7 @@ def final_layer_modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tens
     if backend_for(x.device) == TORCH:
         norm_args("final_layer_modulate", x, scale=scale, shift=shift, eps=eps)
         return reference.final_layer_modulate_ref(x, shift, scale, eps)
-    return _kernel("final_layer_modulate_fwd")(x, shift, scale, eps)
+    return _run("final_layer_modulate_fwd", x, shift, scale, eps)
 
 
 def dit_attention(
@@ -101,7 +104,7 @@ def dit_attention(
         if freqs_cis is not None:
             rope_table_args(freqs_cis, q.shape[1], q.shape[-1], q.device)
         return reference.dit_attention_ref(qkv, n_heads, x_lens, freqs_cis)
-    return _kernel("dit_attention_fwd")(qkv, n_heads, x_lens=x_lens, freqs_cis=freqs_cis, fp32_precision=fp32_precision)
+    return _run("dit_attention_fwd", qkv, n_heads, x_lens=x_lens, freqs_cis=freqs_cis, fp32_precision=fp32_precision)
 
 
 def gpt_prefill_attention(
@@ -112,7 +115,7 @@ def gpt_prefill_attention(
         q, k, v = qkv_heads("qkv", qkv, n_heads)
         attention_args("gpt_prefill_attention", q, k, v, causal=True, k_cache=k_cache, v_cache=v_cache)
         return reference.gpt_prefill_attention_ref(qkv, n_heads, k_cache, v_cache)
-    return _kernel("gpt_prefill_attention_fwd")(qkv, n_heads, k_cache, v_cache)
+    return _run("gpt_prefill_attention_fwd", qkv, n_heads, k_cache, v_cache)
 
 
 def gpt_decode_attention(
@@ -132,7 +135,7 @@ def gpt_decode_attention(
         q, _, _ = qkv_heads("qkv", qkv, n_heads)
         decode_attention_args("gpt_decode_attention", q, k_cache, v_cache, lengths, row_table=row_table)
         return reference.gpt_decode_attention_ref(qkv, n_heads, k_cache, v_cache, lengths, row_table)
-    return _kernel("gpt_decode_attention_fwd")(qkv, n_heads, k_cache, v_cache, lengths, row_table=row_table)
+    return _run("gpt_decode_attention_fwd", qkv, n_heads, k_cache, v_cache, lengths, row_table=row_table)
 
 
 def alloc_kv_cache(
@@ -177,7 +180,7 @@ def linear(
             raise ValueError(f"linear: activation must be None or 'gelu_new', got {activation!r}")
         gemm_args("linear", x, weight, bias=bias, residual=residual, precision=precision)
         return reference.linear_ref(x, weight, bias, residual=residual, activation=activation)
-    return _kernel("linear_fwd")(x, weight, bias, residual=residual, activation=activation, precision=precision)
+    return _run("linear_fwd", x, weight, bias, residual=residual, activation=activation, precision=precision)
 
 
 def swiglu_linear(x: torch.Tensor, w13: torch.Tensor, *, precision: Optional[str] = None) -> torch.Tensor:
@@ -185,7 +188,7 @@ def swiglu_linear(x: torch.Tensor, w13: torch.Tensor, *, precision: Optional[str
     if backend_for(x.device) == TORCH:
         gemm_args("swiglu_linear", x, w13, swiglu=True, precision=precision)
         return reference.swiglu_linear_ref(x, w13)
-    return _kernel("swiglu_linear_fwd")(x, w13, precision=precision)
+    return _run("swiglu_linear_fwd", x, w13, precision=precision)
 
 
 def swiglu_feed_forward(
@@ -200,7 +203,7 @@ def swiglu_feed_forward(
     if backend_for(x.device) == TORCH:
         ffn_args("swiglu_feed_forward", x, w13, w2, residual=residual, swiglu=True, precision=precision)
         return reference.swiglu_feed_forward_ref(x, w13, w2, residual=residual)
-    return _kernel("swiglu_feed_forward_fwd")(x, w13, w2, residual=residual, precision=precision)
+    return _run("swiglu_feed_forward_fwd", x, w13, w2, residual=residual, precision=precision)
 
 
 def gpt2_mlp(
@@ -220,6 +223,6 @@ def gpt2_mlp(
             swiglu=False, precision=precision,
         )  # fmt: skip
         return reference.gpt2_mlp_ref(x, c_fc_weight, c_fc_bias, c_proj_weight, c_proj_bias, residual=residual)
-    return _kernel("gpt2_mlp_fwd")(
-        x, c_fc_weight, c_fc_bias, c_proj_weight, c_proj_bias, residual=residual, precision=precision
+    return _run(
+        "gpt2_mlp_fwd", x, c_fc_weight, c_fc_bias, c_proj_weight, c_proj_bias, residual=residual, precision=precision
     )
