@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import os
-import sys
-import types
 
 import pytest
 import torch
@@ -86,15 +82,21 @@ def official(module: str):
     real ``__path__`` lets the pure-torch submodules import on their own. When the reference is not
     installed the test fails (CI must run these), unless INDEXTTS_FAST_ALLOW_MISSING_OFFICIAL=1 asks to skip.
     """
-    spec = importlib.util.find_spec("indextts")
-    if spec is None or not spec.submodule_search_locations:
-        msg = "the official IndexTTS2 code is not installed: pip install --no-deps indextts2-inference==2.1.1"
+    from indextts_fast.official import OfficialCodeMissing, import_official
+
+    try:
+        return import_official(module)
+    except OfficialCodeMissing as e:
+        msg = str(e)
         if os.environ.get(ALLOW_MISSING_ENV) == "1":
             pytest.skip(msg)
         pytest.fail(msg + f" (or set {ALLOW_MISSING_ENV}=1 to skip)")
-    if "indextts" not in sys.modules:
-        pkg = types.ModuleType("indextts")
-        pkg.__path__ = list(spec.submodule_search_locations)
-        pkg.__spec__ = spec
-        sys.modules["indextts"] = pkg
-    return importlib.import_module(f"indextts.{module}")
+
+
+def official_line() -> str:
+    """Which official code line is installed: "repository" (the official repository's code with its vendored
+    transformers 4.52 generation utilities: tts-webui-index-tts) or "refactor" (indextts2-inference, transformers 5)."""
+    official("gpt.model_v2")
+    from indextts_fast.official import official_line as line
+
+    return line()
