@@ -21,11 +21,16 @@ from .ops import (
     swiglu_feed_forward,
     swiglu_linear,
 )
+from .patch import FastHandle, UnsupportedModel, enable, enabled
 
 __version__ = "0.1.0"
 
 __all__ = [
     "__version__",
+    "enable",
+    "enabled",
+    "FastHandle",
+    "UnsupportedModel",
     "adaptive_rms_norm",
     "alloc_kv_cache",
     "dit_attention",

@@ -1,0 +1,311 @@
+"""The official generation semantics of UnifiedVoice: generation arguments, logits processors, beam scorer.
+
+IndexTTS2 generates mel codes with Hugging Face ``generate`` on its ``GPT2InferenceModel``. The official repository
+vendors transformers' generation utilities (``indextts/gpt/transformers_generation_utils.py``, with transformers
+4.52.1's logits processors and ``BeamSearchScorer``); that is the reference followed here. The transformers-5 line
+(``indextts2-inference``) runs HF 5's vectorized beam search instead, which selects the same beams and draws the same
+random numbers, but its early-stop heuristic compares the best *running* beam where the scorer compares the best
+candidate of the step, and it counts hitting ``max_length`` as finishing a beam; outputs can differ there.
+
+Everything below works on device tensors of static shape: one generation step needs no host synchronization (the
+caller reads one flag per step to stop), so a step can be captured in a CUDA graph later.
+
+Processors (each the same torch ops in the same order as the official ones, so their results are bit-identical):
+    repetition penalty  every id present in input_ids (the prompt's fake ids and the start token included):
+                        s -> s * p if s < 0 else s / p   (gather, where, scatter)
+    custom processors   the ``logits_processor`` list the caller passed (e.g. typical sampling), in order
+    temperature         s / T                                            (sampling only)
+    top-k               s < (k-th largest) -> -inf, k = max(top_k, min_keep)   (sampling only)
+    top-p               ascending sort, softmax, cumsum <= 1 - top_p -> -inf, the last min_keep kept (sampling only)
+with min_keep = 2 under beams (one eos id + 1), else 1. Beam methods apply them to ``log_softmax(logits)``;
+greedy and sampling to the raw logits.
+Beam step: scores + beam scores, flattened over beams x vocab; ``2 * num_beams`` candidates by ``topk`` or, sampling,
+by ``multinomial`` over the softmax (without replacement), gathered and sorted descending; the first ``num_beams``
+non-eos candidates continue; an eos candidate within the first ``num_beams`` ranks closes a hypothesis.
+Hypotheses: at most num_beams kept; score = sum_logprobs / generated_len ** length_penalty (fp64, as the official
+Python floats); a new one enters if there is room or it beats the worst, which then leaves (ties: the earliest).
+Done when num_beams are kept and (early_stopping True) or the worst kept >= best candidate / cur_len ** lp
+(early_stopping False; "never": the best attainable with max_length when lp > 0). At max_length every open beam
+is offered as a hypothesis; the best kept (ties: the latest) is returned, eos appended where it fits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Optional, Union
+
+import torch
+
+__all__ = [
+    "GenerationArgs",
+    "UnsupportedGeneration",
+    "resolve_generation_args",
+    "process_scores",
+    "BeamScorer",
+]
+
+
+class UnsupportedGeneration(ValueError):
+    """A generation argument the fast decode loop does not implement; the message names it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerationArgs:
+    do_sample: bool
+    num_beams: int
+    temperature: float
+    top_k: int
+    top_p: float
+    repetition_penalty: float
+    length_penalty: float
+    early_stopping: Union[bool, str]
+    max_length: int
+    eos_token_id: int
+    pad_token_id: int
+    custom_processors: tuple = ()
+
+    @property
+    def min_tokens_to_keep(self) -> int:
+        return 2 if self.num_beams > 1 else 1
+
+
+# The defaults generate() applies to fields nobody set (transformers 4.52's GenerationConfig defaults, which
+# transformers 5 applies through GenerationConfig._get_default_generation_params).
+_DEFAULTS = {
+    "do_sample": False, "num_beams": 1, "temperature": 1.0, "top_k": 50, "top_p": 1.0, "repetition_penalty": 1.0,
+    "length_penalty": 1.0, "early_stopping": False, "num_return_sequences": 1, "max_length": 20, "use_cache": True,
+}  # fmt: skip
+_HONOURED = set(_DEFAULTS) | {"max_new_tokens", "bos_token_id", "eos_token_id", "pad_token_id"}
+# fields whose neutral value is the only one implemented: anything else is refused with its name
+_NEUTRAL = {
+    "min_length": (None, 0), "min_new_tokens": (None, 0), "typical_p": (None, 1.0), "min_p": (None,),
+    "top_h": (None,), "epsilon_cutoff": (None, 0.0), "eta_cutoff": (None, 0.0), "no_repeat_ngram_size": (None, 0),
+    "encoder_no_repeat_ngram_size": (None, 0), "encoder_repetition_penalty": (None, 1.0),
+    "bad_words_ids": (None,), "force_words_ids": (None,), "constraints": (None,), "sequence_bias": (None,),
+    "forced_bos_token_id": (None,), "forced_eos_token_id": (None,), "remove_invalid_values": (None, False),
+    "exponential_decay_length_penalty": (None,), "suppress_tokens": (None,), "begin_suppress_tokens": (None,),
+    "guidance_scale": (None, 1.0), "num_beam_groups": (None, 1), "diversity_penalty": (None, 0.0),
+    "penalty_alpha": (None,), "dola_layers": (None,), "prompt_lookup_num_tokens": (None,),
+    "watermarking_config": (None,), "token_healing": (None, False), "stop_strings": (None,), "max_time": (None,),
+    "low_memory": (None, False), "output_scores": (None, False), "output_logits": (None, False),
+    "output_attentions": (None, False), "output_hidden_states": (None, False),
+    "return_dict_in_generate": (None, False), "renormalize_logits": (None, False), "is_assistant": (None, False),
+    "speculation_type": (None,), "use_mtp": (None, False),
+}  # fmt: skip
+# fields without effect on the tokens of a decoder-only, non-assisted generation
+_NO_EFFECT_PREFIXES = ("assistant_", "num_assistant_tokens", "_")
+_NO_EFFECT = {
+    "transformers_version", "cache_implementation", "cache_config", "compile_config", "disable_compile",
+    "max_cache_len", "prefill_chunk_size", "continuous_batching_config", "decoder_start_token_id",
+    "max_matching_ngram_size", "target_lookbehind", "generation_kwargs",
+}  # fmt: skip
+
+
+def _single_id(name: str, v) -> Optional[int]:
+    if v is None:
+        return None
+    if isinstance(v, torch.Tensor):
+        v = v.flatten().tolist()
+    if isinstance(v, (list, tuple)):
+        if len(v) != 1:
+            raise UnsupportedGeneration(f"{name}={v!r}: the fast decode loop supports one id")
+        v = v[0]
+    return int(v)
+
+
+def resolve_generation_args(
+    base_config: Any, kwargs: dict, input_len: int, logits_processor=None
+) -> tuple[GenerationArgs, dict]:
+    """The effective generation arguments of ``generate(inputs, **kwargs)`` on a model whose
+    ``generation_config`` is ``base_config``, as the official generate resolves them.
+
+    Returns (args, model kwargs left over). Raises UnsupportedGeneration naming every argument whose value the fast
+    loop does not implement (never ignores one).
+    """
+    cfg = base_config.to_dict() if base_config is not None else {}
+    gen_fields = set(cfg) | _HONOURED | set(_NEUTRAL)
+    values = {k: v for k, v in cfg.items()}
+    model_kwargs = {}
+    for k, v in kwargs.items():
+        if k in gen_fields and not k.startswith("_"):
+            values[k] = v
+        else:
+            model_kwargs[k] = v
+    eff = {k: (values.get(k) if values.get(k) is not None else d) for k, d in _DEFAULTS.items()}
+    bad = []
+    for k, v in values.items():
+        if k in _HONOURED or k in _NO_EFFECT or k.startswith(_NO_EFFECT_PREFIXES):
+            continue
+        neutral = _NEUTRAL.get(k, (None, False))
+        if not any(v is n or (type(v) is type(n) and v == n) for n in neutral):
+            bad.append(f"{k}={v!r}")
+    if eff["num_return_sequences"] != 1:
+        bad.append(f"num_return_sequences={eff['num_return_sequences']!r} (only 1)")
+    if not eff["use_cache"]:
+        bad.append("use_cache=False")
+    if not isinstance(eff["num_beams"], int) or eff["num_beams"] < 1:
+        bad.append(f"num_beams={eff['num_beams']!r}")
+    if eff["early_stopping"] not in (True, False, "never"):
+        bad.append(f"early_stopping={eff['early_stopping']!r}")
+    if bad:
+        raise UnsupportedGeneration(
+            "generation arguments the fast decode loop does not implement: " + ", ".join(sorted(bad))
+        )
+    eos = _single_id("eos_token_id", values.get("eos_token_id"))
+    pad = _single_id("pad_token_id", values.get("pad_token_id"))
+    if eos is None:
+        raise UnsupportedGeneration("eos_token_id is required (the stop mel token)")
+    pad = eos if pad is None else pad
+    max_length = eff["max_length"]
+    if values.get("max_new_tokens") is not None:
+        max_length = input_len + int(values["max_new_tokens"])
+    do_sample = bool(eff["do_sample"])
+    temperature, top_k, top_p = eff["temperature"], eff["top_k"], eff["top_p"]
+    if do_sample:  # the official warpers validate these at construction
+        if not isinstance(temperature, float) or not temperature > 0:
+            raise UnsupportedGeneration(f"temperature={temperature!r}: a strictly positive float is required")
+        if top_k is not None and top_k != 0 and (not isinstance(top_k, int) or top_k < 0):
+            raise UnsupportedGeneration(f"top_k={top_k!r}: a strictly positive integer is required")
+        if top_p is not None and top_p < 1.0 and (not isinstance(top_p, float) or not 0 <= top_p <= 1):
+            raise UnsupportedGeneration(f"top_p={top_p!r}: a float in [0, 1] is required")
+    rp = eff["repetition_penalty"]
+    if rp is not None and rp != 1.0 and (not isinstance(rp, (int, float)) or not rp > 0):
+        raise UnsupportedGeneration(f"repetition_penalty={rp!r}: a strictly positive float is required")
+    args = GenerationArgs(
+        do_sample=do_sample, num_beams=int(eff["num_beams"]), temperature=float(temperature or 1.0),
+        top_k=int(top_k or 0), top_p=float(1.0 if top_p is None else top_p), repetition_penalty=float(rp or 1.0),
+        length_penalty=float(eff["length_penalty"]), early_stopping=eff["early_stopping"], max_length=int(max_length),
+        eos_token_id=eos, pad_token_id=pad, custom_processors=tuple(logits_processor or ()),
+    )  # fmt: skip
+    return args, model_kwargs
+
+
+def process_scores(args: GenerationArgs, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+    """The official logits-processor chain on ``scores`` [rows, V] (fp32) for the prefixes ``input_ids`` [rows, L]."""
+    if args.repetition_penalty != 1.0:
+        picked = torch.gather(scores, 1, input_ids)
+        picked = torch.where(picked < 0, picked * args.repetition_penalty, picked / args.repetition_penalty)
+        scores = scores.scatter(1, input_ids, picked)
+    for proc in args.custom_processors:
+        scores = proc(input_ids, scores)
+    if not args.do_sample:
+        return scores
+    if args.temperature != 1.0:
+        scores = scores / args.temperature
+    keep = args.min_tokens_to_keep
+    if args.top_k != 0:
+        k = min(max(args.top_k, keep), scores.size(-1))
+        kth = torch.topk(scores, k)[0][..., -1, None]
+        scores = scores.masked_fill(scores < kth, -float("inf"))
+    if args.top_p < 1.0:
+        ascending, order = torch.sort(scores, descending=False)
+        cumulative = ascending.softmax(dim=-1).cumsum(dim=-1)
+        drop = cumulative <= (1 - args.top_p)
+        drop[..., -keep:] = 0
+        scores = scores.masked_fill(drop.scatter(1, order, drop), -float("inf"))
+    return scores
+
+
+class BeamScorer:
+    """The official beam-search bookkeeping for one prompt (batch 1), on device tensors of static shape.
+
+    ``step`` takes the flattened, beam-score-added scores [1, num_beams * V] and returns the next beams (scores,
+    tokens, source rows) while recording finished hypotheses; ``done`` is a device bool; ``finalize`` returns the
+    best sequence. Hypothesis sequences are stored by value ([num_beams, max_length] buffer).
+    """
+
+    def __init__(self, args: GenerationArgs, prompt_len: int, device):
+        K = args.num_beams
+        self.args, self.K, self.prompt_len = args, K, prompt_len
+        self.hyp_scores = torch.full((K,), float("inf"), dtype=torch.float64, device=device)  # +inf: empty slot
+        self.hyp_seq = torch.full((K,), -1, dtype=torch.int64, device=device)  # insertion order (-1: empty)
+        self.hyp_len = torch.zeros((K,), dtype=torch.int64, device=device)
+        self.hyp_ids = torch.full((K, args.max_length), args.pad_token_id, dtype=torch.int64, device=device)
+        self.count = torch.zeros((), dtype=torch.int64, device=device)
+        self.inserted = 0  # host counter: the seq number of the next insertion (identical on every run)
+        self.done = torch.zeros((), dtype=torch.bool, device=device)
+        self._ranks = torch.arange(2 * K, device=device)
+
+    def _worst(self) -> torch.Tensor:
+        filled = self.hyp_seq >= 0
+        return torch.where(filled.any(), torch.where(filled, self.hyp_scores, float("inf")).min(),
+                           torch.full((), 1e9, dtype=torch.float64, device=self.hyp_scores.device))  # fmt: skip
+
+    def _add(self, seq: torch.Tensor, seq_len: int, score: torch.Tensor, allowed: torch.Tensor) -> None:
+        """Offer hypothesis ``seq`` [max_length] (its first ``seq_len`` tokens) with fp64 ``score`` when ``allowed``."""
+        K = self.K
+        filled = self.hyp_seq >= 0
+        full = self.count >= K
+        accept = allowed & (~full | (score > self._worst()))
+        # the slot: the first free one, else the worst (lowest score, then the earliest inserted)
+        free_slot = torch.argmin(filled.to(torch.int8))
+        # the lexicographic (score, insertion order) minimum among the filled slots
+        key = torch.where(filled, self.hyp_scores, float("inf"))
+        min_score = key.min()
+        tied = filled & (key == min_score)
+        worst_slot = torch.argmin(torch.where(tied, self.hyp_seq, torch.iinfo(torch.int64).max))
+        slot = torch.where(full, worst_slot, free_slot)
+        onehot = (torch.arange(K, device=slot.device) == slot) & accept
+        self.hyp_scores = torch.where(onehot, score, self.hyp_scores)
+        self.hyp_seq = torch.where(onehot, torch.full_like(self.hyp_seq, self.inserted), self.hyp_seq)
+        self.hyp_len = torch.where(onehot, torch.full_like(self.hyp_len, seq_len), self.hyp_len)
+        self.hyp_ids = torch.where(onehot[:, None], seq[None, :], self.hyp_ids)
+        self.count = self.count + (accept & ~full).to(torch.int64)
+        self.inserted += 1
+
+    def step(self, scores: torch.Tensor, input_ids: torch.Tensor, cur_len: int):
+        """One beam step. ``scores`` [1, K * V] (processed log-probs + beam scores); ``input_ids`` [K, max_length]
+        holding the K running sequences (first ``cur_len`` tokens valid). Returns (beam_scores [K] fp32, tokens [K],
+        source rows [K])."""
+        K, args = self.K, self.args
+        V = scores.shape[-1] // K
+        if args.do_sample:
+            probs = torch.softmax(scores, dim=-1)
+            cand = torch.multinomial(probs, num_samples=2 * K)
+            cand_scores = torch.gather(scores, -1, cand)
+            cand_scores, order = torch.sort(cand_scores, descending=True, dim=1)
+            cand = torch.gather(cand, -1, order)
+        else:
+            cand_scores, cand = torch.topk(scores, 2 * K, dim=1, largest=True, sorted=True)
+        cand_scores, cand = cand_scores[0], cand[0]
+        beam = torch.div(cand, V, rounding_mode="floor")
+        token = cand % V
+        is_eos = token == args.eos_token_id
+        # the first K non-eos candidates continue, in rank order
+        pick = torch.argsort(is_eos.to(torch.int64) * (2 * K) + self._ranks)[:K]
+        next_scores, next_tokens, next_beams = cand_scores[pick], token[pick], beam[pick]
+        # eos candidates within the first K ranks close hypotheses, in rank order
+        gen_len = cur_len + 1 - self.prompt_len
+        denom = float(gen_len**args.length_penalty)
+        for r in range(K):
+            self._add(input_ids[beam[r]], cur_len, cand_scores[r].double() / denom, is_eos[r] & ~self.done)
+        # done?
+        best = cand_scores[0].double()
+        if args.early_stopping is True:
+            finished = torch.ones((), dtype=torch.bool, device=best.device)
+        else:
+            if args.early_stopping == "never" and args.length_penalty > 0.0:
+                attainable = best / float((args.max_length - self.prompt_len) ** args.length_penalty)
+            else:
+                attainable = best / float((cur_len + 1 - self.prompt_len) ** args.length_penalty)
+            finished = self._worst() >= attainable
+        self.done = self.done | ((self.count >= K) & finished)
+        return next_scores, next_tokens, next_beams
+
+    def finalize(self, beam_scores: torch.Tensor, input_ids: torch.Tensor, cur_len: int) -> torch.Tensor:
+        """The best sequence [1, len] (prompt included, eos appended if it fits max_length)."""
+        if not bool(self.done):
+            denom = float((cur_len - self.prompt_len) ** self.args.length_penalty)
+            allowed = torch.ones((), dtype=torch.bool, device=beam_scores.device)
+            for i in range(self.K):
+                self._add(input_ids[i], cur_len, beam_scores[i].double() / denom, allowed)
+        filled = self.hyp_seq >= 0
+        key = torch.where(filled, self.hyp_scores, -float("inf"))
+        top = key.max()
+        tied = filled & (key == top)
+        best = int(torch.argmax(torch.where(tied, self.hyp_seq, -1)))
+        n = int(self.hyp_len[best])
+        seq = self.hyp_ids[best, :n]
+        if n < self.args.max_length:
+            seq = torch.cat([seq, seq.new_full((1,), self.args.eos_token_id)])
+        return seq[None, :]

@@ -1,0 +1,238 @@
+"""``enable`` / ``revert``: the fast backend on a live IndexTTS2 object, or on one of its parts.
+
+    handle = indextts_fast.enable(tts)          # tts = indextts.infer_v2.IndexTTS2(...)
+    print(handle.report())                      # each part swapped or skipped (why), and the backend it runs on
+    handle.revert()                             # the original methods back, exactly
+    with indextts_fast.enabled(tts): ...
+
+Targets, recognized by class and structure (never by a version string): an IndexTTS2 object (``.gpt`` a
+UnifiedVoice, ``.s2mel`` a MyModel), a UnifiedVoice, the s2mel MyModel, its CFM, or the DiT estimator.
+What changes is a handful of instance attributes (see ``gpt/patch.py`` and ``s2mel/patch.py``): no module is
+swapped and no parameter touched, so ``state_dict()`` keys and values are unchanged while enabled; the fast paths
+hold kernel-layout views of the live parameters (plus the transposed copies the layout needs). Parameters changed
+after ``enable`` are not seen by the fast paths: revert and enable again.
+A second ``enable`` on the same target returns the live handle. ``enable`` and ``revert`` are serialized by one
+lock, so two threads cannot patch one model twice or half.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import threading
+import weakref
+from typing import Optional
+
+import torch
+from torch import nn
+
+from ._dispatch import backend_for
+
+__all__ = ["enable", "enabled", "FastHandle", "UnsupportedModel"]
+
+_LOCK = threading.RLock()
+_HANDLES: weakref.WeakKeyDictionary[object, FastHandle] = weakref.WeakKeyDictionary()
+_PATCHED_PARTS: weakref.WeakKeyDictionary[object, FastHandle] = weakref.WeakKeyDictionary()
+
+
+class UnsupportedModel(ValueError):
+    """A target, or a part of it, that the fast backend does not implement; the message says what differs."""
+
+
+@dataclasses.dataclass
+class _Part:
+    name: str
+    obj: object
+    status: str  # "fast" | "skipped"
+    detail: str
+    patch: object = None
+
+
+def _is_unified_voice(m) -> bool:
+    return isinstance(m, nn.Module) and hasattr(m, "gpt") and hasattr(m, "mel_head") and hasattr(m, "final_norm")
+
+
+def _is_cfm(m) -> bool:
+    return isinstance(m, nn.Module) and hasattr(m, "estimator") and hasattr(m, "solve_euler")
+
+
+def _is_dit(m) -> bool:
+    return isinstance(m, nn.Module) and hasattr(m, "transformer") and hasattr(m, "cond_x_merge_linear")
+
+
+def _is_s2mel(m) -> bool:
+    models = getattr(m, "models", None)
+    return isinstance(m, nn.Module) and isinstance(models, (nn.ModuleDict, dict)) and "cfm" in models
+
+
+def _resolve(target) -> dict[str, object]:
+    """{'gpt': UnifiedVoice, 's2mel': CFM or DiT} of whatever the target holds."""
+    if _is_unified_voice(target):
+        return {"gpt": target}
+    if _is_s2mel(target):
+        return {"s2mel": target.models["cfm"]}
+    if _is_cfm(target) or _is_dit(target):
+        return {"s2mel": target}
+    gpt, s2mel = getattr(target, "gpt", None), getattr(target, "s2mel", None)
+    if _is_unified_voice(gpt) or _is_s2mel(s2mel):
+        parts = {}
+        if _is_unified_voice(gpt):
+            parts["gpt"] = gpt
+        if _is_s2mel(s2mel):
+            parts["s2mel"] = s2mel.models["cfm"]
+        return parts
+    raise TypeError(
+        f"enable: target must be an IndexTTS2 object or one of its parts (UnifiedVoice, the s2mel MyModel, its CFM, "
+        f"the DiT); got {type(target).__module__}.{type(target).__qualname__}"
+    )
+
+
+def _device_of(m) -> torch.device:
+    for p in m.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+class FastHandle:
+    """What ``enable`` did to one target: the parts swapped and skipped, and their exact undo."""
+
+    def __init__(self, target, parts: list[_Part]):
+        self._target = weakref.ref(target) if _weakrefable(target) else (lambda t=target: t)
+        self.parts = parts
+        self.live = True
+
+    @property
+    def target(self):
+        return self._target()
+
+    def report(self) -> str:
+        lines = [f"indextts_fast on {type(self.target).__name__}" + ("" if self.live else " (reverted)")]
+        for p in self.parts:
+            lines.append(f"  {p.name:<6} {p.status:<8} {p.detail}")
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return self.report()
+
+    def revert(self) -> None:
+        """Put back the original methods; outputs are then bit-identical to a never-enabled model."""
+        with _LOCK:
+            if not self.live:
+                return
+            for p in reversed(self.parts):
+                if p.patch is not None:
+                    p.patch.revert()
+                    _PATCHED_PARTS.pop(p.obj, None)
+            t = self.target
+            if t is not None and _HANDLES.get(t) is self:
+                del _HANDLES[t]
+            self.live = False
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.revert()
+        return False
+
+
+def _weakrefable(obj) -> bool:
+    try:
+        weakref.ref(obj)
+        return True
+    except TypeError:
+        return False
+
+
+def _gpt_part(uv, strict: bool) -> _Part:
+    from .gpt import patch as gp
+
+    if gp.is_indextts25(uv):
+        raise UnsupportedModel(
+            "IndexTTS-2.5 is not supported yet (this UnifiedVoice uses spk_cond_mode='campplus'); nothing was patched"
+        )
+    reason = gp.unsupported_reason(uv)
+    if reason is not None:
+        if strict:
+            raise UnsupportedModel(f"gpt: {reason}")
+        return _Part("gpt", uv, "skipped", reason)
+    fast = gp.build_fast_gpt(uv)
+    backend = backend_for(fast.device)
+    patch = gp.GPTPatch(uv, fast)
+    dtype = str(fast.dtype).replace("torch.", "")
+    patch.install(f"(indextts_fast: generate and latent pass on {backend}, {dtype} operands, fp32 stream)")
+    return _Part("gpt", uv, "fast", f"decode loop + latent pass, {fast.n_layers} layers, {dtype}, on {backend}",
+                 patch)  # fmt: skip
+
+
+def _s2mel_part(obj, strict: bool, precision: Optional[str]) -> _Part:
+    from .s2mel import patch as sp
+
+    reason = sp.unsupported_reason(obj)
+    if reason is not None:
+        if strict:
+            raise UnsupportedModel(f"s2mel: {reason}")
+        return _Part("s2mel", obj, "skipped", reason)
+    patch = sp.S2MelPatch.build(obj, precision=precision)
+    backend = backend_for(_device_of(obj))
+    patch.install(f"(indextts_fast: {patch.what} on {backend})")
+    return _Part("s2mel", obj, "fast", f"{patch.what}, {patch.precision_note}, on {backend}", patch)
+
+
+def enable(target, *, gpt: bool = True, s2mel: bool = True, strict: bool = True,
+           dit_precision: Optional[str] = None) -> FastHandle:  # fmt: skip
+    """Run ``target``'s GPT generation, its teacher-forced latent pass and its CFM/DiT on indextts_fast.
+
+    ``strict``: a part of a variant the fast backend does not implement raises UnsupportedModel (else it is skipped
+    and the report says why). IndexTTS-2.5 is always refused. ``dit_precision`` overrides the DiT's fp32 product
+    precision ("ieee" exact, "tf32x3", "tf32"; default: the s2mel module's documented default).
+    """
+    with _LOCK:
+        live = _HANDLES.get(target) if _weakrefable(target) else None
+        if live is not None and live.live:
+            return live
+        found = _resolve(target)
+        wanted = {"gpt": gpt, "s2mel": s2mel}
+        parts: list[_Part] = []
+        try:
+            for name in ("gpt", "s2mel"):
+                obj = found.get(name)
+                if obj is None:
+                    continue
+                if not wanted[name]:
+                    parts.append(_Part(name, obj, "skipped", f"{name}=False"))
+                    continue
+                if obj in _PATCHED_PARTS:
+                    raise ValueError(
+                        f"enable: the {name} part is already enabled through another handle; revert it first"
+                    )
+                part = _gpt_part(obj, strict) if name == "gpt" else _s2mel_part(obj, strict, dit_precision)
+                parts.append(part)
+                if part.patch is not None:
+                    _PATCHED_PARTS[obj] = None  # placeholder until the handle exists
+        except BaseException:
+            for p in reversed(parts):  # never half-patched
+                if p.patch is not None:
+                    p.patch.revert()
+                    _PATCHED_PARTS.pop(p.obj, None)
+            raise
+        handle = FastHandle(target, parts)
+        for p in parts:
+            if p.patch is not None:
+                _PATCHED_PARTS[p.obj] = handle
+        if _weakrefable(target):
+            _HANDLES[target] = handle
+        return handle
+
+
+@contextlib.contextmanager
+def enabled(target, **kwargs):
+    """``with enabled(tts): ...`` — enable for the block, revert after it (unless it was already enabled)."""
+    with _LOCK:
+        pre = _HANDLES.get(target) if _weakrefable(target) else None
+        h = enable(target, **kwargs)
+    try:
+        yield h
+    finally:
+        if pre is None:
+            h.revert()

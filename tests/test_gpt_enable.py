@@ -1,0 +1,250 @@
+"""indextts_fast.enable on a live official UnifiedVoice: token-exact generation, the latent pass, exact revert.
+
+The official model is the installed official module code (this venv's code line; CI runs the file against both:
+indextts2-inference with transformers 5, and the official repository's code with transformers 4.52.1). Its
+``inference_speech`` runs unchanged; enabled, its Hugging Face ``generate`` and the teacher-forced GPT pass run on
+our decode loop and our ops (the Triton interpreter on CPU). Random weights; the stop token's head bias is lowered
+so that generations run their full length.
+"""
+
+import threading
+
+import pytest
+import torch
+
+import indextts_fast
+from indextts_fast.gpt.sampling import UnsupportedGeneration
+
+from . import loader_fixtures as lf
+from .autocast_ref import official_fp16_autocast
+from .helpers import assert_close_rel, official_line
+
+STEPS = 56
+
+
+def _uv(seed=0, dtype=torch.float32):
+    uv = lf.build_unified_voice(seed, max_mel_tokens=STEPS + 8, model_dim=128, heads=2)  # head_dim 64
+    with torch.no_grad():
+        uv.mel_head.bias[uv.stop_mel_token] -= 4.0
+    uv.post_init_gpt2_config(kv_cache=True, half=dtype == torch.float16)
+    return uv.to(dtype).eval()
+
+
+def _inputs(seed=1, T=37, L=9):
+    g = torch.Generator().manual_seed(seed)
+    spk = torch.randn(1, T, 1024, generator=g)
+    text = torch.randint(2, 99, (1, L), generator=g, dtype=torch.int32)
+    return spk, text
+
+
+def _speech(uv, spk, text, seed=7, steps=STEPS, **gen):
+    """inference_speech as infer_v2 calls it (emotion from the speaker reference), under a fixed seed."""
+    torch.manual_seed(seed)
+    lens = torch.tensor([spk.shape[-1]])
+    with torch.no_grad():
+        codes, latent = uv.inference_speech(spk, text, emo_speech_condition=spk, cond_lengths=lens,
+                                            emo_cond_lengths=lens, max_generate_length=steps, **gen)  # fmt: skip
+    return codes, latent
+
+
+BEAM_SAMPLE = dict(do_sample=True, top_p=0.8, top_k=30, temperature=0.8, num_return_sequences=1,
+                   length_penalty=0.0, num_beams=3, repetition_penalty=10.0)  # fmt: skip
+MODES = {
+    "greedy": dict(do_sample=False, num_beams=1),
+    "sample": dict(do_sample=True, num_beams=1, top_k=30, top_p=0.8, temperature=0.8, repetition_penalty=10.0),
+    "beam_search": dict(do_sample=False, num_beams=3),
+    "beam_sample_defaults": BEAM_SAMPLE,
+}
+
+
+@pytest.fixture(scope="module")
+def uv():
+    return _uv()
+
+
+# Every mode on the torch references; the Triton kernels (the interpreter here, about a second per step) on greedy
+# and on the official defaults. Greedy runs STEPS codes, the others fewer (each beam step costs three rows).
+CASES = [(m, "torch") for m in MODES] + [("greedy", "kernels"), ("beam_sample_defaults", "kernels")]
+
+
+@pytest.mark.parametrize("mode, backend", CASES, ids=[f"{m}-{b}" for m, b in CASES])
+def test_tokens_identical_to_the_official_generate(uv, mode, backend, monkeypatch):
+    spk, text = _inputs()
+    if backend == "torch":
+        monkeypatch.setenv("INDEXTTS_FAST_BACKEND", "torch")
+    steps = STEPS if mode == "greedy" else 24
+    official, _ = _speech(uv, spk, text, steps=steps, **MODES[mode])
+    with indextts_fast.enabled(uv) as h:
+        assert any(p.status == "fast" and p.name == "gpt" for p in h.parts), h.report()
+        ours, _ = _speech(uv, spk, text, steps=steps, **MODES[mode])
+        assert h.parts[0].patch.calls["generate"] == 1, "the decode loop did not run"
+        prefix = uv.inference_model.cached_mel_emb
+        fast = h.parts[0].patch.fast
+    assert official.shape[1] >= min(steps, 50) - 1, "the generation stopped early: too few steps compared"
+    if official_line() == "refactor" and MODES[mode]["do_sample"]:
+        # The refactor under transformers 5.24 finds no past_key_values (the cache is handed over as `cache`),
+        # recomputes the whole sequence each step and gives code k mel position k + 1 instead of the official
+        # repository's k + 2. Greedy and beam search tokens agree anyway; sampled tokens follow the logits, so
+        # here the same decode loop with that one convention changed must reproduce them exactly.
+        ours = _refactor_convention(uv, fast, prefix, MODES[mode], steps)
+    assert ours.dtype == official.dtype and ours.shape == official.shape, (ours.shape, official.shape)
+    assert torch.equal(ours, official), f"{mode}: tokens differ\nofficial {official}\nours     {ours}"
+    if backend == "torch":
+        again, _ = _speech(uv, spk, text, steps=steps, **MODES[mode])
+        assert torch.equal(again, official), "after revert the official generate must be back, bit for bit"
+
+
+def _refactor_convention(uv, fast, prefix, gen, steps, seed=7):
+    from indextts_fast.gpt.generate import generate
+    from indextts_fast.gpt.sampling import resolve_generation_args
+
+    P = prefix.shape[1] + 1
+    input_ids = torch.ones((1, P), dtype=torch.long)
+    input_ids[:, -1] = uv.start_mel_token
+    kw = dict(gen, bos_token_id=uv.start_mel_token, pad_token_id=uv.stop_mel_token, eos_token_id=uv.stop_mel_token,
+              max_length=P + steps)  # fmt: skip
+    args, _ = resolve_generation_args(uv.inference_model.generation_config, kw, P)
+    torch.manual_seed(seed)  # the conditioning encoders draw no random numbers: the same stream as the official
+    with torch.no_grad():
+        seqs, _ = generate(fast, args, input_ids, prefix, position_offset=-1)
+    return seqs[:, P:]
+
+
+def test_processed_scores_and_beams_replayed_on_official_logits(uv):
+    """The sampler fed the official generation's own logits gives its processed scores (bit-identical), the same
+    beam choices and the same tokens, beam-sample at the official defaults with a fixed seed."""
+    from indextts_fast.gpt.generate import decode_loop
+    from indextts_fast.gpt.sampling import resolve_generation_args
+
+    spk, text = _inputs(seed=3)
+    out, _ = _speech(uv, spk, text, seed=11, output_scores=True, output_logits=True, return_dict_in_generate=True,
+                     **BEAM_SAMPLE)  # fmt: skip
+    official_scores, official_logits = out.scores, out.logits
+    prompt_len = uv.inference_model.cached_mel_emb.shape[1] + 1
+    input_ids = torch.ones((1, prompt_len), dtype=torch.long)
+    input_ids[:, -1] = uv.start_mel_token
+    kw = dict(BEAM_SAMPLE, bos_token_id=uv.start_mel_token, pad_token_id=uv.stop_mel_token,
+              eos_token_id=uv.stop_mel_token, max_length=prompt_len + STEPS)  # fmt: skip
+    args, rest = resolve_generation_args(uv.inference_model.generation_config, kw, prompt_len)
+    assert not rest
+    record = []
+    step_logits = iter(official_logits[1:])
+    torch.manual_seed(11)
+    # the official call draws its random numbers after the conditioning encoders, which draw none: same stream
+    seqs = decode_loop(args, input_ids, official_logits[0][:1].float(), lambda tok, cur: next(step_logits).float(),
+                       record=record)  # fmt: skip
+    assert len(record) == len(official_scores)
+    for t, ((processed, _, _), want) in enumerate(zip(record, official_scores, strict=True)):
+        assert torch.equal(processed, want), f"step {t}: processed scores differ from the official ones"
+    assert torch.equal(seqs[:, prompt_len:], out.sequences)
+
+
+def test_teacher_forced_latents(uv):
+    """UnifiedVoice.forward as infer_v2 calls it (the latents for s2mel), within the tolerance rule."""
+    spk, text = _inputs(seed=5)
+    codes = torch.randint(0, uv.stop_mel_token, (1, 23))
+    uv64 = _uv().double()  # the same weights (the fixture's seed), in fp64
+
+    def latents(model, dtype):
+        lens = torch.tensor([spk.shape[-1]])
+        with torch.no_grad():
+            cond = model.get_conditioning(spk.to(dtype).transpose(1, 2), lens)
+            emo = model.get_emovec(spk.to(dtype), lens)
+            return model(cond, text, torch.tensor([text.shape[-1]]), codes, torch.tensor([codes.shape[-1]]),
+                         spk.to(dtype), cond_mel_lengths=lens, emo_cond_mel_lengths=lens, emo_vec=emo,
+                         use_speed=torch.zeros(1, dtype=torch.long))  # fmt: skip
+
+    low, high = latents(uv, torch.float32), latents(uv64, torch.float64)
+    with indextts_fast.enabled(uv) as h:
+        ours = latents(uv, torch.float32)
+        assert h.parts[0].patch.calls["latent"] == 1
+    assert ours.shape == low.shape == (1, codes.shape[1], uv.model_dim)
+    assert_close_rel(ours, low, high, "teacher-forced latents")
+    assert torch.equal(latents(uv, torch.float32), low), "after revert the official pass must be back, bit for bit"
+
+
+def test_fp16_as_use_fp16_runs_it():
+    """The halved UnifiedVoice under fp16 autocast (use_fp16): latents and the first decode steps' logits
+    within the tolerance rule of the official fp16 path, against the fp64 model, the fp32 stream included."""
+    uv16 = _uv(seed=2, dtype=torch.float16)
+    uv64 = _uv(seed=2, dtype=torch.float16).double()  # the halved weights, in fp64
+    spk, text = _inputs(seed=6)
+    codes = torch.randint(0, uv16.stop_mel_token, (1, 19))
+    lens = torch.tensor([spk.shape[-1]])
+
+    def latents(model, dtype, autocast):
+        ctx = official_fp16_autocast("cpu") if autocast else torch.autocast("cpu", enabled=False)
+        with torch.no_grad(), ctx:
+            x = spk.to(dtype)
+            cond = model.get_conditioning(x.transpose(1, 2), lens)
+            emo = model.get_emovec(x, lens)
+            return model(cond, text, torch.tensor([text.shape[-1]]), codes, torch.tensor([codes.shape[-1]]), x,
+                         cond_mel_lengths=lens, emo_cond_mel_lengths=lens, emo_vec=emo,
+                         use_speed=torch.zeros(1, dtype=torch.long))  # fmt: skip
+
+    low = latents(uv16, torch.float16, True)
+    high = latents(uv64, torch.float64, False)
+    with indextts_fast.enabled(uv16):
+        ours = latents(uv16, torch.float16, True)
+    assert ours.dtype == low.dtype == torch.float32  # final_norm under autocast: fp32 latents
+    assert_close_rel(ours, low, high, "fp16 latents")
+
+
+def test_state_dict_print_and_handles(uv):
+    before = uv.state_dict()
+    h = indextts_fast.enable(uv)
+    try:
+        assert indextts_fast.enable(uv) is h, "a second enable must return the live handle"
+        after = uv.state_dict()
+        assert list(after) == list(before)
+        assert all(after[k] is before[k] or torch.equal(after[k], before[k]) for k in before)
+        assert "indextts_fast" in repr(uv)
+        report = h.report()
+        assert "gpt" in report and "fast" in report
+    finally:
+        h.revert()
+    assert "indextts_fast" not in repr(uv)
+    assert "generate" not in uv.inference_model.__dict__ and "get_logits" not in uv.__dict__
+    h.revert()  # idempotent
+
+
+def test_enable_revert_from_two_threads(uv):
+    handles, errors = [], []
+
+    def worker():
+        try:
+            handles.append(indextts_fast.enable(uv))
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len({id(h) for h in handles}) == 1, "one live handle for one target"
+    handles[0].revert()
+    assert "generate" not in uv.inference_model.__dict__
+
+
+def test_bad_targets_and_arguments(uv):
+    with pytest.raises(TypeError, match="target must be an IndexTTS2 object or one of its parts.*builtins.str"):
+        indextts_fast.enable("not a model")
+    spk, text = _inputs()
+    with indextts_fast.enabled(uv):
+        with pytest.raises(UnsupportedGeneration, match="no_repeat_ngram_size=2"):
+            _speech(uv, spk, text, do_sample=False, num_beams=1, no_repeat_ngram_size=2)
+        with pytest.raises(UnsupportedGeneration, match="num_beam_groups=3"):
+            _speech(uv, spk, text, num_beams=3, num_beam_groups=3, diversity_penalty=0.5)
+    campplus = _uv()
+    campplus.spk_cond_mode = "campplus"
+    with pytest.raises(indextts_fast.UnsupportedModel, match="IndexTTS-2.5 is not supported yet"):
+        indextts_fast.enable(campplus, strict=False)
+    assert "generate" not in campplus.inference_model.__dict__, "a refused model must not be half-patched"
+    accel = _uv()
+    accel.accel_engine = object()
+    with pytest.raises(indextts_fast.UnsupportedModel, match="accel engine"):
+        indextts_fast.enable(accel)
+    h = indextts_fast.enable(accel, strict=False)
+    assert h.parts[0].status == "skipped" and "accel engine" in h.report()
+    h.revert()
