@@ -1,0 +1,90 @@
+"""The s2mel side of ``indextts_fast.enable``: what is replaced on a live CFM (or a lone DiT), and the undo.
+
+On a CFM: the instance attribute ``cfm.inference`` -> ``cfm_inference`` (the official 25-step Euler loop with CFG,
+our own) with FastDiT as the estimator; the estimator module itself is left as it is (a ``torch.compile``d one
+included: FastDiT is built from the module it wraps). On a lone DiT: ``dit.forward`` -> FastDiT.
+FastDiT holds the loader's kernel-layout tensors of the live DiT (``remap_live``: views where the layout is the
+module's own, the packed w13 / stacked AdaLN / folded weight-norm tensors new), no file involved.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .. import loader
+from ..profiling import nvtx_range
+from .cfm import cfm_inference
+from .dit import DEFAULT_PRECISION, PRECISIONS, FastDiT
+from .dit import unsupported_reason as dit_unsupported_reason
+
+__all__ = ["unsupported_reason", "S2MelPatch"]
+
+
+def _estimator(obj):
+    """The DiT of a CFM (unwrapping a torch.compile'd estimator), or the DiT itself."""
+    est = getattr(obj, "estimator", obj)
+    return getattr(est, "_orig_mod", est)
+
+
+def unsupported_reason(obj) -> Optional[str]:
+    if hasattr(obj, "estimator") and not callable(getattr(obj, "inference", None)):
+        return f"{type(obj).__name__} has an estimator but no inference() to replace"
+    return dit_unsupported_reason(_estimator(obj))
+
+
+class S2MelPatch:
+    def __init__(self, obj, fast: FastDiT):
+        self.obj, self.fast = obj, fast
+        self.is_cfm = hasattr(obj, "estimator")
+        self.what = "CFM Euler loop + DiT estimator" if self.is_cfm else "DiT estimator"
+        self.precision_note = f"fp32 products {fast.precision}"
+        self.calls = 0
+        self._saved: list[tuple[object, str, bool, object]] = []
+
+    @classmethod
+    def build(cls, obj, *, precision: Optional[str] = None) -> S2MelPatch:
+        precision = precision or DEFAULT_PRECISION
+        if precision not in PRECISIONS:
+            raise ValueError(f"enable: dit_precision must be one of {PRECISIONS}, got {precision!r}")
+        dit = _estimator(obj)
+        with torch.no_grad():
+            tensors, report = loader.remap_live(dit, "s2mel", parts=("cfm",))
+            tensors = {k: v.detach() for k, v in tensors.items()}
+            weights = loader.dit_weights(tensors, report.dims, stack_adaln=True)
+        eps = dict(rms_eps=dit.transformer.norm.eps, final_eps=dit.final_layer.norm_final.eps)
+        return cls(obj, FastDiT(weights, report.dims, precision=precision, **eps))
+
+    # --- the replacements ------------------------------------------------------------------------------------------
+    def inference(self, mu, x_lens, prompt, style, f0, n_timesteps, temperature=1.0, inference_cfg_rate=0.5):
+        with torch.inference_mode(), torch.autocast(mu.device.type, enabled=False), nvtx_range("s2mel.cfm"):
+            out = cfm_inference(self.obj, self.fast, mu, x_lens, prompt, style, f0, n_timesteps,
+                                temperature=temperature, inference_cfg_rate=inference_cfg_rate)  # fmt: skip
+        self.calls += 1
+        return out
+
+    def forward(self, x, prompt_x, x_lens, t, style, cond, mask_content=False):
+        if mask_content:
+            raise ValueError("the fast DiT does not implement mask_content=True (training-time content dropout)")
+        self.calls += 1
+        return self.fast(x, prompt_x, x_lens, t, style, cond)
+
+    # --- install / undo ------------------------------------------------------------------------------------------
+    def _set(self, obj, name, value) -> None:
+        self._saved.append((obj, name, name in obj.__dict__, obj.__dict__.get(name)))
+        setattr(obj, name, value)
+
+    def install(self, note: str) -> None:
+        obj = self.obj
+        self._set(obj, "inference" if self.is_cfm else "forward", self.inference if self.is_cfm else self.forward)
+        base_repr = obj.extra_repr
+        self._set(obj, "extra_repr", lambda: "\n".join(s for s in (base_repr(), note) if s))
+
+    def revert(self) -> None:
+        for obj, name, had, value in reversed(self._saved):
+            if had:
+                obj.__dict__[name] = value
+            else:
+                obj.__dict__.pop(name, None)
+        self._saved.clear()

@@ -1,0 +1,211 @@
+"""indextts_fast.enable on a live official s2mel: the DiT estimator and the 25-step CFM loop on our ops.
+
+The official model is the installed official module code (CI runs this file on both code lines). Ours runs on the
+Triton kernels (the interpreter on CPU), fp32 as the official s2mel. Tolerance rule: low = the official module in
+fp32, high = the same module in fp64.
+"""
+
+import pytest
+import torch
+
+import indextts_fast
+from indextts_fast.s2mel import PRECISIONS, FastDiT
+
+from . import loader_fixtures as lf
+from .helpers import assert_close_rel
+
+B, T, P = 2, 37, 11  # CFG batch, frames (odd), prompt frames
+
+
+def _model(full=False, seed=3, **dit):
+    m = lf.build_s2mel(full=full, seed=seed, **dit)
+    m.models["cfm"].estimator.setup_caches(max_batch_size=2, max_seq_length=512)
+    return m
+
+
+TINY = dict(num_heads=1)  # tiny width 64, head_dim 64 (the attention kernels take 64 and 128)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return _model(**TINY)
+
+
+@pytest.fixture(scope="module")
+def model64():
+    """The same weights in fp64 (the builder is seeded; weight-normed modules cannot be deep-copied)."""
+    return _model(**TINY).double()
+
+
+def _dit_inputs(dit, seed=5, T=T, x_lens=None):
+    g = torch.Generator().manual_seed(seed)
+    Fc, D = dit.in_channels, dit.cond_projection.in_features
+    S = dit.cond_x_merge_linear.in_features - dit.cond_projection.out_features - 2 * Fc
+    x = torch.randn(B, Fc, T, generator=g)
+    prompt_x = torch.randn(B, Fc, T, generator=g)
+    t = torch.rand(B, generator=g)
+    style = torch.randn(B, S, generator=g)
+    cond = torch.randn(B, T, D, generator=g)
+    lens = torch.tensor([T]) if x_lens is None else torch.tensor(x_lens)
+    return x, prompt_x, lens, t, style, cond
+
+
+def _dbl(args):
+    return [a.double() if a.is_floating_point() else a for a in args]
+
+
+@pytest.mark.parametrize("precision", ["tf32x3", "ieee"])
+def test_dit_estimator_matches_official(model, model64, precision):
+    dit = model.models["cfm"].estimator
+    args = _dit_inputs(dit)
+    dit64 = model64.models["cfm"].estimator
+    with torch.no_grad():
+        low, high = dit(*args), dit64(*_dbl(args))
+        with indextts_fast.enabled(dit, dit_precision=precision) as h:
+            assert h.parts[0].status == "fast", h.report()
+            assert precision in h.report()
+            ours = dit(*args)
+    assert ours.shape == (B, dit.in_channels, T)
+    assert_close_rel(ours, low, high, f"DiT estimator ({precision})")
+
+
+def test_dit_full_width_matches_official():
+    """IndexTTS2's widths (512 wide, 8 heads, WaveNet 512, 80 mels, style 192, content 512) at 3 blocks (one UViT
+    skip pair and the middle block) and 2 WaveNet layers."""
+    full = dict(full=True, seed=4, depth=3, wavenet={"num_layers": 2})
+    dit = _model(**full).models["cfm"].estimator
+    args = _dit_inputs(dit, T=21)
+    dit64 = _model(**full).double().models["cfm"].estimator
+    with torch.no_grad():
+        low, high = dit(*args), dit64(*_dbl(args))
+        with indextts_fast.enabled(dit) as h:
+            assert h.parts[0].status == "fast", h.report()
+            ours = dit(*args)
+    assert_close_rel(ours, low, high, "full-width DiT estimator")
+
+
+def test_dit_key_length_mask(model, model64):
+    """One length per row, x_lens = [T, T - 9]: keys and WaveNet frames beyond a row's length are masked.
+    (The official repository's DiT sizes its mask by x_lens.max(), so the longest row must be T there too.)"""
+    dit = model.models["cfm"].estimator
+    args = _dit_inputs(dit, x_lens=[T, T - 9])
+    with torch.no_grad():
+        low, high = dit(*args), model64.models["cfm"].estimator(*_dbl(args))
+        with indextts_fast.enabled(dit):
+            ours = dit(*args)
+        full = list(args)
+        full[2] = torch.tensor([T])
+        with indextts_fast.enabled(dit):
+            ours_full = dit(*full)
+    assert torch.equal(ours[0], ours_full[0]) and not torch.allclose(ours[1], ours_full[1]), "the mask has no effect"
+    assert_close_rel(ours, low, high, "DiT estimator with x_lens < T")
+
+
+def _cfm_inputs(cfm, seed=9, T=T, P=P):
+    g = torch.Generator().manual_seed(seed)
+    dit = cfm.estimator
+    D = dit.cond_projection.in_features
+    S = dit.cond_x_merge_linear.in_features - dit.cond_projection.out_features - 2 * dit.in_channels
+    mu = torch.randn(1, T, D, generator=g)
+    prompt = torch.randn(1, dit.in_channels, P, generator=g)
+    style = torch.randn(1, S, generator=g)
+    return mu, torch.tensor([T]), prompt, style
+
+
+def _cfm_run(cfm, inputs, seed=21, steps=25, rate=0.7):
+    mu, x_lens, prompt, style = inputs
+    torch.manual_seed(seed)
+    return cfm.inference(mu, x_lens, prompt, style, None, steps, inference_cfg_rate=rate)
+
+
+@pytest.mark.parametrize("rate", [0.7, 0.0], ids=["cfg", "no_cfg"])
+def test_cfm_25_steps_matches_official(model, model64, rate):
+    """infer_v2's call: 25 Euler steps, CFG 0.7 at batch 2 (and the rate-0 batch-1 path); the same seed draws the
+    same noise, the prompt frames are zero in both."""
+    cfm = model.models["cfm"]
+    inputs = _cfm_inputs(cfm)
+    cfm64 = model64.models["cfm"]
+    with torch.no_grad():
+        low = _cfm_run(cfm, inputs, rate=rate)
+        high = _cfm_run(cfm64, _dbl(inputs), rate=rate)
+        with indextts_fast.enabled(model) as h:
+            assert [p.name for p in h.parts if p.status == "fast"] == ["s2mel"], h.report()
+            ours = _cfm_run(cfm, inputs, rate=rate)
+            assert h.parts[0].patch.calls == 1
+    assert torch.all(ours[..., :P] == 0) and torch.all(low[..., :P] == 0)
+    assert_close_rel(ours, low, high, f"25-step CFM mel (cfg rate {rate})")
+
+
+def test_revert_state_dict_and_print(model):
+    cfm = model.models["cfm"]
+    inputs = _cfm_inputs(cfm, T=19, P=5)
+    sd = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        before = _cfm_run(cfm, inputs, steps=3)
+        h = indextts_fast.enable(model)
+        assert indextts_fast.enable(model) is h, "a second enable must return the live handle"
+        after_sd = model.state_dict()
+        assert list(after_sd) == list(sd) and all(torch.equal(after_sd[k], v) for k, v in sd.items())
+        assert "indextts_fast" in repr(cfm), repr(cfm)[-300:]
+        assert "s2mel" in h.report() and "fast" in h.report()
+        h.revert()
+        again = _cfm_run(cfm, inputs, steps=3)
+    assert torch.equal(before, again), "outputs after revert differ from the never-enabled model"
+    assert "indextts_fast" not in repr(cfm)
+    assert "inference" not in cfm.__dict__ and "forward" not in cfm.estimator.__dict__
+
+
+def test_unknown_variants_refused_or_skipped():
+    m = _model(num_heads=1, time_as_token=True)
+    with pytest.raises(indextts_fast.UnsupportedModel, match="time_as_token=True"):
+        indextts_fast.enable(m)
+    h = indextts_fast.enable(m, strict=False)
+    assert h.parts[0].status == "skipped" and "time_as_token" in h.parts[0].detail
+    assert "inference" not in m.models["cfm"].__dict__
+    h.revert()
+    tiny = _model()  # head_dim 16
+    with pytest.raises(indextts_fast.UnsupportedModel, match="head_dim 16"):
+        indextts_fast.enable(tiny)
+    half = _model(num_heads=1)
+    half.models["cfm"].estimator.half()
+    with pytest.raises(indextts_fast.UnsupportedModel, match="fp32 s2mel"):
+        indextts_fast.enable(half)
+    with pytest.raises(ValueError, match="dit_precision must be one of"):
+        indextts_fast.enable(_model(num_heads=1), dit_precision="fp16")
+
+
+def test_indextts2_shaped_object(model):
+    """An object holding .gpt (UnifiedVoice) and .s2mel (MyModel), as IndexTTS2: both parts swapped, one report,
+    one revert."""
+    uv = lf.build_unified_voice(0, model_dim=128, heads=2)
+    uv.post_init_gpt2_config(kv_cache=True)
+
+    class IndexTTS2Like:
+        pass
+
+    tts = IndexTTS2Like()
+    tts.gpt, tts.s2mel = uv.eval(), model
+    with indextts_fast.enabled(tts) as h:
+        assert {p.name: p.status for p in h.parts} == {"gpt": "fast", "s2mel": "fast"}, h.report()
+        assert "inference" in model.models["cfm"].__dict__ and "generate" in uv.inference_model.__dict__
+    assert "inference" not in model.models["cfm"].__dict__ and "generate" not in uv.inference_model.__dict__
+
+
+def test_fast_dit_alone_precisions():
+    assert PRECISIONS[0] == "tf32x3"
+    m = _model(num_heads=1)
+    from indextts_fast import loader
+
+    dit = m.models["cfm"].estimator
+    t, rep = loader.remap_live(dit, "s2mel", stack_adaln=False)
+    w = loader.dit_weights(t, rep.dims, stack_adaln=False)  # the unstacked layout gives the same stacked modulation
+    fast = FastDiT(w, rep.dims, precision="ieee")
+    w2 = loader.dit_weights(loader.remap_live(dit, "s2mel")[0], rep.dims, stack_adaln=True)
+    assert torch.equal(fast.adaln_w, w2.adaln_w) and torch.equal(fast.adaln_b, w2.adaln_b)
+    with pytest.raises(ValueError, match="precision must be one of"):
+        FastDiT(w, rep.dims, precision="bf16")
+    args = _dit_inputs(m.models["cfm"].estimator)
+    bad = list(args)
+    bad[2] = torch.tensor([T, T, T])
+    with pytest.raises(ValueError, match="3 lengths for a batch of 2"):
+        fast(*bad)
