@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up a virtual environment and run the demo or the tests.
 #
-#   bash tools/dev.sh demo    # set up, then every kernel through the dispatch (interpreter on CPU, compiled on CUDA)
+#   bash tools/dev.sh demo    # set up, then the official GPT and s2mel against ours, stage by stage (one table)
 #   bash tools/dev.sh test    # set up, then lint, the AOT compile table (sm_86/89/90) and the test suite
 #   bash tools/dev.sh setup   # only the environment
 #
@@ -13,6 +13,20 @@ VENV=${VENV:-.venv}
 PY="$VENV/bin/python"
 # pip on these machines warns about each local index location it skips; those lines are noise
 quiet_pip() { "$PY" -m pip "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2); }
+
+# The official repository's own code line: its modules (tts-webui-index-tts, the official repository packaged, with
+# its vendored generation utilities) on the transformers it pins, 4.52.1, in a second environment; the parity tests
+# run there too. --no-deps: its own requirements (torchaudio, librosa, modelscope, ...) are not needed.
+VENV_REPO=${VENV_REPO:-.venv-tf452}
+REPO_LINE_TESTS=(tests/test_gpt_enable.py tests/test_s2mel_fast.py tests/test_integration.py tests/test_official_norm.py
+    tests/test_official_attention.py tests/test_official_ffn.py tests/test_demo.py)
+setup_repository_line() {
+    [ -x "$VENV_REPO/bin/python" ] || python3 -m venv "$VENV_REPO"
+    "$VENV_REPO/bin/python" -m pip install -q --disable-pip-version-check -c constraints-cpu.txt \
+        'transformers==4.52.1' -e '.[test]' 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+    "$VENV_REPO/bin/python" -m pip install -q --disable-pip-version-check --no-deps 'tts-webui-index-tts==2.0.1' \
+        2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+}
 
 setup() {
     [ -x "$PY" ] || python3 -m venv "$VENV"
@@ -35,20 +49,20 @@ setup)
     setup
     ;;
 demo)
-    setup
-    if "$PY" -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then
-        "$PY" -m indextts_fast.demo
-    else
-        echo "No GPU: running the Triton kernels in the CPU interpreter at small shapes."
-        TRITON_INTERPRET=1 "$PY" -m indextts_fast.demo --small
-    fi
+    # against the official repository's own code (its transformers 4.52.1), the reference the backend follows
+    setup_repository_line
+    "$VENV_REPO/bin/python" -m indextts_fast demo "${@:2}"
     ;;
 test)
     setup
     "$VENV/bin/ruff" check .
     "$VENV/bin/ruff" format --check .
     env -u TRITON_INTERPRET "$PY" -m indextts_kernels.aot --max-spill-bytes 0
+    echo "== tests: indextts2-inference $("$PY" -c 'import importlib.metadata as m; print(m.version("indextts2-inference"))'), transformers $("$PY" -c 'import transformers; print(transformers.__version__)')"
     "$PY" -m pytest "${@:2}"
+    setup_repository_line
+    echo "== parity tests on the official repository's code: tts-webui-index-tts 2.0.1, transformers $("$VENV_REPO/bin/python" -c 'import transformers; print(transformers.__version__)')"
+    "$VENV_REPO/bin/python" -m pytest "${REPO_LINE_TESTS[@]}" "${@:2}"
     ;;
 *)
     echo "usage: bash tools/dev.sh demo|test|setup [pytest args]" >&2

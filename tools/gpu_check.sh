@@ -46,7 +46,7 @@ $PY -c "import torch, triton, indextts_fast as F; print('torch', torch.__version
 echo "== kernel tests, compiled on CUDA"
 timeout 300 $PY -m pytest tests -q -p no:cacheprovider "${DESELECT[@]}" 2>&1 | tee "$RES/tests-$CARD-$STAMP.log" | tail -25
 echo "== demo"
-timeout 120 $PY -m indextts_fast.demo
+timeout 300 $PY -m indextts_fast demo --stages greedy,latent,cfm | tee "$RES/demo-$CARD-$STAMP.txt"
 echo "== benchmarks"
 KSEL=()
 [ "${1:-}" = quick ] && KSEL=(-k "not compile")

@@ -1,0 +1,280 @@
+"""The main job: IndexTTS2's GPT and s2mel, official path against ours, stage by stage, in one table.
+
+    python -m indextts_fast demo                    # tiny random-weight models on CPU, IndexTTS-2 sizes on a GPU
+    python -m indextts_fast demo --model-dir DIR    # the real weights (config.yaml, gpt.pth, s2mel.pth)
+
+The models are the official module code (the installed official package: the official repository's code or the
+transformers-5 refactor) with random weights; ``indextts_fast.enable`` then runs the same calls on our decode loop,
+our prefill and our DiT/CFM loop. Per stage: the backend, parity (tokens identical; or the max error against the
+fp64 model next to the tolerance, 2x the official fp32 path's own error plus one fp32 unit), the official time,
+ours and the speed-up. On a CPU our kernels run in the Triton interpreter: a correctness run, not a timing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+# the official infer_v2 defaults (generation_kwargs of IndexTTS2.infer), as inference_speech receives them
+OFFICIAL_DEFAULTS = dict(do_sample=True, top_p=0.8, top_k=30, temperature=0.8, num_return_sequences=1,
+                         length_penalty=0.0, num_beams=3, repetition_penalty=10.0)  # fmt: skip
+GREEDY = dict(do_sample=False, num_beams=1)
+
+
+@dataclass
+class Sizes:
+    cond_frames: int  # w2v-BERT feature frames of the speaker reference
+    text: int  # text tokens
+    codes_default: int  # codes generated at the official defaults (3 beams)
+    codes_greedy: int
+    latent_codes: int  # codes of the teacher-forced pass
+    mel: int  # CFM frames
+    prompt: int  # reference-mel frames of the CFM
+
+
+SIZES = {"tiny": Sizes(37, 9, 12, 50, 23, 27, 9), "full": Sizes(500, 60, 250, 250, 250, 1200, 430)}
+
+
+@dataclass
+class Row:
+    stage: str
+    backend: str
+    parity: str
+    ok: bool
+    t_official: float
+    t_ours: float
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(fn: Callable, device, warmup: bool = False, profile: bool = False) -> tuple[object, float]:
+    """(fn(), seconds). ``warmup``: one untimed call first (Triton compiles, caches fill), as on a GPU;
+    ``profile``: the timed call inside a cudaProfilerApi range (tools/profile.sh captures only that)."""
+    from .profiling import cuda_profiler_range
+
+    if warmup:
+        with _quiet():
+            fn()
+    ctx = cuda_profiler_range() if profile else contextlib.nullcontext()
+    with ctx:
+        return _timed_once(fn, device)
+
+
+def _timed_once(fn: Callable, device) -> tuple[object, float]:
+    _sync(device)
+    t0 = time.perf_counter()
+    with _quiet():
+        out = fn()
+    _sync(device)
+    return out, time.perf_counter() - t0
+
+
+@contextlib.contextmanager
+def _quiet():
+    """The official code prints progress (tqdm, "compute emo vec") and deprecation warnings: not for the table."""
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), \
+            warnings.catch_warnings():  # fmt: skip
+        warnings.simplefilter("ignore")
+        yield
+
+
+def _tol(out, low, high) -> tuple[bool, str]:
+    o, lo, hi = (t.detach().double().cpu() for t in (out, low, high))
+    err, ref = float((o - hi).abs().max()), float((lo - hi).abs().max())
+    bound = 2 * ref + torch.finfo(out.dtype).eps * max(1.0, float(hi.abs().max()))
+    return err <= bound and bool(torch.isfinite(o).all()), f"err {err:.2e} <= {bound:.2e}" if err <= bound else \
+        f"err {err:.2e} > {bound:.2e}"  # fmt: skip
+
+
+def _inputs(uv, s: Sizes, device, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    spk = torch.randn(1, s.cond_frames, 1024, generator=g).to(device)
+    text = torch.randint(2, min(uv.number_text_tokens, 99), (1, s.text), generator=g, dtype=torch.int32).to(device)
+    return spk, text
+
+
+def _speech(uv, spk, text, steps, gen, seed=7):
+    torch.manual_seed(seed)
+    lens = torch.tensor([spk.shape[1]], device=spk.device)
+    with torch.no_grad():
+        codes, _ = uv.inference_speech(spk, text, emo_speech_condition=spk, cond_lengths=lens, emo_cond_lengths=lens,
+                                       max_generate_length=steps, **gen)  # fmt: skip
+    return codes
+
+
+def _refactor_tokens(uv, handle, steps, gen, seed=7):
+    """The refactor line (indextts2-inference under transformers 5) gives code k mel position k + 1 (it finds no
+    KV cache and recomputes every step); the official repository gives k + 2, which our loop follows. To compare
+    sampled tokens with that line, the same decode loop runs once more with its convention."""
+    from .gpt.generate import generate
+    from .gpt.sampling import resolve_generation_args
+
+    fast = handle.parts[0].patch.fast
+    prefix = uv.inference_model.cached_mel_emb
+    P = prefix.shape[1] + 1
+    ids = torch.ones((1, P), dtype=torch.long, device=prefix.device)
+    ids[:, -1] = uv.start_mel_token
+    kw = dict(gen, bos_token_id=uv.start_mel_token, pad_token_id=uv.stop_mel_token, eos_token_id=uv.stop_mel_token,
+              max_length=P + steps)  # fmt: skip
+    args, _ = resolve_generation_args(uv.inference_model.generation_config, kw, P)
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        seqs, _ = generate(fast, args, ids, prefix, position_offset=-1)
+    return seqs[:, P:]
+
+
+def _latents(uv, spk, text, codes, dtype):
+    lens = torch.tensor([spk.shape[1]], device=spk.device)
+    x = spk.to(dtype)
+    with torch.no_grad():
+        cond = uv.get_conditioning(x.transpose(1, 2), lens)
+        emo = uv.get_emovec(x, lens)
+        return uv(cond, text, torch.tensor([text.shape[-1]], device=x.device), codes,
+                  torch.tensor([codes.shape[-1]], device=x.device), x, cond_mel_lengths=lens, emo_cond_mel_lengths=lens,
+                  emo_vec=emo, use_speed=torch.zeros(1, dtype=torch.long, device=x.device))  # fmt: skip
+
+
+def _cfm_inputs(cfm, s: Sizes, device, dtype=torch.float32, seed=9):
+    g = torch.Generator().manual_seed(seed)
+    dit = cfm.estimator
+    D = dit.cond_projection.in_features
+    S = dit.cond_x_merge_linear.in_features - dit.cond_projection.out_features - 2 * dit.in_channels
+    mu = torch.randn(1, s.mel, D, generator=g)
+    prompt = torch.randn(1, dit.in_channels, s.prompt, generator=g)
+    style = torch.randn(1, S, generator=g)
+    return [t.to(device=device, dtype=dtype) for t in (mu, prompt, style)]
+
+
+def _cfm(cfm, mu, prompt, style, seed=21):
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        return cfm.inference(mu, torch.tensor([mu.shape[1]], device=mu.device), prompt, style, None, 25,
+                             inference_cfg_rate=0.7)  # fmt: skip
+
+
+def run(size: str, device: torch.device, model_dir=None, stages=("greedy", "defaults", "latent", "cfm"),
+        profile: bool = False) -> list[Row]:  # fmt: skip
+    import indextts_fast
+
+    from . import official
+
+    s = SIZES[size]
+    if model_dir is not None:
+        build = lambda: official.from_model_dir(model_dir, device="cpu")[:2]  # noqa: E731
+    else:
+        build = lambda: (official.build_unified_voice(size, 0), official.build_s2mel(size, 0))  # noqa: E731
+    with _quiet():
+        uv, s2 = (m.to(device) for m in build())
+    line = official.official_line()
+    rows: list[Row] = []
+    backend = indextts_fast.backend_for(device)
+    spk, text = _inputs(uv, s, device)
+    warm = device.type == "cuda"  # first calls compile (ours) and fill caches (both); the interpreter needs none
+    timed_off = lambda fn: _timed(fn, device, warm)  # noqa: E731
+    timed_ours = lambda fn: _timed(fn, device, warm, profile)  # noqa: E731
+
+    for name, gen, steps in (("greedy", GREEDY, s.codes_greedy), ("defaults", OFFICIAL_DEFAULTS, s.codes_default)):
+        if name not in stages:
+            continue
+        label = f"gpt.generate {'greedy' if name == 'greedy' else 'official defaults (3 beams)'}, {steps} codes"
+        ref, t_off = timed_off(lambda gen=gen, steps=steps: _speech(uv, spk, text, steps, gen))
+        with indextts_fast.enabled(uv, s2mel=False) as h:
+            ours, t_ours = timed_ours(lambda gen=gen, steps=steps: _speech(uv, spk, text, steps, gen))
+            same = ours.shape == ref.shape and torch.equal(ours.cpu(), ref.cpu())
+            note = "tokens identical"
+            if not same and line == "refactor":
+                alt = _refactor_tokens(uv, h, steps, gen)
+                same = alt.shape == ref.shape and torch.equal(alt.cpu(), ref.cpu())
+                note = "tokens identical (refactor's k+1 positions)"
+        rows.append(Row(label, backend, f"{note} ({ref.shape[1]})" if same else "TOKENS DIFFER", same, t_off, t_ours))
+
+    if "latent" in stages or "cfm" in stages:
+        with _quiet():
+            uv64, s64 = (m.to(device).double() for m in build())
+    if "latent" in stages:
+        codes = torch.randint(0, uv.stop_mel_token, (1, s.latent_codes), generator=torch.Generator().manual_seed(3))
+        codes = codes.to(device)
+        low, t_off = timed_off(lambda: _latents(uv, spk, text, codes, torch.float32))
+        high, _ = _timed(lambda: _latents(uv64, spk, text, codes, torch.float64), device)
+        with indextts_fast.enabled(uv, s2mel=False):
+            out, t_ours = timed_ours(lambda: _latents(uv, spk, text, codes, torch.float32))
+        ok, msg = _tol(out, low, high)
+        rows.append(Row(f"gpt.latent teacher-forced, {s.latent_codes} codes", backend, msg, ok, t_off, t_ours))
+    if "cfm" in stages:
+        cfm, cfm64 = s2.models["cfm"], s64.models["cfm"]
+        mu, prompt, style = _cfm_inputs(cfm, s, device)
+        low, t_off = timed_off(lambda: _cfm(cfm, mu, prompt, style))
+        high, _ = _timed(lambda: _cfm(cfm64, *(t.double() for t in (mu, prompt, style))), device)
+        with indextts_fast.enabled(s2) as h:
+            out, t_ours = timed_ours(lambda: _cfm(cfm, mu, prompt, style))
+            detail = h.parts[0].detail
+        ok, msg = _tol(out, low, high)
+        prec = detail.split("fp32 products ")[1].split(",")[0] if "fp32 products " in detail else ""
+        rows.append(Row(f"s2mel.cfm 25 steps CFG, {s.mel} frames ({prec})", backend, msg, ok, t_off, t_ours))
+    return rows
+
+
+def print_table(rows: list[Row], header: str) -> None:
+    print(header)
+    w = max(len(r.stage) for r in rows)
+    print(f"{'stage':<{w}}  {'backend':<10} {'parity':<44} {'official s':>10} {'ours s':>9} {'speed-up':>8}")
+    for r in rows:
+        print(f"{r.stage:<{w}}  {r.backend:<10} {r.parity:<44} {r.t_official:>10.3f} {r.t_ours:>9.3f} "
+              f"{r.t_official / r.t_ours:>7.2f}x")  # fmt: skip
+    print("every stage agrees" if all(r.ok for r in rows) else "SOME STAGES DISAGREE")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m indextts_fast demo", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    ap.add_argument("--size", choices=sorted(SIZES), help="model size (default: full on a GPU, tiny on a CPU)")
+    ap.add_argument("--device", help="cuda or cpu (default: cuda when available)")
+    ap.add_argument("--model-dir", help="an IndexTTS-2 checkpoint directory (config.yaml, gpt.pth, s2mel.pth)")
+    ap.add_argument("--stages", default="greedy,defaults,latent,cfm", help="comma-separated subset of the stages")
+    ap.add_argument("--profile", action="store_true",
+                    help="our timed runs inside cudaProfilerApi ranges (nsys --capture-range=cudaProfilerApi)")
+    args = ap.parse_args(argv)
+
+    import indextts_fast
+
+    from . import official
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    size = args.size or ("full" if device.type == "cuda" or args.model_dir else "tiny")
+    try:
+        version = official.official_version() or "unknown version"
+        official.official_line()
+    except official.OfficialCodeMissing as e:
+        print(f"demo: {e}")
+        return 2
+    card = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    header = (f"indextts_fast {indextts_fast.__version__} on {card}: official {version} ({official.official_line()} "
+              f"line), torch {torch.__version__}, {'real weights ' + args.model_dir if args.model_dir else size}"
+              f" models")  # fmt: skip
+    if device.type != "cuda":
+        header += "\n(CPU: our kernels run in the Triton interpreter; the times show correctness runs, not speed)"
+    stages = tuple(args.stages.split(","))
+    unknown = [x for x in stages if x not in ("greedy", "defaults", "latent", "cfm")]
+    if unknown:
+        print(f"demo: unknown stage {unknown[0]!r}; the stages are greedy, defaults, latent, cfm")
+        return 2
+    if args.model_dir is not None:
+        from pathlib import Path
+
+        gone = [n for n in ("config.yaml", "gpt.pth", "s2mel.pth") if not (Path(args.model_dir) / n).is_file()]
+        if gone:
+            print(f"demo: --model-dir {args.model_dir} lacks {', '.join(gone)}")
+            return 2
+    rows = run(size, device, args.model_dir, stages, profile=args.profile)
+    print_table(rows, header)
+    return 0 if all(r.ok for r in rows) else 1

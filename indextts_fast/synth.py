@@ -1,0 +1,127 @@
+"""``python -m indextts_fast synth``: a real synthesis with the official IndexTTS2, then with indextts_fast enabled.
+
+    python -m indextts_fast synth --model-dir checkpoints --voice ref.wav --text "..." --out out.wav
+
+Needs the official package with its own requirements (``pip install indextts2-inference`` or the official
+repository), the IndexTTS-2 checkpoint directory and, for any speed, a GPU. Prints the official run's per-stage
+times (IndexTTS2.infer's own timers: gpt_gen, gpt_forward, s2mel, bigvgan, total, RTF) without and with the fast
+backend. The official run's audio goes to ``<out>.official.wav`` (skip it with ``--no-baseline``). Where a part is
+missing (the package, a weight file, the voice file, a GPU) one line says which.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import io
+import re
+import sys
+from pathlib import Path
+
+NEEDED_FILES = ("config.yaml", "gpt.pth", "s2mel.pth", "bpe.model")
+_TIMES = re.compile(r">> (gpt_gen_time|gpt_forward_time|s2mel_time|bigvgan_time|Total inference time|RTF): ([\d.]+)")
+
+
+def _parse_times(text: str) -> dict[str, float]:
+    return {k: float(v) for k, v in _TIMES.findall(text)}
+
+
+def _infer(tts, args, out_path: str) -> dict[str, float]:
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        tts.infer(spk_audio_prompt=args.voice, text=args.text, output_path=out_path, verbose=False)
+    times = _parse_times(buf.getvalue())
+    if not times:
+        raise RuntimeError("IndexTTS2.infer printed no stage times (an unknown revision of the official code?)")
+    return times
+
+
+@contextlib.contextmanager
+def _vocoder_range(tts):
+    """An NVTX range ``vocoder`` around BigVGAN's forward (an instance attribute, removed afterwards)."""
+    from .profiling import nvtx_range
+
+    voc = getattr(tts, "bigvgan", None)
+    if voc is None or "forward" in voc.__dict__:
+        yield
+        return
+    base = voc.forward
+
+    def forward(*a, **k):
+        with nvtx_range("vocoder"):
+            return base(*a, **k)
+
+    voc.forward = forward
+    try:
+        yield
+    finally:
+        del voc.forward
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m indextts_fast synth", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    ap.add_argument("--model-dir", required=True, help="the IndexTTS-2 checkpoint directory")
+    ap.add_argument("--voice", required=True, help="the speaker reference audio")
+    ap.add_argument("--text", required=True)
+    ap.add_argument("--out", required=True, help="output wav (ours); the official run writes <out>.official.wav")
+    ap.add_argument("--fp16", action="store_true", help="use_fp16=True, as the official option")
+    ap.add_argument("--no-baseline", action="store_true", help="skip the official run")
+    args = ap.parse_args(argv)
+
+    import torch
+
+    model_dir = Path(args.model_dir)
+    missing = [n for n in NEEDED_FILES if not (model_dir / n).is_file()]
+    if not model_dir.is_dir():
+        print(f"synth: the model directory {model_dir} does not exist")
+        return 2
+    if missing:
+        print(f"synth: {model_dir} lacks {', '.join(missing)} (download IndexTTS-2 into it)")
+        return 2
+    if not Path(args.voice).is_file():
+        print(f"synth: the voice file {args.voice} does not exist")
+        return 2
+    try:
+        infer_v2 = importlib.import_module("indextts.infer_v2")
+    except ImportError as e:
+        print(f"synth: the official IndexTTS2 package cannot be imported ({e}); install it with its requirements "
+              "(pip install indextts2-inference, or the official repository)")  # fmt: skip
+        return 2
+    if not torch.cuda.is_available():
+        print("synth: no GPU: both runs go on the CPU (the fast backend on its torch references); expect minutes")
+
+    import indextts_fast
+
+    try:  # it also fetches w2v-BERT, CAMPPlus, BigVGAN and the codec from the Hugging Face hub
+        tts = infer_v2.IndexTTS2(cfg_path=str(model_dir / "config.yaml"), model_dir=str(model_dir),
+                                 use_fp16=args.fp16)  # fmt: skip
+    except Exception as e:  # the official constructor's own failure (hub, files, CUDA): one line, not a traceback
+        print(f"synth: building the official IndexTTS2 failed: {type(e).__name__}: {e}")
+        return 2
+    out = Path(args.out)
+    runs = {}
+    try:
+        if not args.no_baseline:
+            runs["official"] = _infer(tts, args, str(out.with_suffix(".official.wav")))
+        with indextts_fast.enabled(tts) as handle, _vocoder_range(tts):
+            print(handle.report())
+            runs["indextts_fast"] = _infer(tts, args, str(out))
+    except (indextts_fast.UnsupportedModel, RuntimeError, OSError, ValueError) as e:
+        print(f"synth: {type(e).__name__}: {e}")
+        return 1
+    keys = ["gpt_gen_time", "gpt_forward_time", "s2mel_time", "bigvgan_time", "Total inference time", "RTF"]
+    names = list(runs)
+    print(f"{'stage':<22}" + "".join(f"{n:>16}" for n in names) + ("   speed-up" if len(names) == 2 else ""))
+    for k in keys:
+        vals = [runs[n].get(k) for n in names]
+        cells = "".join(f"{v:>16.3f}" if v is not None else f"{'-':>16}" for v in vals)
+        sp = f"   {vals[0] / vals[1]:.2f}x" if len(vals) == 2 and all(vals) else ""
+        print(f"{k.replace(' inference', ''):<22}{cells}{sp}")
+    print(f"wrote {out}" + ("" if args.no_baseline else f" and {out.with_suffix('.official.wav')}"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
