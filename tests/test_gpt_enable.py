@@ -248,3 +248,20 @@ def test_bad_targets_and_arguments(uv):
     h = indextts_fast.enable(accel, strict=False)
     assert h.parts[0].status == "skipped" and "accel engine" in h.report()
     h.revert()
+
+
+def test_full_width_layer_greedy_tokens_identical():
+    """IndexTTS-2's layer width (1280, 20 heads of 64) at one layer, greedy over 50 steps in fp32, on the kernels
+    (the interpreter here); the vocabulary stays small (the mel head is not the layer under test)."""
+    uv = lf.build_unified_voice(3, layers=1, model_dim=1280, heads=20, max_mel_tokens=64)
+    with torch.no_grad():
+        uv.mel_head.bias[uv.stop_mel_token] -= 4.0
+    uv.post_init_gpt2_config(kv_cache=True)
+    uv.eval()
+    spk, text = _inputs(seed=4, T=21, L=7)
+    official, _ = _speech(uv, spk, text, steps=50, **MODES["greedy"])
+    with indextts_fast.enabled(uv) as h:
+        ours, _ = _speech(uv, spk, text, steps=50, **MODES["greedy"])
+        assert h.parts[0].patch.calls["generate"] == 1 and "1 layers" in h.report()
+    assert official.shape[1] >= 49, "the generation stopped early"
+    assert torch.equal(ours, official), f"tokens differ\nofficial {official}\nours     {ours}"
