@@ -414,9 +414,16 @@ _ROPE_TABLES: dict = {}
 
 
 def _rope_table(T: int, D: int, base: float, device: torch.device) -> torch.Tensor:
-    """The official freqs_cis table (fp32, [S, D/2, 2]), built once per (D, base, device) for S >= T."""
+    """The official freqs_cis table (fp32, [S, D/2, 2]), built once per (D, base, device) for S >= T: a convenience
+    for eager callers. Never built during a CUDA-graph capture (it would live in the graph's private pool and be
+    cached beyond it): callers that capture pass ``freqs_cis`` (``reference.rope_table_ref``) built beforehand."""
     from .reference import rope_table_ref
 
+    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        raise RuntimeError(
+            "attention_fwd: rope=True without freqs_cis during a CUDA-graph capture; build the table before capturing "
+            "(indextts_kernels.reference.rope_table_ref(max_len, head_dim)) and pass it as freqs_cis"
+        )
     key = (D, float(base), str(device))
     tab = _ROPE_TABLES.get(key)
     if tab is None or tab.shape[0] < T:

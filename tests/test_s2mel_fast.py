@@ -209,3 +209,33 @@ def test_fast_dit_alone_precisions():
     bad[2] = torch.tensor([T, T, T])
     with pytest.raises(ValueError, match="3 lengths for a batch of 2"):
         fast(*bad)
+
+
+def test_rope_table_built_outside_the_op(model, monkeypatch):
+    """FastDiT builds its RoPE table when it is built; its forward never reaches the launcher's lazy table (which
+    refuses to build during a CUDA-graph capture), so a capture of the CFM loop allocates nothing persistent."""
+    from indextts_kernels import load_kernel_module
+
+    attn_mod = load_kernel_module("attention")
+
+    def lazy(*a, **k):
+        raise AssertionError("the lazily built RoPE table was requested inside the DiT forward")
+
+    monkeypatch.setattr(attn_mod, "_rope_table", lazy)
+    dit = model.models["cfm"].estimator
+    args = _dit_inputs(dit, T=13)
+    with torch.no_grad(), indextts_fast.enabled(dit) as h:
+        fast = h.parts[0].patch.fast
+        assert fast.freqs_cis.shape == (16384, 32, 2) and fast.freqs_cis.dtype == torch.float32
+        dit(*args)
+
+
+def test_lazy_rope_table_refused_during_capture(monkeypatch):
+    from indextts_kernels import load_kernel_module
+
+    attn_mod = load_kernel_module("attention")
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
+    before = dict(attn_mod._ROPE_TABLES)
+    with pytest.raises(RuntimeError, match="during a CUDA-graph capture.*freqs_cis"):
+        attn_mod._rope_table(37, 64, 10000.0, torch.device("cuda", 0))
+    assert attn_mod._ROPE_TABLES == before
