@@ -241,8 +241,11 @@ def main(argv=None) -> int:
     ap.add_argument("--device", help="cuda or cpu (default: cuda when available)")
     ap.add_argument("--model-dir", help="an IndexTTS-2 checkpoint directory (config.yaml, gpt.pth, s2mel.pth)")
     ap.add_argument("--stages", default="greedy,defaults,latent,cfm", help="comma-separated subset of the stages")
-    ap.add_argument("--profile", action="store_true",
-                    help="our timed runs inside cudaProfilerApi ranges (nsys --capture-range=cudaProfilerApi)")
+    ap.add_argument(
+        "--profile",
+        action="store_true",
+        help="our timed runs inside cudaProfilerApi ranges (nsys --capture-range=cudaProfilerApi)",
+    )
     args = ap.parse_args(argv)
 
     import indextts_fast

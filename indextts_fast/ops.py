@@ -17,6 +17,7 @@ from indextts_kernels._validate import (
     decode_attention_args,
     ffn_args,
     gemm_args,
+    ln_gemm_args,
     norm_args,
     qkv_heads,
     reorder_args,
@@ -36,6 +37,7 @@ __all__ = [
     "alloc_kv_cache",
     "reorder_kv_rows",
     "linear",
+    "ln_linear",
     "swiglu_linear",
     "swiglu_feed_forward",
     "gpt2_mlp",
@@ -181,6 +183,27 @@ def linear(
         gemm_args("linear", x, weight, bias=bias, residual=residual, precision=precision)
         return reference.linear_ref(x, weight, bias, residual=residual, activation=activation)
     return _run("linear_fwd", x, weight, bias, residual=residual, activation=activation, precision=precision)
+
+
+def ln_linear(
+    x: torch.Tensor,
+    ln_weight: torch.Tensor,
+    ln_bias: torch.Tensor,
+    eps: float,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor] = None,
+    *,
+    residual: Optional[torch.Tensor] = None,
+    activation: Optional[str] = None,
+) -> torch.Tensor:
+    """``act(LayerNorm(x) @ weight.T + bias) + residual`` with x the residual stream (fp32 under fp16 autocast);
+    the LayerNorm output is rounded to the weight's dtype. One launch for decode rows (the GEMV's prologue)."""
+    if backend_for(x.device) == TORCH:
+        ln_gemm_args("ln_linear", x, ln_weight, ln_bias, eps, weight, bias=bias, residual=residual,
+                     activation=activation)  # fmt: skip
+        return reference.ln_linear_ref(x, ln_weight, ln_bias, eps, weight, bias, residual=residual,
+                                       activation=activation)  # fmt: skip
+    return _run("ln_linear_fwd", x, ln_weight, ln_bias, eps, weight, bias, residual=residual, activation=activation)
 
 
 def swiglu_linear(x: torch.Tensor, w13: torch.Tensor, *, precision: Optional[str] = None) -> torch.Tensor:

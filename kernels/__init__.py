@@ -12,6 +12,7 @@ import importlib
 import importlib.util
 
 from . import reference
+from ._utils import count_launches
 
 __version__ = "0.1.0"
 
@@ -27,6 +28,7 @@ _LAUNCHERS = {
     "gpt_prefill_attention_fwd": "attention",
     "gpt_decode_attention_fwd": "attention",
     "linear_fwd": "gemm",
+    "ln_linear_fwd": "gemm",
     "swiglu_linear_fwd": "gemm",
     "swiglu_feed_forward_fwd": "gemm",
     "gpt2_mlp_fwd": "gemm",
@@ -36,7 +38,7 @@ _LAUNCHERS = {
 # kernel modules, for tools that walk every kernel (the AOT compile check)
 KERNEL_MODULES = ("norm", "attention", "gemm")
 
-__all__ = ["HAS_TRITON", "KERNEL_MODULES", "reference", "load_kernel_module", *_LAUNCHERS]
+__all__ = ["HAS_TRITON", "KERNEL_MODULES", "reference", "load_kernel_module", "count_launches", *_LAUNCHERS]
 
 
 def load_kernel_module(name: str):

@@ -6,6 +6,8 @@ stays CUDA-graph safe: no ``.item()``, no host sync, no allocation whose size de
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import os
 from collections.abc import Iterable
 
@@ -134,3 +136,26 @@ def rows_view(name: str, t: torch.Tensor, n: int, *, copy_ok: bool = False) -> t
             f"{name} with shape {tuple(t.shape)} and strides {tuple(t.stride())} cannot be viewed as rows of {n} "
             "elements; pass a tensor whose leading dimensions are contiguous"
         ) from e
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Kernel launch counting (the launch-count tests and the audit): each launcher notes every kernel it launches
+# ----------------------------------------------------------------------------------------------------------------------
+_LAUNCH_COUNTER: collections.Counter | None = None
+
+
+@contextlib.contextmanager
+def count_launches():
+    """``with count_launches() as c: ...`` -> c[kernel name] = kernel launches made by our launchers in the block."""
+    global _LAUNCH_COUNTER
+    prev, counter = _LAUNCH_COUNTER, collections.Counter()
+    _LAUNCH_COUNTER = counter
+    try:
+        yield counter
+    finally:
+        _LAUNCH_COUNTER = prev
+
+
+def note_launch(kernel: str) -> None:
+    if _LAUNCH_COUNTER is not None:
+        _LAUNCH_COUNTER[kernel] += 1

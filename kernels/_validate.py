@@ -246,10 +246,13 @@ def reorder_args(op: str, row_table, beam_idx) -> None:
 GEMM_PRECISIONS = ("ieee", "tf32x3", "tf32")
 
 
-def gemm_args(op: str, x, weight, *, bias=None, residual=None, swiglu: bool = False, precision=None) -> None:
+def gemm_args(
+    op: str, x, weight, *, bias=None, residual=None, swiglu: bool = False, precision=None, operand_dtype=None
+) -> None:
     """Validate a GEMM launch: x [..., K], weight [N, K] row-major (nn.Linear's [out, in]), one dtype throughout.
 
     For SwiGLU ``weight`` is the packed ``w13 = cat([w1, w3])`` [2I, K] and the output has I columns.
+    ``operand_dtype``: the dtype x becomes before the product (the LayerNorm prologue's), when not x's own.
     """
     check_tensor("x", x, min_dim=1)
     K = x.shape[-1]
@@ -259,9 +262,10 @@ def gemm_args(op: str, x, weight, *, bias=None, residual=None, swiglu: bool = Fa
     check_tensor(wname, weight, device=x.device, min_dim=2, last_dim_contiguous=False)
     if weight.dim() != 2:
         raise ValueError(f"{op}: {wname} must be 2-D [N, K] = [out, in], got shape {tuple(weight.shape)}")
-    if weight.dtype != x.dtype:
+    xdt = x.dtype if operand_dtype is None else operand_dtype
+    if weight.dtype != xdt:
         raise TypeError(
-            f"{op}: unsupported dtype mix: x is {str(x.dtype)[6:]} but {wname} is {str(weight.dtype)[6:]}; "
+            f"{op}: unsupported dtype mix: x is {str(xdt)[6:]} but {wname} is {str(weight.dtype)[6:]}; "
             "cast both to one of float32, float16, bfloat16"
         )
     if weight.shape[1] != K:
@@ -285,12 +289,34 @@ def gemm_args(op: str, x, weight, *, bias=None, residual=None, swiglu: bool = Fa
     if bias is not None:
         if swiglu:
             raise ValueError(f"{op}: the SwiGLU epilogue takes no bias (the DiT FeedForward has none)")
-        check_tensor("bias", bias, dtypes=(x.dtype,), device=x.device, shape=(N,))
+        check_tensor("bias", bias, dtypes=(xdt,), device=x.device, shape=(N,))
     if residual is not None:  # any float dtype: the output takes torch's promotion of (x, residual)
         check_tensor("residual", residual, device=x.device, shape=tuple(x.shape[:-1]) + (N,))
     if precision is not None and precision not in GEMM_PRECISIONS:
         raise ValueError(f"{op}: precision must be None or one of {GEMM_PRECISIONS}, got {precision!r}")
     check_inference(op, x, weight, bias, residual)
+
+
+def ln_gemm_args(op: str, x, ln_weight, ln_bias, eps, weight, *, bias=None, residual=None, activation=None) -> None:
+    """Validate LayerNorm + GEMM: x the stream [..., K] (the weight's dtype or float32), ln_weight / ln_bias [K]
+    (any float dtype, contiguous), eps > 0, then the GEMM of LayerNorm(x) in the weight's dtype."""
+    if activation not in (None, "gelu_new"):
+        raise ValueError(f"{op}: activation must be None or 'gelu_new', got {activation!r}")
+    check_tensor("x", x, min_dim=1)
+    check_tensor("weight", weight, device=x.device, min_dim=2, last_dim_contiguous=False)
+    if x.dtype not in (weight.dtype, torch.float32):
+        raise TypeError(
+            f"{op}: x (the residual stream) must be {str(weight.dtype)[6:]} like the weight, or float32; "
+            f"got {str(x.dtype)[6:]}"
+        )
+    K = x.shape[-1]
+    for name, t in (("ln_weight", ln_weight), ("ln_bias", ln_bias)):
+        check_tensor(name, t, device=x.device, shape=(K,))
+        if not t.is_contiguous():
+            raise ValueError(f"{op}: {name} must be contiguous")
+    if not (isinstance(eps, (int, float)) and eps > 0):
+        raise ValueError(f"{op}: eps must be a positive number, got {eps!r}")
+    gemm_args(op, x, weight, bias=bias, residual=residual, operand_dtype=weight.dtype)
 
 
 def ffn_args(op: str, x, w_in, w_out, *, b_in=None, b_out=None, residual=None, swiglu: bool, precision=None) -> None:

@@ -33,6 +33,65 @@ def _cuobjdump() -> str:
     return str(Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump")
 
 
+# per-SM limits for the occupancy estimate: (registers, shared memory bytes, threads, blocks)
+SM_LIMITS = {80: (65536, 167936, 2048, 32), 86: (65536, 102400, 1536, 16), 89: (65536, 102400, 1536, 24),
+             90: (65536, 232448, 2048, 32)}  # fmt: skip
+_INSTR = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)([^;]*);")
+
+
+def _sass(cubin: bytes) -> str:
+    with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
+        f.write(cubin)
+        path = f.name
+    try:
+        return subprocess.run([_cuobjdump(), "-sass", path], capture_output=True, text=True, check=True).stdout
+    finally:
+        os.unlink(path)
+
+
+def sass_audit(sass: str) -> dict:
+    """What the SASS says about memory: global loads by width, async copies (LDGSTS = cp.async, UTMALDG = TMA),
+    and for the hottest loop (the backward branch whose body holds the most FFMA / tensor-core instructions) the
+    global loads each thread issues per iteration and the barriers in it."""
+    ins = [(int(a, 16), op, rest) for a, _pred, op, rest in _INSTR.findall(sass)]
+    ldg = [op for _, op, _ in ins if op.startswith("LDG")]
+    loops = []
+    for addr, op, rest in ins:
+        if op == "BRA":
+            m = re.search(r"0x([0-9a-f]+)", rest)
+            if m and int(m.group(1), 16) < addr:
+                loops.append((int(m.group(1), 16), addr))
+
+    def body(lo, hi):
+        return [op for a, op, _ in ins if lo <= a <= hi]
+
+    def math(ops):
+        return sum(op.startswith(("FFMA", "HMMA", "HGMMA", "DFMA", "HFMA2")) for op in ops)
+
+    hot = max(loops, key=lambda lh: math(body(*lh)), default=None)
+    hot_ops = body(*hot) if hot else []
+    return {
+        "ldg": len(ldg),
+        "ldg128": sum(op.startswith("LDG.E.128") or op.startswith("LDG.E.ENL2.256") for op in ldg),
+        "async": "TMA"
+        if any(op.startswith("UTMALDG") for _, op, _ in ins)
+        else ("cp.async" if any(op.startswith("LDGSTS") for _, op, _ in ins) else "-"),  # fmt: skip
+        "loop_ldg": sum(op.startswith("LDG") for op in hot_ops),
+        "loop_ldg128": sum(op.startswith("LDG.E.128") for op in hot_ops),
+        "loop_async": sum(op.startswith(("LDGSTS", "UTMALDG")) for op in hot_ops),
+        "loop_bar": sum(op.startswith(("BAR", "SYNCS")) for op in hot_ops),
+    }
+
+
+def occupancy(arch: int, regs: int, shared: int, num_warps: int) -> int:
+    """Resident blocks per SM from registers (allocated per warp in units of 256), shared memory and threads."""
+    r_sm, s_sm, t_sm, b_sm = SM_LIMITS.get(arch, SM_LIMITS[90])
+    per_warp = -(-max(regs, 1) * 32 // 256) * 256
+    by_regs = r_sm // (per_warp * num_warps)
+    by_smem = s_sm // shared if shared else b_sm
+    return max(0, min(by_regs, by_smem, t_sm // (32 * num_warps), b_sm))
+
+
 def _resource_usage(cubin: bytes) -> dict:
     with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
         f.write(cubin)
@@ -87,6 +146,8 @@ def _compile_task(task) -> tuple[dict, str | None]:
         ptx = k.asm["ptx"]
         row["mma"] = "wgmma" if "wgmma" in ptx else ("mma" if "mma.sync" in ptx else "-")
         row["spills"] = row["stack"] + row["local"]
+        row.update(sass_audit(_sass(k.asm["cubin"])))
+        row["blocks_per_sm"] = occupancy(arch, row["regs"], row["shared"], num_warps)
     except Exception as e:  # report every failing variant, not just the first
         row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
         failure = f"{name} sm_{arch}: {row['error']}"
@@ -118,15 +179,22 @@ def run(archs, name_filter="", max_spill_bytes=None, jobs=None):
 
 
 def format_table(rows) -> str:
-    head = f"{'variant':<52} {'arch':<6} {'warps':>5} {'regs':>5} {'spill':>6} {'shared':>7} {'mma':>6}"
+    """One row per variant and target. ld128: 128-bit global loads / all global loads in the kernel; async: cp.async
+    (LDGSTS) or TMA; loop ld/128/bar: in the hottest loop, global loads per thread per iteration (all of them are
+    issued before the loop's math consumes them: the loads in flight), how many are 128-bit, and barriers;
+    blk/SM: resident blocks per SM (registers, shared memory, threads)."""
+    head = (f"{'variant':<56} {'arch':<6} {'warps':>5} {'regs':>5} {'spill':>6} {'shared':>7} {'mma':>6} "
+            f"{'ld128':>7} {'async':>8} {'loop ld/128/bar':>15} {'blk/SM':>6}")  # fmt: skip
     out = [head, "-" * len(head)]
     for r in rows:
         if "error" in r:
-            out.append(f"{r['variant']:<52} {r['arch']:<6} ERROR {r['error']}")
+            out.append(f"{r['variant']:<56} {r['arch']:<6} ERROR {r['error']}")
         else:
+            loop = f"{r['loop_ldg']}/{r['loop_ldg128']}/{r['loop_bar']}"
             out.append(
-                f"{r['variant']:<52} {r['arch']:<6} {r['num_warps']:>5} {r['regs']:>5} {r['spills']:>6} "
-                f"{r['shared']:>7} {r['mma']:>6}"
+                f"{r['variant']:<56} {r['arch']:<6} {r['num_warps']:>5} {r['regs']:>5} {r['spills']:>6} "
+                f"{r['shared']:>7} {r['mma']:>6} {str(r['ldg128']) + '/' + str(r['ldg']):>7} {r['async']:>8} "
+                f"{loop:>15} {r['blocks_per_sm']:>6}"
             )
     return "\n".join(out)
 

@@ -76,7 +76,7 @@ import triton
 import triton.language as tl
 
 from ._jit import cast_to, dot
-from ._utils import check_launchable, is_interpreting, next_pow2
+from ._utils import check_launchable, is_interpreting, next_pow2, note_launch
 from ._validate import FP32_PRECISIONS, attention_args, decode_attention_args, qkv_heads, rope_table_args  # noqa: F401
 
 __all__ = [
@@ -488,6 +488,7 @@ def attention_fwd(
     lens = x_lens if x_lens is not None else q
     grid = (triton.cdiv(T, BLOCK_M), B * H)
     with _device_ctx(q):
+        note_launch("attention")
         _attn_fwd_kernel[grid](
             q, k, v, o4, lens, rot, kc, vc,
             T, H,
@@ -582,6 +583,7 @@ def gpt_decode_attention_fwd(
     table = row_table if row_table is not None else lengths
     stab = row_table.stride(0) if row_table is not None else 0
     with _device_ctx(qkv):
+        note_launch("decode_attention")
         _attn_decode_kernel[(B * H, splits)](
             q, k, v, k_cache, v_cache, lengths, table, pm, pl, pacc,
             H, S, k_cache.shape[0],
@@ -591,6 +593,7 @@ def gpt_decode_attention_fwd(
             stab, scale,
             HEAD_DIM=D, HAS_TABLE=row_table is not None, NUM_SPLITS=splits, BLOCK_N=decode_block_n(D, qkv.dtype), num_warps=4,
         )  # fmt: skip
+        note_launch("decode_attention_reduce")
         _attn_decode_reduce_kernel[(B * H,)](
             pm, pl, pacc, o3, H, o3.stride(0), o3.stride(1), HEAD_DIM=D, NUM_SPLITS=splits, num_warps=1,
         )  # fmt: skip

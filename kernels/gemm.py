@@ -52,8 +52,16 @@ import triton
 import triton.language as tl
 
 from ._jit import cast_to, dot_prec
-from ._utils import check_launchable, check_out_buffer, check_tensor, is_interpreting, next_pow2, rows_view
-from ._validate import GEMM_PRECISIONS, ffn_args, gemm_args
+from ._utils import (
+    check_launchable,
+    check_out_buffer,
+    check_tensor,
+    is_interpreting,
+    next_pow2,
+    note_launch,
+    rows_view,
+)
+from ._validate import GEMM_PRECISIONS, ffn_args, gemm_args, ln_gemm_args
 from .reference import pack_w13
 
 __all__ = [
@@ -78,6 +86,9 @@ def _gemm_kernel(
     BIAS,  # pointer to bias [N] (HAS_BIAS)
     R,  # pointer to residual rows [M, N] (HAS_RESIDUAL)
     C,  # pointer to output rows [M, N]
+    LNW,  # pointer to the LayerNorm gain [K] (HAS_LN)
+    LNB,  # pointer to the LayerNorm bias [K] (HAS_LN)
+    ln_eps,
     M,
     N,  # output columns (I for SwiGLU)
     K,
@@ -85,6 +96,7 @@ def _gemm_kernel(
     stride_wn,
     stride_rm,
     stride_cm,
+    HAS_LN: tl.constexpr,  # GEMV only: x is the residual stream, LayerNorm(x) (rounded to W's dtype) the operand
     HAS_BIAS: tl.constexpr,
     HAS_RESIDUAL: tl.constexpr,
     ACT: tl.constexpr,  # 0 none, 1 gelu_new, 2 swiglu (silu(x w1) * (x w3))
@@ -120,6 +132,30 @@ def _gemm_kernel(
     if GEMV:
         a_ptrs = A + am[:, None] * stride_am + rk[None, :]  # [BM, BK]
         w_ptrs = W + wn[:, None] * stride_wn + rk[None, :]  # [BN, BK]
+        mean0 = tl.zeros([BLOCK_M], dtype=tl.float32)
+        corr = tl.zeros([BLOCK_M], dtype=tl.float32)
+        rstd = tl.zeros([BLOCK_M], dtype=tl.float32)
+        if HAS_LN:
+            # the LayerNorm of the consumed rows (a decode row is K = 1280 values, L2-resident), with layer_norm_fwd's
+            # corrected two-pass statistics: mean0, then the mean of the deviations, then the variance about both
+            s1 = tl.zeros([BLOCK_M], dtype=tl.float32)
+            for k in range(0, K, BLOCK_K):
+                xa = tl.load(a_ptrs + k, mask=(k + rk)[None, :] < K, other=0.0).to(tl.float32)
+                s1 += tl.sum(xa, axis=1)
+            mean0 = s1 / K
+            s2 = tl.zeros([BLOCK_M], dtype=tl.float32)
+            for k in range(0, K, BLOCK_K):
+                ok = (k + rk)[None, :] < K
+                xa = tl.load(a_ptrs + k, mask=ok, other=0.0).to(tl.float32)
+                s2 += tl.sum(tl.where(ok, xa - mean0[:, None], 0.0), axis=1)
+            corr = s2 / K
+            s3 = tl.zeros([BLOCK_M], dtype=tl.float32)
+            for k in range(0, K, BLOCK_K):
+                ok = (k + rk)[None, :] < K
+                xa = tl.load(a_ptrs + k, mask=ok, other=0.0).to(tl.float32)
+                xc = tl.where(ok, (xa - mean0[:, None]) - corr[:, None], 0.0)
+                s3 += tl.sum(xc * xc, axis=1)
+            rstd = tl.math.rsqrt(s3 / K + ln_eps)
         acc3d = tl.zeros([BLOCK_M, BLOCK_N, BLOCK_K], dtype=tl.float32)
         gate3d = tl.zeros([BLOCK_M, BLOCK_N, BLOCK_K], dtype=tl.float32)
         # software prefetch: the next K slab is requested before the current one is multiplied, so every
@@ -132,6 +168,12 @@ def _gemm_kernel(
             w3_nx = tl.load(w_ptrs + w3_off, mask=k_ok[None, :], other=0.0)
         for k in range(0, K, BLOCK_K):
             a = a_nx.to(tl.float32)
+            if HAS_LN:
+                cur = (k + rk) < K
+                g = tl.load(LNW + k + rk, mask=cur, other=0.0).to(tl.float32)
+                b = tl.load(LNB + k + rk, mask=cur, other=0.0).to(tl.float32)
+                a = ((a - mean0[:, None]) - corr[:, None]) * rstd[:, None] * g[None, :] + b[None, :]
+                a = cast_to(tl.where(cur[None, :], a, 0.0), W.dtype.element_ty).to(tl.float32)
             w = w_nx.to(tl.float32)
             w3 = w3_nx.to(tl.float32)
             a_ptrs += BLOCK_K
@@ -175,17 +217,17 @@ def _gemm_kernel(
     if ACT == 1:
         # the projection's result in x's dtype first (the official Conv1D output), then the activation in fp32
         # (under CUDA autocast gelu_new's pow runs in fp32, so the official activation is fp32 math on it too)
-        acc = cast_to(acc, A.dtype.element_ty).to(tl.float32)
+        acc = cast_to(acc, W.dtype.element_ty).to(tl.float32)
         # gelu_new: 0.5 u (1 + tanh(z)) with z = sqrt(2/pi) (u + 0.044715 u^3), and 0.5 (1 + tanh(z)) = sigmoid(2z)
         acc = acc * tl.sigmoid(1.5957691216057308 * (acc + 0.044715 * acc * acc * acc))
     if ACT == 2:
         acc = acc * tl.sigmoid(acc) * gate
     mask = m_ok[:, None] & n_ok[None, :]
     if HAS_RESIDUAL:
-        if R.dtype.element_ty != A.dtype.element_ty:
+        if R.dtype.element_ty != W.dtype.element_ty:
             # a wider residual stream (fp32 under fp16 autocast): the projection is rounded to x's dtype, then added
             # in the stream's precision, as torch's type promotion of ``residual + proj(x)`` does
-            acc = cast_to(acc, A.dtype.element_ty).to(tl.float32)
+            acc = cast_to(acc, W.dtype.element_ty).to(tl.float32)
         acc += tl.load(R + rm.to(tl.int64)[:, None] * stride_rm + rn[None, :], mask=mask, other=0.0).to(tl.float32)
     tl.store(C + rm.to(tl.int64)[:, None] * stride_cm + rn[None, :], cast_to(acc, C.dtype.element_ty), mask=mask)
 
@@ -258,6 +300,7 @@ def _specialization(
     precision: Optional[str],
     num_sms: int,
     interpret: Optional[bool] = None,
+    has_ln: bool = False,
 ) -> tuple[dict, int, int]:
     """(constexprs, num_warps, num_stages) of one launch: the single place the launcher and the AOT table share."""
     prec = (precision or "ieee") if dtype == torch.float32 else "tf32"  # no effect on fp16/bf16 operands
@@ -267,8 +310,10 @@ def _specialization(
     )  # fmt: skip
     if gemv:
         prec = "ieee"  # the decode regime has no tl.dot: one compiled variant whatever ``precision`` says
+    if has_ln and not gemv:
+        raise ValueError(f"the LayerNorm prologue is the decode regime's (M <= {DECODE_MAX_M}), got M = {M}")
     const = dict(
-        HAS_BIAS=has_bias, HAS_RESIDUAL=has_residual, ACT=act, GEMV=gemv, INPUT_PRECISION=prec,
+        HAS_LN=has_ln, HAS_BIAS=has_bias, HAS_RESIDUAL=has_residual, ACT=act, GEMV=gemv, INPUT_PRECISION=prec,
         BLOCK_M=BM, BLOCK_N=BN, BLOCK_K=BK, GROUP_M=GM, EVEN_K=K % BK == 0,
     )  # fmt: skip
     return const, warps, stages
@@ -283,13 +328,16 @@ def _prepare_out(op, out, shape, dtype, x, weight, bias, residual):
     return out
 
 
-def _launch(op, x, weight, bias, residual, act, precision, out, *, checked=False):
+def _launch(op, x, weight, bias, residual, act, precision, out, *, checked=False, ln=None):
+    """One GEMM launch. ``ln`` = (gain, bias, eps): x is the residual stream and LayerNorm(x), rounded to the
+    weight's dtype, is the operand (GEMV regime only; the caller checked)."""
     if not checked:  # the feed-forward launchers validate the whole block once (ffn_args), then skip this
         gemm_args(op, x, weight, bias=bias, residual=residual, swiglu=act == ACT_SWIGLU, precision=precision)
     check_launchable(x, op)
     K = x.shape[-1]
     N = weight.shape[0] // 2 if act == ACT_SWIGLU else weight.shape[0]
-    out_dtype = x.dtype if residual is None else torch.promote_types(x.dtype, residual.dtype)
+    op_dtype = weight.dtype if ln is not None else x.dtype
+    out_dtype = op_dtype if residual is None else torch.promote_types(op_dtype, residual.dtype)
     y = _prepare_out(op, out, tuple(x.shape[:-1]) + (N,), out_dtype, x, weight, bias, residual)
     M = x.numel() // K
     if M == 0 or N == 0:
@@ -299,13 +347,15 @@ def _launch(op, x, weight, bias, residual, act, precision, out, *, checked=False
     r2 = rows_view("residual", residual, N, copy_ok=True) if residual is not None else y2
     sms = _num_sms(x.device.index if x.device.index is not None else torch.cuda.current_device()) if x.is_cuda else 1
     const, warps, stages = _specialization(
-        M, N, K, x.dtype, act=act, has_bias=bias is not None, has_residual=residual is not None,
-        precision=precision, num_sms=sms,
+        M, N, K, op_dtype, act=act, has_bias=bias is not None, has_residual=residual is not None,
+        precision=precision, num_sms=sms, has_ln=ln is not None,
     )  # fmt: skip
     grid = (triton.cdiv(M, const["BLOCK_M"]) * triton.cdiv(N, const["BLOCK_N"]),)
+    lnw, lnb, eps = ln if ln is not None else (weight, weight, 0.0)
     with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
+        note_launch("gemm")
         _gemm_kernel[grid](
-            x2, weight, bias if bias is not None else weight, r2, y2,
+            x2, weight, bias if bias is not None else weight, r2, y2, lnw, lnb, float(eps),
             M, N, K,
             x2.stride(0), weight.stride(0), r2.stride(0), y2.stride(0),
             **const, num_warps=warps, num_stages=stages,
@@ -330,6 +380,37 @@ def linear_fwd(
     if activation not in _ACTIVATIONS:
         raise ValueError(f"linear_fwd: activation must be None or 'gelu_new', got {activation!r}")
     return _launch("linear_fwd", x, weight, bias, residual, _ACTIVATIONS[activation], precision, out)
+
+
+def ln_linear_fwd(
+    x: torch.Tensor,
+    ln_weight: torch.Tensor,
+    ln_bias: torch.Tensor,
+    eps: float,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor] = None,
+    *,
+    residual: Optional[torch.Tensor] = None,
+    activation: Optional[str] = None,
+    out: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """``act(LayerNorm(x) @ weight.T + bias) + residual``: GPT-2's ln_1 + c_attn and ln_2 + c_fc + gelu_new.
+
+    x is the residual stream (fp32 under fp16 autocast, or the weights' dtype); the LayerNorm is computed in fp32
+    and rounded to the weight's dtype, the GEMM operand (autocast's fp32 LayerNorm, then its cast). For up to
+    8 rows (decode) the LayerNorm is the GEMV's prologue: one launch; beyond, layer_norm_fwd then linear_fwd.
+    """
+    op = "ln_linear_fwd"
+    ln_gemm_args(op, x, ln_weight, ln_bias, eps, weight, bias=bias, residual=residual, activation=activation)
+    K = x.shape[-1]
+    M = x.numel() // K if K else 0
+    if M > DECODE_MAX_M:
+        from .norm import layer_norm_fwd
+
+        y = layer_norm_fwd(x, ln_weight, ln_bias, eps, out_dtype=weight.dtype)
+        return _launch(op, y, weight, bias, residual, _ACTIVATIONS[activation], None, out)
+    return _launch(op, x, weight, bias, residual, _ACTIVATIONS[activation], None, out, checked=True,
+                   ln=(ln_weight, ln_bias, eps))  # fmt: skip
 
 
 def swiglu_linear_fwd(
@@ -396,7 +477,7 @@ INDEXTTS2_GEMMS = (
     ("dit/skip_in+bias", 512, 1024, True, False, ACT_NONE, ("fp32", "bf16"), _DIT_M),
     ("dit/adaln_project+bias", 1024, 512, True, False, ACT_NONE, ("fp32", "bf16"), range(1, 9)),  # c [B, 1, C]
 )
-_DIVISIBLE = ("A", "W", "BIAS", "R", "C", "N", "K", "stride_am", "stride_wn", "stride_rm", "stride_cm")
+_DIVISIBLE = ("A", "W", "BIAS", "R", "C", "LNW", "LNB", "N", "K", "stride_am", "stride_wn", "stride_rm", "stride_cm")
 _TORCH_DT = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -435,7 +516,8 @@ def compile_variants():
                         seen.add(key)
                         p, pr = f"*{tname}", f"*{rname}"
                         sig = {
-                            "A": p, "W": p, "BIAS": p, "R": pr, "C": pr, "M": "i32", "N": "i32", "K": "i32",
+                            "A": p, "W": p, "BIAS": p, "R": pr, "C": pr, "LNW": p, "LNB": p, "ln_eps": "fp32",
+                            "M": "i32", "N": "i32", "K": "i32",
                             "stride_am": "i32", "stride_wn": "i32", "stride_rm": "i32", "stride_cm": "i32",
                         }  # fmt: skip
                         for k in const:
@@ -444,3 +526,29 @@ def compile_variants():
                         regime = f"gemv/BM{bm}xBN{bn}xBK{bk}" if const["GEMV"] else f"mma/{bm}x{bn}x{bk}"
                         pname = f"/{const['INPUT_PRECISION']}" if tname == "fp32" and not const["GEMV"] else ""
                         yield f"gemm/{tag}/{dtype_tag}{pname}/{regime}", _gemm_kernel, sig, const, nw, _DIVISIBLE
+    # the decode GEMVs with the LayerNorm prologue (ln_1 + c_attn, ln_2 + c_fc + gelu_new): x is the stream
+    # (fp32 under fp16 autocast: "fp16+x32"), the operand and output the weight's dtype
+    for tag, N, K, act in (("gpt/ln_1+c_attn+bias", 3840, 1280, ACT_NONE), ("gpt/ln_2+c_fc+bias+gelu", 5120, 1280,
+                                                                             ACT_GELU_NEW)):  # fmt: skip
+        for dtype_tag in ("fp16+x32", "fp32"):
+            wname, _, xname = dtype_tag.partition("+x")
+            xname = f"fp{xname}" if xname else wname
+            for M in _representative_rows(range(1, DECODE_MAX_M + 1)):
+                const, nw, _stages = _specialization(
+                    M, N, K, _TORCH_DT[wname], act=act, has_bias=True, has_residual=False, precision=None,
+                    num_sms=1, interpret=False, has_ln=True,
+                )  # fmt: skip
+                key = (dtype_tag, tuple(const.items()), nw)
+                if key in seen:
+                    continue
+                seen.add(key)
+                p = f"*{wname}"
+                sig = {
+                    "A": f"*{xname}", "W": p, "BIAS": p, "R": p, "C": p, "LNW": p, "LNB": p, "ln_eps": "fp32",
+                    "M": "i32", "N": "i32", "K": "i32",
+                    "stride_am": "i32", "stride_wn": "i32", "stride_rm": "i32", "stride_cm": "i32",
+                }  # fmt: skip
+                for k in const:
+                    sig[k] = "constexpr"
+                bm, bn, bk = const["BLOCK_M"], const["BLOCK_N"], const["BLOCK_K"]
+                yield f"gemm/{tag}/{dtype_tag}/gemv/BM{bm}xBN{bn}xBK{bk}", _gemm_kernel, sig, const, nw, _DIVISIBLE

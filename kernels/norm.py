@@ -29,7 +29,15 @@ import triton
 import triton.language as tl
 
 from ._jit import cast_to
-from ._utils import check_launchable, check_out_buffer, check_tensor, is_interpreting, next_pow2, rows_view
+from ._utils import (
+    check_launchable,
+    check_out_buffer,
+    check_tensor,
+    is_interpreting,
+    next_pow2,
+    note_launch,
+    rows_view,
+)
 from ._validate import mod_layout, norm_args, norm_out_dtype
 
 __all__ = ["layer_norm_fwd", "adaptive_rms_norm_fwd", "final_layer_modulate_fwd", "norm_launch_config"]
@@ -196,6 +204,7 @@ def _launch(
     BLOCK_M, BLOCK_N, num_warps = norm_launch_config(M, N)
     grid = (triton.cdiv(M, BLOCK_M),)
     with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
+        note_launch("norm")
         _norm_fwd_kernel[grid](
             x2, r2, weight if weight is not None else x2, bias if bias is not None else x2,
             scale3, shift3, y2, h2,

@@ -289,6 +289,22 @@ def linear_ref(
     return y if residual is None else residual + y
 
 
+def ln_linear_ref(
+    x: torch.Tensor,
+    ln_weight: torch.Tensor,
+    ln_bias: torch.Tensor,
+    eps: float,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor] = None,
+    residual: Optional[torch.Tensor] = None,
+    activation: Optional[str] = None,
+) -> torch.Tensor:
+    """``act(LayerNorm(x) @ weight.T + bias) + residual``: the LayerNorm of the stream x in fp32 (fp64 for fp64),
+    rounded to the weight's dtype, then :func:`linear_ref` (GPT-2's ln_1 + c_attn, ln_2 + c_fc under autocast)."""
+    y = layer_norm_ref(x, ln_weight, ln_bias, eps, out_dtype=weight.dtype)
+    return linear_ref(y, weight, bias, residual=residual, activation=activation)
+
+
 def pack_w13(w1: torch.Tensor, w3: torch.Tensor) -> torch.Tensor:
     """The packed SwiGLU weight ``cat([w1, w3], dim=0)`` [2I, K]: rows 0..I-1 are w1, rows I..2I-1 are w3."""
     for name, w in (("w1", w1), ("w3", w3)):

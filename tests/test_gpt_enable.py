@@ -265,3 +265,28 @@ def test_full_width_layer_greedy_tokens_identical():
         assert h.parts[0].patch.calls["generate"] == 1 and "1 layers" in h.report()
     assert official.shape[1] >= 49, "the generation stopped early"
     assert torch.equal(ours, official), f"tokens differ\nofficial {official}\nours     {ours}"
+
+
+@pytest.mark.parametrize("rows", [1, 3], ids=["batch1", "3beams"])
+def test_at_most_six_kernels_per_layer_per_decode_step(uv, rows):
+    """The decode step's kernel launches, counted through the dispatch on the Triton kernels (the interpreter
+    here): ln_1 + c_attn, decode attention + its reduce, c_proj + residual, ln_2 + c_fc + gelu_new, c_proj +
+    residual. A regression (an unfused LayerNorm, an extra pass) fails here."""
+    from indextts_fast.gpt.generate import new_cache
+    from indextts_fast.gpt.patch import build_fast_gpt
+    from indextts_kernels import count_launches
+
+    fast = build_fast_gpt(uv)
+    cache = new_cache(fast, rows, 32, None)
+    h = torch.randn(rows, 9, fast.width)
+    with torch.no_grad():
+        fast.prefill(h, cache)
+        cache.lengths += 9
+        x = torch.randn(rows, 1, fast.width)
+        with count_launches() as launches:
+            y = fast.decode(x, cache)
+    assert y.shape == (rows, 1, fast.width) and torch.isfinite(y).all()
+    per_layer = sum(launches.values()) / fast.n_layers
+    assert per_layer <= 6, f"{per_layer} kernels per layer per decode step: {dict(launches)}"
+    assert launches == {"gemm": 4 * fast.n_layers, "decode_attention": fast.n_layers,
+                        "decode_attention_reduce": fast.n_layers}, dict(launches)  # fmt: skip

@@ -57,11 +57,13 @@ class FastGPT:
 
     # --- the blocks -----------------------------------------------------------------------------------------------
     def _block(self, L, h, attend):
-        y = F.layer_norm(h, L.ln1_w, L.ln1_b, self.ln_eps, out_dtype=self.dtype)
-        o = attend(F.linear(y, L.qkv_w, L.qkv_b))
+        """One GPT-2 block. Kernels per decode step (rows <= 8): ln_1 + c_attn (the LayerNorm in the GEMV's
+        prologue), attention (split-K + its reduce), c_proj + residual, ln_2 + c_fc + gelu_new, c_proj + residual:
+        6. Longer rows (prefill) run each LayerNorm as its own kernel."""
+        o = attend(F.ln_linear(h, L.ln1_w, L.ln1_b, self.ln_eps, L.qkv_w, L.qkv_b))
         h = F.linear(o, L.attn_out_w, L.attn_out_b, residual=h)
-        y = F.layer_norm(h, L.ln2_w, L.ln2_b, self.ln_eps, out_dtype=self.dtype)
-        return F.gpt2_mlp(y, L.fc_w, L.fc_b, L.proj_w, L.proj_b, residual=h)
+        y = F.ln_linear(h, L.ln2_w, L.ln2_b, self.ln_eps, L.fc_w, L.fc_b, activation="gelu_new")
+        return F.linear(y, L.proj_w, L.proj_b, residual=h)
 
     def prefill(self, h: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """Causal pass over h [B, T, C] (the stream) writing cache positions 0..T-1 of physical rows 0..B-1."""

@@ -437,3 +437,48 @@ def test_half_operands_with_an_fp32_residual_stream(M, dtype, device):
                        randn(64, dtype=dtype, device=device), randn(N, 64, dtype=dtype, device=device, std=0.1),
                        b, residual=s0)  # fmt: skip
     assert h.dtype == torch.float32
+
+
+LN_CASES = [(1, torch.float16, torch.float32), (3, torch.float16, torch.float32), (8, torch.float32, torch.float32),
+            (5, torch.bfloat16, torch.bfloat16), (11, torch.float16, torch.float32)]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "M, wdtype, xdtype", LN_CASES, ids=[f"{m}-{dtype_id(w)}-x{dtype_id(x)}" for m, w, x in LN_CASES]
+)
+@pytest.mark.parametrize("epilogue", ["residual", "gelu_new"])
+def test_ln_linear(M, wdtype, xdtype, epilogue, device):
+    """GPT-2's ln_1 + c_attn / ln_2 + c_fc + gelu_new: the LayerNorm of the stream (rows far from zero, odd K) in
+    the GEMV's prologue for M <= 8 (one launch), LayerNorm then GEMM beyond; output poisoned first."""
+    K_, N = 301, 203
+    x = randn(M, K_, dtype=xdtype, device=device, mean=3.0, std=2.0)
+    g = randn(K_, dtype=wdtype, device=device, mean=1.0, std=0.3)
+    b = randn(K_, dtype=wdtype, device=device, std=0.1)
+    w = randn(N, K_, dtype=wdtype, device=device, std=K_**-0.5)
+    bias = randn(N, dtype=wdtype, device=device, std=0.1)
+    res = randn(M, N, dtype=xdtype, device=device) if epilogue == "residual" else None
+    act = "gelu_new" if epilogue == "gelu_new" else None
+    out_dtype = torch.promote_types(wdtype, xdtype) if res is not None else wdtype
+    with K.count_launches() as launches:
+        y = K.ln_linear_fwd(x, g, b, 1e-5, w, bias, residual=res, activation=act,
+                            out=poisoned((M, N), out_dtype, device))  # fmt: skip
+    assert y.dtype == out_dtype
+    assert sum(launches.values()) == (1 if M <= 8 else 2), dict(launches)
+    low = ref.ln_linear_ref(x, g, b, 1e-5, w, bias, residual=res, activation=act)
+    high = ref.ln_linear_ref(*upcast(x, g, b), 1e-5, *upcast(w, bias), residual=None if res is None else res.double(),
+                             activation=act)  # fmt: skip
+    assert_close_rel(y, low, high, "LayerNorm + GEMM")
+
+
+def test_ln_linear_bad_input(device):
+    x = randn(3, 64, device=device)
+    w = randn(32, 64, dtype=torch.float16, device=device)
+    g = randn(64, dtype=torch.float16, device=device)
+    with pytest.raises(TypeError, match=r"x \(the residual stream\) must be float16 like the weight, or float32"):
+        K.ln_linear_fwd(x.bfloat16(), g, g, 1e-5, w)
+    with pytest.raises(ValueError, match="ln_weight has shape"):
+        K.ln_linear_fwd(x, g[:63], g, 1e-5, w)
+    with pytest.raises(ValueError, match="eps must be a positive number"):
+        K.ln_linear_fwd(x, g, g, 0.0, w)
+    with pytest.raises(ValueError, match="activation must be None or 'gelu_new'"):
+        K.ln_linear_fwd(x, g, g, 1e-5, w, activation="relu")
