@@ -481,6 +481,18 @@ _DIVISIBLE = ("A", "W", "BIAS", "R", "C", "LNW", "LNB", "N", "K", "stride_am", "
 _TORCH_DT = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
+def _signature(const: dict, *, x: str, w: str, r: str) -> dict:
+    """The kernel's AOT signature: x rows of dtype ``x``; weight, bias and LayerNorm params ``w``; residual and
+    output ``r``; the constexprs of ``const``."""
+    px, pw, pr = f"*{x}", f"*{w}", f"*{r}"
+    sig = {
+        "A": px, "W": pw, "BIAS": pw, "R": pr, "C": pr, "LNW": pw, "LNB": pw, "ln_eps": "fp32",
+        "M": "i32", "N": "i32", "K": "i32", "stride_am": "i32", "stride_wn": "i32", "stride_rm": "i32", "stride_cm": "i32",
+    }  # fmt: skip
+    sig.update({k: "constexpr" for k in const})
+    return sig
+
+
 def _representative_rows(rows: range) -> list[int]:
     """Rows that reach every config of ``rows``: M picks the regime and BLOCK_M up to DECODE_MAX_M, beyond it
     only the tile count cdiv(M, 128) against the SM count matters, and compile_variants tries both extremes."""
@@ -514,14 +526,7 @@ def compile_variants():
                         if key in seen:
                             continue
                         seen.add(key)
-                        p, pr = f"*{tname}", f"*{rname}"
-                        sig = {
-                            "A": p, "W": p, "BIAS": p, "R": pr, "C": pr, "LNW": p, "LNB": p, "ln_eps": "fp32",
-                            "M": "i32", "N": "i32", "K": "i32",
-                            "stride_am": "i32", "stride_wn": "i32", "stride_rm": "i32", "stride_cm": "i32",
-                        }  # fmt: skip
-                        for k in const:
-                            sig[k] = "constexpr"
+                        sig = _signature(const, x=tname, w=tname, r=rname)
                         bm, bn, bk = const["BLOCK_M"], const["BLOCK_N"], const["BLOCK_K"]
                         regime = f"gemv/BM{bm}xBN{bn}xBK{bk}" if const["GEMV"] else f"mma/{bm}x{bn}x{bk}"
                         pname = f"/{const['INPUT_PRECISION']}" if tname == "fp32" and not const["GEMV"] else ""
@@ -542,13 +547,6 @@ def compile_variants():
                 if key in seen:
                     continue
                 seen.add(key)
-                p = f"*{wname}"
-                sig = {
-                    "A": f"*{xname}", "W": p, "BIAS": p, "R": p, "C": p, "LNW": p, "LNB": p, "ln_eps": "fp32",
-                    "M": "i32", "N": "i32", "K": "i32",
-                    "stride_am": "i32", "stride_wn": "i32", "stride_rm": "i32", "stride_cm": "i32",
-                }  # fmt: skip
-                for k in const:
-                    sig[k] = "constexpr"
+                sig = _signature(const, x=xname, w=wname, r=wname)
                 bm, bn, bk = const["BLOCK_M"], const["BLOCK_N"], const["BLOCK_K"]
                 yield f"gemm/{tag}/{dtype_tag}/gemv/BM{bm}xBN{bn}xBK{bk}", _gemm_kernel, sig, const, nw, _DIVISIBLE

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from .. import loader
+from .._attrs import AttrPatch
 from ..profiling import nvtx_range
 from .generate import generate
 from .model import FastGPT
@@ -93,14 +94,14 @@ def _autocast_off(device: torch.device):
     return torch.autocast(device.type, enabled=False)
 
 
-class GPTPatch:
+class GPTPatch(AttrPatch):
     """The two replacements on one UnifiedVoice, and their exact undo."""
 
     def __init__(self, uv, fast: FastGPT):
+        super().__init__()
         self.uv, self.fast = uv, fast
         self.cache = None
         self.calls = {"generate": 0, "latent": 0}
-        self._saved: list[tuple[object, str, bool, object]] = []
         self._orig_get_logits = uv.get_logits
 
     # --- the replacements --------------------------------------------------------------------------------------
@@ -157,23 +158,12 @@ class GPTPatch:
             )
 
     # --- install / undo ----------------------------------------------------------------------------------------
-    def _set(self, obj, name, value) -> None:
-        had = name in obj.__dict__
-        self._saved.append((obj, name, had, obj.__dict__.get(name)))
-        setattr(obj, name, value)
-
     def install(self, note: str) -> None:
         uv = self.uv
         self._set(uv.inference_model, "generate", self.generate)
         self._set(uv, "get_logits", self.get_logits)
-        base_repr = uv.extra_repr
-        self._set(uv, "extra_repr", lambda: "\n".join(s for s in (base_repr(), note) if s))
+        self._note_in_repr(uv, note)
 
     def revert(self) -> None:
-        for obj, name, had, value in reversed(self._saved):
-            if had:
-                obj.__dict__[name] = value
-            else:
-                obj.__dict__.pop(name, None)
-        self._saved.clear()
+        self._undo()
         self.cache = None

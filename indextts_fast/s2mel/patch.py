@@ -14,6 +14,7 @@ from typing import Optional
 import torch
 
 from .. import loader
+from .._attrs import AttrPatch
 from ..profiling import nvtx_range
 from .cfm import cfm_inference
 from .dit import DEFAULT_PRECISION, PRECISIONS, FastDiT
@@ -34,14 +35,14 @@ def unsupported_reason(obj) -> Optional[str]:
     return dit_unsupported_reason(_estimator(obj))
 
 
-class S2MelPatch:
+class S2MelPatch(AttrPatch):
     def __init__(self, obj, fast: FastDiT):
+        super().__init__()
         self.obj, self.fast = obj, fast
         self.is_cfm = hasattr(obj, "estimator")
         self.what = "CFM Euler loop + DiT estimator" if self.is_cfm else "DiT estimator"
         self.precision_note = f"fp32 products {fast.precision}"
         self.calls = 0
-        self._saved: list[tuple[object, str, bool, object]] = []
 
     @classmethod
     def build(cls, obj, *, precision: Optional[str] = None) -> S2MelPatch:
@@ -71,20 +72,10 @@ class S2MelPatch:
         return self.fast(x, prompt_x, x_lens, t, style, cond)
 
     # --- install / undo ------------------------------------------------------------------------------------------
-    def _set(self, obj, name, value) -> None:
-        self._saved.append((obj, name, name in obj.__dict__, obj.__dict__.get(name)))
-        setattr(obj, name, value)
-
     def install(self, note: str) -> None:
         obj = self.obj
         self._set(obj, "inference" if self.is_cfm else "forward", self.inference if self.is_cfm else self.forward)
-        base_repr = obj.extra_repr
-        self._set(obj, "extra_repr", lambda: "\n".join(s for s in (base_repr(), note) if s))
+        self._note_in_repr(obj, note)
 
     def revert(self) -> None:
-        for obj, name, had, value in reversed(self._saved):
-            if had:
-                obj.__dict__[name] = value
-            else:
-                obj.__dict__.pop(name, None)
-        self._saved.clear()
+        self._undo()
