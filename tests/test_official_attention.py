@@ -11,6 +11,7 @@ rule: low = the official module at the test dtype, high = the official module in
 """
 
 import copy
+import inspect
 
 import pytest
 import torch
@@ -89,6 +90,20 @@ def _gpt2_attention(dtype):
     return cfg, attn.to(dtype)
 
 
+def _hf_cache(DynamicCache, cfg):
+    """A DynamicCache on either transformers line (5.x takes the config, 4.52 takes nothing)."""
+    try:
+        return DynamicCache(config=cfg)
+    except TypeError:
+        return DynamicCache()
+
+
+def _cached_call(attn, x, cache):
+    """GPT2Attention with a cache: ``cache=`` in transformers 5, ``past_key_value=`` in 4.52."""
+    params = inspect.signature(attn.forward).parameters
+    return attn(x, **({"cache": cache} if "cache" in params else {"past_key_value": cache}))
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
 def test_gpt2_prefill_decode_and_beam_reorder_match_official(dtype, backend):
     """Prefill of 3 identical beams (as IndexTTS2's generate), then decode steps with beam reorders, against
@@ -98,20 +113,20 @@ def test_gpt2_prefill_decode_and_beam_reorder_match_official(dtype, backend):
     cfg, attn = _gpt2_attention(dtype)
     attn64 = copy.deepcopy(attn).double()
     B, T0, S = 3, 21, 40
-    cache, cache64 = DynamicCache(config=cfg), DynamicCache(config=cfg)
+    cache, cache64 = _hf_cache(DynamicCache, cfg), _hf_cache(DynamicCache, cfg)
     kv, table = F.alloc_kv_cache(1, B, HEADS, S, HEAD_DIM, dtype=dtype)
     kc, vc = kv[0, 0], kv[0, 1]
     lengths = torch.full((B,), T0, dtype=torch.int32)
     x = randn(1, T0, DIM, dtype=dtype).expand(B, T0, DIM).contiguous()
     with torch.no_grad():
-        low, _ = attn(x, cache=cache)
-        high, _ = attn64(x.double(), cache=cache64)
+        low, _ = _cached_call(attn, x, cache)
+        high, _ = _cached_call(attn64, x.double(), cache64)
         ours = attn.c_proj(F.gpt_prefill_attention(attn.c_attn(x), HEADS, kc, vc))
         assert_close_rel(ours, low, high, what=f"GPT-2 prefill ({backend})")
         for step, beam_idx in enumerate(([0, 0, 1], [2, 0, 1], [1, 1, 1], [0, 2, 1])):
             xn = randn(B, 1, DIM, dtype=dtype)
-            low, _ = attn(xn, cache=cache)
-            high, _ = attn64(xn.double(), cache=cache64)
+            low, _ = _cached_call(attn, xn, cache)
+            high, _ = _cached_call(attn64, xn.double(), cache64)
             y = F.gpt_decode_attention(attn.c_attn(xn), HEADS, kc, vc, lengths, row_table=table)
             lengths += 1
             assert_close_rel(attn.c_proj(y), low, high, what=f"GPT-2 decode step {step} ({backend})")
