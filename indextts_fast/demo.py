@@ -112,27 +112,6 @@ def _speech(uv, spk, text, steps, gen, seed=7):
     return codes
 
 
-def _refactor_tokens(uv, handle, steps, gen, seed=7):
-    """The refactor line (indextts2-inference under transformers 5) gives code k mel position k + 1 (it finds no
-    KV cache and recomputes every step); the official repository gives k + 2, which our loop follows. To compare
-    sampled tokens with that line, the same decode loop runs once more with its convention."""
-    from .gpt.generate import generate
-    from .gpt.sampling import resolve_generation_args
-
-    fast = handle.parts[0].patch.fast
-    prefix = uv.inference_model.cached_mel_emb
-    P = prefix.shape[1] + 1
-    ids = torch.ones((1, P), dtype=torch.long, device=prefix.device)
-    ids[:, -1] = uv.start_mel_token
-    kw = dict(gen, bos_token_id=uv.start_mel_token, pad_token_id=uv.stop_mel_token, eos_token_id=uv.stop_mel_token,
-              max_length=P + steps)  # fmt: skip
-    args, _ = resolve_generation_args(uv.inference_model.generation_config, kw, P)
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        seqs, _ = generate(fast, args, ids, prefix, position_offset=-1)
-    return seqs[:, P:]
-
-
 def _latents(uv, spk, text, codes, dtype):
     lens = torch.tensor([spk.shape[1]], device=spk.device)
     x = spk.to(dtype)
@@ -167,6 +146,7 @@ def run(size: str, device: torch.device, model_dir=None, stages=("greedy", "defa
     import indextts_fast
 
     from . import official
+    from .gpt.generate import refactor_line_tokens
 
     s = SIZES[size]
     if model_dir is not None:
@@ -193,7 +173,9 @@ def run(size: str, device: torch.device, model_dir=None, stages=("greedy", "defa
             same = ours.shape == ref.shape and torch.equal(ours.cpu(), ref.cpu())
             note = "tokens identical"
             if not same and line == "refactor":
-                alt = _refactor_tokens(uv, h, steps, gen)
+                # the refactor line gives code k mel position k + 1 (it finds no KV cache under transformers 5.24);
+                # our loop follows the official repository (k + 2): compare with that one convention changed
+                alt = refactor_line_tokens(uv, h.parts[0].patch.fast, gen, steps, seed=7)
                 same = alt.shape == ref.shape and torch.equal(alt.cpu(), ref.cpu())
                 note = "tokens identical (refactor's k+1 positions)"
         rows.append(Row(label, backend, f"{note} ({ref.shape[1]})" if same else "TOKENS DIFFER", same, t_off, t_ours))

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import indextts_fast
+from indextts_fast.gpt.generate import refactor_line_tokens
 from indextts_fast.gpt.sampling import UnsupportedGeneration
 
 from . import loader_fixtures as lf
@@ -78,7 +79,6 @@ def test_tokens_identical_to_the_official_generate(uv, mode, backend, monkeypatc
         assert any(p.status == "fast" and p.name == "gpt" for p in h.parts), h.report()
         ours, _ = _speech(uv, spk, text, steps=steps, **MODES[mode])
         assert h.parts[0].patch.calls["generate"] == 1, "the decode loop did not run"
-        prefix = uv.inference_model.cached_mel_emb
         fast = h.parts[0].patch.fast
     assert official.shape[1] >= min(steps, 50) - 1, "the generation stopped early: too few steps compared"
     if official_line() == "refactor" and MODES[mode]["do_sample"]:
@@ -86,28 +86,12 @@ def test_tokens_identical_to_the_official_generate(uv, mode, backend, monkeypatc
         # recomputes the whole sequence each step and gives code k mel position k + 1 instead of the official
         # repository's k + 2. Greedy and beam search tokens agree anyway; sampled tokens follow the logits, so
         # here the same decode loop with that one convention changed must reproduce them exactly.
-        ours = _refactor_convention(uv, fast, prefix, MODES[mode], steps)
+        ours = refactor_line_tokens(uv, fast, MODES[mode], steps, seed=7)
     assert ours.dtype == official.dtype and ours.shape == official.shape, (ours.shape, official.shape)
     assert torch.equal(ours, official), f"{mode}: tokens differ\nofficial {official}\nours     {ours}"
     if backend == "torch":
         again, _ = _speech(uv, spk, text, steps=steps, **MODES[mode])
         assert torch.equal(again, official), "after revert the official generate must be back, bit for bit"
-
-
-def _refactor_convention(uv, fast, prefix, gen, steps, seed=7):
-    from indextts_fast.gpt.generate import generate
-    from indextts_fast.gpt.sampling import resolve_generation_args
-
-    P = prefix.shape[1] + 1
-    input_ids = torch.ones((1, P), dtype=torch.long)
-    input_ids[:, -1] = uv.start_mel_token
-    kw = dict(gen, bos_token_id=uv.start_mel_token, pad_token_id=uv.stop_mel_token, eos_token_id=uv.stop_mel_token,
-              max_length=P + steps)  # fmt: skip
-    args, _ = resolve_generation_args(uv.inference_model.generation_config, kw, P)
-    torch.manual_seed(seed)  # the conditioning encoders draw no random numbers: the same stream as the official
-    with torch.no_grad():
-        seqs, _ = generate(fast, args, input_ids, prefix, position_offset=-1)
-    return seqs[:, P:]
 
 
 def test_processed_scores_and_beams_replayed_on_official_logits(uv):

@@ -131,3 +131,23 @@ def decode_loop(args: GenerationArgs, input_ids: torch.Tensor, logits: torch.Ten
             break
         logits = step(tokens, cur)
     return scorer.finalize(beam_scores, ids, cur)
+
+
+def refactor_line_tokens(uv, fast: FastGPT, gen: dict, steps: int, seed: int) -> torch.Tensor:
+    """The codes the transformers-5 refactor (indextts2-inference under transformers 5.24) generates, from our decode
+    loop: the prompt ``inference_speech`` last cached on ``uv.inference_model`` and ``gen`` (its generation
+    arguments) under ``seed``, with that line's one different convention, code k at mel position k + 1
+    (``position_offset=-1``). Used to show that convention is the only difference from that line."""
+    from .sampling import resolve_generation_args
+
+    prefix = uv.inference_model.cached_mel_emb
+    P = prefix.shape[1] + 1
+    ids = torch.ones((1, P), dtype=torch.long, device=prefix.device)
+    ids[:, -1] = uv.start_mel_token
+    kw = dict(gen, bos_token_id=uv.start_mel_token, pad_token_id=uv.stop_mel_token, eos_token_id=uv.stop_mel_token,
+              max_length=P + steps)  # fmt: skip
+    args, _ = resolve_generation_args(uv.inference_model.generation_config, kw, P)
+    torch.manual_seed(seed)  # the conditioning encoders draw no random numbers: the same stream as the official run
+    with torch.no_grad():
+        seqs, _ = generate(fast, args, ids, prefix, position_offset=-1)
+    return seqs[:, P:]
