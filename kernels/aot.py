@@ -36,6 +36,8 @@ def _cuobjdump() -> str:
 # per-SM limits for the occupancy estimate: (registers, shared memory bytes, threads, blocks)
 SM_LIMITS = {80: (65536, 167936, 2048, 32), 86: (65536, 102400, 1536, 16), 89: (65536, 102400, 1536, 24),
              90: (65536, 232448, 2048, 32)}  # fmt: skip
+# SM counts of the parts the table names (RTX 3090, RTX 4090, H100 SXM; A100): the grid column's reference
+SM_COUNTS = {80: 108, 86: 82, 89: 128, 90: 132}
 _INSTR = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)([^;]*);")
 
 
@@ -70,6 +72,7 @@ def sass_audit(sass: str) -> dict:
 
     hot = max(loops, key=lambda lh: math(body(*lh)), default=None)
     hot_ops = body(*hot) if hot else []
+    hot_ins = [(op, rest) for a, op, rest in ins if hot and hot[0] <= a <= hot[1]]
     return {
         "ldg": len(ldg),
         "ldg128": sum(op.startswith("LDG.E.128") or op.startswith("LDG.E.ENL2.256") for op in ldg),
@@ -80,7 +83,36 @@ def sass_audit(sass: str) -> dict:
         "loop_ldg128": sum(op.startswith("LDG.E.128") for op in hot_ops),
         "loop_async": sum(op.startswith(("LDGSTS", "UTMALDG")) for op in hot_ops),
         "loop_bar": sum(op.startswith(("BAR", "SYNCS")) for op in hot_ops),
+        "loop_inflight": loads_in_flight(hot_ins),
     }
+
+
+_REG = re.compile(r"\bR(\d+)\b")
+
+
+def loads_in_flight(body) -> int:
+    """The most global loads one thread has issued and not yet consumed at any point of a loop body
+    ((opcode, operands) pairs in program order): a load is pending from its LDG until an instruction reads (or
+    overwrites) one of its destination registers. The body is walked twice and the second pass counted, so loads
+    issued in one iteration and consumed in the next (a software prefetch) are in flight with the new ones."""
+    pending = []  # (first register, count) of each load not yet consumed
+    most = 0
+    for i, (op, rest) in enumerate(list(body) * 2):
+        counting = i >= len(body)
+        regs = [int(r) for r in _REG.findall(rest)]
+        if not regs:
+            continue
+        dest, srcs = regs[0], regs[1:]
+        width = 4 if ".128" in op else (2 if ".64" in op else 1)
+        touched = set(srcs) | {dest}
+        if op.startswith("LDG"):
+            touched = set(srcs)  # the address registers; the destination is written when the data arrives
+        pending = [(r0, n) for r0, n in pending if not any(r0 <= r < r0 + n for r in touched)]
+        if op.startswith("LDG"):
+            pending.append((dest, width))
+            if counting:
+                most = max(most, len(pending))
+    return most
 
 
 def occupancy(arch: int, regs: int, shared: int, num_warps: int) -> int:
@@ -136,6 +168,7 @@ def _compile_task(task) -> tuple[dict, str | None]:
     kernels = importlib.import_module("indextts_kernels")
     name, fn, sig, const, num_warps, *rest = list(kernels.load_kernel_module(mod_name).compile_variants())[idx]
     divisible = rest[0] if rest else None
+    grid = rest[1] if len(rest) > 1 else None
     t0 = time.perf_counter()
     row = {"variant": name, "arch": f"sm_{arch}", "num_warps": num_warps}
     failure = None
@@ -148,6 +181,10 @@ def _compile_task(task) -> tuple[dict, str | None]:
         row["spills"] = row["stack"] + row["local"]
         row.update(sass_audit(_sass(k.asm["cubin"])))
         row["blocks_per_sm"] = occupancy(arch, row["regs"], row["shared"], num_warps)
+        if grid is not None:
+            row["grid"] = grid
+            # resident waves: programs over what all SMs hold at once (< 1: some SMs idle or under-filled)
+            row["waves"] = round(grid / max(1, SM_COUNTS.get(arch, 132) * row["blocks_per_sm"]), 2)
     except Exception as e:  # report every failing variant, not just the first
         row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
         failure = f"{name} sm_{arch}: {row['error']}"
@@ -182,9 +219,11 @@ def format_table(rows) -> str:
     """One row per variant and target. ld128: 128-bit global loads / all global loads in the kernel; async: cp.async
     (LDGSTS) or TMA; loop ld/128/bar: in the hottest loop, global loads per thread per iteration (all of them are
     issued before the loop's math consumes them: the loads in flight), how many are 128-bit, and barriers;
-    blk/SM: resident blocks per SM (registers, shared memory, threads)."""
+    flight: the most global loads one thread has outstanding in that loop (issued, not yet consumed; see
+    loads_in_flight); blk/SM: resident blocks per SM (registers, shared memory, threads); grid: programs of the
+    variant's representative IndexTTS2 launch and waves: grid / (SM count x blk/SM) of the target's part."""
     head = (f"{'variant':<56} {'arch':<6} {'warps':>5} {'regs':>5} {'spill':>6} {'shared':>7} {'mma':>6} "
-            f"{'ld128':>7} {'async':>8} {'loop ld/128/bar':>15} {'blk/SM':>6}")  # fmt: skip
+            f"{'ld128':>7} {'async':>8} {'loop ld/128/bar':>15} {'flight':>6} {'blk/SM':>6} {'grid':>6} {'waves':>6}")  # fmt: skip
     out = [head, "-" * len(head)]
     for r in rows:
         if "error" in r:
@@ -194,7 +233,7 @@ def format_table(rows) -> str:
             out.append(
                 f"{r['variant']:<56} {r['arch']:<6} {r['num_warps']:>5} {r['regs']:>5} {r['spills']:>6} "
                 f"{r['shared']:>7} {r['mma']:>6} {str(r['ldg128']) + '/' + str(r['ldg']):>7} {r['async']:>8} "
-                f"{loop:>15} {r['blocks_per_sm']:>6}"
+                f"{loop:>15} {r['loop_inflight']:>6} {r['blocks_per_sm']:>6} {r.get('grid', '-'):>6} {r.get('waves', '-'):>6}"
             )
     return "\n".join(out)
 

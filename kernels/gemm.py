@@ -107,6 +107,7 @@ def _gemm_kernel(
     BLOCK_K: tl.constexpr,
     GROUP_M: tl.constexpr,
     EVEN_K: tl.constexpr,  # K % BLOCK_K == 0: no K mask in the loop
+    PREFETCH: tl.constexpr,  # GEMV: the next K slab is loaded in the body that multiplies the current one
 ):
     pid = tl.program_id(0)
     num_pid_m = tl.cdiv(M, BLOCK_M)
@@ -130,62 +131,82 @@ def _gemm_kernel(
     w3_off = tl.cast(N, tl.int64) * stride_wn  # first w3 row of the packed SwiGLU weight
 
     if GEMV:
-        a_ptrs = A + am[:, None] * stride_am + rk[None, :]  # [BM, BK]
-        w_ptrs = W + wn[:, None] * stride_wn + rk[None, :]  # [BN, BK]
-        mean0 = tl.zeros([BLOCK_M], dtype=tl.float32)
-        corr = tl.zeros([BLOCK_M], dtype=tl.float32)
-        rstd = tl.zeros([BLOCK_M], dtype=tl.float32)
+        # [BM, BN, BK] tiles: a slab's BK values are split over all the program's threads, one 16-byte vector each
+        # (BK = 32 * num_warps * 16 bytes / element), and every thread holds its vector of every row and every
+        # column. x's slab is read in the very layout the weight's is, so nothing crosses threads (no shared
+        # memory, no barrier) until the one reduction over K at the end.
+        a_ptrs = A + am[:, None, None] * stride_am + rk[None, None, :]  # [BM, 1, BK]
+        w_ptrs = W + wn[None, :, None] * stride_wn + rk[None, None, :]  # [1, BN, BK]
+        kk = rk[None, None, :]
+        mean0 = tl.zeros([BLOCK_M, 1, 1], dtype=tl.float32)
+        corr = tl.zeros([BLOCK_M, 1, 1], dtype=tl.float32)
+        rstd = tl.zeros([BLOCK_M, 1, 1], dtype=tl.float32)
         if HAS_LN:
-            # the LayerNorm of the consumed rows (a decode row is K = 1280 values, L2-resident), with layer_norm_fwd's
+            # the LayerNorm of the consumed rows (a decode row is K = 1280 values, L1/L2-resident), with layer_norm_fwd's
             # corrected two-pass statistics: mean0, then the mean of the deviations, then the variance about both
-            s1 = tl.zeros([BLOCK_M], dtype=tl.float32)
+            s1 = tl.zeros([BLOCK_M, 1, 1], dtype=tl.float32)
             for k in range(0, K, BLOCK_K):
-                xa = tl.load(a_ptrs + k, mask=(k + rk)[None, :] < K, other=0.0).to(tl.float32)
-                s1 += tl.sum(xa, axis=1)
+                xa = tl.load(a_ptrs + k, mask=(k + kk) < K, other=0.0).to(tl.float32)
+                s1 += tl.sum(xa, axis=2, keep_dims=True)
             mean0 = s1 / K
-            s2 = tl.zeros([BLOCK_M], dtype=tl.float32)
+            s2 = tl.zeros([BLOCK_M, 1, 1], dtype=tl.float32)
             for k in range(0, K, BLOCK_K):
-                ok = (k + rk)[None, :] < K
+                ok = (k + kk) < K
                 xa = tl.load(a_ptrs + k, mask=ok, other=0.0).to(tl.float32)
-                s2 += tl.sum(tl.where(ok, xa - mean0[:, None], 0.0), axis=1)
+                s2 += tl.sum(tl.where(ok, xa - mean0, 0.0), axis=2, keep_dims=True)
             corr = s2 / K
-            s3 = tl.zeros([BLOCK_M], dtype=tl.float32)
+            s3 = tl.zeros([BLOCK_M, 1, 1], dtype=tl.float32)
             for k in range(0, K, BLOCK_K):
-                ok = (k + rk)[None, :] < K
+                ok = (k + kk) < K
                 xa = tl.load(a_ptrs + k, mask=ok, other=0.0).to(tl.float32)
-                xc = tl.where(ok, (xa - mean0[:, None]) - corr[:, None], 0.0)
-                s3 += tl.sum(xc * xc, axis=1)
+                xc = tl.where(ok, (xa - mean0) - corr, 0.0)
+                s3 += tl.sum(xc * xc, axis=2, keep_dims=True)
             rstd = tl.math.rsqrt(s3 / K + ln_eps)
         acc3d = tl.zeros([BLOCK_M, BLOCK_N, BLOCK_K], dtype=tl.float32)
         gate3d = tl.zeros([BLOCK_M, BLOCK_N, BLOCK_K], dtype=tl.float32)
-        # software prefetch: the next K slab is requested before the current one is multiplied, so every
-        # program keeps two weight slabs in flight (the loop has no tl.dot for Triton's pipeliner to stage)
-        k_ok = rk < K
-        a_nx = tl.load(a_ptrs, mask=k_ok[None, :], other=0.0)
-        w_nx = tl.load(w_ptrs, mask=k_ok[None, :], other=0.0)
+        # software prefetch (PREFETCH): the next slab's loads are requested in the body that multiplies the current
+        # one, back to back, as one batch per thread (without it ptxas interleaves the slab's loads with their
+        # products and fewer are in flight: the audit's loads-in-flight column, 3 against 5 at BM = 1)
+        k_ok = kk < K
+        a_nx = tl.load(a_ptrs, mask=k_ok & PREFETCH, other=0.0)
+        w_nx = tl.load(w_ptrs, mask=k_ok & PREFETCH, other=0.0)
         w3_nx = w_nx
         if ACT == 2:
-            w3_nx = tl.load(w_ptrs + w3_off, mask=k_ok[None, :], other=0.0)
+            w3_nx = tl.load(w_ptrs + w3_off, mask=k_ok & PREFETCH, other=0.0)
         for k in range(0, K, BLOCK_K):
-            a = a_nx.to(tl.float32)
+            if PREFETCH:
+                a = a_nx.to(tl.float32)
+                w = w_nx.to(tl.float32)
+                w3 = w3_nx.to(tl.float32)
+                if EVEN_K:
+                    # the last iteration re-reads the first slab (an L2 hit, never used) instead of masking the loads
+                    nxt = tl.multiple_of((k + BLOCK_K) % K, BLOCK_K)  # K % BLOCK_K == 0
+                    a_nx = tl.load(a_ptrs + nxt)
+                    w_nx = tl.load(w_ptrs + nxt)
+                    if ACT == 2:
+                        w3_nx = tl.load(w_ptrs + w3_off + nxt)
+                else:
+                    nx_ok = (k + BLOCK_K + kk) < K  # all false after the last slab: nothing is read
+                    a_nx = tl.load(a_ptrs + (k + BLOCK_K), mask=nx_ok, other=0.0)
+                    w_nx = tl.load(w_ptrs + (k + BLOCK_K), mask=nx_ok, other=0.0)
+                    if ACT == 2:
+                        w3_nx = tl.load(w_ptrs + w3_off + (k + BLOCK_K), mask=nx_ok, other=0.0)
+            else:  # BM = 8: the rows' vectors alone fill the registers a second slab would need
+                ok = (k + kk) < K
+                a = tl.load(a_ptrs + k, mask=ok, other=0.0).to(tl.float32)
+                w = tl.load(w_ptrs + k, mask=ok, other=0.0).to(tl.float32)
+                w3 = w
+                if ACT == 2:
+                    w3 = tl.load(w_ptrs + w3_off + k, mask=ok, other=0.0).to(tl.float32)
             if HAS_LN:
-                cur = (k + rk) < K
-                g = tl.load(LNW + k + rk, mask=cur, other=0.0).to(tl.float32)
-                b = tl.load(LNB + k + rk, mask=cur, other=0.0).to(tl.float32)
-                a = ((a - mean0[:, None]) - corr[:, None]) * rstd[:, None] * g[None, :] + b[None, :]
-                a = cast_to(tl.where(cur[None, :], a, 0.0), W.dtype.element_ty).to(tl.float32)
-            w = w_nx.to(tl.float32)
-            w3 = w3_nx.to(tl.float32)
-            a_ptrs += BLOCK_K
-            w_ptrs += BLOCK_K
-            k_ok = (k + BLOCK_K + rk) < K  # all false after the last slab: nothing is read
-            a_nx = tl.load(a_ptrs, mask=k_ok[None, :], other=0.0)
-            w_nx = tl.load(w_ptrs, mask=k_ok[None, :], other=0.0)
+                cur = (k + kk) < K
+                g = tl.load(LNW + k + kk, mask=cur, other=0.0).to(tl.float32)
+                b = tl.load(LNB + k + kk, mask=cur, other=0.0).to(tl.float32)
+                a = ((a - mean0) - corr) * rstd * g + b
+                a = cast_to(tl.where(cur, a, 0.0), W.dtype.element_ty).to(tl.float32)
+            acc3d += a * w
             if ACT == 2:
-                w3_nx = tl.load(w_ptrs + w3_off, mask=k_ok[None, :], other=0.0)
-            acc3d += a[:, None, :] * w[None, :, :]
-            if ACT == 2:
-                gate3d += a[:, None, :] * w3[None, :, :]
+                gate3d += a * w3
         acc = tl.sum(acc3d, axis=2)
         gate = tl.sum(gate3d, axis=2)
     else:
@@ -237,6 +258,31 @@ def _num_sms(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
+GEMV_MIN_THREAD_COLUMNS = 2560  # N x warps per program: the weight bytes in flight that keep HBM busy (see below)
+
+
+def gemv_config(BM: int, N: int, K: int, dtype: torch.dtype, *, swiglu: bool = False):
+    """(BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages) of the compiled decode GEMV for BM rows.
+
+    A slab is one 16-byte vector per thread and column (BK = 32 x warps x 16 / element bytes: 256 fp16 or 128
+    fp32 values per warp). BN: BM x BN x vector <= 32 fp32 accumulator values per thread (16 for each of SwiGLU's
+    two), at least 1 (64 spilled at BM = 4 and 8). Each thread requests a slab's BN weight vectors back to back,
+    so the grid has (N / BN) x 32 x warps x BN x 16 = N x warps x 512 bytes of weight loads in flight, whatever BN
+    is; bandwidth x latency is about 2.3 MB on an H100 (3.35 TB/s x ~0.7 us). Warps start at 1 and double (up to
+    4, while two slabs fit K) while N x warps < GEMV_MIN_THREAD_COLUMNS (2560 -> 1.3 MB per slab): c_attn and
+    c_fc 1 warp, the two c_proj (N = 1280) 2. More warps per program spill 8 bytes on sm_86/89 (ptxas caps
+    multi-warp programs at fewer registers), and so does BM = 8 beyond one warp.
+    """
+    vec = 16 // torch.empty((), dtype=dtype).element_size()
+    warps = 1
+    while BM <= 4 and warps < 4 and N * warps < GEMV_MIN_THREAD_COLUMNS and 2 * 32 * vec * warps <= K:
+        warps *= 2
+    BK = 32 * vec * warps
+    budget = 32 // (2 if swiglu else 1)
+    BN = max(1, budget // (BM * vec))
+    return BN, BK, 1, warps, 3  # num_stages: Triton's default, as the AOT table compiles (no tl.dot to pipeline)
+
+
 def gemm_launch_config(
     M: int,
     N: int,
@@ -266,10 +312,7 @@ def gemm_launch_config(
         BM = next_pow2(M)
         if is_interpreting() if interpret is None else interpret:
             return True, BM, min(256, next_pow2(N)), min(512, next_pow2(K)), 1, 4, 1
-        BN = 8 if N >= 2048 and not swiglu else 4
-        BK = 4096 // (BM * BN) // (2 if swiglu else 1)
-        BK = max(64, min(512, BK, next_pow2(K)))
-        return True, BM, BN, BK, 1, 4, 3
+        return (True, BM, *gemv_config(BM, N, K, dtype, swiglu=swiglu))
     if is_interpreting() if interpret is None else interpret:
         return False, 64, 64, 64, 8, 4, 1
     if not half and precision == "ieee":
@@ -315,6 +358,7 @@ def _specialization(
     const = dict(
         HAS_LN=has_ln, HAS_BIAS=has_bias, HAS_RESIDUAL=has_residual, ACT=act, GEMV=gemv, INPUT_PRECISION=prec,
         BLOCK_M=BM, BLOCK_N=BN, BLOCK_K=BK, GROUP_M=GM, EVEN_K=K % BK == 0,
+        PREFETCH=gemv and BM < 8,
     )  # fmt: skip
     return const, warps, stages
 
@@ -502,7 +546,8 @@ def _representative_rows(rows: range) -> list[int]:
 def compile_variants():
     """Every kernel specialization the launchers produce at IndexTTS2 sizes, for the AOT compile check.
 
-    Yields (name, jit_fn, signature, constexprs, num_warps, divisible). ``divisible`` names the arguments a real
+    Yields (name, jit_fn, signature, constexprs, num_warps, divisible, grid). ``grid``: the programs of the
+    representative launch (the variant's largest M; the GEMVs' any M). ``divisible`` names the arguments a real
     launch specializes as 16-divisible (torch allocations are 16-byte aligned; every IndexTTS2 N, K and row
     stride is a multiple of 16), so the table compiles the code that runs. Covers every op of
     ``INDEXTTS2_GEMMS`` at each of its dtypes, the fp32 DiT at every precision (the fp32 GPT at its default,
@@ -530,7 +575,8 @@ def compile_variants():
                         bm, bn, bk = const["BLOCK_M"], const["BLOCK_N"], const["BLOCK_K"]
                         regime = f"gemv/BM{bm}xBN{bn}xBK{bk}" if const["GEMV"] else f"mma/{bm}x{bn}x{bk}"
                         pname = f"/{const['INPUT_PRECISION']}" if tname == "fp32" and not const["GEMV"] else ""
-                        yield f"gemm/{tag}/{dtype_tag}{pname}/{regime}", _gemm_kernel, sig, const, nw, _DIVISIBLE
+                        grid = triton.cdiv(M, bm) * triton.cdiv(N, bn)
+                        yield f"gemm/{tag}/{dtype_tag}{pname}/{regime}", _gemm_kernel, sig, const, nw, _DIVISIBLE, grid
     # the decode GEMVs with the LayerNorm prologue (ln_1 + c_attn, ln_2 + c_fc + gelu_new): x is the stream
     # (fp32 under fp16 autocast: "fp16+x32"), the operand and output the weight's dtype
     for tag, N, K, act in (("gpt/ln_1+c_attn+bias", 3840, 1280, ACT_NONE), ("gpt/ln_2+c_fc+bias+gelu", 5120, 1280,
@@ -549,4 +595,13 @@ def compile_variants():
                 seen.add(key)
                 sig = _signature(const, x=xname, w=wname, r=wname)
                 bm, bn, bk = const["BLOCK_M"], const["BLOCK_N"], const["BLOCK_K"]
-                yield f"gemm/{tag}/{dtype_tag}/gemv/BM{bm}xBN{bn}xBK{bk}", _gemm_kernel, sig, const, nw, _DIVISIBLE
+                grid = triton.cdiv(N, bn)
+                yield (
+                    f"gemm/{tag}/{dtype_tag}/gemv/BM{bm}xBN{bn}xBK{bk}",
+                    _gemm_kernel,
+                    sig,
+                    const,
+                    nw,
+                    _DIVISIBLE,
+                    grid,
+                )

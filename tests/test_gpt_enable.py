@@ -253,24 +253,60 @@ def test_full_width_layer_greedy_tokens_identical():
 
 @pytest.mark.parametrize("rows", [1, 3], ids=["batch1", "3beams"])
 def test_at_most_six_kernels_per_layer_per_decode_step(uv, rows):
-    """The decode step's kernel launches, counted through the dispatch on the Triton kernels (the interpreter
-    here): ln_1 + c_attn, decode attention + its reduce, c_proj + residual, ln_2 + c_fc + gelu_new, c_proj +
-    residual. A regression (an unfused LayerNorm, an extra pass) fails here."""
-    from indextts_fast.gpt.generate import new_cache
+    """The decode step's kernel launches (the engine's step, the unit a CUDA graph captures), counted through the
+    dispatch on the Triton kernels (the interpreter here): per layer ln_1 + c_attn, decode attention + its
+    reduce, c_proj + residual, ln_2 + c_fc + gelu_new, c_proj + residual; then ln_f, final_norm and the mel head.
+    A regression (an unfused LayerNorm, an extra pass) fails here."""
+    from indextts_fast.gpt.engine import DecodeStep
     from indextts_fast.gpt.patch import build_fast_gpt
     from indextts_kernels import count_launches
 
     fast = build_fast_gpt(uv)
-    cache = new_cache(fast, rows, 32, None)
+    engine = DecodeStep(fast, rows, 32, graphs=False)
     h = torch.randn(rows, 9, fast.width)
     with torch.no_grad():
-        fast.prefill(h, cache)
-        cache.lengths += 9
-        x = torch.randn(rows, 1, fast.width)
+        fast.prefill(h, engine.cache)
+        engine.cache.lengths += 9
+        tokens = torch.randint(0, fast.w.mel_embedding.shape[0], (rows,))
         with count_launches() as launches:
-            y = fast.decode(x, cache)
-    assert y.shape == (rows, 1, fast.width) and torch.isfinite(y).all()
-    per_layer = sum(launches.values()) / fast.n_layers
+            logits = engine(tokens, 9)
+    assert logits.shape == (rows, fast.w.mel_head_w.shape[0]) and torch.isfinite(logits).all()
+    assert engine.cache.lengths.tolist() == [10] * rows
+    layers = {k: v for k, v in launches.items()}
+    layers["gemm"] -= 1  # the mel head
+    layers["norm"] -= 2  # ln_f, final_norm
+    assert layers.pop("norm") == 0, dict(launches)
+    per_layer = sum(layers.values()) / fast.n_layers
     assert per_layer <= 6, f"{per_layer} kernels per layer per decode step: {dict(launches)}"
-    assert launches == {"gemm": 4 * fast.n_layers, "decode_attention": fast.n_layers,
-                        "decode_attention_reduce": fast.n_layers}, dict(launches)  # fmt: skip
+    assert layers == {"gemm": 4 * fast.n_layers, "decode_attention": fast.n_layers,
+                      "decode_attention_reduce": fast.n_layers}, dict(launches)  # fmt: skip
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+@pytest.mark.parametrize("mode", ["greedy", "beam_sample_defaults"])
+def test_cuda_graph_decode_gives_the_eager_tokens(mode):
+    """On a GPU: the decode step captured as a CUDA graph (first call eager, then captured and replayed) gives
+    the tokens of the same loop run eagerly, in a fresh engine each (so the capture happens on fresh state)."""
+    from indextts_fast.gpt.generate import generate
+    from indextts_fast.gpt.patch import build_fast_gpt
+    from indextts_fast.gpt.sampling import resolve_generation_args
+
+    uv = _uv().cuda()
+    spk, text = _inputs()
+    _speech(uv, spk.cuda(), text.cuda(), steps=4, **MODES[mode])  # stores the prompt embeddings
+    prefix = uv.inference_model.cached_mel_emb
+    P = prefix.shape[1] + 1
+    ids = torch.ones((1, P), dtype=torch.long, device="cuda")
+    ids[:, -1] = uv.start_mel_token
+    kw = dict(MODES[mode], bos_token_id=uv.start_mel_token, pad_token_id=uv.stop_mel_token,
+              eos_token_id=uv.stop_mel_token, max_length=P + 24)  # fmt: skip
+    args, _ = resolve_generation_args(uv.inference_model.generation_config, kw, P)
+    fast = build_fast_gpt(uv)
+    out = {}
+    for graphs in (False, True):
+        torch.manual_seed(3)
+        with torch.no_grad():
+            seqs, engine = generate(fast, args, ids, prefix, graphs=graphs)
+        assert engine.graphs == graphs and (engine.graph is not None) == graphs
+        out[graphs] = seqs
+    assert torch.equal(out[True], out[False])

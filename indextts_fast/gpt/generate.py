@@ -9,9 +9,9 @@ Mel positions follow the default official path (``GPT2InferenceModel.forward``):
 prefix in the prompt (the start token, then any ``input_tokens``) get mel positions 0, 1, ...; a token fed at step
 ``cur_len`` (the sequence length once it is appended) gets ``cur_len - prefix_len``, i.e. code k at ``k + 2``.
 
-Per step on the device: the embedding, 24 blocks (each: LayerNorm, c_attn, attention, c_proj + residual,
-LayerNorm, MLP + residual), the head, the processors, the candidate draw and the beam bookkeeping; the host reads
-one flag per step (stop?) and nothing else.
+Per step on the device: the embedding, 24 blocks (each: LayerNorm + c_attn, attention, c_proj + residual,
+LayerNorm + c_fc + gelu_new, c_proj + residual) and the head, as one CUDA graph replay on CUDA (``engine.py``);
+then the processors, the candidate draw and the beam bookkeeping; the host reads one flag per step (stop?).
 """
 
 from __future__ import annotations
@@ -19,20 +19,11 @@ from __future__ import annotations
 import torch
 
 from ..profiling import nvtx_range
-from .cache import KVCache
+from .engine import DecodeStep
 from .model import FastGPT
 from .sampling import BeamScorer, GenerationArgs, process_scores
 
-__all__ = ["generate", "decode_loop", "new_cache"]
-
-
-def new_cache(fast: FastGPT, rows: int, max_len: int, cache: KVCache | None = None) -> KVCache:
-    """A cache for ``rows`` rows of ``max_len`` positions, reusing ``cache`` when it is large enough."""
-    shape = (fast.n_layers, rows, fast.n_heads, max_len, fast.head_dim, fast.dtype, fast.device)
-    if cache is not None and cache.fits(*shape):
-        cache.reset()
-        return cache
-    return KVCache(*shape)
+__all__ = ["generate", "decode_loop", "new_engine"]
 
 
 def _check_position(fast: FastGPT, pos: int) -> None:
@@ -41,18 +32,30 @@ def _check_position(fast: FastGPT, pos: int) -> None:
         raise IndexError(f"mel position {pos} is beyond the mel position table ({n} rows): max_length is too large")
 
 
+def new_engine(fast: FastGPT, rows: int, max_len: int, engine: DecodeStep | None = None, *,
+               graphs: bool | None = None) -> DecodeStep:  # fmt: skip
+    """A decode step for ``rows`` rows of ``max_len`` positions, reusing ``engine`` (its cache and its captured
+    graph) when it fits; its cache reset for a new generation."""
+    if engine is not None and engine.fits(fast, rows, max_len) and (graphs is None or engine.graphs == graphs):
+        engine.cache.reset()
+        return engine
+    return DecodeStep(fast, rows, max_len, graphs=graphs)
+
+
 def generate(
     fast: FastGPT,
     args: GenerationArgs,
     input_ids: torch.Tensor,
     prefix_emb: torch.Tensor,
-    cache: KVCache | None = None,
+    engine: DecodeStep | None = None,
     *,
     position_offset: int = 0,
-) -> tuple[torch.Tensor, KVCache]:
+    graphs: bool | None = None,
+) -> tuple[torch.Tensor, DecodeStep]:
     """Generate from one prompt. ``input_ids`` [1, P] (the official fake ids, then the start token and any given
     tokens), ``prefix_emb`` [1, prefix_len, C] (the conditioning + text embeddings ``inference_speech`` stores).
-    Returns (sequences [1, L] including the prompt, as the official generate, and the cache for reuse).
+    Returns (sequences [1, L] including the prompt, as the official generate, and the decode step for reuse: its
+    cache and, on CUDA, its captured graph). ``graphs``: replay the decode step as a CUDA graph (default: on CUDA).
 
     ``position_offset`` shifts the decode steps' mel positions: 0 is the official repository's convention (code k
     at k + 2). The transformers-5 refactor run with a transformers whose generate hands the cache over as
@@ -66,7 +69,8 @@ def generate(
     _check_position(fast, tail.shape[1] - 1)
     h = torch.cat([fast.to_stream(prefix_emb.to(dev)),
                    fast.embed_mel(tail, torch.arange(tail.shape[1], device=dev))], dim=1)  # fmt: skip
-    cache = new_cache(fast, args.num_beams, max(args.max_length, P), cache)
+    engine = new_engine(fast, args.num_beams, max(args.max_length, P), engine, graphs=graphs)
+    cache = engine.cache
     with nvtx_range("gpt.prefill"):
         h = fast.prefill(h, cache)
         cache.share_prompt(P)
@@ -75,13 +79,9 @@ def generate(
     def step(tokens: torch.Tensor, cur: int) -> torch.Tensor:
         pos = cur - prefix_len + position_offset
         _check_position(fast, pos)
-        with nvtx_range("gpt.decode"):
-            x = fast.embed_mel(tokens[:, None], torch.tensor([pos], device=dev))
-            out = fast.logits(fast.decode(x, cache)[:, 0])
-            cache.lengths += 1
-        return out
+        return engine(tokens, pos)
 
-    return decode_loop(args, input_ids, logits, step, reorder=cache.reorder), cache
+    return decode_loop(args, input_ids, logits, step, reorder=cache.reorder), engine
 
 
 def decode_loop(args: GenerationArgs, input_ids: torch.Tensor, logits: torch.Tensor, step, *, reorder=None,

@@ -204,9 +204,15 @@ def test_regimes_and_configs():
         assert cfg(M, 100, 96, torch.float32, interpret=True)[0]
     for M in (9, 600, 3442):
         assert not cfg(M, 5120, 1280, torch.float16, interpret=False)[0]
-    # decode streams the weight with many programs: c_proj 1280 outputs -> 320 programs of 4 columns
-    gemv, bm, bn, bk, *_ = cfg(3, 1280, 5120, torch.float16, interpret=False)
-    assert (bm, bn) == (4, 4) and 1280 // bn >= 2 * 132
+    # decode streams the weight: one 16-byte vector per thread and column per slab, and enough of them in flight
+    # over the grid (N x warps x 512 bytes) for every IndexTTS2 decode GEMV, at 1 and 3 beams, fp16 and fp32
+    for M in (1, 3):
+        for N, K_ in ((3840, 1280), (1280, 1280), (5120, 1280), (1280, 5120)):
+            for dt in (torch.float16, torch.float32):
+                gemv, bm, bn, bk, _gm, warps, _st = cfg(M, N, K_, dt, interpret=False)
+                vec = 16 // torch.empty((), dtype=dt).element_size()
+                assert gemv and bk == 32 * warps * vec and bm * bn * vec <= 32, (M, N, K_, dt)
+                assert N * warps * 512 >= 1.3e6 and -(-N // bn) * warps >= 2 * 132, (M, N, K_, dt, warps, bn)
     # prefill c_proj (600 x 1280): small tiles so that the 132 SMs of an H100 all get work
     _, bm, bn, *_ = cfg(600, 1280, 5120, torch.float16, interpret=False)
     assert (600 + bm - 1) // bm * (1280 // bn) >= 132
@@ -236,7 +242,7 @@ def test_compile_variants_cover_every_launch():
     gemm = K.load_kernel_module("gemm")
     dts = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
     acts = {"none": gemm.ACT_NONE, "gelu_new": gemm.ACT_GELU_NEW, "swiglu": gemm.ACT_SWIGLU}
-    listed = {(sig["A"][1:], sig["R"][1:], tuple(c.items()), nw) for _, _, sig, c, nw, _ in gemm.compile_variants()}
+    listed = {(sig["A"][1:], sig["R"][1:], tuple(c.items()), nw) for _, _, sig, c, nw, *_ in gemm.compile_variants()}
     missing = set()
     for N, K_, has_b, has_r, act, tnames, min_m, max_m in _IT2_GEMMS:
         rows = list(range(min_m, 257)) + list(range(257, max_m + 1, 37)) + [max_m]
