@@ -33,8 +33,8 @@ Regimes:    M > 8: tensor-core tiles (tl.dot), grouped tile order for L2 reuse, 
             [M, BLOCK_N, BLOCK_K] fp32 accumulator on CUDA cores, reduced once at the end. Same kernel, a
             constexpr switch, because only the inner product differs: tl.dot needs 16 rows and 16 columns per
             tile, which pads M = 3 to 16 and, worse, forces >= 16 output columns per program (80 programs for
-            c_proj's 1280 outputs, too few to keep HBM busy); the GEMV form reads the weight once with 4-8
-            columns per program (320-640 programs) and needs no split-K workspace or second pass, so the
+            c_proj's 1280 outputs, too few to keep HBM busy); the GEMV form reads the weight once with 1-8
+            columns per program (160-5120 programs, gemv_config) and needs no split-K workspace or second pass, so the
             nonlinear epilogue (gelu_new) stays in the same kernel.
 In place:   out=residual (the very same view) is allowed; any other overlap of out with an input is refused.
 Matches:    indextts_kernels.reference.{linear_ref, swiglu_linear_ref, swiglu_feed_forward_ref, gpt2_mlp_ref}
@@ -297,8 +297,8 @@ def gemm_launch_config(
 ) -> tuple[bool, int, int, int, int, int, int]:
     """(GEMV, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages) for an [M, K] x [N, K]^T launch.
 
-    Decode (M <= 8): one program owns every row and BLOCK_N (4 or 8) output columns; its [BM, BN, BK] fp32
-    accumulator holds about 4096 values (32 per thread at 4 warps; half each for SwiGLU's two).
+    Decode (M <= 8): one program owns every row and BLOCK_N output columns, one 16-byte vector per thread per K
+    slab (``gemv_config``: 32 accumulator values per thread, half each for SwiGLU's two).
     Tensor-core regime: the big tile when it alone gives at least one tile per SM, else 64 x 64 (GPT prefill
     c_proj: 600 x 1280 is 50 big tiles but 200 small ones). fp16/bf16: 128 x 128 x 32 at 8 warps (with a
     residual, or SwiGLU's two accumulators: 128 x 64 x 32), small 64 x 64 x 32. fp32 on tensor cores (tf32, tf32x3): 128 x 64 x 16
