@@ -239,3 +239,104 @@ def test_lazy_rope_table_refused_during_capture(monkeypatch):
     with pytest.raises(RuntimeError, match="during a CUDA-graph capture.*freqs_cis"):
         attn_mod._rope_table(37, 64, 10000.0, torch.device("cuda", 0))
     assert attn_mod._ROPE_TABLES == before
+
+
+# --- length buckets: padding with the key mask and the reflected WaveNet taps changes nothing ---------------------
+@pytest.mark.parametrize("k", [3, 5, 7])
+def test_reflect_index_gives_the_unpadded_taps(k):
+    """The taps gathered at frames reflected at the true length equal the reflect-padded taps of the unpadded
+    sequence for every frame below it, whatever the padding holds (here noise, not zeros)."""
+    from indextts_fast.s2mel.dit import _taps, reflect_index
+
+    g = torch.Generator().manual_seed(k)
+    L, Tb, C = 23, 41, 6
+    x = torch.randn(2, Tb, C, generator=g)
+    want = _taps(x[:, :L].contiguous(), k)
+    got = _taps(x, k, reflect_index(torch.tensor([L]), Tb, k))
+    assert got.shape == (2, Tb, k * C)
+    assert torch.equal(got[:, :L], want)
+    naive = _taps(x, k)  # reflected at Tb: the last k // 2 valid frames would read the padding
+    assert not torch.equal(naive[:, :L], want)
+
+
+def test_dit_padded_frames_change_nothing(model):
+    """FastDiT on a batch padded from T to T + 19 frames (the padding is noise), told the true length: every frame
+    below T equals the unpadded run's, with one length per row (x_lens = [T, T - 9])."""
+    dit = model.models["cfm"].estimator
+    x, prompt_x, _, t, style, cond = _dit_inputs(dit)
+    lens = torch.tensor([T, T - 9])
+    g = torch.Generator().manual_seed(77)
+    padded_in = [torch.cat([a, torch.randn(*a.shape[:-1], 19, generator=g)], -1) for a in (x, prompt_x)]
+    padded_in.append(torch.cat([cond, torch.randn(B, 19, cond.shape[-1], generator=g)], 1))
+    px, ppx, pcond = padded_in
+    with torch.no_grad(), indextts_fast.enabled(dit) as h:
+        fast = h.parts[0].patch.fast
+        ref = fast(x, prompt_x, lens, t, style, cond)
+        padded = fast(px, ppx, lens, t, style, pcond, valid_len=torch.tensor([T]))
+        blind = fast(px, ppx, lens, t, style, pcond)
+    assert padded.shape == (B, dit.in_channels, T + 19)
+    torch.testing.assert_close(padded[..., :T], ref, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(blind[..., :T], ref, rtol=1e-3, atol=1e-3), "the padding had no effect to undo"
+
+
+@pytest.mark.parametrize("rate", [0.7, 0.0], ids=["cfg", "no_cfg"])
+def test_cfm_bucketed_mel_equals_unpadded(model, model64, rate):
+    """The CFM loop on frames padded to a bucket (the graphed path's layout, here eager on CPU) gives the unpadded
+    run's mel: same seed, same noise, prompt frames zero; both within the tolerance rule of the official loop."""
+    from indextts_fast.s2mel import bucket_frames, cfm_inference
+
+    cfm = model.models["cfm"]
+    inputs = _cfm_inputs(cfm)
+    Tb = bucket_frames(T)
+    assert Tb == 64 and bucket_frames(1700) == 1792 and bucket_frames(64) == 64
+    with torch.no_grad():
+        low = _cfm_run(cfm, inputs, steps=3, rate=rate)
+        high = _cfm_run(model64.models["cfm"], _dbl(inputs), steps=3, rate=rate)
+        with indextts_fast.enabled(model) as h:
+            fast = h.parts[0].patch.fast
+            runs = {}
+            for pad_to in (None, Tb):
+                mu, x_lens, prompt, style = inputs
+                torch.manual_seed(21)
+                runs[pad_to] = cfm_inference(cfm, fast, mu, x_lens, prompt, style, None, 3,
+                                             inference_cfg_rate=rate, pad_to=pad_to)  # fmt: skip
+    assert runs[Tb].shape == runs[None].shape == (1, cfm.in_channels, T)
+    assert torch.all(runs[Tb][..., :P] == 0)
+    torch.testing.assert_close(runs[Tb], runs[None], rtol=1e-5, atol=1e-5)
+    assert_close_rel(runs[Tb], low, high, f"bucketed 3-step CFM mel (cfg rate {rate})")
+
+
+def test_cfm_loop_refuses_bad_lengths(model):
+    from indextts_fast.s2mel import cfm_inference
+
+    cfm = model.models["cfm"]
+    mu, x_lens, prompt, style = _cfm_inputs(cfm)
+    with indextts_fast.enabled(model) as h:
+        fast = h.parts[0].patch.fast
+        with pytest.raises(ValueError, match="pad_to=30 is shorter than the 37 frames"):
+            cfm_inference(cfm, fast, mu, x_lens, prompt, style, None, 2, pad_to=30)
+        with pytest.raises(ValueError, match="prompt has 40 frames, more than the 37"):
+            cfm_inference(cfm, fast, mu, x_lens, torch.randn(1, cfm.in_channels, 40), style, None, 2, pad_to=64)
+        with pytest.raises(ValueError, match="n_timesteps must be at least 1"):
+            cfm_inference(cfm, fast, mu, x_lens, prompt, style, None, 0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_cuda_graph_cfm_loop_replays_the_eager_mel():
+    """On a GPU: the graphed CFM loop (first call eager and captured, then replays at two lengths of one bucket)
+    gives the eager padded loop's mel for the same seed."""
+    from indextts_fast.s2mel import CFMLoop, cfm_inference
+
+    m = _model(**TINY).cuda()
+    cfm = m.models["cfm"]
+    with torch.no_grad(), indextts_fast.enabled(m) as h:
+        fast = h.parts[0].patch.fast
+        loop = CFMLoop(cfm, fast, graphs=True)
+        for n, Tn in enumerate((37, 41, 37)):
+            mu, x_lens, prompt, style = (a.cuda() for a in _cfm_inputs(cfm, seed=9 + n, T=Tn))
+            torch.manual_seed(5)
+            eager = cfm_inference(cfm, fast, mu.clone(), x_lens, prompt, style, None, 25, pad_to=64)
+            torch.manual_seed(5)
+            graphed = loop(mu.clone(), x_lens, prompt, style, None, 25)
+            torch.testing.assert_close(graphed, eager, rtol=0, atol=0)
+        assert len(loop.capture_s) == 1 and list(loop._graphs.values())[0].replays == 2

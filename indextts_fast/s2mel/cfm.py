@@ -8,46 +8,203 @@ Step for step what the official code computes, in the same order and with the sa
     per step: v_c | v_u = estimator(cat(x, x), cat(prompt_x, 0), x_lens, cat(t, t), cat(style, 0), cat(mu, 0))
               v = (1 + r) * v_c - r * v_u                     (r = inference_cfg_rate; r = 0: batch 1, no CFG)
               x = x + dt * v; t = t + dt; x[..., :P] = 0       (dt = t_span[step] - t_span[step - 1])
-What differs is only what repeats for nothing: the constant halves of the CFG batch are built once, not per step.
+What differs is only what repeats for nothing: the constant halves of the CFG batch are built once, not per step,
+and ``x[..., :P] = 0`` is ``where(keep, x, 0)`` with a frame mask (the same values), so that P can be data.
+
+Padding (``pad_to``, and every graphed run): the frames are padded with zeros to a bucket Tb >= T, and FastDiT is
+told the unpadded length (``valid_len``): keys and WaveNet frames are masked at min(x_lens, T) and the WaveNet taps
+reflect at T, so every frame below T is computed from the same values as without padding (the padding frames are
+zeroed after each step, so they stay finite). The noise is drawn at the true shape [B, F, T] and then padded: the
+random stream is the official one. Exact in arithmetic; on a GPU a GEMM of Tb rows may pick another tile than one
+of T rows, which moves the last bits only.
+
+``CFMLoop`` (what ``enable()`` installs) runs the loop eagerly, or on CUDA as one CUDA graph per (bucket, batch,
+steps, CFG rate): the first call of a key runs eagerly (it compiles every kernel) and is then captured; every
+later call of that key copies its inputs into the graph's static buffers and replays the 25 steps as one launch.
 """
 
 from __future__ import annotations
 
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Optional
+
 import torch
 
-__all__ = ["cfm_inference"]
+from ..profiling import nvtx_range
+
+__all__ = ["cfm_inference", "CFMLoop", "bucket_frames"]
 
 
-def cfm_inference(cfm, estimator, mu, x_lens, prompt, style, f0, n_timesteps, temperature=1.0, inference_cfg_rate=0.5):
-    """``cfm.inference(mu, x_lens, prompt, style, f0, n_timesteps, temperature, inference_cfg_rate)`` with
-    ``estimator`` in place of ``cfm.estimator``. ``f0`` is unused, as in the official code."""
+def bucket_frames(T: int, granule: int = 64) -> int:
+    """The padded length of a T-frame run: a multiple of max(granule, 2**(bit_length(T) - 4)), so at most about
+    1/8 of the frames are padding and one octave of lengths needs about 8 graphs."""
+    step = max(int(granule), 1 << max(0, int(T).bit_length() - 4))
+    return -(-int(T) // step) * step
+
+
+def _check(n_timesteps, prompt, T):
     if int(n_timesteps) < 1:
         raise ValueError(f"cfm inference: n_timesteps must be at least 1, got {n_timesteps}")
-    B, T = mu.size(0), mu.size(1)
-    x = torch.randn([B, cfm.in_channels, T], device=mu.device) * temperature
-    t_span = torch.linspace(0, 1, n_timesteps + 1, device=mu.device)
-    t = t_span[0]
-    prompt_len = prompt.size(-1)
-    prompt_x = torch.zeros_like(x)
-    prompt_x[..., :prompt_len] = prompt[..., :prompt_len]
-    x[..., :prompt_len] = 0
-    if getattr(cfm, "zero_prompt_speech_token", False):
-        mu[..., :prompt_len] = 0  # sic: the official code zeroes these channels of mu, in place
-    cfg = inference_cfg_rate > 0
+    if prompt.size(-1) > T:
+        raise ValueError(f"cfm inference: the prompt has {prompt.size(-1)} frames, more than the {T} of mu")
+
+
+def _solve(estimator, x, prompt_x, x_lens, style, mu, t_span, keep, rate: float, valid_len=None):
+    """The Euler loop from x (prompt frames zero) over t_span; ``keep`` [1 or B, 1, T] bool: frames x keeps."""
+    kw = {} if valid_len is None else {"valid_len": valid_len}
+    cfg = rate > 0
     if cfg:
-        stacked_prompt_x = torch.cat([prompt_x, torch.zeros_like(prompt_x)], dim=0)
-        stacked_style = torch.cat([style, torch.zeros_like(style)], dim=0)
-        stacked_mu = torch.cat([mu, torch.zeros_like(mu)], dim=0)
-    for step in range(1, len(t_span)):
+        prompt_x = torch.cat([prompt_x, torch.zeros_like(prompt_x)], dim=0)
+        style = torch.cat([style, torch.zeros_like(style)], dim=0)
+        mu = torch.cat([mu, torch.zeros_like(mu)], dim=0)
+    t = t_span[0]
+    for step in range(1, t_span.shape[0]):
         dt = t_span[step] - t_span[step - 1]
         if cfg:
             stacked_t = torch.cat([t.unsqueeze(0), t.unsqueeze(0)], dim=0)
-            v = estimator(torch.cat([x, x], dim=0), stacked_prompt_x, x_lens, stacked_t, stacked_style, stacked_mu)
+            v = estimator(torch.cat([x, x], dim=0), prompt_x, x_lens, stacked_t, style, mu, **kw)
             v_cond, v_uncond = v.chunk(2, dim=0)
-            v = (1.0 + inference_cfg_rate) * v_cond - inference_cfg_rate * v_uncond
+            v = (1.0 + rate) * v_cond - rate * v_uncond
         else:
-            v = estimator(x, prompt_x, x_lens, t.unsqueeze(0), style, mu)
+            v = estimator(x, prompt_x, x_lens, t.unsqueeze(0), style, mu, **kw)
         x = x + dt * v
         t = t + dt
-        x[:, :, :prompt_len] = 0
+        x = torch.where(keep, x, 0.0)
     return x
+
+
+def _noise(cfm, mu, prompt, temperature):
+    """The official draw, and the in-place prompt zeroing of mu under ``zero_prompt_speech_token``."""
+    z = torch.randn([mu.size(0), cfm.in_channels, mu.size(1)], device=mu.device) * temperature
+    if getattr(cfm, "zero_prompt_speech_token", False):
+        mu[..., : prompt.size(-1)] = 0  # sic: the official code zeroes these channels of mu, in place
+    return z
+
+
+def _fill(bufs: dict, z, prompt, mu, style, x_lens, T: int) -> None:
+    """Copy one call's inputs into padded buffers of Tb >= T frames (zeros beyond T)."""
+    P = prompt.size(-1)
+    x, px, m, keep = bufs["x"], bufs["prompt_x"], bufs["mu"], bufs["keep"]
+    x.zero_()
+    x[..., P:T].copy_(z[..., P:])
+    px.zero_()
+    px[..., :P].copy_(prompt[..., :P])
+    m.zero_()
+    m[:, :T].copy_(mu)
+    keep.zero_()
+    keep[..., P:T] = True
+    bufs["style"].copy_(style)
+    bufs["lens"].copy_(torch.as_tensor(x_lens, device=x.device).reshape(-1))
+    bufs["valid"].fill_(T)
+
+
+def _buffers(cfm, mu, style, x_lens, Tb: int, device) -> dict:
+    B = mu.size(0)
+    rows = torch.as_tensor(x_lens).numel()  # one length for all rows (infer_v2's [T]), or one per row
+    if rows not in (1, B, 2 * B):
+        raise ValueError(f"cfm inference: x_lens holds {rows} lengths for a batch of {B}")
+    return dict(
+        x=torch.zeros((B, cfm.in_channels, Tb), dtype=torch.float32, device=device),
+        prompt_x=torch.zeros((B, cfm.in_channels, Tb), dtype=torch.float32, device=device),
+        mu=torch.zeros((B, Tb, mu.size(2)), dtype=mu.dtype, device=device),
+        style=torch.zeros(tuple(style.shape), dtype=style.dtype, device=device),
+        keep=torch.zeros((1, 1, Tb), dtype=torch.bool, device=device),
+        lens=torch.zeros((rows,), dtype=torch.int64, device=device),
+        valid=torch.zeros((1,), dtype=torch.int64, device=device),
+    )
+
+
+def _solve_bufs(estimator, bufs: dict, t_span, rate: float):
+    b = bufs
+    return _solve(estimator, b["x"], b["prompt_x"], b["lens"], b["style"], b["mu"], t_span, b["keep"], rate, b["valid"])
+
+
+def cfm_inference(cfm, estimator, mu, x_lens, prompt, style, f0, n_timesteps, temperature=1.0, inference_cfg_rate=0.5,
+                  *, pad_to: Optional[int] = None):  # fmt: skip
+    """``cfm.inference(mu, x_lens, prompt, style, f0, n_timesteps, temperature, inference_cfg_rate)`` with
+    ``estimator`` in place of ``cfm.estimator``. ``f0`` is unused, as in the official code.
+
+    ``pad_to`` (eager): run on frames zero-padded to that length with the estimator told the true length (FastDiT's
+    ``valid_len``); the result is the [B, F, T] of the unpadded run. T must exceed the WaveNet's half kernel."""
+    T = mu.size(1)
+    _check(n_timesteps, prompt, T)
+    z = _noise(cfm, mu, prompt, temperature)
+    t_span = torch.linspace(0, 1, int(n_timesteps) + 1, device=mu.device)
+    rate = float(inference_cfg_rate)
+    if pad_to is None:
+        P = prompt.size(-1)
+        prompt_x = torch.zeros_like(z)
+        prompt_x[..., :P] = prompt[..., :P]
+        z[..., :P] = 0
+        keep = (torch.arange(T, device=mu.device) >= P).reshape(1, 1, T)
+        return _solve(estimator, z, prompt_x, x_lens, style, mu, t_span, keep, rate)
+    if int(pad_to) < T:
+        raise ValueError(f"cfm inference: pad_to={pad_to} is shorter than the {T} frames of mu")
+    bufs = _buffers(cfm, mu, style, x_lens, int(pad_to), mu.device)
+    _fill(bufs, z, prompt, mu, style, x_lens, T)
+    return _solve_bufs(estimator, bufs, t_span, rate)[..., :T].contiguous()
+
+
+class _Graph:
+    def __init__(self, bufs, t_span):
+        self.bufs, self.t_span = bufs, t_span
+        self.graph: Optional[torch.cuda.CUDAGraph] = None
+        self.out: Optional[torch.Tensor] = None
+        self.replays = 0
+
+
+class CFMLoop:
+    """``cfm.inference`` for one CFM with ``fast`` (a FastDiT) as its estimator.
+
+    ``graphs`` (default: on CUDA): one CUDA graph per (bucket, batch, steps, CFG rate, x_lens rows), at most
+    ``max_graphs`` kept (least recently used dropped). Runs with T <= K // 2 frames (the official WaveNet pads
+    those differently) and every CPU run are eager and unpadded. ``capture_s`` holds each key's capture time.
+    """
+
+    def __init__(self, cfm, fast, *, graphs: Optional[bool] = None, max_graphs: int = 4,
+                 bucket: Callable[[int], int] = bucket_frames):  # fmt: skip
+        self.cfm, self.fast, self.bucket, self.max_graphs = cfm, fast, bucket, int(max_graphs)
+        self.graphs = (fast.device.type == "cuda") if graphs is None else bool(graphs) and fast.device.type == "cuda"
+        self._graphs: OrderedDict = OrderedDict()
+        self.capture_s: dict = {}
+
+    def __call__(self, mu, x_lens, prompt, style, f0, n_timesteps, temperature=1.0, inference_cfg_rate=0.5):
+        B, T = mu.size(0), mu.size(1)
+        if not self.graphs or T <= self.fast.K // 2:
+            return cfm_inference(self.cfm, self.fast, mu, x_lens, prompt, style, f0, n_timesteps,
+                                 temperature=temperature, inference_cfg_rate=inference_cfg_rate)  # fmt: skip
+        _check(n_timesteps, prompt, T)
+        rate = float(inference_cfg_rate)
+        Tb = min(self.bucket(T), self.fast.freqs_cis.shape[0])
+        lens_rows = torch.as_tensor(x_lens).numel()
+        key = (Tb, B, int(n_timesteps), rate, lens_rows, tuple(style.shape), mu.size(2))
+        z = _noise(self.cfm, mu, prompt, temperature)
+        g = self._graphs.get(key)
+        if g is None:
+            bufs = _buffers(self.cfm, mu, style, x_lens, Tb, mu.device)
+            g = _Graph(bufs, torch.linspace(0, 1, int(n_timesteps) + 1, device=mu.device))
+        else:
+            self._graphs.move_to_end(key)
+        _fill(g.bufs, z, prompt, mu, style, x_lens, T)
+        if g.graph is None:  # the first call of this key: eager (compiles the kernels), then captured for the next
+            out = _solve_bufs(self.fast, g.bufs, g.t_span, rate)[..., :T].contiguous()
+            self._capture(key, g, rate)
+            return out
+        with nvtx_range("s2mel.cfm.replay"):
+            g.graph.replay()
+        g.replays += 1
+        return g.out[..., :T].contiguous()  # a copy: the static output is overwritten by the next replay
+
+    def _capture(self, key, g: _Graph, rate: float) -> None:
+        t0 = time.perf_counter()
+        torch.cuda.synchronize(self.fast.device)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            g.out = _solve_bufs(self.fast, g.bufs, g.t_span, rate)
+        g.graph = graph
+        self._graphs[key] = g
+        self.capture_s[key] = time.perf_counter() - t0
+        while len(self._graphs) > self.max_graphs:
+            self._graphs.popitem(last=False)

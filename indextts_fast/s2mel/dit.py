@@ -37,7 +37,7 @@ from indextts_kernels.reference import rope_table_ref
 from .. import ops
 from ..loader import FastDiTWeights
 
-__all__ = ["FastDiT", "PRECISIONS", "DEFAULT_PRECISION", "unsupported_reason"]
+__all__ = ["FastDiT", "PRECISIONS", "DEFAULT_PRECISION", "unsupported_reason", "reflect_index"]
 
 PRECISIONS = ("tf32x3", "ieee", "tf32")
 DEFAULT_PRECISION = "tf32x3"
@@ -63,13 +63,33 @@ def _reflect_pad_time(x: torch.Tensor, left: int, right: int) -> torch.Tensor:
     return padded[..., : padded.shape[-1] - extra]
 
 
-def _taps(x: torch.Tensor, k: int) -> torch.Tensor:
-    """im2col of a channel-last x [B, T, C] for a k-tap, dilation-1, same-length conv: [B, T, k*C], tap-major."""
+def _taps(x: torch.Tensor, k: int, index: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """im2col of a channel-last x [B, T, C] for a k-tap, dilation-1, same-length conv: [B, T, k*C], tap-major.
+
+    With ``index`` (:func:`reflect_index`) the taps are gathered at frames reflected at the unpadded length instead
+    of at T: the same values for every frame below that length, whatever the padding beyond it holds."""
     B, T, C = x.shape
+    if index is not None:
+        return x.gather(1, index.expand(B, T * k, C)).reshape(B, T, k * C)
     total = k - 1
     right = total // 2
     xp = _reflect_pad_time(x.transpose(1, 2), total - right, right)  # [B, C, T + k - 1]
     return xp.unfold(2, k, 1).permute(0, 2, 3, 1).reshape(B, T, k * C)
+
+
+def reflect_index(valid_len: torch.Tensor, T: int, k: int) -> torch.Tensor:
+    """Frame indices [1, T*k, 1] (int64) of the k taps of each frame of a batch padded to T frames beyond its
+    ``valid_len`` (a device int tensor [1]): ``SConv1d``'s reflect padding at valid_len, computed on the device (a
+    CUDA graph replays it for any valid_len). Exact for valid_len > k // 2; frames at or beyond valid_len get
+    in-range indices whose values nothing valid reads."""
+    right = (k - 1) // 2
+    left = k - 1 - right
+    dev = valid_len.device
+    pos = torch.arange(T, device=dev)[:, None] + torch.arange(k, device=dev)[None, :] - left  # [T, k]
+    last = valid_len.reshape(1, 1).long() - 1
+    p = pos.abs()  # reflect at frame 0
+    p = torch.where(p > last, 2 * last - p, p)  # reflect at the last valid frame
+    return p.clamp(0, T - 1).reshape(1, T * k, 1)
 
 
 class FastDiT:
@@ -122,10 +142,13 @@ class FastDiT:
             raise ValueError(f"FastDiT: x_lens holds {x_lens.numel()} lengths for a batch of {B}")
         return x_lens.to(torch.int32).contiguous()
 
-    def __call__(self, x, prompt_x, x_lens, t, style, cond):
-        return self.forward(x, prompt_x, x_lens, t, style, cond)
+    def __call__(self, x, prompt_x, x_lens, t, style, cond, *, valid_len=None):
+        return self.forward(x, prompt_x, x_lens, t, style, cond, valid_len=valid_len)
 
-    def forward(self, x, prompt_x, x_lens, t, style, cond) -> torch.Tensor:
+    def forward(self, x, prompt_x, x_lens, t, style, cond, *, valid_len: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``valid_len`` (a device int tensor [1], default None): the batch is padded beyond its first valid_len
+        frames; every frame below it is computed as for the unpadded batch (keys and WaveNet frames masked at
+        min(x_lens, valid_len), the WaveNet taps reflected at valid_len). The caller keeps valid_len > K // 2."""
         w, C, H = self.w, self.C, self.H
         B, Fc, T = x.shape
         if Fc != self.F:
@@ -133,6 +156,10 @@ class FastDiT:
         if T > self.freqs_cis.shape[0]:
             raise ValueError(f"FastDiT: {T} frames exceed the {self.freqs_cis.shape[0]} RoPE positions of the model")
         lens = self._lens(x_lens, B, T)
+        index = None
+        if valid_len is not None:
+            lens = torch.minimum(lens, valid_len.to(lens.dtype))
+            index = reflect_index(valid_len, T, self.K)
         prec = self.precision
         t = t.reshape(-1).expand(B) if t.numel() == 1 else t
         t1 = _t_embedding(w.t_embed, t, prec)  # [B, C]
@@ -159,7 +186,7 @@ class FastDiT:
         r = 4 * C * self.L
         h = ops.adaptive_rms_norm(h, w.norm_g, mod[:, r : r + C], mod[:, r + C : r + 2 * C], self.rms_eps)
         x_res = self._lin(torch.cat([h, xt], -1), w.skip_linear_w, w.skip_linear_b)  # long skip
-        y = self._wavenet(self._lin(x_res, w.conv1_w, w.conv1_b), lens, t, prec)
+        y = self._wavenet(self._lin(x_res, w.conv1_w, w.conv1_b), lens, t, prec, index)
         y = self._lin(x_res, w.res_proj_w, w.res_proj_b, residual=y)
         fm = self._lin(F.silu(t1), w.final_adaln_w, w.final_adaln_b)  # [B, 2H]: shift | scale
         y = ops.final_layer_modulate(y, fm[:, :H], fm[:, H:], self.final_eps)
@@ -167,7 +194,7 @@ class FastDiT:
         y = self._lin(y, w.conv2_w, w.conv2_b)  # [B, T, F]
         return y.transpose(1, 2).contiguous()
 
-    def _wavenet(self, x: torch.Tensor, lens: torch.Tensor, t: torch.Tensor, prec: str) -> torch.Tensor:
+    def _wavenet(self, x: torch.Tensor, lens: torch.Tensor, t: torch.Tensor, prec: str, index=None) -> torch.Tensor:
         """WN(x, mask, g = t_embedder2(t)) in channel-last layout [B, T, H]."""
         w, H, W = self.w, self.H, self.W
         B, T, _ = x.shape
@@ -175,7 +202,7 @@ class FastDiT:
         g = self._lin(_t_embedding(w.t_embed2, t, prec), w.wn_cond_w, w.wn_cond_b)  # [B, 2H*W]
         out = torch.zeros_like(x)
         for i in range(W):
-            a = self._lin(_taps(x, self.K), w.wn_in_w[i], w.wn_in_b[i])  # [B, T, 2H]
+            a = self._lin(_taps(x, self.K, index), w.wn_in_w[i], w.wn_in_b[i])  # [B, T, 2H]
             a = a + g[:, None, 2 * H * i : 2 * H * (i + 1)]
             acts = torch.tanh(a[..., :H]) * torch.sigmoid(a[..., H:])
             rs = self._lin(acts, w.wn_res_skip_w[i], w.wn_res_skip_b[i])

@@ -1,8 +1,9 @@
 """The s2mel side of ``indextts_fast.enable``: what is replaced on a live CFM (or a lone DiT), and the undo.
 
-On a CFM: the instance attribute ``cfm.inference`` -> ``cfm_inference`` (the official 25-step Euler loop with CFG,
-our own) with FastDiT as the estimator; the estimator module itself is left as it is (a ``torch.compile``d one
-included: FastDiT is built from the module it wraps). On a lone DiT: ``dit.forward`` -> FastDiT.
+On a CFM: the instance attribute ``cfm.inference`` -> a ``CFMLoop`` (the official 25-step Euler loop with CFG, our
+own; on CUDA one CUDA graph per length bucket) with FastDiT as the estimator; the estimator module itself is left
+as it is (a ``torch.compile``d one included: FastDiT is built from the module it wraps). On a lone DiT:
+``dit.forward`` -> FastDiT.
 FastDiT holds the loader's kernel-layout tensors of the live DiT (``remap_live``: views where the layout is the
 module's own, the packed w13 / stacked AdaLN / folded weight-norm tensors new), no file involved.
 """
@@ -16,7 +17,7 @@ import torch
 from .. import loader
 from .._attrs import AttrPatch
 from ..profiling import nvtx_range
-from .cfm import cfm_inference
+from .cfm import CFMLoop
 from .dit import DEFAULT_PRECISION, PRECISIONS, FastDiT
 from .dit import unsupported_reason as dit_unsupported_reason
 
@@ -36,16 +37,17 @@ def unsupported_reason(obj) -> Optional[str]:
 
 
 class S2MelPatch(AttrPatch):
-    def __init__(self, obj, fast: FastDiT):
+    def __init__(self, obj, fast: FastDiT, *, graphs: Optional[bool] = None):
         super().__init__()
         self.obj, self.fast = obj, fast
         self.is_cfm = hasattr(obj, "estimator")
+        self.loop = CFMLoop(obj, fast, graphs=graphs) if self.is_cfm else None
         self.what = "CFM Euler loop + DiT estimator" if self.is_cfm else "DiT estimator"
         self.precision_note = f"fp32 products {fast.precision}"
         self.calls = 0
 
     @classmethod
-    def build(cls, obj, *, precision: Optional[str] = None) -> S2MelPatch:
+    def build(cls, obj, *, precision: Optional[str] = None, graphs: Optional[bool] = None) -> S2MelPatch:
         precision = precision or DEFAULT_PRECISION
         if precision not in PRECISIONS:
             raise ValueError(f"enable: dit_precision must be one of {PRECISIONS}, got {precision!r}")
@@ -55,13 +57,13 @@ class S2MelPatch(AttrPatch):
             tensors = {k: v.detach() for k, v in tensors.items()}
             weights = loader.dit_weights(tensors, report.dims, stack_adaln=True)
         eps = dict(rms_eps=dit.transformer.norm.eps, final_eps=dit.final_layer.norm_final.eps)
-        return cls(obj, FastDiT(weights, report.dims, precision=precision, **eps))
+        return cls(obj, FastDiT(weights, report.dims, precision=precision, **eps), graphs=graphs)
 
     # --- the replacements ------------------------------------------------------------------------------------------
     def inference(self, mu, x_lens, prompt, style, f0, n_timesteps, temperature=1.0, inference_cfg_rate=0.5):
         with torch.inference_mode(), torch.autocast(mu.device.type, enabled=False), nvtx_range("s2mel.cfm"):
-            out = cfm_inference(self.obj, self.fast, mu, x_lens, prompt, style, f0, n_timesteps,
-                                temperature=temperature, inference_cfg_rate=inference_cfg_rate)  # fmt: skip
+            out = self.loop(mu, x_lens, prompt, style, f0, n_timesteps, temperature=temperature,
+                            inference_cfg_rate=inference_cfg_rate)  # fmt: skip
         self.calls += 1
         return out
 
