@@ -83,6 +83,13 @@ def measure(benchmark, copy_bandwidth):
 
 
 def pytest_terminal_summary(terminalreporter):
+    import sys
+
+    e2e = sys.modules.get("bench.bench_e2e")
+    for text in getattr(e2e, "RESULTS", []):
+        terminalreporter.section("end to end")
+        for line in text.splitlines():
+            terminalreporter.write_line(line)
     if not _ROWS:
         return
     base = {r["group"]: r["device_ms"] for r in _ROWS if r["provider"] == "torch"}

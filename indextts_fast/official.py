@@ -95,7 +95,7 @@ def s2mel_config(size: str = "tiny") -> dict:
     """The s2mel section of IndexTTS-2's config.yaml (full) or a small copy (tiny: width 64, one head of 64)."""
     full = size == "full"
     C, L, heads, F, D, S, H, W, R, Q = (512, 13, 8, 80, 512, 192, 512, 8, 512, 1024) if full else \
-        (64, 5, 1, 16, 48, 24, 64, 3, 32, 40)  # fmt: skip
+        (64, 5, 1, 16, 48, 24, 64, 3, 48, 40)  # fmt: skip
     return {
         "dit_type": "DiT", "reg_loss_type": "l1", "style_encoder": {"dim": S},
         "length_regulator": {"channels": R, "is_discrete": False, "in_channels": Q, "content_codebook_size": 2048,

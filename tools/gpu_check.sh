@@ -2,11 +2,14 @@
 # The prepared check for a GPU machine without network access. Installs nothing from the network.
 #
 #   bash tools/gpu_check.sh          # kernel tests compiled on CUDA, then every benchmark, then a short table
-#   bash tools/gpu_check.sh quick    # same, without the torch.compile peers (they spend minutes compiling)
+#   bash tools/gpu_check.sh quick    # same, without the torch.compile peers (they spend minutes compiling) and
+#                                    # without the end-to-end run
+#   bash tools/gpu_check.sh e2e      # only bench/bench_e2e.py (official eager, official + torch.compile, ours)
 #
 # Writes to $OUT when set (the lent machine's return folder), else bench/results/:
 #   <card>-<date>.json   pytest-benchmark JSON (device times, GB/s, TFLOP/s, card and versions in extra_info)
 #   <card>-<date>.md     the table printed last (tools/bench_table.py)
+#   e2e-<card>-<date>.json / .txt   the end-to-end rows and table (bench/bench_e2e.py)
 #   tests-<card>-<date>.log
 # The fidelity tests need the official IndexTTS2 module code; carry it as wheels in .whl/ (pure Python):
 #   python3 -m pip download --no-deps -d .whl munch==4.0.0 indextts2-inference==2.1.1
@@ -43,13 +46,19 @@ fi
 export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
 $PY -c "import torch, triton, indextts_fast as F; print('torch', torch.__version__, 'triton', triton.__version__, 'backend', F.default_backend())"
 
+if [ "${1:-}" = e2e ]; then
+    echo "== end to end (bench/bench_e2e.py, IndexTTS-2 sizes, random weights)"
+    timeout 540 $PY -m bench.bench_e2e --json "$RES/e2e-$CARD-$STAMP.json" 2>&1 | tee "$RES/e2e-$CARD-$STAMP.txt"
+    exit "${PIPESTATUS[0]}"
+fi
+
 echo "== kernel tests, compiled on CUDA"
 timeout 300 $PY -m pytest tests -q -p no:cacheprovider "${DESELECT[@]}" 2>&1 | tee "$RES/tests-$CARD-$STAMP.log" | tail -25
 echo "== demo"
 timeout 300 $PY -m indextts_fast demo --stages greedy,latent,cfm | tee "$RES/demo-$CARD-$STAMP.txt"
 echo "== benchmarks"
-KSEL=()
-[ "${1:-}" = quick ] && KSEL=(-k "not compile")
+KSEL=(-k "not end_to_end")  # the end-to-end run has its own mode (e2e): it takes minutes
+[ "${1:-}" = quick ] && KSEL=(-k "not compile and not end_to_end")
 timeout 420 $PY -m pytest bench -m gpu -q -p no:cacheprovider --benchmark-enable --benchmark-columns=median,rounds \
     --benchmark-json "$RES/$CARD-$STAMP.json" "${KSEL[@]}" 2>&1 | tail -15
 echo "== summary ($CARD)"

@@ -1,0 +1,320 @@
+"""End to end, in one run on one card: the official modules eagerly, the official modules with ``torch.compile`` on
+the CFM estimator (what ``use_torch_compile`` / ``enable_torch_compile`` does), and ours (``indextts_fast.enable``).
+
+Models: the official module code at IndexTTS-2's sizes with random weights (``official.build_unified_voice`` and
+``build_s2mel``; the stop token's bias is lowered so every generation runs its full length). Rows:
+
+- ``gpt ms/token``: the official ``inference_speech`` at infer_v2's sampling settings, batch 1 (num_beams=1) and
+  3 beams, timed at ``codes`` and at ``short`` generated codes: (t_long - t_short) / (n_long - n_short), so the
+  prefill and the conditioning encoders drop out. tokens/s = 1000 / ms.
+- ``cfm ms/step``: ``cfm.inference`` at infer_v2's call (25 steps, CFG 0.7, batch 2), a 10 s reference (861 mel
+  frames) plus 500 codes (860 frames): the call's time / 25.
+- ``synthesis``: one synthetic sentence as infer_v2 runs it after its encoders: GPT generation (3 beams, 500
+  codes), the teacher-forced latent pass, gpt_layer, length_regulator, the 25-step CFM. RTF = seconds / the
+  audio's seconds (frames x 256 / 22050). The semantic codec's vq2emb (replaced by a random embedding), the
+  w2v-BERT / CAMPPlus encoders and BigVGAN are not part of it: they run the same official code on every provider.
+- ``first synthesis``: the first synthesis of each provider (ours: Triton compiles and CUDA-graph captures; compile:
+  Inductor), and ``peak MiB``: torch.cuda.max_memory_allocated over the timed syntheses.
+
+The GPT runs as ``use_fp16=True`` (halved weights under fp16 autocast) on CUDA, fp32 on a CPU.
+
+    pytest bench/bench_e2e.py --benchmark            # on a GPU; the table is printed at the end
+    python -m bench.bench_e2e [--json bench/results/<card>-e2e.json]
+    python -m bench.bench_e2e --size tiny --device cpu   # the harness on tiny models (interpreter: no timing)
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from typing import Optional
+
+import pytest
+import torch
+
+SR, HOP = 22050, 256  # IndexTTS-2's s2mel mel: 22050 Hz, hop 256 (86.1 frames per second)
+CODE_TO_FRAMES = 1.72  # infer_v2: target_lengths = (code_lens * 1.72).long()
+PROVIDERS = ("official", "compile", "ours")
+
+
+@dataclass
+class E2ESizes:
+    cond_frames: int  # speaker-condition frames (w2v-BERT features, 50 per second: 500 = a 10 s reference)
+    text: int  # text tokens
+    codes: int  # generated codes (500: about 10 s of audio)
+    short: int  # the short generation the per-token time subtracts
+    prompt: int  # reference mel frames (861 = 10 s)
+    repeats: int  # timed calls after the first
+    steps: int = 25  # CFM steps (infer_v2: 25)
+
+
+SIZES = {"full": E2ESizes(500, 60, 500, 50, 861, 2), "tiny": E2ESizes(37, 9, 12, 2, 9, 0, steps=2)}
+
+
+@dataclass
+class Row:
+    provider: str
+    metric: str
+    value: float
+    unit: str
+    note: str = ""
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(fn, device, repeats: int):
+    """(last output, first-call s, median s of ``repeats`` more calls (the first when 0), peak bytes or None)."""
+    from indextts_fast.demo import _quiet
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    times = []
+    out = None
+    for _ in range(1 + repeats):
+        _sync(device)
+        t0 = time.perf_counter()
+        with _quiet():
+            out = fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+    return out, times[0], statistics.median(times[1:] or times), peak
+
+
+class Models:
+    """The official UnifiedVoice and MyModel at one size on one device, and the synthetic inputs."""
+
+    def __init__(self, size: str, device: torch.device, gpt_dtype: torch.dtype, seed: int = 0):
+        from indextts_fast import official
+        from indextts_fast.demo import _quiet
+
+        self.s, self.device, self.gpt_dtype = SIZES[size], device, gpt_dtype
+        with _quiet():
+            uv = official.build_unified_voice(size, seed)
+            if gpt_dtype == torch.float16:  # use_fp16: IndexTTS2 halves the GPT and runs it under fp16 autocast
+                uv = uv.half()
+                uv.post_init_gpt2_config(use_deepspeed=False, kv_cache=True, half=True)
+            self.uv = uv.to(device).eval()
+            self.s2 = official.build_s2mel(size, seed).to(device).eval()
+        g = torch.Generator().manual_seed(seed + 1)
+        s, cfm = self.s, self.s2.models["cfm"]
+        dit = cfm.estimator
+        self.spk = torch.randn(1, s.cond_frames, 1024, generator=g).to(device)
+        self.text = torch.randint(2, min(self.uv.number_text_tokens, 99), (1, s.text), generator=g,
+                                  dtype=torch.int32).to(device)  # fmt: skip
+        D = dit.cond_projection.in_features
+        S = dit.cond_x_merge_linear.in_features - dit.cond_projection.out_features - 2 * dit.in_channels
+        self.prompt_cond = torch.randn(1, s.prompt, D, generator=g).to(device)  # length_regulator(ref) output
+        self.ref_mel = torch.randn(1, dit.in_channels, s.prompt, generator=g).to(device)
+        self.style = torch.randn(1, S, generator=g).to(device)
+        self.codebook = torch.randn(1, s.codes, self._content_width(), generator=g).to(device)  # vq2emb's stand-in
+
+    def _content_width(self) -> int:
+        return self.s2.models["length_regulator"].content_in_proj.in_features
+
+    @property
+    def target(self):
+        """The IndexTTS2-shaped object ``enable`` takes: ``.gpt`` and ``.s2mel``."""
+
+        class _TTS:
+            pass
+
+        t = _TTS()
+        t.gpt, t.s2mel = self.uv, self.s2
+        return t
+
+    def _autocast(self):
+        on = self.gpt_dtype == torch.float16
+        return torch.autocast(self.device.type, dtype=torch.float16, enabled=on)
+
+    def generate(self, codes: int, beams: int, seed: int = 7) -> torch.Tensor:
+        from indextts_fast.demo import OFFICIAL_DEFAULTS
+
+        gen = dict(OFFICIAL_DEFAULTS, num_beams=beams)
+        lens = torch.tensor([self.spk.shape[1]], device=self.device)
+        spk = self.spk  # fp32, as infer_v2 passes the w2v-BERT features (autocast casts them)
+        torch.manual_seed(seed)
+        with torch.no_grad(), self._autocast():
+            out, _ = self.uv.inference_speech(spk, self.text, emo_speech_condition=spk, cond_lengths=lens,
+                                              emo_cond_lengths=lens, max_generate_length=codes, **gen)  # fmt: skip
+        return out
+
+    def cfm(self, mu: torch.Tensor, seed: int = 21) -> torch.Tensor:
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            return self.s2.models["cfm"].inference(mu, torch.LongTensor([mu.size(1)]).to(mu.device), self.ref_mel,
+                                                   self.style, None, self.s.steps, inference_cfg_rate=0.7)  # fmt: skip
+
+    def mu(self, codes: int) -> torch.Tensor:
+        """infer_v2's CFM condition for ``codes`` codes: prompt condition + length_regulator(S_infer) frames."""
+        with torch.no_grad():
+            S = torch.randn(1, codes, self._content_width(), generator=torch.Generator().manual_seed(3))
+            cond = self.s2.models["length_regulator"](S.to(self.device),
+                                                      ylens=torch.tensor([int(codes * CODE_TO_FRAMES)],
+                                                                         device=self.device), n_quantizers=3,
+                                                      f0=None)[0]  # fmt: skip
+            return torch.cat([self.prompt_cond, cond], dim=1)
+
+    def synthesis(self, seed: int = 7) -> tuple[torch.Tensor, int]:
+        """One sentence after the encoders: (mel [1, 80, frames], codes generated)."""
+        from indextts_fast.demo import _latents
+
+        codes = self.generate(self.s.codes, 3, seed)
+        n = int(codes.shape[1])
+        with self._autocast():
+            latent = _latents(self.uv, self.spk, self.text, codes, torch.float32)
+        with torch.no_grad():
+            S_infer = self.codebook[:, :n]
+            gpt_layer = self.s2.models["gpt_layer"]
+            if gpt_layer[0].in_features == latent.shape[-1]:  # the tiny s2mel's gpt_layer is IndexTTS-2's width
+                S_infer = S_infer + gpt_layer(latent.float())[:, :n]
+            cond = self.s2.models["length_regulator"](S_infer, ylens=torch.tensor([int(n * CODE_TO_FRAMES)],
+                                                                                   device=self.device),
+                                                      n_quantizers=3, f0=None)[0]  # fmt: skip
+            mu = torch.cat([self.prompt_cond, cond], dim=1)
+        mel = self.cfm(mu)
+        return mel[:, :, self.ref_mel.size(-1) :], n
+
+
+@contextlib.contextmanager
+def provider(name: str, m: Models):
+    """The models as ``name`` runs them; restored afterwards."""
+    if name == "official":
+        yield None
+    elif name == "compile":
+        cfm = m.s2.models["cfm"]
+        eager = cfm.estimator
+        # the official enable_torch_compile (indextts2-inference): fullgraph, dynamic shapes
+        cfm.estimator = torch.compile(eager, fullgraph=True, dynamic=True)
+        try:
+            yield None
+        finally:
+            cfm.estimator = eager
+    elif name == "ours":
+        import indextts_fast
+
+        with indextts_fast.enabled(m.target) as h:
+            yield h
+    else:
+        raise ValueError(f"unknown provider {name!r}; the providers are {', '.join(PROVIDERS)}")
+
+
+def run(size: str = "full", device: Optional[str] = None, gpt_dtype: Optional[str] = None,
+        providers=PROVIDERS) -> list[Row]:  # fmt: skip
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dt = {"fp16": torch.float16, "fp32": torch.float32}[gpt_dtype or ("fp16" if dev.type == "cuda" else "fp32")]
+    m = Models(size, dev, dt)
+    s = m.s
+    rows: list[Row] = []
+    mu = m.mu(s.codes)
+    frames = mu.shape[1]
+    audio_s = (frames - s.prompt) * HOP / SR
+    for name in providers:
+        with provider(name, m):
+            # the synthesis first: its first call is the provider's cold start (compiles, captures)
+            (mel, n), first, t_syn, peak = _timed(m.synthesis, dev, s.repeats)
+            rows.append(Row(name, "synthesis s (gpt 3 beams + latent + s2mel)", t_syn, "s", f"{n} codes"))
+            rows.append(Row(name, "synthesis RTF", t_syn / audio_s, "x", f"{audio_s:.2f} s of audio"))
+            rows.append(Row(name, "first synthesis s", first, "s", "compiles and captures included"))
+            if peak is not None:
+                rows.append(Row(name, "peak MiB (synthesis)", peak / 2**20, "MiB"))
+            if not torch.isfinite(mel).all():
+                raise RuntimeError(f"{name}: the synthetic mel has non-finite values")
+            if name != "compile":  # the compiled estimator changes the CFM only: its GPT rows are the official ones
+                for beams, label in ((1, "batch 1"), (3, "3 beams")):
+                    long_out, _, t_long, _ = _timed(lambda b=beams: m.generate(s.codes, b), dev, s.repeats)
+                    short_out, _, t_short, _ = _timed(lambda b=beams: m.generate(s.short, b), dev, s.repeats)
+                    n_long, n_short = int(long_out.shape[1]), int(short_out.shape[1])
+                    ms = 1000 * (t_long - t_short) / max(n_long - n_short, 1)
+                    note = f"{n_long} - {n_short} codes"
+                    rows.append(Row(name, f"gpt ms/token, {label}", ms, "ms", note))
+                    tps = 1000 / ms if ms > 0 else float("nan")
+                    rows.append(Row(name, f"gpt tokens/s, {label}", tps, "tok/s", note))
+            _, _, t_cfm, _ = _timed(lambda: m.cfm(mu), dev, s.repeats)
+            rows.append(Row(name, f"cfm ms/step, {s.steps} steps CFG, {frames} frames", 1000 * t_cfm / s.steps, "ms"))
+    return rows
+
+
+def table(rows: list[Row], header: str = "") -> str:
+    base = {r.metric: r.value for r in rows if r.provider == "official"}
+    lower_better = lambda r: r.unit in ("ms", "s", "x", "MiB")  # noqa: E731
+    lines = [header] if header else []
+    w = max(len(r.metric) for r in rows)
+    lines.append(f"{'metric':<{w}}  {'provider':<9} {'value':>10} {'unit':<6} {'vs official':>11}  note")
+    for r in sorted(rows, key=lambda r: (r.metric, PROVIDERS.index(r.provider))):
+        b = base.get(r.metric)
+        ratio = (b / r.value if lower_better(r) else r.value / b) if b and r.value else float("nan")
+        lines.append(f"{r.metric:<{w}}  {r.provider:<9} {r.value:>10.3f} {r.unit:<6} {ratio:>10.2f}x  {r.note}")
+    return "\n".join(lines)
+
+
+def _header(device: torch.device) -> str:
+    import triton
+
+    import indextts_fast
+    from indextts_fast import official
+
+    card = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU (not a timing of the kernels)"
+    return (f"end to end on {card}: indextts_fast {indextts_fast.__version__} (backend "
+            f"{indextts_fast.backend_for(device)}), {official.official_version()}, torch {torch.__version__}, "
+            f"triton {triton.__version__}")  # fmt: skip
+
+
+RESULTS: list[str] = []  # tables bench/conftest.py prints in the terminal summary
+JSON_ENV = "INDEXTTS_BENCH_E2E_JSON"
+
+
+@pytest.mark.gpu
+def test_end_to_end():
+    """All providers in one run at IndexTTS-2's sizes; the table goes to the terminal summary (and to the JSON
+    file ``$INDEXTTS_BENCH_E2E_JSON`` names). Its own timer, not pytest-benchmark's: one synthesis takes seconds."""
+    import os
+
+    dev = torch.device("cuda")
+    rows = run("full")
+    header = _header(dev)
+    RESULTS.append(table(rows, header))
+    if os.environ.get(JSON_ENV):
+        _write_json(os.environ[JSON_ENV], header, "full", rows)
+    assert {r.provider for r in rows} == set(PROVIDERS)
+    assert all(r.value == r.value for r in rows), "a NaN row"
+
+
+def _write_json(path: str, header: str, size: str, rows: list[Row]) -> None:
+    with open(path, "w") as f:
+        json.dump({"header": header, "size": size, "rows": [asdict(r) for r in rows]}, f, indent=1)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.bench_e2e", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    ap.add_argument("--size", choices=sorted(SIZES), default="full")
+    ap.add_argument("--device", help="cuda or cpu (default: cuda when available)")
+    ap.add_argument("--gpt-dtype", choices=("fp16", "fp32"), help="default: fp16 on CUDA (use_fp16), fp32 on CPU")
+    ap.add_argument("--providers", default=None, help=f"comma-separated subset of {','.join(PROVIDERS)}")
+    ap.add_argument("--json", help="also write the rows to this JSON file")
+    args = ap.parse_args(argv)
+    dev = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    providers = tuple(args.providers.split(",")) if args.providers else \
+        (PROVIDERS if dev.type == "cuda" else ("official", "ours"))  # fmt: skip
+    bad = [p for p in providers if p not in PROVIDERS]
+    if bad:
+        print(f"bench_e2e: unknown provider {bad[0]!r}; the providers are {', '.join(PROVIDERS)}")
+        return 2
+    rows = run(args.size, str(dev), args.gpt_dtype, providers)
+    header = _header(dev)
+    print(table(rows, header))
+    if args.json:
+        _write_json(args.json, header, args.size, rows)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

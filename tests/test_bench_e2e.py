@@ -1,0 +1,19 @@
+"""bench/bench_e2e.py's harness on tiny models on CPU: every provider row is produced and the table prints (the
+GPU run is the benchmark; this only keeps the harness runnable on a machine without one)."""
+
+import math
+
+from bench import bench_e2e
+
+
+def test_e2e_harness_runs_on_tiny_models():
+    rows = bench_e2e.run("tiny", "cpu", "fp32", ("official", "ours"))
+    metrics = {r.metric for r in rows}
+    for metric in metrics:
+        got = {r.provider for r in rows if r.metric == metric}
+        assert got == {"official", "ours"}, (metric, got)
+    assert any(m.startswith("gpt ms/token, 3 beams") for m in metrics)
+    assert any(m.startswith("cfm ms/step") for m in metrics) and "synthesis RTF" in metrics
+    assert all(math.isfinite(r.value) and r.value > 0 for r in rows), rows
+    text = bench_e2e.table(rows, "header")
+    assert "vs official" in text and text.count("\n") == len(rows) + 1
