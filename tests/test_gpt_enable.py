@@ -115,7 +115,7 @@ def test_processed_scores_and_beams_replayed_on_official_logits(uv):
     step_logits = iter(official_logits[1:])
     torch.manual_seed(11)
     # the official call draws its random numbers after the conditioning encoders, which draw none: same stream
-    seqs = decode_loop(args, input_ids, official_logits[0][:1].float(), lambda tok, cur: next(step_logits).float(),
+    seqs = decode_loop(args, input_ids, official_logits[0][:1].float(), lambda tok: next(step_logits).float(),
                        record=record)  # fmt: skip
     assert len(record) == len(official_scores)
     for t, ((processed, _, _), want) in enumerate(zip(record, official_scores, strict=True)):
@@ -285,8 +285,9 @@ def test_at_most_six_kernels_per_layer_per_decode_step(uv, rows):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
 @pytest.mark.parametrize("mode", ["greedy", "beam_sample_defaults"])
 def test_cuda_graph_decode_gives_the_eager_tokens(mode):
-    """On a GPU: the decode step captured as a CUDA graph (first call eager, then captured and replayed) gives
-    the tokens of the same loop run eagerly, in a fresh engine each (so the capture happens on fresh state)."""
+    """On a GPU: each token's tick (processors, draw, beam step, model step) captured as a CUDA graph (first tick
+    eager, then captured and replayed) gives the tokens of the same loop run eagerly, in a fresh engine each (so
+    the capture happens on fresh state); the next generation replays that graph."""
     from indextts_fast.gpt.generate import generate
     from indextts_fast.gpt.patch import build_fast_gpt
     from indextts_fast.gpt.sampling import resolve_generation_args
@@ -307,6 +308,73 @@ def test_cuda_graph_decode_gives_the_eager_tokens(mode):
         torch.manual_seed(3)
         with torch.no_grad():
             seqs, engine = generate(fast, args, ids, prefix, graphs=graphs)
-        assert engine.graphs == graphs and (engine.graph is not None) == graphs
+        assert engine.graphs == graphs and engine.captured == int(graphs)
         out[graphs] = seqs
     assert torch.equal(out[True], out[False])
+    torch.manual_seed(3)  # a second generation on the same engine replays the graph captured by the first
+    with torch.no_grad():
+        again, engine2 = generate(fast, args, ids, prefix, engine)
+    (state,) = engine.loops.values()
+    assert engine2 is engine and engine.captured == 1 and state.replays > seqs.shape[1]
+    assert torch.equal(again, out[False])
+
+
+@pytest.mark.parametrize("mode, bias", [("greedy", 9.6), ("beam_search", 9.5)])
+def test_stop_flag_read_every_few_ticks_changes_nothing(mode, bias, monkeypatch):
+    """Without sampling the host reads the stop flag every CHECK_EVERY ticks; the ticks after an early stop
+    (the stop token, here made likely by its bias) are no-ops on the device state: the tokens are the official
+    ones, twice on one engine (its loop state reset in place, as a captured graph needs)."""
+    from indextts_fast.gpt.loop import CHECK_EVERY
+
+    monkeypatch.setenv("INDEXTTS_FAST_BACKEND", "torch")  # the loop's logic; the kernels are tested above
+    uv = _uv()
+    with torch.no_grad():
+        uv.mel_head.bias[uv.stop_mel_token] += bias
+    spk, text = _inputs()
+    official, _ = _speech(uv, spk, text, steps=40, **MODES[mode])
+    assert official[0, -1] == uv.stop_mel_token and official.shape[1] < 40, "no early stop to test"
+    with indextts_fast.enabled(uv) as h:
+        first, _ = _speech(uv, spk, text, steps=40, **MODES[mode])
+        second, _ = _speech(uv, spk, text, steps=40, **MODES[mode])
+        (engine,) = h.parts[0].patch.engines.values()
+        (state,) = engine.loops.values()
+        ours = first
+        if official_line() == "refactor":  # that line's k + 1 mel positions move the stop (see the test above)
+            ours = refactor_line_tokens(uv, h.parts[0].patch.fast, MODES[mode], 40, seed=7)
+    assert torch.equal(first, second), (first, second)
+    assert torch.equal(ours, official), (ours, official)
+    n = first.shape[1]
+    assert first[0, -1] == uv.stop_mel_token and n % CHECK_EVERY != 0, "no stop between two flag reads"
+    assert state.ticks > n and state.ticks % CHECK_EVERY == 0, "no tick ran after the stop"
+
+
+def test_draw_is_torch_multinomial():
+    """The graph-safe draw gives torch.multinomial's samples and leaves the generator where it leaves it
+    (one sample, and 2 x beams without replacement), so the random stream after the GPT is the official one."""
+    from indextts_fast.gpt.sampling import draw
+
+    for n, shape in ((1, (1, 130)), (1, (3, 8194)), (6, (1, 3 * 8194)), (2, (1, 37))):
+        for seed in range(5):
+            logits = torch.randn(shape, generator=torch.Generator().manual_seed(seed)) * 3
+            logits[..., ::7] = -float("inf")
+            probs = torch.softmax(logits, dim=-1)
+            torch.manual_seed(seed)
+            want = torch.multinomial(probs, n)
+            after_official = torch.rand(3)
+            torch.manual_seed(seed)
+            got, valid = draw(probs, n)
+            after_ours = torch.rand(3)
+            assert torch.equal(got, want) and bool(valid), (n, shape, seed)
+            assert torch.equal(after_ours, after_official)
+    bad = torch.tensor([[0.5, float("nan"), 0.5]])
+    assert not bool(draw(bad, 1)[1]) and not bool(draw(torch.zeros(1, 3), 1)[1])
+
+
+def test_positions_beyond_the_table_raise(uv):
+    """max_length beyond the mel position table: the official generate fails with an IndexError; so does ours,
+    naming the table."""
+    spk, text = _inputs()
+    with pytest.raises(IndexError):
+        _speech(uv, spk, text, steps=100, **MODES["greedy"])
+    with indextts_fast.enabled(uv), pytest.raises(IndexError, match="beyond the mel position table"):
+        _speech(uv, spk, text, steps=100, **MODES["greedy"])

@@ -9,9 +9,10 @@ Mel positions follow the default official path (``GPT2InferenceModel.forward``):
 prefix in the prompt (the start token, then any ``input_tokens``) get mel positions 0, 1, ...; a token fed at step
 ``cur_len`` (the sequence length once it is appended) gets ``cur_len - prefix_len``, i.e. code k at ``k + 2``.
 
-Per step on the device: the embedding, 24 blocks (each: LayerNorm + c_attn, attention, c_proj + residual,
-LayerNorm + c_fc + gelu_new, c_proj + residual) and the head, as one CUDA graph replay on CUDA (``engine.py``);
-then the processors, the candidate draw and the beam bookkeeping; the host reads one flag per step (stop?).
+Per token on the device (``loop.py``): the processors, the draw and the beam bookkeeping, then the embedding, 24
+blocks (each: LayerNorm + c_attn, attention, c_proj + residual, LayerNorm + c_fc + gelu_new, c_proj + residual)
+and the head: one CUDA graph replay on CUDA. The host reads the stop flag every token when sampling, every
+``CHECK_EVERY`` tokens otherwise.
 """
 
 from __future__ import annotations
@@ -20,10 +21,13 @@ import torch
 
 from ..profiling import nvtx_range
 from .engine import DecodeStep
+from .loop import LoopState
 from .model import FastGPT
-from .sampling import BeamScorer, GenerationArgs, process_scores
+from .sampling import GenerationArgs
 
-__all__ = ["generate", "decode_loop", "new_engine"]
+__all__ = ["generate", "decode_loop", "new_engine", "CAPACITY_STEP"]
+
+CAPACITY_STEP = 256  # positions: a new engine's KV cache and sequences are sized in multiples of this
 
 
 def _check_position(fast: FastGPT, pos: int) -> None:
@@ -34,12 +38,13 @@ def _check_position(fast: FastGPT, pos: int) -> None:
 
 def new_engine(fast: FastGPT, rows: int, max_len: int, engine: DecodeStep | None = None, *,
                graphs: bool | None = None) -> DecodeStep:  # fmt: skip
-    """A decode step for ``rows`` rows of ``max_len`` positions, reusing ``engine`` (its cache and its captured
-    graph) when it fits; its cache reset for a new generation."""
+    """A decode step for ``rows`` rows of ``max_len`` positions, reusing ``engine`` (its cache, its loop states and
+    their captured graphs) when it fits; its cache reset for a new generation. A new one gets its capacity rounded
+    up to ``CAPACITY_STEP`` positions, so that sentences of similar lengths share one engine and its graphs."""
     if engine is not None and engine.fits(fast, rows, max_len) and (graphs is None or engine.graphs == graphs):
         engine.cache.reset()
         return engine
-    return DecodeStep(fast, rows, max_len, graphs=graphs)
+    return DecodeStep(fast, rows, -(-max_len // CAPACITY_STEP) * CAPACITY_STEP, graphs=graphs)
 
 
 def generate(
@@ -55,7 +60,8 @@ def generate(
     """Generate from one prompt. ``input_ids`` [1, P] (the official fake ids, then the start token and any given
     tokens), ``prefix_emb`` [1, prefix_len, C] (the conditioning + text embeddings ``inference_speech`` stores).
     Returns (sequences [1, L] including the prompt, as the official generate, and the decode step for reuse: its
-    cache and, on CUDA, its captured graph). ``graphs``: replay the decode step as a CUDA graph (default: on CUDA).
+    cache, its loop states and, on CUDA, their captured graphs). ``graphs``: replay each token's tick as a CUDA
+    graph (default: on CUDA).
 
     ``position_offset`` shifts the decode steps' mel positions: 0 is the official repository's convention (code k
     at k + 2). The transformers-5 refactor run with a transformers whose generate hands the cache over as
@@ -75,62 +81,23 @@ def generate(
         h = fast.prefill(h, cache)
         cache.share_prompt(P)
         logits = fast.logits(h[:, -1])
-
-    def step(tokens: torch.Tensor, cur: int) -> torch.Tensor:
-        pos = cur - prefix_len + position_offset
-        _check_position(fast, pos)
-        return engine(tokens, pos)
-
-    return decode_loop(args, input_ids, logits, step, reorder=cache.reorder), engine
+    state = engine.loop(args, logits.shape[-1])
+    state.reset(input_ids, logits, prefix_len=prefix_len, max_length=args.max_length, position_offset=position_offset)
+    return state.run(engine.step, cache.reorder, graphs=engine.graphs), engine
 
 
 def decode_loop(args: GenerationArgs, input_ids: torch.Tensor, logits: torch.Tensor, step, *, reorder=None,
                 record=None) -> torch.Tensor:  # fmt: skip
-    """The official generation loop over a model given as ``logits`` of the prompt's last position [1, V] (fp32)
-    and ``step(tokens [rows], cur_len) -> logits [rows, V]`` for the tokens just appended (cur_len: the sequence
-    length with them). ``reorder(rows)`` is told every beam reorder. ``record``, a list, receives per step
+    """The decode loop (eager) over a model given as ``logits`` of the prompt's last position [1, V] (fp32) and
+    ``step(tokens [rows]) -> logits [rows, V]`` for the tokens just appended (never called after the stop, as in
+    the official loop). ``reorder(rows)`` is told every beam reorder. ``record``, a list, receives per step
     ``(processed scores [rows, V], chosen tokens [rows], source rows [rows])``. Returns the sequences [1, L]."""
-    dev = logits.device
-    K, P = args.num_beams, input_ids.shape[1]
-    ids = torch.full((K, max(args.max_length, P)), args.pad_token_id, dtype=torch.int64, device=dev)
-    ids[:, :P] = input_ids
-    cur = P
-    if cur >= args.max_length:  # nothing to generate: the official loop does not run
-        return ids[:1, :cur]
-    if K == 1:
-        while True:
-            scores = process_scores(args, ids[:, :cur], logits)
-            if args.do_sample:
-                tok = torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1).squeeze(1)
-            else:
-                tok = torch.argmax(scores, dim=-1)
-            if record is not None:
-                record.append((scores, tok, torch.zeros_like(tok)))
-            ids[:, cur] = tok
-            cur += 1
-            if cur >= args.max_length or bool(tok[0] == args.eos_token_id):
-                return ids[:, :cur]
-            logits = step(tok, cur)
-
-    scorer = BeamScorer(args, P, dev)
-    beam_scores = torch.zeros((K,), dtype=torch.float32, device=dev)
-    beam_scores[1:] = -1e9  # only the first (identical) beam's candidates count at the first step
-    logits = logits.expand(K, -1)
-    while True:
-        processed = process_scores(args, ids[:, :cur], torch.log_softmax(logits, dim=-1))
-        scores = processed + beam_scores[:, None]
-        beam_scores, tokens, rows = scorer.step(scores.view(1, -1), ids, cur)
-        if record is not None:
-            record.append((processed, tokens, rows))
-        ids = ids.index_select(0, rows)
-        ids[:, cur] = tokens
-        cur += 1
-        if reorder is not None:
-            reorder(rows)
-        if cur >= args.max_length or bool(scorer.done):
-            break
-        logits = step(tokens, cur)
-    return scorer.finalize(beam_scores, ids, cur)
+    P = input_ids.shape[1]
+    state = LoopState(args, max(args.max_length, P), logits.shape[-1], logits.device, pos_limit=2**62)
+    state.reset(input_ids, logits, prefix_len=0, max_length=args.max_length)
+    # eager: the host may read ``active``, and the model is not asked for logits after the stop
+    return state.run(lambda tokens, pos, active: step(tokens) if bool(active) else state.logits, reorder,
+                     record=record)  # fmt: skip
 
 
 def refactor_line_tokens(uv, fast: FastGPT, gen: dict, steps: int, seed: int) -> torch.Tensor:

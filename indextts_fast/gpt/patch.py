@@ -100,7 +100,7 @@ class GPTPatch(AttrPatch):
     def __init__(self, uv, fast: FastGPT):
         super().__init__()
         self.uv, self.fast = uv, fast
-        self.engine = None  # the decode step (its KV cache, its CUDA graph), reused while it fits
+        self.engines: dict = {}  # rows -> the decode step (its KV cache, its loop states and graphs), reused
         self.calls = {"generate": 0, "latent": 0}
         self._orig_get_logits = uv.get_logits
 
@@ -129,7 +129,8 @@ class GPTPatch(AttrPatch):
             raise UnsupportedGeneration("no stored prompt embeddings (inference_model.store_mel_emb was not called)")
         self._check_autocast(inputs.device)
         with torch.no_grad(), _autocast_off(self.fast.device):
-            seqs, self.engine = generate(self.fast, args, inputs, prefix, self.engine)
+            rows = args.num_beams
+            seqs, self.engines[rows] = generate(self.fast, args, inputs, prefix, self.engines.get(rows))
         self.calls["generate"] += 1
         return seqs.to(inputs.device)
 
@@ -166,4 +167,4 @@ class GPTPatch(AttrPatch):
 
     def revert(self) -> None:
         self._undo()
-        self.engine = None
+        self.engines.clear()

@@ -7,12 +7,13 @@ vendors transformers' generation utilities (``indextts/gpt/transformers_generati
 random numbers, but its early-stop heuristic compares the best *running* beam where the scorer compares the best
 candidate of the step, and it counts hitting ``max_length`` as finishing a beam; outputs can differ there.
 
-Everything below works on device tensors of static shape: one generation step needs no host synchronization (the
-caller reads one flag per step to stop), so a step can be captured in a CUDA graph later.
+Everything below works on device tensors of static shape updated in place: one generation step needs no host
+synchronization, so the whole step (model, processors, draw, beam bookkeeping) is captured in one CUDA graph
+(``loop.py``); the host reads the stop flag every step when sampling, every few steps otherwise.
 
 Processors (each the same torch ops in the same order as the official ones, so their results are bit-identical):
     repetition penalty  every id present in input_ids (the prompt's fake ids and the start token included):
-                        s -> s * p if s < 0 else s / p   (gather, where, scatter)
+                        s -> s * p if s < 0 else s / p   (official: gather, where, scatter; here a seen-id mask)
     custom processors   the ``logits_processor`` list the caller passed (e.g. typical sampling), in order
     temperature         s / T                                            (sampling only)
     top-k               s < (k-th largest) -> -inf, k = max(top_k, min_keep)   (sampling only)
@@ -20,8 +21,9 @@ Processors (each the same torch ops in the same order as the official ones, so t
 with min_keep = 2 under beams (one eos id + 1), else 1. Beam methods apply them to ``log_softmax(logits)``;
 greedy and sampling to the raw logits.
 Beam step: scores + beam scores, flattened over beams x vocab; ``2 * num_beams`` candidates by ``topk`` or, sampling,
-by ``multinomial`` over the softmax (without replacement), gathered and sorted descending; the first ``num_beams``
-non-eos candidates continue; an eos candidate within the first ``num_beams`` ranks closes a hypothesis.
+by ``multinomial`` over the softmax (without replacement; ``draw``: its algorithm without its host checks),
+gathered and sorted descending; the first ``num_beams`` non-eos candidates continue; an eos candidate within the
+first ``num_beams`` ranks closes a hypothesis.
 Hypotheses: at most num_beams kept; score = sum_logprobs / generated_len ** length_penalty (fp64, as the official
 Python floats); a new one enters if there is room or it beats the worst, which then leaves (ties: the earliest).
 Done when num_beams are kept and (early_stopping True) or the worst kept >= best candidate / cur_len ** lp
@@ -41,6 +43,8 @@ __all__ = [
     "UnsupportedGeneration",
     "resolve_generation_args",
     "process_scores",
+    "draw",
+    "length_powers",
     "BeamScorer",
 ]
 
@@ -180,12 +184,18 @@ def resolve_generation_args(
     return args, model_kwargs
 
 
-def process_scores(args: GenerationArgs, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-    """The official logits-processor chain on ``scores`` [rows, V] (fp32) for the prefixes ``input_ids`` [rows, L]."""
+def process_scores(args: GenerationArgs, seen: Optional[torch.Tensor], scores: torch.Tensor,
+                   input_ids: Optional[torch.Tensor] = None) -> torch.Tensor:  # fmt: skip
+    """The official logits-processor chain on ``scores`` [rows, V] (fp32).
+
+    ``seen`` [rows, V] bool marks the ids present in each row's prefix (needed when a repetition penalty is set):
+    the official processor gathers the scores of the prefix ids, penalizes them and scatters them back; every id
+    present gets the same value however often it occurs, so ``where(seen, penalized, scores)`` is the same result
+    at a shape that does not grow (a CUDA graph replays it). ``input_ids`` [rows, L], the prefixes themselves, are
+    needed only by custom processors."""
     if args.repetition_penalty != 1.0:
-        picked = torch.gather(scores, 1, input_ids)
-        picked = torch.where(picked < 0, picked * args.repetition_penalty, picked / args.repetition_penalty)
-        scores = scores.scatter(1, input_ids, picked)
+        p = args.repetition_penalty
+        scores = torch.where(seen, torch.where(scores < 0, scores * p, scores / p), scores)
     for proc in args.custom_processors:
         scores = proc(input_ids, scores)
     if not args.do_sample:
@@ -206,33 +216,67 @@ def process_scores(args: GenerationArgs, input_ids: torch.Tensor, scores: torch.
     return scores
 
 
+def draw(probs: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``torch.multinomial(probs, n)`` (n = 1, or without replacement) without its host-side checks: the same
+    algorithm on the same random numbers (the exponential race its fast path runs: argmax / top-n of
+    probs / Exp(1)), so the same samples from the same generator state, at no host sync (a CUDA graph replays
+    it). Returns (samples [rows, n], valid: the multinomial's own validity condition as a device bool)."""
+    q = torch.empty_like(probs).exponential_(1)
+    valid = (probs.max() < float("inf")) & (probs.min() >= 0) & (probs.sum(-1) != 0).all()
+    q = torch.div(probs, q)
+    if n == 1:
+        return torch.argmax(q, dim=-1, keepdim=True), valid
+    return torch.topk(q, n)[1], valid
+
+
+def length_powers(length_penalty: float, n: int, device) -> torch.Tensor:
+    """fp64 [n + 1]: ``float(g ** length_penalty)`` for g = 0..n computed on the host as the official Python
+    floats (index 0, never a generated length, holds 1.0), looked up on the device by the beam scorer."""
+    vals = [1.0] + [float(g**length_penalty) for g in range(1, n + 1)]
+    return torch.tensor(vals, dtype=torch.float64, device=device)
+
+
 class BeamScorer:
-    """The official beam-search bookkeeping for one prompt (batch 1), on device tensors of static shape.
+    """The official beam-search bookkeeping for one prompt (batch 1), as device tensors updated in place.
 
     ``step`` takes the flattened, beam-score-added scores [1, num_beams * V] and returns the next beams (scores,
-    tokens, source rows) while recording finished hypotheses; ``done`` is a device bool; ``finalize`` returns the
-    best sequence. Hypothesis sequences are stored by value ([num_beams, max_length] buffer).
+    tokens, source rows) while recording finished hypotheses; it changes nothing where ``run`` (a device bool) is
+    false. ``done`` is a device bool; ``finalize`` returns the best sequence. Hypothesis sequences are stored by
+    value ([num_beams, capacity] buffer). The step length, the prompt length and max_length are device scalars of
+    the caller (``cur``, ``prompt_len``, ``max_length``), so the same state serves generation after generation.
     """
 
-    def __init__(self, args: GenerationArgs, prompt_len: int, device):
+    def __init__(self, args: GenerationArgs, capacity: int, device):
         K = args.num_beams
-        self.args, self.K, self.prompt_len = args, K, prompt_len
-        self.hyp_scores = torch.full((K,), float("inf"), dtype=torch.float64, device=device)  # +inf: empty slot
-        self.hyp_seq = torch.full((K,), -1, dtype=torch.int64, device=device)  # insertion order (-1: empty)
-        self.hyp_len = torch.zeros((K,), dtype=torch.int64, device=device)
-        self.hyp_ids = torch.full((K, args.max_length), args.pad_token_id, dtype=torch.int64, device=device)
-        self.count = torch.zeros((), dtype=torch.int64, device=device)
-        self.inserted = 0  # host counter: the seq number of the next insertion (identical on every run)
-        self.done = torch.zeros((), dtype=torch.bool, device=device)
+        self.args, self.K = args, K
+        self.hyp_scores = torch.empty((K,), dtype=torch.float64, device=device)
+        self.hyp_seq = torch.empty((K,), dtype=torch.int64, device=device)  # insertion order (-1: empty)
+        self.hyp_len = torch.empty((K,), dtype=torch.int64, device=device)
+        self.hyp_ids = torch.empty((K, capacity), dtype=torch.int64, device=device)
+        self.count = torch.empty((), dtype=torch.int64, device=device)
+        self.inserted = torch.empty((), dtype=torch.int64, device=device)  # the seq number of the next insertion
+        self.done = torch.empty((), dtype=torch.bool, device=device)
+        self.powers = length_powers(args.length_penalty, capacity, device)
         self._ranks = torch.arange(2 * K, device=device)
+        self._slots = torch.arange(K, device=device)
+        self.reset()
+
+    def reset(self) -> None:
+        self.hyp_scores.fill_(float("inf"))  # +inf: an empty slot
+        self.hyp_seq.fill_(-1)
+        self.hyp_len.zero_()
+        self.hyp_ids.fill_(self.args.pad_token_id)
+        self.count.zero_()
+        self.inserted.zero_()
+        self.done.zero_()
 
     def _worst(self) -> torch.Tensor:
         filled = self.hyp_seq >= 0
         return torch.where(filled.any(), torch.where(filled, self.hyp_scores, float("inf")).min(),
                            torch.full((), 1e9, dtype=torch.float64, device=self.hyp_scores.device))  # fmt: skip
 
-    def _add(self, seq: torch.Tensor, seq_len: int, score: torch.Tensor, allowed: torch.Tensor) -> None:
-        """Offer hypothesis ``seq`` [max_length] (its first ``seq_len`` tokens) with fp64 ``score`` when ``allowed``."""
+    def _add(self, seq: torch.Tensor, seq_len: torch.Tensor, score: torch.Tensor, allowed: torch.Tensor) -> None:
+        """Offer hypothesis ``seq`` [capacity] (its first ``seq_len`` tokens) with fp64 ``score`` when ``allowed``."""
         K = self.K
         filled = self.hyp_seq >= 0
         full = self.count >= K
@@ -245,23 +289,24 @@ class BeamScorer:
         tied = filled & (key == min_score)
         worst_slot = torch.argmin(torch.where(tied, self.hyp_seq, torch.iinfo(torch.int64).max))
         slot = torch.where(full, worst_slot, free_slot)
-        onehot = (torch.arange(K, device=slot.device) == slot) & accept
-        self.hyp_scores = torch.where(onehot, score, self.hyp_scores)
-        self.hyp_seq = torch.where(onehot, torch.full_like(self.hyp_seq, self.inserted), self.hyp_seq)
-        self.hyp_len = torch.where(onehot, torch.full_like(self.hyp_len, seq_len), self.hyp_len)
-        self.hyp_ids = torch.where(onehot[:, None], seq[None, :], self.hyp_ids)
-        self.count = self.count + (accept & ~full).to(torch.int64)
-        self.inserted += 1
+        onehot = (self._slots == slot) & accept
+        self.hyp_scores.copy_(torch.where(onehot, score, self.hyp_scores))
+        self.hyp_seq.copy_(torch.where(onehot, self.inserted, self.hyp_seq))
+        self.hyp_len.copy_(torch.where(onehot, seq_len, self.hyp_len))
+        self.hyp_ids.copy_(torch.where(onehot[:, None], seq[None, :], self.hyp_ids))
+        self.count.add_((accept & ~full).to(torch.int64))
+        self.inserted.add_(1)
 
-    def step(self, scores: torch.Tensor, input_ids: torch.Tensor, cur_len: int):
-        """One beam step. ``scores`` [1, K * V] (processed log-probs + beam scores); ``input_ids`` [K, max_length]
-        holding the K running sequences (first ``cur_len`` tokens valid). Returns (beam_scores [K] fp32, tokens [K],
-        source rows [K])."""
+    def step(self, scores: torch.Tensor, input_ids: torch.Tensor, cur: torch.Tensor, prompt_len: torch.Tensor,
+             max_length: torch.Tensor, run: torch.Tensor):  # fmt: skip
+        """One beam step. ``scores`` [1, K * V] (processed log-probs + beam scores); ``input_ids`` [K, capacity]
+        holding the K running sequences (first ``cur`` tokens valid). Returns (beam_scores [K] fp32, tokens [K],
+        source rows [K], the draw's validity (a device bool; True without sampling))."""
         K, args = self.K, self.args
         V = scores.shape[-1] // K
+        valid = torch.ones((), dtype=torch.bool, device=scores.device)
         if args.do_sample:
-            probs = torch.softmax(scores, dim=-1)
-            cand = torch.multinomial(probs, num_samples=2 * K)
+            cand, valid = draw(torch.softmax(scores, dim=-1), 2 * K)
             cand_scores = torch.gather(scores, -1, cand)
             cand_scores, order = torch.sort(cand_scores, descending=True, dim=1)
             cand = torch.gather(cand, -1, order)
@@ -275,30 +320,31 @@ class BeamScorer:
         pick = torch.argsort(is_eos.to(torch.int64) * (2 * K) + self._ranks)[:K]
         next_scores, next_tokens, next_beams = cand_scores[pick], token[pick], beam[pick]
         # eos candidates within the first K ranks close hypotheses, in rank order
-        gen_len = cur_len + 1 - self.prompt_len
-        denom = float(gen_len**args.length_penalty)
+        denom = self.powers[cur + 1 - prompt_len]  # float(gen_len ** length_penalty), gen_len = cur + 1 - P
         for r in range(K):
-            self._add(input_ids[beam[r]], cur_len, cand_scores[r].double() / denom, is_eos[r] & ~self.done)
+            self._add(input_ids[beam[r]], cur, cand_scores[r].double() / denom, is_eos[r] & ~self.done & run)
         # done?
         best = cand_scores[0].double()
         if args.early_stopping is True:
             finished = torch.ones((), dtype=torch.bool, device=best.device)
         else:
             if args.early_stopping == "never" and args.length_penalty > 0.0:
-                attainable = best / float((args.max_length - self.prompt_len) ** args.length_penalty)
+                attainable = best / self.powers[max_length - prompt_len]
             else:
-                attainable = best / float((cur_len + 1 - self.prompt_len) ** args.length_penalty)
+                attainable = best / denom
             finished = self._worst() >= attainable
-        self.done = self.done | ((self.count >= K) & finished)
-        return next_scores, next_tokens, next_beams
+        self.done.copy_(self.done | (run & (self.count >= K) & finished))
+        return next_scores, next_tokens, next_beams, valid
 
-    def finalize(self, beam_scores: torch.Tensor, input_ids: torch.Tensor, cur_len: int) -> torch.Tensor:
+    def finalize(self, beam_scores: torch.Tensor, input_ids: torch.Tensor, cur_len: int, prompt_len: int,
+                 max_length: int) -> torch.Tensor:  # fmt: skip
         """The best sequence [1, len] (prompt included, eos appended if it fits max_length)."""
         if not bool(self.done):
-            denom = float((cur_len - self.prompt_len) ** self.args.length_penalty)
+            denom = float((cur_len - prompt_len) ** self.args.length_penalty)
             allowed = torch.ones((), dtype=torch.bool, device=beam_scores.device)
+            n = torch.full((), cur_len, dtype=torch.int64, device=beam_scores.device)
             for i in range(self.K):
-                self._add(input_ids[i], cur_len, beam_scores[i].double() / denom, allowed)
+                self._add(input_ids[i], n, beam_scores[i].double() / denom, allowed)
         filled = self.hyp_seq >= 0
         key = torch.where(filled, self.hyp_scores, -float("inf"))
         top = key.max()
@@ -306,6 +352,6 @@ class BeamScorer:
         best = int(torch.argmax(torch.where(tied, self.hyp_seq, -1)))
         n = int(self.hyp_len[best])
         seq = self.hyp_ids[best, :n]
-        if n < self.args.max_length:
+        if n < max_length:
             seq = torch.cat([seq, seq.new_full((1,), self.args.eos_token_id)])
         return seq[None, :]
