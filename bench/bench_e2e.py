@@ -13,6 +13,8 @@ Models: the official module code at IndexTTS-2's sizes with random weights (``of
   codes), the teacher-forced latent pass, gpt_layer, length_regulator, the 25-step CFM. RTF = seconds / the
   audio's seconds (frames x 256 / 22050). The semantic codec's vq2emb (replaced by a random embedding), the
   w2v-BERT / CAMPPlus encoders and BigVGAN are not part of it: they run the same official code on every provider.
+- ``cfm mel max |err|``: each provider's CFM mel against the official fp32 one (same seed, same noise); the
+  providers ``ours-bf16`` / ``ours-fp16`` (the opt-in low-precision estimator) give only the CFM rows.
 - ``first synthesis``: the first synthesis of each provider (ours: Triton compiles and CUDA-graph captures; compile:
   Inductor), and ``peak MiB``: torch.cuda.max_memory_allocated over the timed syntheses.
 
@@ -38,7 +40,8 @@ import torch
 
 SR, HOP = 22050, 256  # IndexTTS-2's s2mel mel: 22050 Hz, hop 256 (86.1 frames per second)
 CODE_TO_FRAMES = 1.72  # infer_v2: target_lengths = (code_lens * 1.72).long()
-PROVIDERS = ("official", "compile", "ours")
+PROVIDERS = ("official", "compile", "ours", "ours-bf16", "ours-fp16")
+LOW = {"ours-bf16": "bf16", "ours-fp16": "fp16"}  # the opt-in low-precision estimator: the CFM rows only
 
 
 @dataclass
@@ -197,10 +200,10 @@ def provider(name: str, m: Models):
             yield None
         finally:
             cfm.estimator = eager
-    elif name == "ours":
+    elif name == "ours" or name in LOW:
         import indextts_fast
 
-        with indextts_fast.enabled(m.target) as h:
+        with indextts_fast.enabled(m.target, dit_precision=LOW.get(name)) as h:
             yield h
     else:
         raise ValueError(f"unknown provider {name!r}; the providers are {', '.join(PROVIDERS)}")
@@ -216,8 +219,17 @@ def run(size: str = "full", device: Optional[str] = None, gpt_dtype: Optional[st
     mu = m.mu(s.codes)
     frames = mu.shape[1]
     audio_s = (frames - s.prompt) * HOP / SR
+    ref = None  # the official fp32 CFM mel: every provider's error is against it
     for name in providers:
         with provider(name, m):
+            if name in LOW:
+                mel, _, t_cfm, _ = _timed(lambda: m.cfm(mu), dev, s.repeats)
+                rows.append(Row(name, f"cfm ms/step, {s.steps} steps CFG, {frames} frames", 1000 * t_cfm / s.steps,
+                                "ms"))  # fmt: skip
+                if ref is not None:
+                    rows.append(Row(name, "cfm mel max |err| vs official fp32", float((mel - ref).abs().max()), "abs",
+                                    f"|mel| <= {float(ref.abs().max()):.1f}"))  # fmt: skip
+                continue
             # the synthesis first: its first call is the provider's cold start (compiles, captures)
             (mel, n), first, t_syn, peak = _timed(m.synthesis, dev, s.repeats)
             rows.append(Row(name, "synthesis s (gpt 3 beams + latent + s2mel)", t_syn, "s", f"{n} codes"))
@@ -237,14 +249,19 @@ def run(size: str = "full", device: Optional[str] = None, gpt_dtype: Optional[st
                     rows.append(Row(name, f"gpt ms/token, {label}", ms, "ms", note))
                     tps = 1000 / ms if ms > 0 else float("nan")
                     rows.append(Row(name, f"gpt tokens/s, {label}", tps, "tok/s", note))
-            _, _, t_cfm, _ = _timed(lambda: m.cfm(mu), dev, s.repeats)
+            mel, _, t_cfm, _ = _timed(lambda: m.cfm(mu), dev, s.repeats)
             rows.append(Row(name, f"cfm ms/step, {s.steps} steps CFG, {frames} frames", 1000 * t_cfm / s.steps, "ms"))
+            if name == "official":
+                ref = mel
+            elif ref is not None:
+                rows.append(Row(name, "cfm mel max |err| vs official fp32", float((mel - ref).abs().max()), "abs",
+                                f"|mel| <= {float(ref.abs().max()):.1f}"))  # fmt: skip
     return rows
 
 
 def table(rows: list[Row], header: str = "") -> str:
     base = {r.metric: r.value for r in rows if r.provider == "official"}
-    lower_better = lambda r: r.unit in ("ms", "s", "x", "MiB")  # noqa: E731
+    lower_better = lambda r: r.unit in ("ms", "s", "x", "MiB", "abs")  # noqa: E731
     lines = [header] if header else []
     w = max(len(r.metric) for r in rows)
     lines.append(f"{'metric':<{w}}  {'provider':<9} {'value':>10} {'unit':<6} {'vs official':>11}  note")
@@ -303,7 +320,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     dev = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     providers = tuple(args.providers.split(",")) if args.providers else \
-        (PROVIDERS if dev.type == "cuda" else ("official", "ours"))  # fmt: skip
+        (PROVIDERS if dev.type == "cuda" else ("official", "ours", "ours-bf16"))  # fmt: skip
     bad = [p for p in providers if p not in PROVIDERS]
     if bad:
         print(f"bench_e2e: unknown provider {bad[0]!r}; the providers are {', '.join(PROVIDERS)}")

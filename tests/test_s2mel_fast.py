@@ -171,7 +171,7 @@ def test_unknown_variants_refused_or_skipped():
     with pytest.raises(indextts_fast.UnsupportedModel, match="fp32 s2mel"):
         indextts_fast.enable(half)
     with pytest.raises(ValueError, match="dit_precision must be one of"):
-        indextts_fast.enable(_model(num_heads=1), dit_precision="fp16")
+        indextts_fast.enable(_model(num_heads=1), dit_precision="fp8")
 
 
 def test_indextts2_shaped_object(model):
@@ -203,7 +203,7 @@ def test_fast_dit_alone_precisions():
     w2 = loader.dit_weights(loader.remap_live(dit, "s2mel")[0], rep.dims, stack_adaln=True)
     assert torch.equal(fast.adaln_w, w2.adaln_w) and torch.equal(fast.adaln_b, w2.adaln_b)
     with pytest.raises(ValueError, match="precision must be one of"):
-        FastDiT(w, rep.dims, precision="bf16")
+        FastDiT(w, rep.dims, precision="int8")
     args = _dit_inputs(m.models["cfm"].estimator)
     bad = list(args)
     bad[2] = torch.tensor([T, T, T])
@@ -340,3 +340,44 @@ def test_cuda_graph_cfm_loop_replays_the_eager_mel():
             graphed = loop(mu.clone(), x_lens, prompt, style, None, 25)
             torch.testing.assert_close(graphed, eager, rtol=0, atol=0)
         assert len(loop.capture_s) == 1 and list(loop._graphs.values())[0].replays == 2
+
+
+class _AutocastDiT(torch.nn.Module):
+    """PyTorch's own run of the official DiT at a lower dtype: the fp32 module under autocast."""
+
+    def __init__(self, dit, dtype):
+        super().__init__()
+        self.dit, self.dtype = dit, dtype
+
+    def forward(self, *args, **kw):
+        with torch.autocast("cpu", dtype=self.dtype):
+            return self.dit(*args, **kw).float()
+
+
+@pytest.mark.parametrize("name", ["bf16", "fp16"])
+def test_low_precision_dit_mel_error(model, model64, name, capsys):
+    """The opt-in bf16 / fp16 estimator (weights and activations in that dtype, Euler state fp32): the 3-step CFM
+    mel against fp64 within the tolerance rule of PyTorch's run of the official DiT at that dtype (autocast), and
+    its error against the fp32 path reported. It must differ from fp32: the low dtype really ran."""
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[name]
+    cfm = model.models["cfm"]
+    inputs = _cfm_inputs(cfm)
+    with torch.no_grad():
+        high = _cfm_run(model64.models["cfm"], _dbl(inputs), steps=3)
+        fp32 = _cfm_run(cfm, inputs, steps=3)
+        ref_model = _model(**TINY)
+        ref_cfm = ref_model.models["cfm"]
+        ref_cfm.estimator = _AutocastDiT(ref_cfm.estimator, dtype)
+        low = _cfm_run(ref_cfm, inputs, steps=3)
+        with indextts_fast.enabled(model, dit_precision=name) as h:
+            assert f"{name} estimator" in h.report(), h.report()
+            ours = _cfm_run(cfm, inputs, steps=3)
+    assert ours.dtype == torch.float32 and torch.all(ours[..., :P] == 0)
+    assert_close_rel(ours, low, high, f"{name} estimator, 3-step CFM mel")
+    err32 = float((ours - fp32).abs().max())
+    assert err32 > 0, "the low-precision estimator gave the fp32 mel"
+    with capsys.disabled():
+        print(
+            f"\n{name} estimator: 3-step CFM mel max |ours - fp32| = {err32:.3e} (|mel| <= "
+            f"{float(fp32.abs().max()):.1f}); PyTorch autocast {name}: {float((low - fp32).abs().max()):.3e}"
+        )

@@ -21,11 +21,18 @@ attention: "tf32x3" (three TF32 tensor-core products, about fp32 accuracy: what 
 on sm80+ GPUs), "ieee" (exact fp32 FMAs) or "tf32" (one TF32 product, opt-in, outside the tolerance rule).
 bench/NOTES.md gives the decision and its evidence. The torch backend always computes exact fp32.
 
+"bf16" and "fp16" (opt-in, outside the fp32 tolerance rule) run the estimator in that dtype: a copy of the weights
+in it, the activations and the residual stream in it (the products accumulate in fp32), the inputs cast on entry
+and the output returned in fp32, so the CFM loop's Euler state stays fp32. The two time embedders (1000 * t *
+freqs, cos / sin and their MLPs) stay fp32, their outputs cast. The tests bound the mel error by the rule applied
+to PyTorch's own run at that dtype (autocast on the official module), and the demo reports it.
+
 ``x_lens`` may hold one length for the whole batch (infer_v2 passes ``[T]`` at batch 2), or one per row.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Optional
 
 import torch
@@ -37,9 +44,10 @@ from indextts_kernels.reference import rope_table_ref
 from .. import ops
 from ..loader import FastDiTWeights
 
-__all__ = ["FastDiT", "PRECISIONS", "DEFAULT_PRECISION", "unsupported_reason", "reflect_index"]
+__all__ = ["FastDiT", "PRECISIONS", "LOW_PRECISIONS", "DEFAULT_PRECISION", "unsupported_reason", "reflect_index"]
 
-PRECISIONS = ("tf32x3", "ieee", "tf32")
+PRECISIONS = ("tf32x3", "ieee", "tf32", "bf16", "fp16")
+LOW_PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16}
 DEFAULT_PRECISION = "tf32x3"
 ROPE_POSITIONS = 16384  # the official block_size: freqs_cis covers positions 0..16383
 
@@ -92,6 +100,19 @@ def reflect_index(valid_len: torch.Tensor, T: int, k: int) -> torch.Tensor:
     return p.clamp(0, T - 1).reshape(1, T * k, 1)
 
 
+def _cast(v, dtype: torch.dtype):
+    """Every floating-point tensor of ``v`` (a tensor, list, dict or weights dataclass) in ``dtype``."""
+    if isinstance(v, torch.Tensor):
+        return v.to(dtype).contiguous() if v.is_floating_point() else v
+    if isinstance(v, list):
+        return [_cast(x, dtype) for x in v]
+    if isinstance(v, dict):
+        return {k: _cast(x, dtype) for k, x in v.items()}
+    if dataclasses.is_dataclass(v):
+        return dataclasses.replace(v, **{f.name: _cast(getattr(v, f.name), dtype) for f in dataclasses.fields(v)})
+    return v
+
+
 class FastDiT:
     """The DiT estimator over :class:`FastDiTWeights` (a live module's, via ``loader.remap_live``, or a pack's)."""
 
@@ -107,7 +128,10 @@ class FastDiT:
     ):
         if precision not in PRECISIONS:
             raise ValueError(f"FastDiT: precision must be one of {PRECISIONS}, got {precision!r}")
+        self.act_dtype = LOW_PRECISIONS.get(precision)  # None: fp32
         w = weights
+        if self.act_dtype is not None:  # the time embedders stay fp32 (1000 * t * freqs needs it)
+            w = dataclasses.replace(_cast(w, self.act_dtype), t_embed=w.t_embed, t_embed2=w.t_embed2)
         self.w, self.dims, self.precision = w, dict(dims), precision
         self.C, self.L, self.heads = dims["C"], dims["L"], dims["heads"]
         self.H, self.W, self.K, self.F, self.S = dims["H"], dims["W"], dims["K"], dims["F"], dims["S"]
@@ -128,7 +152,12 @@ class FastDiT:
         self.receive = set(range(self.L // 2 + 1, self.L))
 
     def _lin(self, x, w, b=None, **kw):
-        return ops.linear(x, w, b, precision=self.precision, **kw)
+        return ops.linear(x, w, b, precision=self.gemm_precision, **kw)
+
+    @property
+    def gemm_precision(self) -> Optional[str]:
+        """The fp32 product mode of the GEMMs and attention (None for the bf16 / fp16 estimator)."""
+        return None if self.act_dtype is not None else self.precision
 
     def _lens(self, x_lens: Optional[torch.Tensor], B: int, T: int) -> torch.Tensor:
         if x_lens is None:
@@ -156,13 +185,18 @@ class FastDiT:
         if T > self.freqs_cis.shape[0]:
             raise ValueError(f"FastDiT: {T} frames exceed the {self.freqs_cis.shape[0]} RoPE positions of the model")
         lens = self._lens(x_lens, B, T)
+        low = self.act_dtype
+        if low is not None:
+            x, prompt_x, style, cond = (a.to(low) for a in (x, prompt_x, style, cond))
         index = None
         if valid_len is not None:
             lens = torch.minimum(lens, valid_len.to(lens.dtype))
             index = reflect_index(valid_len, T, self.K)
-        prec = self.precision
+        prec = self.gemm_precision
         t = t.reshape(-1).expand(B) if t.numel() == 1 else t
-        t1 = _t_embedding(w.t_embed, t, prec)  # [B, C]
+        t1 = _t_embedding(w.t_embed, t, prec or DEFAULT_PRECISION)  # [B, C], fp32
+        if low is not None:
+            t1 = t1.to(low)
         cond_p = self._lin(cond, w.cond_proj_w, w.cond_proj_b)  # [B, T, C]
         xt = x.transpose(1, 2)
         x_in = torch.cat([xt, prompt_x.transpose(1, 2), cond_p, style[:, None, :].expand(B, T, style.shape[-1])], -1)
@@ -175,7 +209,7 @@ class FastDiT:
             r = 4 * C * i
             n = ops.adaptive_rms_norm(h, lw.attn_norm_g, mod[:, r : r + C], mod[:, r + C : r + 2 * C], self.rms_eps)
             qkv = self._lin(n, lw.wqkv)
-            a = ops.dit_attention(qkv, self.heads, lens, self.freqs_cis, fp32_precision=prec)
+            a = ops.dit_attention(qkv, self.heads, lens, self.freqs_cis, fp32_precision=prec or "ieee")
             h = self._lin(a, lw.wo, residual=h)
             n = ops.adaptive_rms_norm(
                 h, lw.ffn_norm_g, mod[:, r + 2 * C : r + 3 * C], mod[:, r + 3 * C : r + 4 * C], self.rms_eps
@@ -192,14 +226,15 @@ class FastDiT:
         y = ops.final_layer_modulate(y, fm[:, :H], fm[:, H:], self.final_eps)
         y = self._lin(y, w.final_linear_w, w.final_linear_b)
         y = self._lin(y, w.conv2_w, w.conv2_b)  # [B, T, F]
-        return y.transpose(1, 2).contiguous()
+        return y.transpose(1, 2).to(torch.float32).contiguous()
 
     def _wavenet(self, x: torch.Tensor, lens: torch.Tensor, t: torch.Tensor, prec: str, index=None) -> torch.Tensor:
         """WN(x, mask, g = t_embedder2(t)) in channel-last layout [B, T, H]."""
         w, H, W = self.w, self.H, self.W
         B, T, _ = x.shape
         mask = (torch.arange(T, device=x.device)[None, :] < lens[:, None]).to(x.dtype)[..., None]  # [B, T, 1]
-        g = self._lin(_t_embedding(w.t_embed2, t, prec), w.wn_cond_w, w.wn_cond_b)  # [B, 2H*W]
+        t2 = _t_embedding(w.t_embed2, t, prec or DEFAULT_PRECISION).to(x.dtype)  # fp32, then the stream's dtype
+        g = self._lin(t2, w.wn_cond_w, w.wn_cond_b)  # [B, 2H*W]
         out = torch.zeros_like(x)
         for i in range(W):
             a = self._lin(_taps(x, self.K, index), w.wn_in_w[i], w.wn_in_b[i])  # [B, T, 2H]

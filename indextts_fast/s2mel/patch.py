@@ -43,7 +43,8 @@ class S2MelPatch(AttrPatch):
         self.is_cfm = hasattr(obj, "estimator")
         self.loop = CFMLoop(obj, fast, graphs=graphs) if self.is_cfm else None
         self.what = "CFM Euler loop + DiT estimator" if self.is_cfm else "DiT estimator"
-        self.precision_note = f"fp32 products {fast.precision}"
+        self.precision_note = (f"fp32 products {fast.precision}" if fast.act_dtype is None else
+                               f"{fast.precision} estimator (opt-in)")  # fmt: skip
         self.calls = 0
 
     @classmethod
