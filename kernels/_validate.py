@@ -10,6 +10,42 @@ import torch
 
 from ._utils import FLOAT_DTYPES, MAX_FUSED_ROW, check_inference, check_out_buffer, check_tensor
 
+_VALIDATED: dict = {}
+_MAX_VALIDATED = 4096  # signatures remembered (then forgotten all at once): a DiT of many lengths stays bounded
+
+
+def _sig(v):
+    if isinstance(v, torch.Tensor):
+        return (tuple(v.shape), v.stride(), v.dtype, v.device, v.requires_grad)
+    if isinstance(v, (tuple, list)):
+        return (type(v), tuple(_sig(a) for a in v))
+    return v
+
+
+def validate_once(check, op: str, *args, **kwargs) -> None:
+    """``check(op, *args, **kwargs)``, skipped when the same check already passed for the same signature: every
+    tensor's shape, strides, dtype, device and requires_grad, every other argument's value, and the grad mode.
+    The validators here read nothing else (no data, no data pointers), except the overlap checks of an ``out``
+    buffer: with ``out`` given the check runs every call. A failing check raises every time (nothing is
+    remembered), so bad input is refused as before; a launcher called every step with the same shapes (the
+    decode engine, the CFM loop) pays the validation once."""
+    if kwargs.get("out") is not None:
+        check(op, *args, **kwargs)
+        return
+    try:
+        key = (check, _sig(op), tuple(_sig(a) for a in args), tuple((k, _sig(v)) for k, v in kwargs.items()),
+               torch.is_grad_enabled())  # fmt: skip
+        seen = key in _VALIDATED
+    except TypeError:  # an unhashable argument: no memo
+        check(op, *args, **kwargs)
+        return
+    if seen:
+        return
+    check(op, *args, **kwargs)
+    if len(_VALIDATED) >= _MAX_VALIDATED:
+        _VALIDATED.clear()
+    _VALIDATED[key] = True
+
 
 def mod_layout(name: str, m: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, int, int]:
     """Check a modulation tensor (scale/shift) against x [..., T, N].

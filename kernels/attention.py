@@ -76,8 +76,15 @@ import triton
 import triton.language as tl
 
 from ._jit import cast_to, dot
-from ._utils import check_launchable, is_interpreting, next_pow2, note_launch
-from ._validate import FP32_PRECISIONS, attention_args, decode_attention_args, qkv_heads, rope_table_args  # noqa: F401
+from ._utils import cdiv, check_launchable, is_interpreting, next_pow2, note_launch
+from ._validate import (  # noqa: F401
+    FP32_PRECISIONS,
+    attention_args,
+    decode_attention_args,
+    qkv_heads,
+    rope_table_args,
+    validate_once,
+)
 
 __all__ = [
     "attention_fwd",
@@ -299,18 +306,26 @@ def _attn_decode_kernel(
 
     kc_h = KC + h * skc_h
     vc_h = VC + h * svc_h
+    # The row table of the next block is requested one iteration ahead, and a block's K and V together before
+    # its arithmetic: the dependent chain table -> K -> V costs one DRAM latency per block instead of three.
+    pos = lo + tl.arange(0, BLOCK_N)
+    if HAS_TABLE:
+        phys = tl.load(TABLE + b * stab_b + pos, mask=pos < hi, other=0)
+    else:
+        phys = tl.zeros([BLOCK_N], tl.int32) + b.to(tl.int32)
     for start_n in range(lo, hi, BLOCK_N):
         pos = start_n + tl.arange(0, BLOCK_N)
         ok = pos < hi
         if HAS_TABLE:
-            phys = tl.load(TABLE + b * stab_b + pos, mask=ok, other=0)
             in_range = (phys >= 0) & (phys < NROWS)
             bad = ok & ~in_range  # a corrupt table entry: never read through it, and make the row's output NaN
             ok = ok & in_range
-        else:
-            phys = tl.zeros([BLOCK_N], tl.int32) + b.to(tl.int32)
         # int32 offsets inside one layer's cache (the launcher checks it holds < 2**31 elements)
         k = tl.load(kc_h + (phys * skc_b + pos * skc_t)[:, None] + d[None, :], mask=ok[:, None], other=0.0)
+        v = tl.load(vc_h + (phys * svc_b + pos * svc_t)[:, None] + d[None, :], mask=ok[:, None], other=0.0)
+        if HAS_TABLE:
+            nxt = pos + BLOCK_N
+            phys = tl.load(TABLE + b * stab_b + nxt, mask=nxt < hi, other=0)
         s = tl.sum(q[None, :] * k.to(tl.float32), axis=1) * qk_scale
         s = tl.where(ok, s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, axis=0))
@@ -318,7 +333,6 @@ def _attn_decode_kernel(
         p = tl.exp2(s - m_new)
         if HAS_TABLE:
             p = tl.where(bad, float("nan"), p)  # loud, never silent garbage
-        v = tl.load(vc_h + (phys * svc_b + pos * svc_t)[:, None] + d[None, :], mask=ok[:, None], other=0.0)
         l_i = l_i * alpha + tl.sum(p, axis=0)
         acc = acc * alpha + tl.sum(p[:, None] * v.to(tl.float32), axis=0)
         m_i = m_new
@@ -395,15 +409,20 @@ def decode_num_splits(s_max: int, interpret: Optional[bool] = None) -> int:
     """
     if is_interpreting() if interpret is None else interpret:
         return 2
-    return max(1, min(16, next_pow2(triton.cdiv(s_max, 256))))
+    return max(1, min(16, next_pow2(cdiv(s_max, 256))))
+
+
+DECODE_WARPS = 1  # one warp per decode program: its reductions are shuffles, and it keeps 16-29 loads in flight
 
 
 def decode_block_n(head_dim: int, dtype: torch.dtype = torch.float16, interpret: Optional[bool] = None) -> int:
-    """Keys per decode iteration: 64 x 64 half elements, else 32 rows (0 spills in the AOT table). Under the
-    interpreter 64 always (each iteration costs milliseconds of Python, whatever its size)."""
+    """Keys per decode iteration: as many as keep one warp's K and V tiles at 128 half or 64 fp32 values per
+    thread each (fp16/bf16: 64 keys at head_dim 64, 32 at 128; fp32: 32 and 16); 0 spills in the AOT table.
+    Under the interpreter 64 always (each iteration costs milliseconds of Python, whatever its size)."""
     if is_interpreting() if interpret is None else interpret:
         return 64
-    return 64 if head_dim <= 64 and dtype != torch.float32 else 32
+    per_thread = 64 if dtype == torch.float32 else 128
+    return max(16, min(64, 32 * DECODE_WARPS * per_thread // head_dim))
 
 
 def _device_ctx(x: torch.Tensor):
@@ -459,8 +478,8 @@ def attention_fwd(
     the (rotated) k and v are also written to positions 0..T-1 of the cache, in the same pass.
     """
     op = "attention_fwd"
-    attention_args(
-        op, q, k, v, causal=causal, x_lens=x_lens, k_cache=k_cache, v_cache=v_cache, out=out,
+    validate_once(
+        attention_args, op, q, k, v, causal=causal, x_lens=x_lens, k_cache=k_cache, v_cache=v_cache, out=out,
         fp32_precision=fp32_precision, freqs_cis=freqs_cis,
     )  # fmt: skip
     check_launchable(q, op)
@@ -468,7 +487,7 @@ def attention_fwd(
     if rope:
         if freqs_cis is None:
             freqs_cis = _rope_table(T, D, rope_base, q.device)
-        rope_table_args(freqs_cis, T, D, q.device)
+        validate_once(rope_table_args, freqs_cis, T, D, q.device)
     elif freqs_cis is not None:
         raise ValueError(f"{op}: freqs_cis given but rope=False")
     if out is None:
@@ -486,7 +505,7 @@ def attention_fwd(
     kcs = (kc.stride(0), kc.stride(1), kc.stride(2)) if write else (0, 0, 0)
     vcs = (vc.stride(0), vc.stride(1), vc.stride(2)) if write else (0, 0, 0)
     lens = x_lens if x_lens is not None else q
-    grid = (triton.cdiv(T, BLOCK_M), B * H)
+    grid = (cdiv(T, BLOCK_M), B * H)
     with _device_ctx(q):
         note_launch("attention")
         _attn_fwd_kernel[grid](
@@ -564,7 +583,7 @@ def gpt_decode_attention_fwd(
     """
     op = "gpt_decode_attention_fwd"
     q, k, v = qkv_heads("qkv", qkv, n_heads)
-    decode_attention_args(op, q, k_cache, v_cache, lengths, row_table=row_table, out=out, qkv=qkv)
+    validate_once(decode_attention_args, op, q, k_cache, v_cache, lengths, row_table=row_table, out=out, qkv=qkv)
     check_launchable(qkv, op)
     B, _, H, D = q.shape
     S = k_cache.shape[2]
@@ -591,7 +610,8 @@ def gpt_decode_attention_fwd(
             k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
             v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
             stab, scale,
-            HEAD_DIM=D, HAS_TABLE=row_table is not None, NUM_SPLITS=splits, BLOCK_N=decode_block_n(D, qkv.dtype), num_warps=4,
+            HEAD_DIM=D, HAS_TABLE=row_table is not None, NUM_SPLITS=splits, BLOCK_N=decode_block_n(D, qkv.dtype),
+            num_warps=DECODE_WARPS,
         )  # fmt: skip
         note_launch("decode_attention_reduce")
         _attn_decode_reduce_kernel[(B * H,)](
@@ -670,7 +690,7 @@ def compile_variants():
         sig.update({k: "constexpr" for k in const})
         div = ["Q", "KN", "VN", "KC", "VC", "LENS", "TABLE", "PM", "PL", "PACC", *dstrides, "stab_b"]
         tab = "+table" if has_table else ""
-        yield f"attn/decode{tab}/{tname}/D{D}/S{splits}", _attn_decode_kernel, sig, const, 4, div
+        yield f"attn/decode{tab}/{tname}/D{D}/S{splits}", _attn_decode_kernel, sig, const, DECODE_WARPS, div
     for tname, D in ((t, D) for t in ("fp16", "bf16", "fp32") for D in (64, 128)):
         sig = {"PM": "*fp32", "PL": "*fp32", "PACC": "*fp32", "O": f"*{tname}", "H": "i32", "so_b": "i32",
                "so_h": "i32", "HEAD_DIM": "constexpr", "NUM_SPLITS": "constexpr"}  # fmt: skip

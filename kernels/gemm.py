@@ -53,6 +53,7 @@ import triton.language as tl
 
 from ._jit import cast_to, dot_prec
 from ._utils import (
+    cdiv,
     check_launchable,
     check_out_buffer,
     check_tensor,
@@ -61,7 +62,7 @@ from ._utils import (
     note_launch,
     rows_view,
 )
-from ._validate import GEMM_PRECISIONS, ffn_args, gemm_args, ln_gemm_args
+from ._validate import GEMM_PRECISIONS, ffn_args, gemm_args, ln_gemm_args, validate_once
 from .reference import pack_w13
 
 __all__ = [
@@ -318,20 +319,27 @@ def gemm_launch_config(
     if not half and precision == "ieee":
         return False, 64, 64, 16, 8, 4, 3
     if not half:  # tf32 / tf32x3: fp32 operands (and tf32x3's split halves) take registers; BLOCK_K 16
-        if not swiglu and triton.cdiv(M, 128) * triton.cdiv(N, 64) >= num_sms:
+        if not swiglu and cdiv(M, 128) * cdiv(N, 64) >= num_sms:
             return False, 128, 64, 16, 8, 8, 3
         return False, 64, 64, 16, 8, 4, 3
     if swiglu:
-        if triton.cdiv(M, 128) * triton.cdiv(N, 64) >= num_sms:
+        if cdiv(M, 128) * cdiv(N, 64) >= num_sms:
             return False, 128, 64, 32, 8, 8, 3
         return False, 64, 64, 32, 8, 4, 3
     BN = 64 if residual else 128  # a 128 x 128 residual tile on top of the accumulator spills
-    if triton.cdiv(M, 128) * triton.cdiv(N, BN) >= num_sms:
+    if cdiv(M, 128) * cdiv(N, BN) >= num_sms:
         return False, 128, BN, 32, 8, 8, 3
     return False, 64, 64, 32, 8, 4, 3  # BLOCK_K 64 would spill with the gelu + residual epilogue
 
 
-def _specialization(
+def _specialization(M: int, N: int, K: int, dtype: torch.dtype, *, interpret: Optional[bool] = None, **kw):
+    """(constexprs, num_warps, num_stages) of one launch: the single place the launcher and the AOT table share.
+    Memoized per shape and flags (the interpreter's choice resolved first, so it is part of the key)."""
+    return _specialization_of(M, N, K, dtype, interpret=is_interpreting() if interpret is None else interpret, **kw)
+
+
+@functools.lru_cache(maxsize=4096)
+def _specialization_of(
     M: int,
     N: int,
     K: int,
@@ -345,7 +353,6 @@ def _specialization(
     interpret: Optional[bool] = None,
     has_ln: bool = False,
 ) -> tuple[dict, int, int]:
-    """(constexprs, num_warps, num_stages) of one launch: the single place the launcher and the AOT table share."""
     prec = (precision or "ieee") if dtype == torch.float32 else "tf32"  # no effect on fp16/bf16 operands
     gemv, BM, BN, BK, GM, warps, stages = gemm_launch_config(
         M, N, K, dtype, swiglu=act == ACT_SWIGLU, residual=has_residual, precision=prec, num_sms=num_sms,
@@ -376,7 +383,8 @@ def _launch(op, x, weight, bias, residual, act, precision, out, *, checked=False
     """One GEMM launch. ``ln`` = (gain, bias, eps): x is the residual stream and LayerNorm(x), rounded to the
     weight's dtype, is the operand (GEMV regime only; the caller checked)."""
     if not checked:  # the feed-forward launchers validate the whole block once (ffn_args), then skip this
-        gemm_args(op, x, weight, bias=bias, residual=residual, swiglu=act == ACT_SWIGLU, precision=precision)
+        validate_once(gemm_args, op, x, weight, bias=bias, residual=residual, swiglu=act == ACT_SWIGLU,
+                      precision=precision)  # fmt: skip
     check_launchable(x, op)
     K = x.shape[-1]
     N = weight.shape[0] // 2 if act == ACT_SWIGLU else weight.shape[0]
@@ -394,7 +402,7 @@ def _launch(op, x, weight, bias, residual, act, precision, out, *, checked=False
         M, N, K, op_dtype, act=act, has_bias=bias is not None, has_residual=residual is not None,
         precision=precision, num_sms=sms, has_ln=ln is not None,
     )  # fmt: skip
-    grid = (triton.cdiv(M, const["BLOCK_M"]) * triton.cdiv(N, const["BLOCK_N"]),)
+    grid = (cdiv(M, const["BLOCK_M"]) * cdiv(N, const["BLOCK_N"]),)
     lnw, lnb, eps = ln if ln is not None else (weight, weight, 0.0)
     with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
         note_launch("gemm")
@@ -445,7 +453,8 @@ def ln_linear_fwd(
     8 rows (decode) the LayerNorm is the GEMV's prologue: one launch; beyond, layer_norm_fwd then linear_fwd.
     """
     op = "ln_linear_fwd"
-    ln_gemm_args(op, x, ln_weight, ln_bias, eps, weight, bias=bias, residual=residual, activation=activation)
+    validate_once(ln_gemm_args, op, x, ln_weight, ln_bias, eps, weight, bias=bias, residual=residual,
+                  activation=activation)  # fmt: skip
     K = x.shape[-1]
     M = x.numel() // K if K else 0
     if M > DECODE_MAX_M:
@@ -478,7 +487,7 @@ def swiglu_feed_forward_fwd(
     out: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """DiT FeedForward (+ the block's residual): ``residual + w2(silu(w1 x) * w3 x)``, two launches."""
-    ffn_args("swiglu_feed_forward_fwd", x, w13, w2, residual=residual, swiglu=True, precision=precision)
+    validate_once(ffn_args, "swiglu_feed_forward_fwd", x, w13, w2, residual=residual, swiglu=True, precision=precision)
     h = _launch("swiglu_feed_forward_fwd", x, w13, None, None, ACT_SWIGLU, precision, None, checked=True)
     return _launch("swiglu_feed_forward_fwd", h, w2, None, residual, ACT_NONE, precision, out, checked=True)
 
@@ -495,9 +504,9 @@ def gpt2_mlp_fwd(
     out: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """GPT-2 MLP (+ the block's residual): ``residual + c_proj(gelu_new(c_fc(x)))``; weights [out, in], two launches."""
-    ffn_args(
-        "gpt2_mlp_fwd", x, c_fc_weight, c_proj_weight, b_in=c_fc_bias, b_out=c_proj_bias, residual=residual,
-        swiglu=False, precision=precision,
+    validate_once(
+        ffn_args, "gpt2_mlp_fwd", x, c_fc_weight, c_proj_weight, b_in=c_fc_bias, b_out=c_proj_bias,
+        residual=residual, swiglu=False, precision=precision,
     )  # fmt: skip
     h = _launch("gpt2_mlp_fwd", x, c_fc_weight, c_fc_bias, None, ACT_GELU_NEW, precision, None, checked=True)
     return _launch("gpt2_mlp_fwd", h, c_proj_weight, c_proj_bias, residual, ACT_NONE, precision, out, checked=True)
@@ -575,7 +584,7 @@ def compile_variants():
                         bm, bn, bk = const["BLOCK_M"], const["BLOCK_N"], const["BLOCK_K"]
                         regime = f"gemv/BM{bm}xBN{bn}xBK{bk}" if const["GEMV"] else f"mma/{bm}x{bn}x{bk}"
                         pname = f"/{const['INPUT_PRECISION']}" if tname == "fp32" and not const["GEMV"] else ""
-                        grid = triton.cdiv(M, bm) * triton.cdiv(N, bn)
+                        grid = cdiv(M, bm) * cdiv(N, bn)
                         yield f"gemm/{tag}/{dtype_tag}{pname}/{regime}", _gemm_kernel, sig, const, nw, _DIVISIBLE, grid
     # the decode GEMVs with the LayerNorm prologue (ln_1 + c_attn, ln_2 + c_fc + gelu_new): x is the stream
     # (fp32 under fp16 autocast: "fp16+x32"), the operand and output the weight's dtype
@@ -595,7 +604,7 @@ def compile_variants():
                 seen.add(key)
                 sig = _signature(const, x=xname, w=wname, r=wname)
                 bm, bn, bk = const["BLOCK_M"], const["BLOCK_N"], const["BLOCK_K"]
-                grid = triton.cdiv(N, bn)
+                grid = cdiv(N, bn)
                 yield (
                     f"gemm/{tag}/{dtype_tag}/gemv/BM{bm}xBN{bn}xBK{bk}",
                     _gemm_kernel,

@@ -30,6 +30,7 @@ import triton.language as tl
 
 from ._jit import cast_to
 from ._utils import (
+    cdiv,
     check_launchable,
     check_out_buffer,
     check_tensor,
@@ -38,7 +39,7 @@ from ._utils import (
     note_launch,
     rows_view,
 )
-from ._validate import mod_layout, norm_args, norm_out_dtype
+from ._validate import mod_layout, norm_args, norm_out_dtype, validate_once
 
 __all__ = ["layer_norm_fwd", "adaptive_rms_norm_fwd", "final_layer_modulate_fwd", "norm_launch_config"]
 
@@ -171,8 +172,8 @@ def _launch(
     out=None,
     residual_out=None,
 ):
-    norm_args(op, x, weight=weight, bias=bias, residual=residual, scale=scale, shift=shift, eps=eps,
-              out_dtype=out_dtype)  # fmt: skip
+    validate_once(norm_args, op, x, weight=weight, bias=bias, residual=residual, scale=scale, shift=shift, eps=eps,
+                  out_dtype=out_dtype)  # fmt: skip
     check_launchable(x, op)
     if out_dtype is None:
         out_dtype = norm_out_dtype(x, weight, bias, residual, scale, shift, promote_params=mod != MOD_NONE or is_rms)
@@ -202,7 +203,7 @@ def _launch(
     r2 = rows_view("residual", residual, N, copy_ok=True) if residual is not None else x2
     h2 = rows_view("residual_out", h, N) if h is not None else y2
     BLOCK_M, BLOCK_N, num_warps = norm_launch_config(M, N)
-    grid = (triton.cdiv(M, BLOCK_M),)
+    grid = (cdiv(M, BLOCK_M),)
     with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
         note_launch("norm")
         _norm_fwd_kernel[grid](

@@ -69,7 +69,8 @@ def test_memory_audit_reads_the_sass(aot_rows):
     """The audit columns come from the SASS: every kernel issues global loads; the pipelined tensor-core GEMMs
     stage theirs with cp.async (LDGSTS) in the main loop; the LayerNorm-prologue GEMVs read 128-bit vectors; the
     occupancy estimate is within the hardware's limits; the decode GEMVs stream: in their K loop every global load
-    is 128-bit, there is no barrier, and each thread has several loads in flight."""
+    is 128-bit, there is no barrier, and each thread has several loads in flight; so has each thread of the
+    decode attention (16 or more)."""
     for r in aot_rows:
         assert r["ldg"] + r["loop_async"] > 0, (r["variant"], r["arch"], "no global load found")
         assert 0 <= r["ldg128"] <= r["ldg"] and 0 <= r["loop_ldg128"] <= r["loop_ldg"]
@@ -89,3 +90,10 @@ def test_memory_audit_reads_the_sass(aot_rows):
         assert streams and r["loop_inflight"] >= 4, (r["variant"], r["arch"], r["loop_ldg"], r["loop_ldg128"],
                                                      r["loop_bar"], r["loop_inflight"])  # fmt: skip
         assert r["grid"] >= 1 and r["waves"] > 0
+    decode = [r for r in aot_rows if r["variant"].startswith("attn/decode") and "/decode_reduce/" not in r["variant"]]
+    assert decode
+    for r in decode:  # one warp per program; K and V read as 128-bit vectors, the table one block ahead
+        assert r["loop_ldg128"] >= 32 and r["loop_inflight"] >= 16 and r["blocks_per_sm"] >= 8, (
+            r["variant"], r["arch"], r["loop_ldg"], r["loop_ldg128"], r["loop_bar"], r["loop_inflight"],
+            r["blocks_per_sm"],
+        )  # fmt: skip

@@ -84,3 +84,40 @@ def test_cpu_tensor_to_compiled_kernel_is_refused(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     with pytest.raises(RuntimeError, match="needs a CUDA tensor"):
         K.layer_norm_fwd(*_args()[:3])
+
+
+def test_validation_runs_once_per_signature():
+    """The launchers validate a signature once: a repeat (the decode engine's, the CFM loop's every step) skips
+    the check; another shape, stride, dtype, scalar or grad mode runs it again; a failure is never remembered;
+    with an ``out`` buffer (its overlap check reads data pointers) it runs every call."""
+    from indextts_kernels._validate import validate_once
+
+    calls = []
+
+    def check(op, x, *, eps, out=None):
+        calls.append(op)
+        if eps <= 0:
+            raise ValueError(f"{op}: eps must be positive")
+
+    x = torch.randn(3, 5)
+    validate_once(check, "op", x, eps=1e-5)
+    validate_once(check, "op", x.clone(), eps=1e-5)
+    assert len(calls) == 1
+    validate_once(check, "op", torch.randn(3, 6), eps=1e-5)
+    validate_once(check, "op", torch.randn(5, 3).t(), eps=1e-5)
+    validate_once(check, "op", x.double(), eps=1e-5)
+    validate_once(check, "op", x, eps=1e-6)
+    with torch.no_grad():
+        validate_once(check, "op", x, eps=1e-5)
+    assert len(calls) == 6
+    for _ in range(2):
+        with pytest.raises(ValueError, match="eps must be positive"):
+            validate_once(check, "op", x, eps=0.0)
+    out = torch.empty(3)
+    validate_once(check, "op", x, eps=1e-5, out=out)
+    validate_once(check, "op", x, eps=1e-5, out=out)
+    assert len(calls) == 10
+    xs, w, b, _, _ = _args()
+    K.layer_norm_fwd(xs, w, b)
+    with pytest.raises(ValueError, match="eps must be a positive number"):
+        K.layer_norm_fwd(xs, w, b, -1.0)

@@ -270,6 +270,9 @@ class BeamScorer:
         self.inserted.zero_()
         self.done.zero_()
 
+    def _power(self, n: torch.Tensor) -> torch.Tensor:
+        return self.powers.gather(0, n.reshape(1))[0]
+
     def _worst(self) -> torch.Tensor:
         filled = self.hyp_seq >= 0
         return torch.where(filled.any(), torch.where(filled, self.hyp_scores, float("inf")).min(),
@@ -320,16 +323,19 @@ class BeamScorer:
         pick = torch.argsort(is_eos.to(torch.int64) * (2 * K) + self._ranks)[:K]
         next_scores, next_tokens, next_beams = cand_scores[pick], token[pick], beam[pick]
         # eos candidates within the first K ranks close hypotheses, in rank order
-        denom = self.powers[cur + 1 - prompt_len]  # float(gen_len ** length_penalty), gen_len = cur + 1 - P
+        # float(gen_len ** length_penalty), gen_len = cur + 1 - P. Indexing with a 0-dim device tensor would read
+        # it on the host (a sync, refused in a capture): gather / index_select take it as a device index.
+        denom = self._power(cur + 1 - prompt_len)
         for r in range(K):
-            self._add(input_ids[beam[r]], cur, cand_scores[r].double() / denom, is_eos[r] & ~self.done & run)
+            seq = input_ids.index_select(0, beam[r : r + 1])[0]
+            self._add(seq, cur, cand_scores[r].double() / denom, is_eos[r] & ~self.done & run)
         # done?
         best = cand_scores[0].double()
         if args.early_stopping is True:
             finished = torch.ones((), dtype=torch.bool, device=best.device)
         else:
             if args.early_stopping == "never" and args.length_penalty > 0.0:
-                attainable = best / self.powers[max_length - prompt_len]
+                attainable = best / self._power(max_length - prompt_len)
             else:
                 attainable = best / denom
             finished = self._worst() >= attainable
