@@ -16,7 +16,8 @@ Models: the official module code at IndexTTS-2's sizes with random weights (``of
 - ``cfm mel max |err|``: each provider's CFM mel against the official fp32 one (same seed, same noise); the
   providers ``ours-bf16`` / ``ours-fp16`` (the opt-in low-precision estimator) give only the CFM rows.
 - ``first synthesis``: the first synthesis of each provider (ours: Triton compiles and CUDA-graph captures; compile:
-  Inductor), and ``peak MiB``: torch.cuda.max_memory_allocated over the timed syntheses.
+  Inductor), of it ``capture s`` (ours: the host time of the GPT and CFM graph captures), and ``peak MiB``:
+  torch.cuda.max_memory_allocated over the syntheses.
 
 The GPT runs as ``use_fp16=True`` (halved weights under fp16 autocast) on CUDA, fp32 on a CPU.
 
@@ -220,43 +221,68 @@ def run(size: str = "full", device: Optional[str] = None, gpt_dtype: Optional[st
     frames = mu.shape[1]
     audio_s = (frames - s.prompt) * HOP / SR
     ref = None  # the official fp32 CFM mel: every provider's error is against it
-    for name in providers:
-        with provider(name, m):
-            if name in LOW:
-                mel, _, t_cfm, _ = _timed(lambda: m.cfm(mu), dev, s.repeats)
-                rows.append(Row(name, f"cfm ms/step, {s.steps} steps CFG, {frames} frames", 1000 * t_cfm / s.steps,
-                                "ms"))  # fmt: skip
-                if ref is not None:
-                    rows.append(Row(name, "cfm mel max |err| vs official fp32", float((mel - ref).abs().max()), "abs",
-                                    f"|mel| <= {float(ref.abs().max()):.1f}"))  # fmt: skip
-                continue
-            # the synthesis first: its first call is the provider's cold start (compiles, captures)
-            (mel, n), first, t_syn, peak = _timed(m.synthesis, dev, s.repeats)
-            rows.append(Row(name, "synthesis s (gpt 3 beams + latent + s2mel)", t_syn, "s", f"{n} codes"))
-            rows.append(Row(name, "synthesis RTF", t_syn / audio_s, "x", f"{audio_s:.2f} s of audio"))
-            rows.append(Row(name, "first synthesis s", first, "s", "compiles and captures included"))
-            if peak is not None:
-                rows.append(Row(name, "peak MiB (synthesis)", peak / 2**20, "MiB"))
-            if not torch.isfinite(mel).all():
-                raise RuntimeError(f"{name}: the synthetic mel has non-finite values")
-            if name != "compile":  # the compiled estimator changes the CFM only: its GPT rows are the official ones
-                for beams, label in ((1, "batch 1"), (3, "3 beams")):
-                    long_out, _, t_long, _ = _timed(lambda b=beams: m.generate(s.codes, b), dev, s.repeats)
-                    short_out, _, t_short, _ = _timed(lambda b=beams: m.generate(s.short, b), dev, s.repeats)
-                    n_long, n_short = int(long_out.shape[1]), int(short_out.shape[1])
-                    ms = 1000 * (t_long - t_short) / max(n_long - n_short, 1)
-                    note = f"{n_long} - {n_short} codes"
-                    rows.append(Row(name, f"gpt ms/token, {label}", ms, "ms", note))
-                    tps = 1000 / ms if ms > 0 else float("nan")
-                    rows.append(Row(name, f"gpt tokens/s, {label}", tps, "tok/s", note))
+
+    def one(name: str, handle) -> None:
+        nonlocal ref
+        if name in LOW:
             mel, _, t_cfm, _ = _timed(lambda: m.cfm(mu), dev, s.repeats)
-            rows.append(Row(name, f"cfm ms/step, {s.steps} steps CFG, {frames} frames", 1000 * t_cfm / s.steps, "ms"))
-            if name == "official":
-                ref = mel
-            elif ref is not None:
+            rows.append(Row(name, f"cfm ms/step, {s.steps} steps CFG, {frames} frames", 1000 * t_cfm / s.steps,
+                            "ms"))  # fmt: skip
+            if ref is not None:
                 rows.append(Row(name, "cfm mel max |err| vs official fp32", float((mel - ref).abs().max()), "abs",
                                 f"|mel| <= {float(ref.abs().max()):.1f}"))  # fmt: skip
+            return
+        # the synthesis first: its first call is the provider's cold start (compiles, captures)
+        (mel, n), first, t_syn, peak = _timed(m.synthesis, dev, s.repeats)
+        rows.append(Row(name, "synthesis s (gpt 3 beams + latent + s2mel)", t_syn, "s", f"{n} codes"))
+        rows.append(Row(name, "synthesis RTF", t_syn / audio_s, "x", f"{audio_s:.2f} s of audio"))
+        rows.append(Row(name, "first synthesis s", first, "s", "compiles and captures included"))
+        if peak is not None:
+            rows.append(Row(name, "peak MiB (synthesis)", peak / 2**20, "MiB"))
+        if not torch.isfinite(mel).all():
+            raise RuntimeError(f"{name}: the synthetic mel has non-finite values")
+        if handle is not None and dev.type == "cuda":
+            gpt_s, cfm_s = _capture_seconds(handle)
+            rows.append(Row(name, "capture s (GPT decode graphs)", gpt_s, "s", "inside the first synthesis"))
+            rows.append(Row(name, "capture s (CFM graphs)", cfm_s, "s", "inside the first synthesis"))
+        if name != "compile":  # the compiled estimator changes the CFM only: its GPT rows are the official ones
+            for beams, label in ((1, "batch 1"), (3, "3 beams")):
+                long_out, _, t_long, _ = _timed(lambda b=beams: m.generate(s.codes, b), dev, s.repeats)
+                short_out, _, t_short, _ = _timed(lambda b=beams: m.generate(s.short, b), dev, s.repeats)
+                n_long, n_short = int(long_out.shape[1]), int(short_out.shape[1])
+                ms = 1000 * (t_long - t_short) / max(n_long - n_short, 1)
+                note = f"{n_long} - {n_short} codes"
+                rows.append(Row(name, f"gpt ms/token, {label}", ms, "ms", note))
+                tps = 1000 / ms if ms > 0 else float("nan")
+                rows.append(Row(name, f"gpt tokens/s, {label}", tps, "tok/s", note))
+        mel, _, t_cfm, _ = _timed(lambda: m.cfm(mu), dev, s.repeats)
+        rows.append(Row(name, f"cfm ms/step, {s.steps} steps CFG, {frames} frames", 1000 * t_cfm / s.steps, "ms"))
+        if name == "official":
+            ref = mel
+        elif ref is not None:
+            rows.append(Row(name, "cfm mel max |err| vs official fp32", float((mel - ref).abs().max()), "abs",
+                            f"|mel| <= {float(ref.abs().max()):.1f}"))  # fmt: skip
+
+    for name in providers:
+        try:
+            with provider(name, m) as handle:
+                one(name, handle)
+        except Exception as e:  # one provider's failure (torch.compile's, say) is a row, not the end of the run
+            rows.append(Row(name, "FAILED", float("nan"), "error", f"{type(e).__name__}: {str(e)[:160]}"))
     return rows
+
+
+def _capture_seconds(handle) -> tuple[float, float]:
+    """Host seconds the enabled parts spent capturing CUDA graphs so far: (GPT decode loops, CFM loops)."""
+    gpt = cfm = 0.0
+    for part in handle.parts:
+        patch = getattr(part, "patch", None)
+        for engine in getattr(patch, "engines", {}).values():
+            gpt += engine.capture_s or 0.0
+        loop = getattr(patch, "loop", None)
+        if loop is not None:
+            cfm += sum(loop.capture_s.values())
+    return gpt, cfm
 
 
 def table(rows: list[Row], header: str = "") -> str:
@@ -300,6 +326,8 @@ def test_end_to_end():
     RESULTS.append(table(rows, header))
     if os.environ.get(JSON_ENV):
         _write_json(os.environ[JSON_ENV], header, "full", rows)
+    failed = [f"{r.provider}: {r.note}" for r in rows if r.unit == "error"]
+    assert not failed, failed
     assert {r.provider for r in rows} == set(PROVIDERS)
     assert all(r.value == r.value for r in rows), "a NaN row"
 
