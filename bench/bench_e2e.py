@@ -56,7 +56,7 @@ class E2ESizes:
     steps: int = 25  # CFM steps (infer_v2: 25)
 
 
-SIZES = {"full": E2ESizes(500, 60, 500, 50, 861, 2), "tiny": E2ESizes(37, 9, 12, 2, 9, 0, steps=2)}
+SIZES = {"full": E2ESizes(500, 60, 500, 50, 861, 1), "tiny": E2ESizes(37, 9, 12, 2, 9, 0, steps=2)}
 
 
 @dataclass
