@@ -144,7 +144,7 @@ def _weakrefable(obj) -> bool:
         return False
 
 
-def _gpt_part(uv, strict: bool) -> _Part:
+def _gpt_part(uv, strict: bool, graphs: Optional[bool]) -> _Part:
     from .gpt import patch as gp
 
     if gp.is_indextts25(uv):
@@ -158,14 +158,14 @@ def _gpt_part(uv, strict: bool) -> _Part:
         return _Part("gpt", uv, "skipped", reason)
     fast = gp.build_fast_gpt(uv)
     backend = backend_for(fast.device)
-    patch = gp.GPTPatch(uv, fast)
+    patch = gp.GPTPatch(uv, fast, graphs=graphs)
     dtype = str(fast.dtype).replace("torch.", "")
     patch.install(f"(indextts_fast: generate and latent pass on {backend}, {dtype} operands, fp32 stream)")
     return _Part("gpt", uv, "fast", f"decode loop + latent pass, {fast.n_layers} layers, {dtype}, on {backend}",
                  patch)  # fmt: skip
 
 
-def _s2mel_part(obj, strict: bool, precision: Optional[str]) -> _Part:
+def _s2mel_part(obj, strict: bool, precision: Optional[str], graphs: Optional[bool]) -> _Part:
     from .s2mel import patch as sp
 
     reason = sp.unsupported_reason(obj)
@@ -173,19 +173,21 @@ def _s2mel_part(obj, strict: bool, precision: Optional[str]) -> _Part:
         if strict:
             raise UnsupportedModel(f"s2mel: {reason}")
         return _Part("s2mel", obj, "skipped", reason)
-    patch = sp.S2MelPatch.build(obj, precision=precision)
+    patch = sp.S2MelPatch.build(obj, precision=precision, graphs=graphs)
     backend = backend_for(_device_of(obj))
     patch.install(f"(indextts_fast: {patch.what} on {backend})")
     return _Part("s2mel", obj, "fast", f"{patch.what}, {patch.precision_note}, on {backend}", patch)
 
 
 def enable(target, *, gpt: bool = True, s2mel: bool = True, strict: bool = True,
-           dit_precision: Optional[str] = None) -> FastHandle:  # fmt: skip
+           dit_precision: Optional[str] = None, graphs: Optional[bool] = None) -> FastHandle:  # fmt: skip
     """Run ``target``'s GPT generation, its teacher-forced latent pass and its CFM/DiT on indextts_fast.
 
     ``strict``: a part of a variant the fast backend does not implement raises UnsupportedModel (else it is skipped
     and the report says why). IndexTTS-2.5 is always refused. ``dit_precision`` overrides the DiT's fp32 product
-    precision ("ieee" exact, "tf32x3", "tf32"; default: the s2mel module's documented default).
+    precision ("ieee" exact, "tf32x3", "tf32"; default: the s2mel module's documented default; "bf16" / "fp16":
+    the estimator in that dtype, opt-in). ``graphs``: replay the GPT's per-token tick and the CFM loop as CUDA
+    graphs (default: on CUDA; False runs the same loops eagerly, the same results).
     """
     with _LOCK:
         live = _HANDLES.get(target) if _weakrefable(target) else None
@@ -206,7 +208,8 @@ def enable(target, *, gpt: bool = True, s2mel: bool = True, strict: bool = True,
                     raise ValueError(
                         f"enable: the {name} part is already enabled through another handle; revert it first"
                     )
-                part = _gpt_part(obj, strict) if name == "gpt" else _s2mel_part(obj, strict, dit_precision)
+                part = (_gpt_part(obj, strict, graphs) if name == "gpt" else
+                        _s2mel_part(obj, strict, dit_precision, graphs))  # fmt: skip
                 parts.append(part)
                 if part.patch is not None:
                     _PATCHED_PARTS[obj] = None  # placeholder until the handle exists

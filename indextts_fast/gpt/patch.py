@@ -97,9 +97,9 @@ def _autocast_off(device: torch.device):
 class GPTPatch(AttrPatch):
     """The two replacements on one UnifiedVoice, and their exact undo."""
 
-    def __init__(self, uv, fast: FastGPT):
+    def __init__(self, uv, fast: FastGPT, *, graphs: Optional[bool] = None):
         super().__init__()
-        self.uv, self.fast = uv, fast
+        self.uv, self.fast, self.graphs = uv, fast, graphs
         self.engines: dict = {}  # rows -> the decode step (its KV cache, its loop states and graphs), reused
         self.calls = {"generate": 0, "latent": 0}
         self._orig_get_logits = uv.get_logits
@@ -130,7 +130,8 @@ class GPTPatch(AttrPatch):
         self._check_autocast(inputs.device)
         with torch.no_grad(), _autocast_off(self.fast.device):
             rows = args.num_beams
-            seqs, self.engines[rows] = generate(self.fast, args, inputs, prefix, self.engines.get(rows))
+            seqs, self.engines[rows] = generate(self.fast, args, inputs, prefix, self.engines.get(rows),
+                                                graphs=self.graphs)  # fmt: skip
         self.calls["generate"] += 1
         return seqs.to(inputs.device)
 
