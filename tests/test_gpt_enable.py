@@ -438,3 +438,24 @@ def test_cuda_graphs_captured_in_a_fresh_process():
     assert out["captured"] == [2, 0], out  # the GPT tick (3 beams) and one CFM bucket; none without graphs
     assert all(out["tokens"]) and all(out["mel_graph_is_eager_padded"]), out
     print(f"graph mel vs the unpadded eager loop: max |diff| {out['mel_graph_vs_unpadded']:.2e}")
+
+
+def test_greedy_loop_records_each_steps_scores():
+    """The decode loop at batch 1 without processors: each step's recorded scores are that step's logits (not the
+    buffer a later step rewrites), its token their argmax, and max_length ends it."""
+    from indextts_fast.gpt.generate import decode_loop
+    from indextts_fast.gpt.sampling import GenerationArgs
+
+    V, P, steps = 37, 4, 5
+    g = torch.Generator().manual_seed(2)
+    logits = [torch.randn(1, V, generator=g) for _ in range(steps + 1)]
+    for lg in logits:
+        lg[0, V - 1] = -1e4  # the eos id: never chosen
+    args = GenerationArgs(do_sample=False, num_beams=1, temperature=1.0, top_k=0, top_p=1.0, repetition_penalty=1.0,
+                          length_penalty=1.0, early_stopping=False, max_length=P + steps, eos_token_id=V - 1,
+                          pad_token_id=V - 1)  # fmt: skip
+    feed = iter(logits[1:])
+    record = []
+    seqs = decode_loop(args, torch.zeros((1, P), dtype=torch.long), logits[0], lambda tok: next(feed), record=record)
+    assert len(record) == steps and all(torch.equal(r[0], lg) for r, lg in zip(record, logits, strict=False))
+    assert seqs[0, P:].tolist() == [int(lg.argmax()) for lg in logits[:steps]]

@@ -118,6 +118,7 @@ class LoopState:
         self.logits.copy_(step(self.tokens, self.pos, live))
 
     def tick(self, step: Step, reorder=None, record: Optional[list] = None, input_ids=None) -> None:
+        # ``run`` is the state's flag itself: read before the tick rewrites it (running.copy_ at the end)
         args, K, run = self.args, self.K, self.running
         if K == 1:
             scores = process_scores(args, self.seen, self.logits, input_ids)
@@ -127,8 +128,8 @@ class LoopState:
                 self.valid.copy_(self.valid & (ok | ~run))
             else:
                 tok = torch.argmax(scores, dim=-1)
-            if record is not None:
-                record.append((scores, tok, torch.zeros_like(tok)))
+            if record is not None:  # copies: without processors ``scores`` is the logits buffer the next tick rewrites
+                record.append((scores.clone(), tok.clone(), torch.zeros_like(tok)))
             self._append(self.ids, tok, run)
             self.cur.add_(run.to(torch.int64))
             still = run & (self.cur < self.max_length) & (tok[0] != args.eos_token_id)
@@ -143,7 +144,7 @@ class LoopState:
         self.valid.copy_(self.valid & (ok | ~run))
         rows = torch.where(run, nrows, self._rows)
         if record is not None:
-            record.append((processed, ntok, rows))
+            record.append((processed.clone(), ntok.clone(), rows.clone()))
         self.ids.copy_(self.ids.index_select(0, rows))
         if self.seen is not None:
             self.seen.copy_(self.seen.index_select(0, rows))
