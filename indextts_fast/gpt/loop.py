@@ -26,12 +26,12 @@ sequences at their current, growing length) run eagerly, ticking with the host's
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections.abc import Callable
 from typing import Optional
 
 import torch
 
+from .._graphs import capture
 from ..profiling import nvtx_range
 from .sampling import BeamScorer, GenerationArgs, draw, process_scores
 
@@ -164,13 +164,7 @@ class LoopState:
             self.warm = True
             return
         if self.graph is None:
-            t0 = time.perf_counter()
-            torch.cuda.synchronize(self.ids.device)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                self.tick(step, reorder)
-            self.graph = graph
-            self.capture_s = time.perf_counter() - t0
+            self.graph, _, self.capture_s = capture(lambda: self.tick(step, reorder), self.ids.device)
         self.graph.replay()  # the capture executed nothing: this replay is the tick
         self.replays += 1
 

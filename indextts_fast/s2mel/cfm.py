@@ -25,13 +25,13 @@ later call of that key copies its inputs into the graph's static buffers and rep
 
 from __future__ import annotations
 
-import time
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Optional
 
 import torch
 
+from .._graphs import capture
 from ..profiling import nvtx_range
 
 __all__ = ["cfm_inference", "CFMLoop", "bucket_frames"]
@@ -198,13 +198,8 @@ class CFMLoop:
         return g.out[..., :T].contiguous()  # a copy: the static output is overwritten by the next replay
 
     def _capture(self, key, g: _Graph, rate: float) -> None:
-        t0 = time.perf_counter()
-        torch.cuda.synchronize(self.fast.device)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            g.out = _solve_bufs(self.fast, g.bufs, g.t_span, rate)
-        g.graph = graph
+        g.graph, g.out, self.capture_s[key] = capture(lambda: _solve_bufs(self.fast, g.bufs, g.t_span, rate),
+                                                      self.fast.device)  # fmt: skip
         self._graphs[key] = g
-        self.capture_s[key] = time.perf_counter() - t0
         while len(self._graphs) > self.max_graphs:
             self._graphs.popitem(last=False)
