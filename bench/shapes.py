@@ -14,7 +14,7 @@ NORM_SHAPES = [
     ("gpt_decode_3x1x1280", GPT_BEAMS, GPT_DIM),
 ]
 
-# Attention (kernels/attention.py)
+# Attention (kernels/indextts_kernels/attention.py)
 # DiT: B=2 (CFG), 8 heads of 64, T = 1721; GPT-2: 20 heads of 64, prefill ~90 (prompt) and ~600 (teacher-forced)
 DIT_HEAD_DIM = 64
 ATTN_DIT_SHAPES = [("dit_2x8x1721x64", DIT_B, DIT_HEADS, DIT_T, DIT_HEAD_DIM)]  # (name, B, H, T, D)

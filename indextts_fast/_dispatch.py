@@ -5,7 +5,7 @@
            TRITON_INTERPRET=1, else the torch reference. Without Triton installed: always the reference.
     triton force the Triton kernels; on a machine without CUDA this turns the interpreter on
            (TRITON_INTERPRET=1 is set before the kernel modules are imported). Errors if Triton is missing.
-    torch  always the pure-torch reference (kernels/reference.py).
+    torch  always the pure-torch reference (indextts_kernels.reference).
 
 Resolved per call from the tensor's device, so a patched model moved between devices keeps working.
 """

@@ -33,7 +33,7 @@ STAMP=$(date -u +%Y%m%d-%H%M)
 export PYTHONUNBUFFERED=1
 unset TRITON_INTERPRET INDEXTTS_FAST_BACKEND
 
-# Make indextts_kernels (the kernels/ folder) and indextts_fast importable without the network.
+# Make indextts_kernels (kernels/indextts_kernels/) and indextts_fast importable without the network.
 SITE=/tmp/indextts_fast_site
 mkdir -p "$SITE"
 if [ -d .whl ]; then
@@ -43,7 +43,7 @@ else
 fi
 DESELECT=()
 if ! $PY -m pip install -q --no-index --no-deps --no-build-isolation -e . >/dev/null 2>&1; then
-    ln -sfn "$PWD/kernels" "$SITE/indextts_kernels"
+    ln -sfn "$PWD/kernels/indextts_kernels" "$SITE/indextts_kernels"
     ln -sfn "$PWD/indextts_fast" "$SITE/indextts_fast"
     # without an install there is no distribution metadata to check
     DESELECT=(--deselect tests/test_packaging.py::test_no_top_level_kernels_package_of_ours)
