@@ -304,14 +304,16 @@ def test_cuda_graph_decode_gives_the_eager_tokens(mode):
               eos_token_id=uv.stop_mel_token, max_length=P + 24)  # fmt: skip
     args, _ = resolve_generation_args(uv.inference_model.generation_config, kw, P)
     fast = build_fast_gpt(uv)
-    out = {}
+    out, rng = {}, {}
     for graphs in (False, True):
         torch.manual_seed(3)
         with torch.no_grad():
             seqs, engine = generate(fast, args, ids, prefix, graphs=graphs)
+        rng[graphs] = torch.cuda.get_rng_state()  # replays advance the generator as the eager draws do
         assert engine.graphs == graphs and engine.captured == int(graphs)
         out[graphs] = seqs
     assert torch.equal(out[True], out[False])
+    assert torch.equal(rng[True], rng[False]), "the generator after the graphs is not where the eager loop leaves it"
     torch.manual_seed(3)  # a second generation on the same engine replays the graph captured by the first
     with torch.no_grad():
         again, engine2 = generate(fast, args, ids, prefix, engine)
@@ -347,6 +349,39 @@ def test_stop_flag_read_every_few_ticks_changes_nothing(mode, bias, monkeypatch)
     n = first.shape[1]
     assert first[0, -1] == uv.stop_mel_token and n % CHECK_EVERY != 0, "no stop between two flag reads"
     assert state.ticks > n and state.ticks % CHECK_EVERY == 0, "no tick ran after the stop"
+
+
+@pytest.mark.parametrize("mode, bias", [("sample", 7.0), ("beam_sample_defaults", 6.0)])
+def test_sampling_reads_the_stop_flag_every_few_ticks_and_rewinds_the_generator(mode, bias, monkeypatch):
+    """With sampling too the host reads the stop flag every CHECK_EVERY ticks. The ticks after an early stop draw
+    random numbers for nothing; the loop then puts the generator back where it was before the first of them, so
+    the random stream after the GPT (s2mel's noise) is the official one: the same tokens, and the same generator
+    state after the generation as after the official one."""
+    from indextts_fast.gpt.loop import CHECK_EVERY
+
+    monkeypatch.setenv("INDEXTTS_FAST_BACKEND", "torch")  # the loop's logic; the kernels are tested above
+    uv = _uv()
+    with torch.no_grad():
+        uv.mel_head.bias[uv.stop_mel_token] += bias
+    spk, text = _inputs()
+    official, _ = _speech(uv, spk, text, steps=40, **MODES[mode])
+    official_after = torch.get_rng_state()
+    assert official[0, -1] == uv.stop_mel_token and official.shape[1] < 40, "no early stop to test"
+    with indextts_fast.enabled(uv) as h:
+        first, _ = _speech(uv, spk, text, steps=40, **MODES[mode])
+        ours_after = torch.get_rng_state()
+        (engine,) = h.parts[0].patch.engines.values()
+        (state,) = engine.loops.values()
+        ours = first
+        if official_line() == "refactor":  # that line's k + 1 mel positions move the stop (see the test above)
+            ours, engine = refactor_line_tokens(uv, h.parts[0].patch.fast, MODES[mode], 40, seed=7, return_engine=True)
+            ours_after = torch.get_rng_state()
+            (state,) = engine.loops.values()
+    assert torch.equal(ours, official), (ours, official)
+    n = ours.shape[1]
+    assert ours[0, -1] == uv.stop_mel_token and n % CHECK_EVERY != 0, "no stop between two flag reads"
+    assert state.ticks > n and state.ticks % CHECK_EVERY == 0, "no tick ran after the stop"
+    assert torch.equal(ours_after, official_after), "the generator is not where the official generation leaves it"
 
 
 def test_draw_is_torch_multinomial():

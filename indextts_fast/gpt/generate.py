@@ -11,8 +11,8 @@ prefix in the prompt (the start token, then any ``input_tokens``) get mel positi
 
 Per token on the device (``loop.py``): the processors, the draw and the beam bookkeeping, then the embedding, 24
 blocks (each: LayerNorm + c_attn, attention, c_proj + residual, LayerNorm + c_fc + gelu_new, c_proj + residual)
-and the head: one CUDA graph replay on CUDA. The host reads the stop flag every token when sampling, every
-``CHECK_EVERY`` tokens otherwise.
+and the head: one CUDA graph replay on CUDA. The host reads the stop flag every ``CHECK_EVERY`` tokens; with
+sampling it then puts the generator back to its state after the last token's draw.
 """
 
 from __future__ import annotations
@@ -100,11 +100,12 @@ def decode_loop(args: GenerationArgs, input_ids: torch.Tensor, logits: torch.Ten
                      record=record)  # fmt: skip
 
 
-def refactor_line_tokens(uv, fast: FastGPT, gen: dict, steps: int, seed: int) -> torch.Tensor:
+def refactor_line_tokens(uv, fast: FastGPT, gen: dict, steps: int, seed: int, *, return_engine: bool = False):
     """The codes the transformers-5 refactor (indextts2-inference under transformers 5.24) generates, from our decode
     loop: the prompt ``inference_speech`` last cached on ``uv.inference_model`` and ``gen`` (its generation
     arguments) under ``seed``, with that line's one different convention, code k at mel position k + 1
-    (``position_offset=-1``). Used to show that convention is the only difference from that line."""
+    (``position_offset=-1``). Used to show that convention is the only difference from that line. With
+    ``return_engine``: (codes, the engine that ran them)."""
     from .sampling import resolve_generation_args
 
     prefix = uv.inference_model.cached_mel_emb
@@ -116,5 +117,5 @@ def refactor_line_tokens(uv, fast: FastGPT, gen: dict, steps: int, seed: int) ->
     args, _ = resolve_generation_args(uv.inference_model.generation_config, kw, P)
     torch.manual_seed(seed)  # the conditioning encoders draw no random numbers: the same stream as the official run
     with torch.no_grad():
-        seqs, _ = generate(fast, args, ids, prefix, position_offset=-1)
-    return seqs[:, P:]
+        seqs, engine = generate(fast, args, ids, prefix, position_offset=-1)
+    return (seqs[:, P:], engine) if return_engine else seqs[:, P:]

@@ -14,8 +14,11 @@ next tokens, their mel position and the logits. ``tick`` is one iteration of the
 
 Every update is gated by the running flag, so a tick after the stop changes nothing (its model step rewrites
 the slot past the last token, which nothing reads). That is what lets the host read the flag only every
-``CHECK_EVERY`` ticks: without sampling the extra ticks are no-ops. With sampling the host reads it every tick,
-since an extra tick would draw random numbers and shift the stream that later draws (s2mel's noise) read.
+``CHECK_EVERY`` ticks. With sampling an extra tick still draws random numbers, which would shift the stream that
+later draws (s2mel's noise) read; so before each tick the host keeps the generator's state (host values: a CUDA
+generator's seed and offset, which a graph replay advances on the host), and after the stop it puts back the
+state from before the first extra tick: the generator ends where the official loop leaves it, one draw per
+generated token.
 
 On CUDA (``graphs=True``) the first tick of a state runs eagerly (it compiles every kernel), the second is
 captured and every later tick, of this and of later generations with the same generation arguments, replays the
@@ -35,9 +38,19 @@ from .._graphs import capture
 from ..profiling import nvtx_range
 from .sampling import BeamScorer, GenerationArgs, draw, process_scores
 
-__all__ = ["LoopState", "CHECK_EVERY", "state_key"]
+__all__ = ["LoopState", "CHECK_EVERY", "device_generator", "state_key"]
 
-CHECK_EVERY = 8  # ticks between two reads of the stop flag when nothing is sampled
+CHECK_EVERY = 8  # ticks between two reads of the stop flag
+
+
+def device_generator(device: torch.device) -> Optional[torch.Generator]:
+    """The generator ``exponential_`` draws from on ``device`` without an explicit one (None: unknown kind)."""
+    if device.type == "cpu":
+        return torch.default_generator
+    if device.type == "cuda":
+        return torch.cuda.default_generators[device.index if device.index is not None else torch.cuda.current_device()]
+    return None
+
 
 Step = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (tokens, pos [1], active) -> logits
 
@@ -174,10 +187,14 @@ class LoopState:
         if P >= maxlen:  # nothing to generate: the official loop does not run
             return self.ids[:1, :P].clone()
         custom = bool(args.custom_processors)
-        every = 1 if (args.do_sample or custom or record is not None) else CHECK_EVERY
+        gen = device_generator(self.ids.device) if args.do_sample else None
+        every = 1 if (custom or record is not None or (args.do_sample and gen is None)) else CHECK_EVERY
+        states = [None] * every if gen is not None and every > 1 else None  # the generator before the last ticks
         ticks = 0
         with nvtx_range("gpt.decode"):
             while True:
+                if states is not None:
+                    states[ticks % every] = gen.get_state()
                 if graphs and not custom and record is None:
                     self._graph_tick(step, reorder)
                 else:
@@ -187,6 +204,9 @@ class LoopState:
                     break
         self.ticks = ticks
         cur = int(self.cur)
+        drawn = cur - P  # the official loop draws once per generated token; the ticks after that drew for nothing
+        if states is not None and drawn < ticks:
+            gen.set_state(states[drawn % every])
         if bool(self.overflow):
             raise IndexError(f"mel position {self.pos_limit} is beyond the mel position table ({self.pos_limit} "
                              "rows): max_length is too large")  # fmt: skip
