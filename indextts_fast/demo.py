@@ -173,7 +173,7 @@ def run(size: str, device: torch.device, model_dir=None, stages=("greedy", "defa
             same = ours.shape == ref.shape and torch.equal(ours.cpu(), ref.cpu())
             note = "tokens identical"
             if not same and line == "refactor":
-                # the refactor line gives code k mel position k + 1 (it finds no KV cache under transformers 5.24);
+                # the refactor line gives code k mel position k + 1 (no KV cache found under transformers 5.24, 5.25);
                 # our loop follows the official repository (k + 2): compare with that one convention changed
                 alt = refactor_line_tokens(uv, h.parts[0].patch.fast, gen, steps, seed=7)
                 same = alt.shape == ref.shape and torch.equal(alt.cpu(), ref.cpu())

@@ -65,7 +65,7 @@ def generate(
 
     ``position_offset`` shifts the decode steps' mel positions: 0 is the official repository's convention (code k
     at k + 2). The transformers-5 refactor run with a transformers whose generate hands the cache over as
-    ``cache`` (5.24) finds no ``past_key_values``, recomputes the whole sequence every step without a cache and
+    ``cache`` (5.24, 5.25) finds no ``past_key_values``, recomputes the whole sequence every step without a cache and
     so gives code k position k + 1: -1 reproduces that (the tests use it to show it is the only difference).
     """
     prefix_len, P = prefix_emb.shape[1], input_ids.shape[1]
@@ -101,8 +101,8 @@ def decode_loop(args: GenerationArgs, input_ids: torch.Tensor, logits: torch.Ten
 
 
 def refactor_line_tokens(uv, fast: FastGPT, gen: dict, steps: int, seed: int, *, return_engine: bool = False):
-    """The codes the transformers-5 refactor (indextts2-inference under transformers 5.24) generates, from our decode
-    loop: the prompt ``inference_speech`` last cached on ``uv.inference_model`` and ``gen`` (its generation
+    """The codes the transformers-5 refactor (indextts2-inference under transformers 5.24, 5.25) generates, from our
+    decode loop: the prompt ``inference_speech`` last cached on ``uv.inference_model`` and ``gen`` (its generation
     arguments) under ``seed``, with that line's one different convention, code k at mel position k + 1
     (``position_offset=-1``). Used to show that convention is the only difference from that line. With
     ``return_engine``: (codes, the engine that ran them)."""
