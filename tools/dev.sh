@@ -59,10 +59,10 @@ test)
     "$VENV/bin/ruff" format --check .
     env -u TRITON_INTERPRET "$PY" -m indextts_kernels.aot --max-spill-bytes 0
     echo "== tests: indextts2-inference $("$PY" -c 'import importlib.metadata as m; print(m.version("indextts2-inference"))'), transformers $("$PY" -c 'import transformers; print(transformers.__version__)')"
-    "$PY" -m pytest "${@:2}"
+    "$PY" -m pytest --durations=12 "${@:2}"
     setup_repository_line
     echo "== parity tests on the official repository's code: tts-webui-index-tts 2.0.1, transformers $("$VENV_REPO/bin/python" -c 'import transformers; print(transformers.__version__)')"
-    "$VENV_REPO/bin/python" -m pytest "${REPO_LINE_TESTS[@]}" "${@:2}"
+    "$VENV_REPO/bin/python" -m pytest --durations=8 "${REPO_LINE_TESTS[@]}" "${@:2}"
     ;;
 *)
     echo "usage: bash tools/dev.sh demo|test|setup [pytest args]" >&2
