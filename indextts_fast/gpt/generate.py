@@ -21,7 +21,7 @@ import torch
 
 from ..profiling import nvtx_range
 from .engine import DecodeStep
-from .loop import LoopState
+from .loop import LoopState, position_error
 from .model import FastGPT
 from .sampling import GenerationArgs
 
@@ -33,7 +33,7 @@ CAPACITY_STEP = 256  # positions: a new engine's KV cache and sequences are size
 def _check_position(fast: FastGPT, pos: int) -> None:
     n = fast.w.mel_pos.shape[0]
     if pos >= n:
-        raise IndexError(f"mel position {pos} is beyond the mel position table ({n} rows): max_length is too large")
+        raise position_error(pos, n)
 
 
 def new_engine(fast: FastGPT, rows: int, max_len: int, engine: DecodeStep | None = None, *,

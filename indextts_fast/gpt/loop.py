@@ -38,9 +38,14 @@ from .._graphs import capture
 from ..profiling import nvtx_range
 from .sampling import BeamScorer, GenerationArgs, draw, process_scores
 
-__all__ = ["LoopState", "CHECK_EVERY", "device_generator", "state_key"]
+__all__ = ["LoopState", "CHECK_EVERY", "device_generator", "position_error", "state_key"]
 
 CHECK_EVERY = 8  # ticks between two reads of the stop flag
+
+
+def position_error(pos: int, rows: int) -> IndexError:
+    """What the official generate's failure at a mel position beyond the table becomes here."""
+    return IndexError(f"mel position {pos} is beyond the mel position table ({rows} rows): max_length is too large")
 
 
 def device_generator(device: torch.device) -> Optional[torch.Generator]:
@@ -208,8 +213,7 @@ class LoopState:
         if states is not None and drawn < ticks:
             gen.set_state(states[drawn % every])
         if bool(self.overflow):
-            raise IndexError(f"mel position {self.pos_limit} is beyond the mel position table ({self.pos_limit} "
-                             "rows): max_length is too large")  # fmt: skip
+            raise position_error(self.pos_limit, self.pos_limit)
         if not bool(self.valid):
             raise RuntimeError("probability tensor contains either `inf`, `nan` or element < 0")
         if self.K == 1:
