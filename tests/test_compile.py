@@ -1,8 +1,9 @@
 """Every kernel variant compiles ahead of time (no GPU needed) for sm_86, sm_89 and sm_90 without spills.
 
-Runs ``python -m indextts_kernels.aot`` in a subprocess without TRITON_INTERPRET (interpreted functions
-cannot be compiled), or reads the rows a complete run of it left for the same kernel sources, Triton version
-and targets (``aot.rows_cache_path``: CI prints that table before the tests). The table lists registers, spill
+Runs ``python -m indextts_fast.aot`` (IndexTTS2's shapes fed to ``indextts_kernels.aot``) in a subprocess without
+TRITON_INTERPRET (interpreted functions cannot be compiled), or reads the rows a complete run of it left for the
+same kernel sources, shapes, Triton version and targets (``indextts_fast.aot.rows_cache_path``: CI prints that table
+before the tests). The table lists registers, spill
 bytes, shared memory and tensor-core instructions per variant and target.
 """
 
@@ -22,7 +23,7 @@ ARCHS = ("sm_86", "sm_89", "sm_90")
 def aot_rows(tmp_path_factory):
     if not indextts_kernels.HAS_TRITON:
         pytest.skip("Triton is not installed")
-    from indextts_kernels.aot import rows_cache_path
+    from indextts_fast.aot import rows_cache_path
 
     cached = rows_cache_path((86, 89, 90))
     if cached.is_file():  # the same sources already compiled in this run (CI prints that table first)
@@ -31,7 +32,7 @@ def aot_rows(tmp_path_factory):
     out = tmp_path_factory.mktemp("aot") / "rows.json"
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     res = subprocess.run(
-        [sys.executable, "-m", "indextts_kernels.aot", "--arch", "86", "89", "90", "--json", str(out)],
+        [sys.executable, "-m", "indextts_fast.aot", "--arch", "86", "89", "90", "--json", str(out)],
         capture_output=True, text=True, env=env,
     )  # fmt: skip
     print(res.stdout)
@@ -41,9 +42,10 @@ def aot_rows(tmp_path_factory):
 
 def test_every_norm_variant_compiles_for_every_target_without_spills(aot_rows):
     norm = [r for r in aot_rows if r["variant"].startswith("norm/")]
+    from indextts_fast.aot import requests
     from indextts_kernels import norm as norm_mod
 
-    expected = {name for name, *_ in norm_mod.compile_variants()}
+    expected = {name for name, *_ in norm_mod.compile_variants(**requests()["norm"])}
     assert {r["variant"] for r in norm} == expected
     for arch in ARCHS:
         assert {r["variant"] for r in norm if r["arch"] == arch} == expected, f"missing variants on {arch}"
@@ -59,9 +61,10 @@ def test_no_variant_fails_or_spills(aot_rows):
 def test_every_gemm_variant_compiles_with_tensor_cores_where_expected(aot_rows):
     """Tensor-core tiles (fp16/bf16, fp32 tf32/tf32x3) carry mma.sync (sm_86/89) or wgmma (sm_90); the fp32
     "ieee" tiles and the GEMV decode path multiply on CUDA cores by design."""
+    from indextts_fast.aot import requests
     from indextts_kernels import gemm as gemm_mod
 
-    expected = {name for name, *_ in gemm_mod.compile_variants()}
+    expected = {name for name, *_ in gemm_mod.compile_variants(**requests()["gemm"])}
     rows = [r for r in aot_rows if r["variant"].startswith("gemm/")]
     for arch in ARCHS:
         assert {r["variant"] for r in rows if r["arch"] == arch} == expected, f"missing variants on {arch}"

@@ -57,7 +57,7 @@ test)
     setup
     "$VENV/bin/ruff" check .
     "$VENV/bin/ruff" format --check .
-    env -u TRITON_INTERPRET "$PY" -m indextts_kernels.aot --max-spill-bytes 0
+    env -u TRITON_INTERPRET "$PY" -m indextts_fast.aot --max-spill-bytes 0
     echo "== tests: indextts2-inference $("$PY" -c 'import importlib.metadata as m; print(m.version("indextts2-inference"))'), transformers $("$PY" -c 'import transformers; print(transformers.__version__)')"
     "$PY" -m pytest --durations=12 "${@:2}"
     setup_repository_line

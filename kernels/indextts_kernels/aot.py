@@ -1,11 +1,14 @@
 """Ahead-of-time compile check: compile every kernel variant for real GPU targets on a machine without a GPU.
 
-Runs Triton's full pipeline (frontend, MLIR, LLVM, ptxas) for each variant that the kernel modules list in
-``compile_variants()``, then reads registers, spills and shared memory from the cubin with the cuobjdump that
-ships inside Triton. Catches what the interpreter lets through (tl.dot shapes, unsupported ops, spills).
+The machinery only: it knows no model. A caller passes ``requests``, {kernel module: keyword arguments of its
+``compile_variants``} (the shapes to specialize for); each module lists the specializations its launchers would
+pick at those shapes. Runs Triton's full pipeline (frontend, MLIR, LLVM, ptxas) for each, then reads registers,
+spills and shared memory from the cubin and audits the SASS with the cuobjdump that ships inside Triton. Catches
+what the interpreter lets through (tl.dot shapes, unsupported ops, spills). A model's entry point calls ``main``
+with its shapes, e.g.
 
-    python -m indextts_kernels.aot                     # sm_86, sm_89, sm_90; table on stdout
-    python -m indextts_kernels.aot --arch 90 --json out.json --filter norm/
+    python -m indextts_fast.aot                     # sm_86, sm_89, sm_90; table on stdout
+    python -m indextts_fast.aot --arch 90 --json out.json --filter norm/
 
 Must run without TRITON_INTERPRET (interpreted functions cannot be compiled); exits 1 on any compile error,
 and with --max-spill-bytes N on any variant that spills more than N bytes.
@@ -139,12 +142,11 @@ def _resource_usage(cubin: bytes) -> dict:
     return {"regs": reg, "stack": stack, "static_shared": shared, "local": local}
 
 
-def iter_variants(name_filter: str = ""):
-    """(module name, index, variant name) of every variant whose name contains name_filter."""
+def iter_variants(requests: dict, name_filter: str = ""):
+    """(module name, index, variant name) of every requested variant whose name contains name_filter."""
     kernels = importlib.import_module("indextts_kernels")
-    for mod_name in kernels.KERNEL_MODULES:
-        mod = kernels.load_kernel_module(mod_name)
-        for i, (name, *_rest) in enumerate(mod.compile_variants()):
+    for mod_name, shapes in requests.items():
+        for i, (name, *_rest) in enumerate(kernels.load_kernel_module(mod_name).compile_variants(**shapes)):
             if name_filter in name:
                 yield mod_name, i, name
 
@@ -163,10 +165,11 @@ def compile_one(fn, sig, const, num_warps: int, arch: int, divisible=None):
 
 
 def _compile_task(task) -> tuple[dict, str | None]:
-    """Compile one (module, variant index, arch); runs in a worker process."""
-    mod_name, idx, arch = task
+    """Compile one (module, its shapes, variant index, arch); runs in a worker process."""
+    mod_name, shapes, idx, arch = task
     kernels = importlib.import_module("indextts_kernels")
-    name, fn, sig, const, num_warps, *rest = list(kernels.load_kernel_module(mod_name).compile_variants())[idx]
+    variants = kernels.load_kernel_module(mod_name).compile_variants(**shapes)
+    name, fn, sig, const, num_warps, *rest = list(variants)[idx]
     divisible = rest[0] if rest else None
     grid = rest[1] if len(rest) > 1 else None
     t0 = time.perf_counter()
@@ -192,10 +195,12 @@ def _compile_task(task) -> tuple[dict, str | None]:
     return row, failure
 
 
-def run(archs, name_filter="", max_spill_bytes=None, jobs=None):
+def run(archs, requests: dict, name_filter="", max_spill_bytes=None, jobs=None):
+    """Compile every requested variant (``requests``: {kernel module: compile_variants keyword arguments}) for
+    every arch; returns (rows, failures)."""
     if os.environ.get("TRITON_INTERPRET") == "1":
-        raise SystemExit("indextts_kernels.aot must run without TRITON_INTERPRET=1")
-    tasks = [(m, i, arch) for m, i, _ in iter_variants(name_filter) for arch in archs]
+        raise SystemExit("the AOT compile check must run without TRITON_INTERPRET=1")
+    tasks = [(m, requests[m], i, arch) for m, i, _ in iter_variants(requests, name_filter) for arch in archs]
     jobs = jobs or min(len(tasks), os.cpu_count() or 1) or 1
     if jobs > 1:
         import multiprocessing as mp
@@ -221,7 +226,8 @@ def format_table(rows) -> str:
     issued before the loop's math consumes them: the loads in flight), how many are 128-bit, and barriers;
     flight: the most global loads one thread has outstanding in that loop (issued, not yet consumed; see
     loads_in_flight); blk/SM: resident blocks per SM (registers, shared memory, threads); grid: programs of the
-    variant's representative IndexTTS2 launch and waves: grid / (SM count x blk/SM) of the target's part."""
+    variant's representative launch (at the requested shapes) and waves: grid / (SM count x blk/SM) of the
+    target's part."""
     head = (f"{'variant':<56} {'arch':<6} {'warps':>5} {'regs':>5} {'spill':>6} {'shared':>7} {'mma':>6} "
             f"{'ld128':>7} {'async':>8} {'loop ld/128/bar':>15} {'flight':>6} {'blk/SM':>6} {'grid':>6} {'waves':>6}")  # fmt: skip
     out = [head, "-" * len(head)]
@@ -238,10 +244,11 @@ def format_table(rows) -> str:
     return "\n".join(out)
 
 
-def rows_cache_path(archs) -> Path:
+def rows_cache_path(archs, requests: dict) -> Path:
     """Where a full run (no filter) keeps its rows, named by everything they depend on: the kernel sources (this
-    package's .py files), the Triton version and the targets. ``tests/test_compile.py`` reads them from there when
-    the CI's printed run already compiled the same sources, instead of compiling everything a second time."""
+    package's .py files), the requested shapes, the Triton version and the targets. A model's compile tests read
+    them from there when the CI's printed run already compiled the same sources at the same shapes, instead of
+    compiling everything a second time."""
     import hashlib
 
     import triton
@@ -249,12 +256,15 @@ def rows_cache_path(archs) -> Path:
     h = hashlib.sha256()
     for f in sorted(Path(__file__).parent.glob("*.py")):
         h.update(f.name.encode() + b"\0" + f.read_bytes())
+    h.update(f"requests {sorted(requests.items())!r}".encode())
     h.update(f"triton {triton.__version__} archs {sorted(int(a) for a in archs)}".encode())
     return Path(tempfile.gettempdir()) / f"indextts_aot_rows_{h.hexdigest()[:24]}.json"
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv=None, *, requests: dict, prog=None, description=None) -> int:
+    """The command line of a model's AOT entry point (``python -m indextts_fast.aot``) over its ``requests``."""
+    ap = argparse.ArgumentParser(prog=prog, description=description or __doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     ap.add_argument("--arch", type=int, nargs="+", default=[86, 89, 90], help="compute capabilities (default 86 89 90)")
     ap.add_argument("--filter", default="", help="only variants whose name contains this")
     ap.add_argument("--json", help="also write the rows as JSON here")
@@ -262,14 +272,14 @@ def main(argv=None) -> int:
     ap.add_argument("--jobs", type=int, default=None, help="compile processes (default: one per CPU)")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
-    rows, failures = run(args.arch, args.filter, args.max_spill_bytes, args.jobs)
+    rows, failures = run(args.arch, requests, args.filter, args.max_spill_bytes, args.jobs)
     print(format_table(rows))
     targets = ", ".join(f"sm_{a} ({ARCH_NAMES.get(a, '?')})" for a in args.arch)
     print(f"\n{len(rows)} compiles for {targets} in {time.perf_counter() - t0:.1f} s")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
     if rows and not args.filter:  # a complete table: kept for the compile tests of the same sources (atomic)
-        cache = rows_cache_path(args.arch)
+        cache = rows_cache_path(args.arch, requests)
         tmp = cache.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps(rows))
         os.replace(tmp, cache)
@@ -283,4 +293,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit("indextts_kernels.aot knows no shapes: run a model's entry point, e.g. python -m indextts_fast.aot")

@@ -39,16 +39,17 @@ Beam reordering (decode): no cache copy. An optional ``row_table`` int32 [B, S_m
             must name physical rows in [0, B_max): checked on the host for CPU tensors; on the device (no sync)
             an entry outside that range is never followed (no out-of-bounds read) and its row's output is NaN.
             Inside a CUDA graph, copy the reordered table into the captured buffer
-            (``table.copy_(reorder_kv_rows(table, beam_idx))``).
+            (``table.copy_(table.index_select(0, beam_idx))``).
 Numerics:   loads upcast to fp32 for the RoPE (fp32 products, as the official ``apply_rotary_emb``), then the rotated
             q and k are rounded back to the input dtype (its ``type_as``); scores and the softmax state in fp32
             (exp2 of log2e-scaled scores); P is rounded to v's dtype for the P @ V product (as flash attention
             does); fp32 accumulators; one rounding at the store. fp16/bf16 dots run on tensor cores. fp32 dots follow
-            ``fp32_precision``: default "ieee" (exact fp32 FMAs on CUDA cores, as the official fp32 SDPA, which
-            runs true fp32: IndexTTS2's s2mel is fp32 and never enables TF32); "tf32x3" (three TF32 mma
-            products, close to fp32 accuracy, 2.5x the ieee peak on an H100: 165 vs 67 TFLOP/s; not yet checked
-            on a GPU against the tolerance rule) and "tf32" (~1e-3 relative error) are opt-in. The interpreter
-            ignores it (it computes exact fp32).
+            ``fp32_precision``, whose launcher default is "ieee": exact fp32 FMAs on CUDA cores. "tf32x3" (three
+            TF32 mma products, about fp32 accuracy, 2.5x the ieee peak on an H100: 165 vs 67 TFLOP/s; what torch's
+            fp32 memory-efficient SDPA multiplies with on sm80+) and "tf32" (one product, ~1e-3 relative error) are
+            the caller's choice: these kernels know no model (bench/NOTES.md records why the fast DiT passes
+            "tf32x3", its default). The compiled tf32x3 accuracy is not yet checked on a GPU against the tolerance
+            rule. The interpreter ignores ``fp32_precision`` (its dot computes exact fp32).
             Angles: the kernel does not compute sin/cos; it reads a table built exactly as the official
             ``precompute_freqs_cis`` (fp32 inverse frequencies ``1/base**(arange(0, D, 2)/D)``, fp32 outer product
             with the positions, cos/sin in fp32), so its angles are bit-identical to the official module's; only
@@ -620,49 +621,33 @@ def gpt_decode_attention_fwd(
     return out
 
 
-def compile_variants():
-    """Every kernel specialization the launchers produce at IndexTTS2 sizes (and head_dim 128), for the AOT check.
+# the forward kernel's variants by launcher: (CAUSAL, HAS_LENS, ROPE, WRITE_CACHE)
+_FWD_VARIANTS = {
+    "dit_rope": (False, False, True, False),  # dit_attention_fwd
+    "dit_rope_lens": (False, True, True, False),  # dit_attention_fwd with x_lens
+    "gpt_prefill_cache": (True, False, False, True),  # gpt_prefill_attention_fwd
+    "full": (False, False, False, False),  # attention_fwd
+}
 
+
+def compile_variants(fwd=(), decode=()):
+    """Every kernel specialization the launchers produce for the requested cases, for the AOT compile check.
+
+    ``fwd``: (variant, cases) pairs, variant a key of ``_FWD_VARIANTS`` and cases (dtype or fp32 precision,
+    head_dim) pairs: "fp16", "bf16", "fp32" (exact fp32, "ieee"), "tf32x3" or "tf32" (fp32 data).
+    ``decode``: (dtype, head_dim, cache capacity S_max) of the split-K decode (with and without a row table) and
+    its reduction; S_max sets the split count.
     Yields (name, jit_fn, signature, constexprs, num_warps, divisible): ``divisible`` names the pointer and stride
-    arguments that real launches specialize as 16-divisible (torch allocations are 16-byte aligned; the
-    IndexTTS2 strides are multiples of 64), so the check compiles the code that actually runs.
+    arguments that real launches specialize as 16-divisible (torch allocations are 16-byte aligned; the strides of
+    a fused projection output and of a cache are multiples of the head_dim, 64 or 128), so the check compiles
+    the code that actually runs.
     """
-    fwd = [
-        # name, causal, lens, rope, write_cache, (dtype or fp32 precision, head_dim) pairs
-        (
-            "dit_rope",
-            False,
-            False,
-            True,
-            False,
-            (("fp32", 64), ("tf32x3", 64), ("tf32", 64), ("fp16", 64), ("bf16", 64), ("fp32", 128), ("fp16", 128)),
-        ),
-        ("dit_rope", False, False, True, False, (("tf32x3", 128), ("tf32", 128), ("bf16", 128))),
-        ("dit_rope_lens", False, True, True, False, (("fp32", 64), ("tf32x3", 64), ("fp16", 64), ("bf16", 64))),
-        (
-            "gpt_prefill_cache",
-            True,
-            False,
-            False,
-            True,
-            (
-                ("fp16", 64),
-                ("bf16", 64),
-                ("fp32", 64),
-                ("tf32x3", 64),
-                ("fp16", 128),
-                ("bf16", 128),
-                ("fp32", 128),
-                ("tf32x3", 128),
-            ),
-        ),
-        ("full", False, False, False, False, (("fp16", 64),)),
-    ]
     tdt = {"fp32": torch.float32, "tf32x3": torch.float32, "tf32": torch.float32, "fp16": torch.float16,
            "bf16": torch.bfloat16}  # fmt: skip
     strides = ("sq_b", "sq_t", "sq_h", "sk_b", "sk_t", "sk_h", "sv_b", "sv_t", "sv_h", "so_b", "so_t", "so_h",
                "srot_t", "srot_i", "skc_b", "skc_h", "skc_t", "svc_b", "svc_h", "svc_t")  # fmt: skip
-    for name, causal, lens, rope, write, cases in fwd:
+    for name, cases in fwd:
+        causal, lens, rope, write = _FWD_VARIANTS[name]
         for tname, D in cases:
             prec = tname if tname in ("tf32x3", "tf32") else "ieee"  # fp32 data for all three precisions
             bm, bn, nw, _ = attention_launch_config(D, tdt[tname], rope, prec, interpret=False)
@@ -675,11 +660,10 @@ def compile_variants():
             sig.update({k: "constexpr" for k in const})
             div = ["Q", "K", "V", "O", "LENS", "ROT", "KC", "VC", *(s for s in strides if s != "srot_i" or not rope)]
             yield f"attn/{name}/{tname}/D{D}/{bm}x{bn}", _attn_fwd_kernel, sig, const, nw, div
-    splits = decode_num_splits(2048, interpret=False)
     dstrides = ("sq_b", "sq_h", "skn_b", "skn_h", "svn_b", "svn_h", "skc_b", "skc_h", "skc_t", "svc_b", "svc_h",
                 "svc_t")  # fmt: skip
-    decode = [(t, D, tab) for t in ("fp16", "bf16", "fp32") for D in (64, 128) for tab in (True, False)]
-    for tname, D, has_table in decode:
+    for tname, D, s_max, has_table in ((*case, tab) for case in decode for tab in (True, False)):
+        splits = decode_num_splits(s_max, interpret=False)
         p = f"*{tname}"
         sig = {"Q": p, "KN": p, "VN": p, "KC": p, "VC": p, "LENS": "*i32", "TABLE": "*i32", "PM": "*fp32",
                "PL": "*fp32", "PACC": "*fp32", "H": "i32", "S": "i32", "NROWS": "i32", **{s: "i32" for s in dstrides},
@@ -691,7 +675,8 @@ def compile_variants():
         div = ["Q", "KN", "VN", "KC", "VC", "LENS", "TABLE", "PM", "PL", "PACC", *dstrides, "stab_b"]
         tab = "+table" if has_table else ""
         yield f"attn/decode{tab}/{tname}/D{D}/S{splits}", _attn_decode_kernel, sig, const, DECODE_WARPS, div
-    for tname, D in ((t, D) for t in ("fp16", "bf16", "fp32") for D in (64, 128)):
+    for tname, D, s_max in decode:
+        splits = decode_num_splits(s_max, interpret=False)
         sig = {"PM": "*fp32", "PL": "*fp32", "PACC": "*fp32", "O": f"*{tname}", "H": "i32", "so_b": "i32",
                "so_h": "i32", "HEAD_DIM": "constexpr", "NUM_SPLITS": "constexpr"}  # fmt: skip
         const = dict(HEAD_DIM=D, NUM_SPLITS=splits)

@@ -1,7 +1,8 @@
 """GEMM with fused epilogues: linear (+ bias) (+ gelu_new) (+ residual), and SwiGLU over a packed w13 weight.
 
-One Triton kernel serves every projection of the hot path that needs an epilogue; constexpr flags pick the
-epilogue and the inner-product regime.
+Two Triton kernels, one per inner-product regime, serve every projection that needs an epilogue:
+``_gemm_mma_kernel`` (tensor-core tiles) and ``_gemm_gemv_kernel`` (decode: the weight streamed on CUDA cores,
+optionally with a LayerNorm prologue). Both end in the same @triton.jit ``_epilogue``; constexpr flags pick it.
 
 Math (x [M, K], weight [N, K] = nn.Linear's [out, in]; accumulation and epilogue in fp32, one rounding at the store):
     linear            y = x @ W^T (+ b) (then gelu_new) (+ residual)
@@ -9,33 +10,35 @@ Math (x [M, K], weight [N, K] = nn.Linear's [out, in]; accumulation and epilogue
                       (the same function written through sigmoid: 0.5 (1 + tanh(z)) = sigmoid(2 z); no libdevice)
     swiglu            h = silu(x @ W1^T) * (x @ W3^T), W13 = cat([W1, W3], dim 0) of shape [2I, K]: output column j
                       reads row j (w1) and row I + j (w3) of W13; one pass over x, the [M, I] hidden written once
-Ops built on it (all IndexTTS2):
+Ops built on them (the launchers below):
     DiT FeedForward   out = residual + w2(silu(w1 x) * w3 x)      = linear(swiglu(x, w13), w2, residual=residual)
     GPT-2 MLP         out = residual + c_proj(gelu_new(c_fc(x)))  = linear(linear(x, fc, b, gelu_new), proj, b, residual)
     projections       GPT-2 c_attn (+bias), attn c_proj (+bias +residual); DiT wqkv, wo (+residual), skip_in_linear (+bias)
 Contract:   x [..., K] with contiguous leading dims; weight [N, K] contiguous (row-major, K contiguous). GPT-2 Conv1D
             weights ([in, out] in the checkpoint) must be transposed to [out, in] first. x, weight and bias share one
-            dtype (fp32, fp16 or bf16); the residual may be of another float dtype (IndexTTS2's use_fp16 GPT keeps an
-            fp32 residual stream with fp16 operands) and the output takes torch's promotion of (x, residual).
+            dtype (fp32, fp16 or bf16); the residual may be of another float dtype (a model under fp16 autocast keeps
+            an fp32 residual stream with fp16 operands) and the output takes torch's promotion of (x, residual).
 Numerics:   fp32 accumulation; epilogue in fp32 (bias, activation, residual); one rounding at the store, plus the
             official cast points: before gelu_new the projection is rounded to x's dtype (the Conv1D output the
             activation reads), and a wider residual is added to the projection rounded to x's dtype (torch's
             promotion of ``residual + proj(x)``). Otherwise the unfused torch ops round after each op at the working
             dtype; this kernel does not (it is closer to the fp32 result).
-            fp32 inputs: ``precision`` picks the tensor-core regime's dot. Default "ieee": exact fp32 products (FMA,
-            no tensor cores), as the official fp32 DiT under torch's default (allow_tf32=False). "tf32x3" (tensor
-            cores, about fp32 accuracy) and "tf32" (10-bit mantissa inputs) are opt-in. The decode regime always
-            multiplies in fp32 on CUDA cores, whatever ``precision`` says. The interpreter's fp32 dot is exact, so
-            there ``dot_prec`` emulates the tensor cores' TF32 operand rounding and Triton's tf32x3 split.
+            fp32 inputs: ``precision`` picks the tensor-core regime's dot. The launchers' default is "ieee": exact
+            fp32 products (FMA, no tensor cores), as torch's fp32 matmul under its default allow_tf32=False.
+            "tf32x3" (three TF32 tensor-core products, about fp32 accuracy) and "tf32" (one product of 10-bit
+            mantissa inputs) are the caller's choice: these kernels know no model (bench/NOTES.md records why the
+            fast DiT passes "tf32x3", its default). The decode regime always multiplies in fp32 on CUDA cores,
+            whatever ``precision`` says. The interpreter's fp32 dot is exact, so there ``dot_prec`` emulates the
+            tensor cores' TF32 operand rounding and Triton's tf32x3 split.
 Regimes:    M > 8: tensor-core tiles (tl.dot), grouped tile order for L2 reuse, tile size from the tile count.
-            M <= 8 (GPT decode, 3 beams): GEMV-style. Every program owns all M rows and a few output columns and
+            M <= 8 (decode: a row per beam): GEMV-style. Every program owns all M rows and a few output columns and
             streams its weight rows once (prefetching the next K slab while it multiplies the current one) into a
-            [M, BLOCK_N, BLOCK_K] fp32 accumulator on CUDA cores, reduced once at the end. Same kernel, a
-            constexpr switch, because only the inner product differs: tl.dot needs 16 rows and 16 columns per
-            tile, which pads M = 3 to 16 and, worse, forces >= 16 output columns per program (80 programs for
-            c_proj's 1280 outputs, too few to keep HBM busy); the GEMV form reads the weight once with 1-8
-            columns per program (160-5120 programs, gemv_config) and needs no split-K workspace or second pass, so the
-            nonlinear epilogue (gelu_new) stays in the same kernel.
+            [M, BLOCK_N, BLOCK_K] fp32 accumulator on CUDA cores, reduced once at the end. The launcher picks the
+            kernel with its config (``_specialization``); only the inner product differs. Why a GEMV regime:
+            tl.dot needs 16 rows and 16 columns per tile, which pads M = 3 to 16 and, worse, forces >= 16 output
+            columns per program (80 programs for c_proj's 1280 outputs, too few to keep HBM busy); the GEMV form
+            reads the weight once with 1-8 columns per program (160-5120 programs, gemv_config) and needs no split-K
+            workspace or second pass, so the nonlinear epilogue (gelu_new) stays in the kernel.
 In place:   out=residual (the very same view) is allowed; any other overlap of out with an input is refused.
 Matches:    indextts_kernels.reference.{linear_ref, swiglu_linear_ref, swiglu_feed_forward_ref, gpt2_mlp_ref}
 Limits:     forward only; K >= 1; no split-K (K <= 5120 here); no .item() or host sync (CUDA-graph safe).
@@ -62,7 +65,7 @@ from ._utils import (
     note_launch,
     rows_view,
 )
-from ._validate import GEMM_PRECISIONS, ffn_args, gemm_args, ln_gemm_args, validate_once
+from ._validate import ffn_args, gemm_args, ln_gemm_args, validate_once
 from .reference import pack_w13
 
 __all__ = [
@@ -80,160 +83,35 @@ DECODE_MAX_M = 8  # rows up to which the GEMV regime runs
 _H100_SMS = 132  # the tile-count target used for the AOT table (launches ask the device)
 
 
-@triton.jit(do_not_specialize=["M"])
-def _gemm_kernel(
-    A,  # pointer to x rows [M, K]
-    W,  # pointer to the weight [N, K] ([2N, K] for SwiGLU: w1 rows, then w3 rows)
-    BIAS,  # pointer to bias [N] (HAS_BIAS)
-    R,  # pointer to residual rows [M, N] (HAS_RESIDUAL)
-    C,  # pointer to output rows [M, N]
-    LNW,  # pointer to the LayerNorm gain [K] (HAS_LN)
-    LNB,  # pointer to the LayerNorm bias [K] (HAS_LN)
-    ln_eps,
-    M,
-    N,  # output columns (I for SwiGLU)
-    K,
-    stride_am,
-    stride_wn,
-    stride_rm,
-    stride_cm,
-    HAS_LN: tl.constexpr,  # GEMV only: x is the residual stream, LayerNorm(x) (rounded to W's dtype) the operand
-    HAS_BIAS: tl.constexpr,
-    HAS_RESIDUAL: tl.constexpr,
-    ACT: tl.constexpr,  # 0 none, 1 gelu_new, 2 swiglu (silu(x w1) * (x w3))
-    GEMV: tl.constexpr,  # decode regime: CUDA-core products, all M rows in one program
-    INPUT_PRECISION: tl.constexpr,  # fp32 tl.dot: "ieee", "tf32" or "tf32x3"
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-    GROUP_M: tl.constexpr,
-    EVEN_K: tl.constexpr,  # K % BLOCK_K == 0: no K mask in the loop
-    PREFETCH: tl.constexpr,  # GEMV: the next K slab is loaded in the body that multiplies the current one
-):
+@triton.jit
+def _tile(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
+    """(rows, columns) of this program's output tile, in grouped order: GROUP_M row tiles sweep the columns
+    together, so their weight tiles are reused from L2."""
     pid = tl.program_id(0)
     num_pid_m = tl.cdiv(M, BLOCK_M)
     num_pid_n = tl.cdiv(N, BLOCK_N)
-    # grouped order: GROUP_M row tiles sweep the columns together, so their weight tiles are reused from L2
     num_in_group = GROUP_M * num_pid_n
     first_m = (pid // num_in_group) * GROUP_M
     group_size = tl.minimum(num_pid_m - first_m, GROUP_M)
     pid_m = first_m + (pid % num_in_group) % group_size
     pid_n = (pid % num_in_group) // group_size
+    return pid_m * BLOCK_M + tl.arange(0, BLOCK_M), pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
 
-    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    rk = tl.arange(0, BLOCK_K)
-    m_ok = rm < M
-    n_ok = rn < N
-    # operand rows/columns past the edge wrap to valid ones (their results are never stored): the loads in the
-    # K loop need no row/column mask, only a K mask when K is not a multiple of BLOCK_K
-    am = (rm % M).to(tl.int64)
-    wn = (rn % N).to(tl.int64)
-    w3_off = tl.cast(N, tl.int64) * stride_wn  # first w3 row of the packed SwiGLU weight
 
-    if GEMV:
-        # [BM, BN, BK] tiles: a slab's BK values are split over all the program's threads, one 16-byte vector each
-        # (BK = 32 * num_warps * 16 bytes / element), and every thread holds its vector of every row and every
-        # column. x's slab is read in the very layout the weight's is, so nothing crosses threads (no shared
-        # memory, no barrier) until the one reduction over K at the end.
-        a_ptrs = A + am[:, None, None] * stride_am + rk[None, None, :]  # [BM, 1, BK]
-        w_ptrs = W + wn[None, :, None] * stride_wn + rk[None, None, :]  # [1, BN, BK]
-        kk = rk[None, None, :]
-        mean0 = tl.zeros([BLOCK_M, 1, 1], dtype=tl.float32)
-        corr = tl.zeros([BLOCK_M, 1, 1], dtype=tl.float32)
-        rstd = tl.zeros([BLOCK_M, 1, 1], dtype=tl.float32)
-        if HAS_LN:
-            # the LayerNorm of the consumed rows (a decode row is K = 1280 values, L1/L2-resident), with layer_norm_fwd's
-            # corrected two-pass statistics: mean0, then the mean of the deviations, then the variance about both
-            s1 = tl.zeros([BLOCK_M, 1, 1], dtype=tl.float32)
-            for k in range(0, K, BLOCK_K):
-                xa = tl.load(a_ptrs + k, mask=(k + kk) < K, other=0.0).to(tl.float32)
-                s1 += tl.sum(xa, axis=2, keep_dims=True)
-            mean0 = s1 / K
-            s2 = tl.zeros([BLOCK_M, 1, 1], dtype=tl.float32)
-            for k in range(0, K, BLOCK_K):
-                ok = (k + kk) < K
-                xa = tl.load(a_ptrs + k, mask=ok, other=0.0).to(tl.float32)
-                s2 += tl.sum(tl.where(ok, xa - mean0, 0.0), axis=2, keep_dims=True)
-            corr = s2 / K
-            s3 = tl.zeros([BLOCK_M, 1, 1], dtype=tl.float32)
-            for k in range(0, K, BLOCK_K):
-                ok = (k + kk) < K
-                xa = tl.load(a_ptrs + k, mask=ok, other=0.0).to(tl.float32)
-                xc = tl.where(ok, (xa - mean0) - corr, 0.0)
-                s3 += tl.sum(xc * xc, axis=2, keep_dims=True)
-            rstd = tl.math.rsqrt(s3 / K + ln_eps)
-        acc3d = tl.zeros([BLOCK_M, BLOCK_N, BLOCK_K], dtype=tl.float32)
-        gate3d = tl.zeros([BLOCK_M, BLOCK_N, BLOCK_K], dtype=tl.float32)
-        # software prefetch (PREFETCH): the next slab's loads are requested in the body that multiplies the current
-        # one, back to back, as one batch per thread (without it ptxas interleaves the slab's loads with their
-        # products and fewer are in flight: the audit's loads-in-flight column, 3 against 5 at BM = 1)
-        k_ok = kk < K
-        a_nx = tl.load(a_ptrs, mask=k_ok & PREFETCH, other=0.0)
-        w_nx = tl.load(w_ptrs, mask=k_ok & PREFETCH, other=0.0)
-        w3_nx = w_nx
-        if ACT == 2:
-            w3_nx = tl.load(w_ptrs + w3_off, mask=k_ok & PREFETCH, other=0.0)
-        for k in range(0, K, BLOCK_K):
-            if PREFETCH:
-                a = a_nx.to(tl.float32)
-                w = w_nx.to(tl.float32)
-                w3 = w3_nx.to(tl.float32)
-                if EVEN_K:
-                    # the last iteration re-reads the first slab (an L2 hit, never used) instead of masking the loads
-                    nxt = tl.multiple_of((k + BLOCK_K) % K, BLOCK_K)  # K % BLOCK_K == 0
-                    a_nx = tl.load(a_ptrs + nxt)
-                    w_nx = tl.load(w_ptrs + nxt)
-                    if ACT == 2:
-                        w3_nx = tl.load(w_ptrs + w3_off + nxt)
-                else:
-                    nx_ok = (k + BLOCK_K + kk) < K  # all false after the last slab: nothing is read
-                    a_nx = tl.load(a_ptrs + (k + BLOCK_K), mask=nx_ok, other=0.0)
-                    w_nx = tl.load(w_ptrs + (k + BLOCK_K), mask=nx_ok, other=0.0)
-                    if ACT == 2:
-                        w3_nx = tl.load(w_ptrs + w3_off + (k + BLOCK_K), mask=nx_ok, other=0.0)
-            else:  # BM = 8: the rows' vectors alone fill the registers a second slab would need
-                ok = (k + kk) < K
-                a = tl.load(a_ptrs + k, mask=ok, other=0.0).to(tl.float32)
-                w = tl.load(w_ptrs + k, mask=ok, other=0.0).to(tl.float32)
-                w3 = w
-                if ACT == 2:
-                    w3 = tl.load(w_ptrs + w3_off + k, mask=ok, other=0.0).to(tl.float32)
-            if HAS_LN:
-                cur = (k + kk) < K
-                g = tl.load(LNW + k + kk, mask=cur, other=0.0).to(tl.float32)
-                b = tl.load(LNB + k + kk, mask=cur, other=0.0).to(tl.float32)
-                a = ((a - mean0) - corr) * rstd * g + b
-                a = cast_to(tl.where(cur, a, 0.0), W.dtype.element_ty).to(tl.float32)
-            acc3d += a * w
-            if ACT == 2:
-                gate3d += a * w3
-        acc = tl.sum(acc3d, axis=2)
-        gate = tl.sum(gate3d, axis=2)
-    else:
-        a_ptrs = A + am[:, None] * stride_am + rk[None, :]  # [BM, BK]
-        w_ptrs = W + wn[None, :] * stride_wn + rk[:, None]  # [BK, BN]: the W^T tile, K contiguous
-        acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-        gate = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-        for k in range(0, K, BLOCK_K):
-            if EVEN_K:
-                a = tl.load(a_ptrs)
-                w = tl.load(w_ptrs)
-            else:
-                k_ok = (k + rk) < K
-                a = tl.load(a_ptrs, mask=k_ok[None, :], other=0.0)
-                w = tl.load(w_ptrs, mask=k_ok[:, None], other=0.0)
-            acc = dot_prec(a, w, acc, INPUT_PRECISION)
-            if ACT == 2:
-                if EVEN_K:
-                    w3 = tl.load(w_ptrs + w3_off)
-                else:
-                    w3 = tl.load(w_ptrs + w3_off, mask=k_ok[:, None], other=0.0)
-                gate = dot_prec(a, w3, gate, INPUT_PRECISION)
-            a_ptrs += BLOCK_K
-            w_ptrs += BLOCK_K
+@triton.jit
+def _operand_rows(rm, rn, M, N, stride_wn):
+    """(x rows, weight rows, offset of the first w3 row of a packed SwiGLU weight), int64 for the stride products.
+    Operand rows/columns past the edge wrap to valid ones (their results are never stored): the loads in the K loop
+    need no row/column mask, only a K mask when K is not a multiple of BLOCK_K."""
+    return (rm % M).to(tl.int64), (rn % N).to(tl.int64), tl.cast(N, tl.int64) * stride_wn
 
-    # epilogue, fp32: bias, activation, residual; one rounding at the store, plus the official cast points below
+
+@triton.jit
+def _epilogue(acc, gate, BIAS, R, C, W, rm, rn, m_ok, n_ok, stride_rm, stride_cm,
+              HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, ACT: tl.constexpr):  # fmt: skip
+    """Both regimes' epilogue, fp32: acc [BM, BN] = x @ W^T of rows rm and columns rn (gate = x @ W3^T for SwiGLU),
+    then bias, activation, residual and one rounding at the store into C, plus the official cast points below (W's
+    element type is the operands' dtype). Only rows m_ok and columns n_ok are stored."""
     if HAS_BIAS:
         acc += tl.load(BIAS + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
     if ACT == 1:
@@ -252,6 +130,182 @@ def _gemm_kernel(
             acc = cast_to(acc, W.dtype.element_ty).to(tl.float32)
         acc += tl.load(R + rm.to(tl.int64)[:, None] * stride_rm + rn[None, :], mask=mask, other=0.0).to(tl.float32)
     tl.store(C + rm.to(tl.int64)[:, None] * stride_cm + rn[None, :], cast_to(acc, C.dtype.element_ty), mask=mask)
+
+
+@triton.jit(do_not_specialize=["M"])
+def _gemm_mma_kernel(
+    A,  # pointer to x rows [M, K]
+    W,  # pointer to the weight [N, K] ([2N, K] for SwiGLU: w1 rows, then w3 rows)
+    BIAS,  # pointer to bias [N] (HAS_BIAS)
+    R,  # pointer to residual rows [M, N] (HAS_RESIDUAL)
+    C,  # pointer to output rows [M, N]
+    LNW,  # unused (the GEMV's LayerNorm operands): both kernels take one argument list, so one launch call serves
+    LNB,  # both, and the compiled code is the one-kernel version's (without these three ptxas allocated sm_90's
+    ln_eps,  # wgmma tiles differently: +-1-3 registers, +-1 load in flight)
+    M,
+    N,  # output columns (I for SwiGLU)
+    K,
+    stride_am,
+    stride_wn,
+    stride_rm,
+    stride_cm,
+    HAS_BIAS: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr,
+    ACT: tl.constexpr,  # 0 none, 1 gelu_new, 2 swiglu (silu(x w1) * (x w3))
+    INPUT_PRECISION: tl.constexpr,  # fp32 tl.dot: "ieee", "tf32" or "tf32x3"
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
+    EVEN_K: tl.constexpr,  # K % BLOCK_K == 0: no K mask in the loop
+):
+    """Tensor-core regime (M > 8): one [BLOCK_M, BLOCK_N] tile per program, tl.dot over K slabs."""
+    rm, rn = _tile(M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    rk = tl.arange(0, BLOCK_K)
+    m_ok = rm < M
+    n_ok = rn < N
+    am, wn, w3_off = _operand_rows(rm, rn, M, N, stride_wn)
+    a_ptrs = A + am[:, None] * stride_am + rk[None, :]  # [BM, BK]
+    w_ptrs = W + wn[None, :] * stride_wn + rk[:, None]  # [BK, BN]: the W^T tile, K contiguous
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    gate = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for k in range(0, K, BLOCK_K):
+        if EVEN_K:
+            a = tl.load(a_ptrs)
+            w = tl.load(w_ptrs)
+        else:
+            k_ok = (k + rk) < K
+            a = tl.load(a_ptrs, mask=k_ok[None, :], other=0.0)
+            w = tl.load(w_ptrs, mask=k_ok[:, None], other=0.0)
+        acc = dot_prec(a, w, acc, INPUT_PRECISION)
+        if ACT == 2:
+            if EVEN_K:
+                w3 = tl.load(w_ptrs + w3_off)
+            else:
+                w3 = tl.load(w_ptrs + w3_off, mask=k_ok[:, None], other=0.0)
+            gate = dot_prec(a, w3, gate, INPUT_PRECISION)
+        a_ptrs += BLOCK_K
+        w_ptrs += BLOCK_K
+    _epilogue(acc, gate, BIAS, R, C, W, rm, rn, m_ok, n_ok, stride_rm, stride_cm, HAS_BIAS, HAS_RESIDUAL, ACT)
+
+
+@triton.jit(do_not_specialize=["M"])
+def _gemm_gemv_kernel(
+    A,  # pointer to x rows [M, K] (HAS_LN: the residual stream)
+    W,  # pointer to the weight [N, K] ([2N, K] for SwiGLU: w1 rows, then w3 rows)
+    BIAS,  # pointer to bias [N] (HAS_BIAS)
+    R,  # pointer to residual rows [M, N] (HAS_RESIDUAL)
+    C,  # pointer to output rows [M, N]
+    LNW,  # pointer to the LayerNorm gain [K] (HAS_LN)
+    LNB,  # pointer to the LayerNorm bias [K] (HAS_LN)
+    ln_eps,
+    M,
+    N,  # output columns (I for SwiGLU)
+    K,
+    stride_am,
+    stride_wn,
+    stride_rm,
+    stride_cm,
+    HAS_LN: tl.constexpr,  # x is the residual stream, LayerNorm(x) (rounded to W's dtype) the operand
+    HAS_BIAS: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr,
+    ACT: tl.constexpr,  # 0 none, 1 gelu_new, 2 swiglu (silu(x w1) * (x w3))
+    BLOCK_M: tl.constexpr,  # >= M: every program owns all the rows
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    EVEN_K: tl.constexpr,  # K % BLOCK_K == 0: no K mask in the loop
+    PREFETCH: tl.constexpr,  # the next K slab is loaded in the body that multiplies the current one
+):
+    """Decode regime (M <= 8): every row and BLOCK_N output columns per program, CUDA-core products, the weight
+    streamed once."""
+    # the MMA kernel's tile order with one row tile (the program's column block is its id): the same arithmetic,
+    # because ptxas allocates the K loop better after it (with rm = arange(BLOCK_M) c_proj's BM1 GEMV spilled 8
+    # bytes on sm_86/89/90)
+    rm, rn = _tile(M, N, BLOCK_M, BLOCK_N, 1)
+    rk = tl.arange(0, BLOCK_K)
+    m_ok = rm < M
+    n_ok = rn < N
+    am, wn, w3_off = _operand_rows(rm, rn, M, N, stride_wn)
+    # [BM, BN, BK] tiles: a slab's BK values are split over all the program's threads, one 16-byte vector each
+    # (BK = 32 * num_warps * 16 bytes / element), and every thread holds its vector of every row and every
+    # column. x's slab is read in the very layout the weight's is, so nothing crosses threads (no shared
+    # memory, no barrier) until the one reduction over K at the end.
+    a_ptrs = A + am[:, None, None] * stride_am + rk[None, None, :]  # [BM, 1, BK]
+    w_ptrs = W + wn[None, :, None] * stride_wn + rk[None, None, :]  # [1, BN, BK]
+    kk = rk[None, None, :]
+    mean0 = tl.zeros([BLOCK_M, 1, 1], dtype=tl.float32)
+    corr = tl.zeros([BLOCK_M, 1, 1], dtype=tl.float32)
+    rstd = tl.zeros([BLOCK_M, 1, 1], dtype=tl.float32)
+    if HAS_LN:
+        # the LayerNorm of the consumed rows (a decode row is K values, a few KB: L1/L2-resident), with
+        # layer_norm_fwd's corrected two-pass statistics: mean0, then the mean of the deviations, then the variance
+        # about both
+        s1 = tl.zeros([BLOCK_M, 1, 1], dtype=tl.float32)
+        for k in range(0, K, BLOCK_K):
+            xa = tl.load(a_ptrs + k, mask=(k + kk) < K, other=0.0).to(tl.float32)
+            s1 += tl.sum(xa, axis=2, keep_dims=True)
+        mean0 = s1 / K
+        s2 = tl.zeros([BLOCK_M, 1, 1], dtype=tl.float32)
+        for k in range(0, K, BLOCK_K):
+            ok = (k + kk) < K
+            xa = tl.load(a_ptrs + k, mask=ok, other=0.0).to(tl.float32)
+            s2 += tl.sum(tl.where(ok, xa - mean0, 0.0), axis=2, keep_dims=True)
+        corr = s2 / K
+        s3 = tl.zeros([BLOCK_M, 1, 1], dtype=tl.float32)
+        for k in range(0, K, BLOCK_K):
+            ok = (k + kk) < K
+            xa = tl.load(a_ptrs + k, mask=ok, other=0.0).to(tl.float32)
+            xc = tl.where(ok, (xa - mean0) - corr, 0.0)
+            s3 += tl.sum(xc * xc, axis=2, keep_dims=True)
+        rstd = tl.math.rsqrt(s3 / K + ln_eps)
+    acc3d = tl.zeros([BLOCK_M, BLOCK_N, BLOCK_K], dtype=tl.float32)
+    gate3d = tl.zeros([BLOCK_M, BLOCK_N, BLOCK_K], dtype=tl.float32)
+    # software prefetch (PREFETCH): the next slab's loads are requested in the body that multiplies the current
+    # one, back to back, as one batch per thread (without it ptxas interleaves the slab's loads with their
+    # products and fewer are in flight: the audit's loads-in-flight column, 3 against 5 at BM = 1)
+    k_ok = kk < K
+    a_nx = tl.load(a_ptrs, mask=k_ok & PREFETCH, other=0.0)
+    w_nx = tl.load(w_ptrs, mask=k_ok & PREFETCH, other=0.0)
+    w3_nx = w_nx
+    if ACT == 2:
+        w3_nx = tl.load(w_ptrs + w3_off, mask=k_ok & PREFETCH, other=0.0)
+    for k in range(0, K, BLOCK_K):
+        if PREFETCH:
+            a = a_nx.to(tl.float32)
+            w = w_nx.to(tl.float32)
+            w3 = w3_nx.to(tl.float32)
+            if EVEN_K:
+                # the last iteration re-reads the first slab (an L2 hit, never used) instead of masking the loads
+                nxt = tl.multiple_of((k + BLOCK_K) % K, BLOCK_K)  # K % BLOCK_K == 0
+                a_nx = tl.load(a_ptrs + nxt)
+                w_nx = tl.load(w_ptrs + nxt)
+                if ACT == 2:
+                    w3_nx = tl.load(w_ptrs + w3_off + nxt)
+            else:
+                nx_ok = (k + BLOCK_K + kk) < K  # all false after the last slab: nothing is read
+                a_nx = tl.load(a_ptrs + (k + BLOCK_K), mask=nx_ok, other=0.0)
+                w_nx = tl.load(w_ptrs + (k + BLOCK_K), mask=nx_ok, other=0.0)
+                if ACT == 2:
+                    w3_nx = tl.load(w_ptrs + w3_off + (k + BLOCK_K), mask=nx_ok, other=0.0)
+        else:  # BM = 8: the rows' vectors alone fill the registers a second slab would need
+            ok = (k + kk) < K
+            a = tl.load(a_ptrs + k, mask=ok, other=0.0).to(tl.float32)
+            w = tl.load(w_ptrs + k, mask=ok, other=0.0).to(tl.float32)
+            w3 = w
+            if ACT == 2:
+                w3 = tl.load(w_ptrs + w3_off + k, mask=ok, other=0.0).to(tl.float32)
+        if HAS_LN:
+            cur = (k + kk) < K
+            g = tl.load(LNW + k + kk, mask=cur, other=0.0).to(tl.float32)
+            b = tl.load(LNB + k + kk, mask=cur, other=0.0).to(tl.float32)
+            a = ((a - mean0) - corr) * rstd * g + b
+            a = cast_to(tl.where(cur, a, 0.0), W.dtype.element_ty).to(tl.float32)
+        acc3d += a * w
+        if ACT == 2:
+            gate3d += a * w3
+    acc = tl.sum(acc3d, axis=2)
+    gate = tl.sum(gate3d, axis=2)
+    _epilogue(acc, gate, BIAS, R, C, W, rm, rn, m_ok, n_ok, stride_rm, stride_cm, HAS_BIAS, HAS_RESIDUAL, ACT)
 
 
 @functools.cache
@@ -333,7 +387,8 @@ def gemm_launch_config(
 
 
 def _specialization(M: int, N: int, K: int, dtype: torch.dtype, *, interpret: Optional[bool] = None, **kw):
-    """(constexprs, num_warps, num_stages) of one launch: the single place the launcher and the AOT table share.
+    """(kernel, constexprs, num_warps, num_stages) of one launch: the single place the launcher and the AOT table
+    share. The kernel is the regime's (``_gemm_gemv_kernel`` for M <= DECODE_MAX_M, else ``_gemm_mma_kernel``).
     Memoized per shape and flags (the interpreter's choice resolved first, so it is part of the key)."""
     return _specialization_of(M, N, K, dtype, interpret=is_interpreting() if interpret is None else interpret, **kw)
 
@@ -352,22 +407,19 @@ def _specialization_of(
     num_sms: int,
     interpret: Optional[bool] = None,
     has_ln: bool = False,
-) -> tuple[dict, int, int]:
+) -> tuple:
     prec = (precision or "ieee") if dtype == torch.float32 else "tf32"  # no effect on fp16/bf16 operands
     gemv, BM, BN, BK, GM, warps, stages = gemm_launch_config(
         M, N, K, dtype, swiglu=act == ACT_SWIGLU, residual=has_residual, precision=prec, num_sms=num_sms,
         interpret=interpret,
     )  # fmt: skip
-    if gemv:
-        prec = "ieee"  # the decode regime has no tl.dot: one compiled variant whatever ``precision`` says
     if has_ln and not gemv:
         raise ValueError(f"the LayerNorm prologue is the decode regime's (M <= {DECODE_MAX_M}), got M = {M}")
-    const = dict(
-        HAS_LN=has_ln, HAS_BIAS=has_bias, HAS_RESIDUAL=has_residual, ACT=act, GEMV=gemv, INPUT_PRECISION=prec,
-        BLOCK_M=BM, BLOCK_N=BN, BLOCK_K=BK, GROUP_M=GM, EVEN_K=K % BK == 0,
-        PREFETCH=gemv and BM < 8,
-    )  # fmt: skip
-    return const, warps, stages
+    const = dict(HAS_BIAS=has_bias, HAS_RESIDUAL=has_residual, ACT=act, BLOCK_M=BM, BLOCK_N=BN, BLOCK_K=BK,
+                 EVEN_K=K % BK == 0)  # fmt: skip
+    if gemv:  # no tl.dot: one compiled variant whatever ``precision`` says
+        return _gemm_gemv_kernel, dict(const, HAS_LN=has_ln, PREFETCH=BM < 8), warps, stages
+    return _gemm_mma_kernel, dict(const, INPUT_PRECISION=prec, GROUP_M=GM), warps, stages
 
 
 def _prepare_out(op, out, shape, dtype, x, weight, bias, residual):
@@ -398,7 +450,7 @@ def _launch(op, x, weight, bias, residual, act, precision, out, *, checked=False
     y2 = rows_view("out", y, N)
     r2 = rows_view("residual", residual, N, copy_ok=True) if residual is not None else y2
     sms = _num_sms(x.device.index if x.device.index is not None else torch.cuda.current_device()) if x.is_cuda else 1
-    const, warps, stages = _specialization(
+    kernel, const, warps, stages = _specialization(
         M, N, K, op_dtype, act=act, has_bias=bias is not None, has_residual=residual is not None,
         precision=precision, num_sms=sms, has_ln=ln is not None,
     )  # fmt: skip
@@ -406,7 +458,7 @@ def _launch(op, x, weight, bias, residual, act, precision, out, *, checked=False
     lnw, lnb, eps = ln if ln is not None else (weight, weight, 0.0)
     with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
         note_launch("gemm")
-        _gemm_kernel[grid](
+        kernel[grid](
             x2, weight, bias if bias is not None else weight, r2, y2, lnw, lnb, float(eps),
             M, N, K,
             x2.stride(0), weight.stride(0), r2.stride(0), y2.stride(0),
@@ -512,38 +564,21 @@ def gpt2_mlp_fwd(
     return _launch("gpt2_mlp_fwd", h, c_proj_weight, c_proj_bias, residual, ACT_NONE, precision, out, checked=True)
 
 
-# The GEMMs of the IndexTTS2 hot path: (tag, N, K, HAS_BIAS, HAS_RESIDUAL, ACT, dtypes, rows M); a dtype "fp16+r32"
-# is fp16 operands with an fp32 residual stream and output (the use_fp16 GPT's residual adds).
-# GPT-2: fp16 under use_fp16, else fp32; M = 3 beams per decode step (1 to 8 allowed), 3 x ~87 at the prefill,
-# up to ~1600 in the teacher-forced latent pass. DiT: fp32 as the official code (bf16 opt-in), M = 2 x T, T <= ~3870;
-# its AdaLN project_layer maps the time embedding c [B = 2, 1, C] to scale | shift (M = B).
-_GPT_M, _DIT_M = range(1, 4097), range(9, 8193)
-INDEXTTS2_GEMMS = (
-    ("gpt/c_attn+bias", 3840, 1280, True, False, ACT_NONE, ("fp16", "fp32"), _GPT_M),
-    ("gpt/attn_c_proj+bias+res", 1280, 1280, True, True, ACT_NONE, ("fp16+r32", "fp16", "fp32"), _GPT_M),
-    ("gpt/c_fc+bias+gelu", 5120, 1280, True, False, ACT_GELU_NEW, ("fp16", "fp32"), _GPT_M),
-    ("gpt/c_proj+bias+res", 1280, 5120, True, True, ACT_NONE, ("fp16+r32", "fp16", "fp32"), _GPT_M),
-    ("dit/wqkv", 1536, 512, False, False, ACT_NONE, ("fp32", "bf16"), _DIT_M),
-    ("dit/wo+res", 512, 512, False, True, ACT_NONE, ("fp32", "bf16"), _DIT_M),
-    ("dit/w13_swiglu", 1536, 512, False, False, ACT_SWIGLU, ("fp32", "bf16"), _DIT_M),
-    ("dit/w2+res", 512, 1536, False, True, ACT_NONE, ("fp32", "bf16"), _DIT_M),
-    ("dit/skip_in+bias", 512, 1024, True, False, ACT_NONE, ("fp32", "bf16"), _DIT_M),
-    ("dit/adaln_project+bias", 1024, 512, True, False, ACT_NONE, ("fp32", "bf16"), range(1, 9)),  # c [B, 1, C]
-)
-_DIVISIBLE = ("A", "W", "BIAS", "R", "C", "LNW", "LNB", "N", "K", "stride_am", "stride_wn", "stride_rm", "stride_cm")
+_ACT_NAMES = {None: ACT_NONE, "gelu_new": ACT_GELU_NEW, "swiglu": ACT_SWIGLU}
 _TORCH_DT = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-def _signature(const: dict, *, x: str, w: str, r: str) -> dict:
-    """The kernel's AOT signature: x rows of dtype ``x``; weight, bias and LayerNorm params ``w``; residual and
-    output ``r``; the constexprs of ``const``."""
-    px, pw, pr = f"*{x}", f"*{w}", f"*{r}"
-    sig = {
-        "A": px, "W": pw, "BIAS": pw, "R": pr, "C": pr, "LNW": pw, "LNB": pw, "ln_eps": "fp32",
-        "M": "i32", "N": "i32", "K": "i32", "stride_am": "i32", "stride_wn": "i32", "stride_rm": "i32", "stride_cm": "i32",
-    }  # fmt: skip
-    sig.update({k: "constexpr" for k in const})
-    return sig
+def _aot_args(kernel, const: dict, N: int, K: int, *, x: str, w: str, r: str) -> tuple[dict, list]:
+    """The kernel's AOT signature (x rows of dtype ``x``; weight, bias and LayerNorm params ``w``; residual and
+    output ``r``; the constexprs of ``const``) and the arguments a real launch specializes as 16-divisible: every
+    pointer (torch allocations are 16-byte aligned, the rows contiguous), N, K and the row strides (K for x and the
+    weight, N for the residual and output) where they are multiples of 16."""
+    types = {"A": f"*{x}", "W": f"*{w}", "BIAS": f"*{w}", "R": f"*{r}", "C": f"*{r}", "LNW": f"*{w}", "LNB": f"*{w}",
+             "ln_eps": "fp32"}  # fmt: skip
+    sig = {a: "constexpr" if a in const else types.get(a, "i32") for a in kernel.arg_names}
+    by16 = {"N": N, "stride_rm": N, "stride_cm": N, "K": K, "stride_am": K, "stride_wn": K}
+    divisible = [a for a, t in sig.items() if t.startswith("*") or (a in by16 and by16[a] % 16 == 0)]
+    return sig, divisible
 
 
 def _representative_rows(rows: range) -> list[int]:
@@ -552,65 +587,48 @@ def _representative_rows(rows: range) -> list[int]:
     return sorted({m for m in rows if m <= DECODE_MAX_M} | {rows[-1]})
 
 
-def compile_variants():
-    """Every kernel specialization the launchers produce at IndexTTS2 sizes, for the AOT compile check.
+def compile_variants(gemms=(), ln_gemms=()):
+    """Every kernel specialization the launchers produce for the requested GEMMs, for the AOT compile check.
 
+    ``gemms``: (tag, N, K, bias, residual, activation, dtypes, rows, precisions) per linear_fwd /
+    swiglu_linear_fwd launch: weight [N, K] (SwiGLU: N is the output width I of the packed [2I, K] w13), flags
+    ``bias`` and ``residual``, ``activation`` None, "gelu_new" or "swiglu"; ``dtypes`` the operand dtypes ("fp32",
+    "fp16", "bf16"; "fp16+r32": fp16 operands with an fp32 residual and output); ``rows`` the range of M launched;
+    ``precisions`` the fp32 ``precision`` values passed (None: the default, "ieee"; ignored for fp16/bf16).
+    ``ln_gemms``: (tag, N, K, bias, activation, dtypes) per ln_linear_fwd in the decode regime (M <= 8), no
+    residual; dtype "fp16+x32": an fp32 stream x, fp16 weights, operand and output.
     Yields (name, jit_fn, signature, constexprs, num_warps, divisible, grid). ``grid``: the programs of the
-    representative launch (the variant's largest M; the GEMVs' any M). ``divisible`` names the arguments a real
-    launch specializes as 16-divisible (torch allocations are 16-byte aligned; every IndexTTS2 N, K and row
-    stride is a multiple of 16), so the table compiles the code that runs. Covers every op of
-    ``INDEXTTS2_GEMMS`` at each of its dtypes, the fp32 DiT at every precision (the fp32 GPT at its default,
-    ieee), each row count, and any SM count (the big/small tile choice is made against the device's SM count:
-    1 and an unbounded count give both). Identical constexprs are listed once.
+    representative launch (the entry's largest M; the GEMVs' any M). ``divisible`` names the arguments a real
+    launch specializes as 16-divisible, so the table compiles the code that runs. Covers each entry at each of its
+    dtypes and precisions, each row count and any SM count (the big/small tile choice is made against the device's
+    SM count: 1 and an unbounded count give both). Identical constexprs are listed once.
     """
+    requests = [(*g, False) for g in gemms]
+    requests += [(tag, N, K, b, False, act, dts, range(1, DECODE_MAX_M + 1), (None,), True)
+                 for tag, N, K, b, act, dts in ln_gemms]  # fmt: skip
     seen = set()
-    for tag, N, K, has_b, has_r, act, dtypes, rows in INDEXTTS2_GEMMS:
+    for tag, N, K, has_b, has_r, act, dtypes, rows, precisions, has_ln in requests:
         for dtype_tag in dtypes:
-            tname, _, rname = dtype_tag.partition("+r")
-            rname = f"fp{rname}" if rname else tname
-            # fp32 DiT at every precision (tf32x3 / tf32 are its opt-in speed modes); the fp32 GPT at its default
-            for prec in GEMM_PRECISIONS if tname == "fp32" and tag.startswith("dit/") else (None,):
+            tname, _, wide = dtype_tag.partition("+")  # "fp16+r32": the residual's dtype, "fp16+x32": x's
+            wide = f"fp{wide[1:]}" if wide else tname
+            xname, rname = (wide, tname) if has_ln else (tname, wide)
+            for prec in precisions if tname == "fp32" else (None,):
                 for M in _representative_rows(rows):
                     for sms in (1, 1 << 30):
-                        const, nw, _stages = _specialization(
-                            M, N, K, _TORCH_DT[tname], act=act, has_bias=has_b, has_residual=has_r,
-                            precision=prec, num_sms=sms, interpret=False,
+                        kernel, const, nw, _stages = _specialization(
+                            M, N, K, _TORCH_DT[tname], act=_ACT_NAMES[act], has_bias=has_b, has_residual=has_r,
+                            precision=prec, num_sms=sms, interpret=False, has_ln=has_ln,
                         )  # fmt: skip
-                        key = (dtype_tag, tuple(const.items()), nw)
+                        key = (dtype_tag, kernel.__name__, tuple(const.items()), nw)
                         if key in seen:
                             continue
                         seen.add(key)
-                        sig = _signature(const, x=tname, w=tname, r=rname)
+                        sig, divisible = _aot_args(kernel, const, N, K, x=xname, w=tname, r=rname)
                         bm, bn, bk = const["BLOCK_M"], const["BLOCK_N"], const["BLOCK_K"]
-                        regime = f"gemv/BM{bm}xBN{bn}xBK{bk}" if const["GEMV"] else f"mma/{bm}x{bn}x{bk}"
-                        pname = f"/{const['INPUT_PRECISION']}" if tname == "fp32" and not const["GEMV"] else ""
+                        if kernel is _gemm_gemv_kernel:
+                            regime = f"{dtype_tag}/gemv/BM{bm}xBN{bn}xBK{bk}"
+                        else:
+                            pname = f"/{const['INPUT_PRECISION']}" if tname == "fp32" else ""
+                            regime = f"{dtype_tag}{pname}/mma/{bm}x{bn}x{bk}"
                         grid = cdiv(M, bm) * cdiv(N, bn)
-                        yield f"gemm/{tag}/{dtype_tag}{pname}/{regime}", _gemm_kernel, sig, const, nw, _DIVISIBLE, grid
-    # the decode GEMVs with the LayerNorm prologue (ln_1 + c_attn, ln_2 + c_fc + gelu_new): x is the stream
-    # (fp32 under fp16 autocast: "fp16+x32"), the operand and output the weight's dtype
-    for tag, N, K, act in (("gpt/ln_1+c_attn+bias", 3840, 1280, ACT_NONE), ("gpt/ln_2+c_fc+bias+gelu", 5120, 1280,
-                                                                             ACT_GELU_NEW)):  # fmt: skip
-        for dtype_tag in ("fp16+x32", "fp32"):
-            wname, _, xname = dtype_tag.partition("+x")
-            xname = f"fp{xname}" if xname else wname
-            for M in _representative_rows(range(1, DECODE_MAX_M + 1)):
-                const, nw, _stages = _specialization(
-                    M, N, K, _TORCH_DT[wname], act=act, has_bias=True, has_residual=False, precision=None,
-                    num_sms=1, interpret=False, has_ln=True,
-                )  # fmt: skip
-                key = (dtype_tag, tuple(const.items()), nw)
-                if key in seen:
-                    continue
-                seen.add(key)
-                sig = _signature(const, x=xname, w=wname, r=wname)
-                bm, bn, bk = const["BLOCK_M"], const["BLOCK_N"], const["BLOCK_K"]
-                grid = cdiv(N, bn)
-                yield (
-                    f"gemm/{tag}/{dtype_tag}/gemv/BM{bm}xBN{bn}xBK{bk}",
-                    _gemm_kernel,
-                    sig,
-                    const,
-                    nw,
-                    _DIVISIBLE,
-                    grid,
-                )
+                        yield f"gemm/{tag}/{regime}", kernel, sig, const, nw, divisible, grid

@@ -278,12 +278,13 @@ def final_layer_modulate_fwd(
     )  # fmt: skip
 
 
-def compile_variants():
-    """Every kernel specialization the launchers above produce at IndexTTS2 sizes, for the AOT compile check.
+def compile_variants(widths=None):
+    """Every kernel specialization the launchers above produce at the requested sizes, for the AOT compile check.
 
-    Yields (name, jit_fn, signature, constexprs, num_warps).
+    ``widths``: {N: a representative row count M} (the launch config depends on both). Every op at every width,
+    fp32/fp16/bf16. Yields (name, jit_fn, signature, constexprs, num_warps).
     """
-    hidden = {512: 3442, 1024: 3442, 1280: 600, 1000: 64}  # N -> a representative M (DiT, GPT prefill, odd)
+    widths = widths or {}
     ops = [
         # name, IS_RMS, HAS_RESIDUAL, HAS_WEIGHT, HAS_BIAS, MOD, ROUND_NORM, output dtype (None: x's)
         ("layer_norm", False, False, True, True, MOD_NONE, False, None),
@@ -297,7 +298,7 @@ def compile_variants():
         for tname in ("fp32", "fp16", "bf16"):
             if y_dtype is not None and y_dtype == tname:
                 continue
-            for N, M in hidden.items():
+            for N, M in widths.items():
                 bm, bn, nw = norm_launch_config(M, N, interpret=False)
                 p, py = f"*{tname}", f"*{y_dtype or tname}"
                 sig = {

@@ -195,7 +195,7 @@ def test_regimes_and_configs():
     cfg = gemm.gemm_launch_config
     # fp32 defaults to exact products (FMA), as torch with allow_tf32=False; tf32x3 / tf32 only when asked
     for prec, want in ((None, "ieee"), ("tf32x3", "tf32x3"), ("tf32", "tf32")):
-        const, *_ = gemm._specialization(
+        _kernel, const, *_ = gemm._specialization(
             3442, 1536, 512, torch.float32, act=0, has_bias=False, has_residual=False, precision=prec, num_sms=132
         )
         assert const["INPUT_PRECISION"] == want
@@ -218,47 +218,38 @@ def test_regimes_and_configs():
     assert (600 + bm - 1) // bm * (1280 // bn) >= 132
 
 
-# IndexTTS2's GEMMs, from the spec: (N, K, bias, residual, act, dtypes, rows from, rows to). GPT-2 decode runs 1-8 rows,
-# prefill and the teacher-forced pass up to ~1600; the DiT 2 x T rows with T <= ~3870. "fp16+r32": fp16 operands
-# with the fp32 residual stream of the use_fp16 GPT.
-_IT2_GEMMS = [
-    (3840, 1280, True, False, "none", ("fp16", "fp32"), 1, 4096),  # GPT-2 c_attn
-    (1280, 1280, True, True, "none", ("fp16+r32", "fp16", "fp32"), 1, 4096),  # GPT-2 attn c_proj
-    (5120, 1280, True, False, "gelu_new", ("fp16", "fp32"), 1, 4096),  # GPT-2 c_fc
-    (1280, 5120, True, True, "none", ("fp16+r32", "fp16", "fp32"), 1, 4096),  # GPT-2 mlp c_proj
-    (1536, 512, False, False, "none", ("fp32", "bf16"), 9, 8192),  # DiT wqkv
-    (512, 512, False, True, "none", ("fp32", "bf16"), 9, 8192),  # DiT wo
-    (1536, 512, False, False, "swiglu", ("fp32", "bf16"), 9, 8192),  # DiT w13
-    (512, 1536, False, True, "none", ("fp32", "bf16"), 9, 8192),  # DiT w2
-    (512, 1024, True, False, "none", ("fp32", "bf16"), 9, 8192),  # DiT skip_in_linear
-    (1024, 512, True, False, "none", ("fp32", "bf16"), 1, 8),  # DiT AdaLN project_layer on c [B, 1, C]
-]
 # SM counts of sm_86 / sm_89 / sm_90 parts (A10, 3090, A40, L4, 4090, L40S, H100 PCIe / SXM, H20)
 _SM_COUNTS = (72, 82, 84, 58, 128, 142, 114, 132, 78)
 
 
 def test_compile_variants_cover_every_launch():
-    """Every specialization the launcher produces at IndexTTS2 sizes, on any target GPU, is in the AOT table."""
+    """Every specialization the launcher produces at IndexTTS2 sizes (indextts_fast.shapes.GEMMS: every row count of
+    each GEMM's regime, at each of its dtypes and fp32 precisions), on any target GPU, is in the AOT table."""
+    from indextts_fast import shapes
+    from indextts_fast.aot import requests
+
     gemm = K.load_kernel_module("gemm")
     dts = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-    acts = {"none": gemm.ACT_NONE, "gelu_new": gemm.ACT_GELU_NEW, "swiglu": gemm.ACT_SWIGLU}
-    listed = {(sig["A"][1:], sig["R"][1:], tuple(c.items()), nw) for _, _, sig, c, nw, *_ in gemm.compile_variants()}
+    acts = {None: gemm.ACT_NONE, "gelu_new": gemm.ACT_GELU_NEW, "swiglu": gemm.ACT_SWIGLU}
+    listed = {
+        (fn.__name__, sig["A"][1:], sig["R"][1:], tuple(c.items()), nw)
+        for _, fn, sig, c, nw, *_ in gemm.compile_variants(**requests()["gemm"])
+    }
     missing = set()
-    for N, K_, has_b, has_r, act, tnames, min_m, max_m in _IT2_GEMMS:
-        rows = list(range(min_m, 257)) + list(range(257, max_m + 1, 37)) + [max_m]
+    for _tag, N, K_, has_b, has_r, act, tnames, rows, precisions in shapes.GEMMS:
+        sampled = [m for m in rows if m <= 256 or (m - 257) % 37 == 0] + [rows[-1]]
         for dtype_tag in tnames:
             tname, _, rbits = dtype_tag.partition("+r")
             rname = f"fp{rbits}" if rbits else tname
-            dit_fp32 = tname == "fp32" and N * K_ != 1280 * 1280 and 1280 not in (N, K_)
-            for prec in (None, "ieee", "tf32x3", "tf32") if dit_fp32 else (None,):  # GPT fp32: default only
-                for M in rows:
+            for prec in {None, *precisions} if tname == "fp32" else (None,):
+                for M in sampled:
                     for sms in _SM_COUNTS:
-                        const, nw, stages = gemm._specialization(
+                        kernel, const, nw, stages = gemm._specialization(
                             M, N, K_, dts[tname], act=acts[act], has_bias=has_b, has_residual=has_r,
                             precision=prec, num_sms=sms, interpret=False,
                         )  # fmt: skip
                         assert stages == 3  # the AOT tool compiles at Triton's default
-                        if (tname, rname, tuple(const.items()), nw) not in listed:
+                        if (kernel.__name__, tname, rname, tuple(const.items()), nw) not in listed:
                             missing.add((dtype_tag, N, K_, act, tuple(const.items())))
     assert not missing, f"{len(missing)} launch specializations are not in compile_variants(): {sorted(missing)[:3]}"
 
