@@ -28,7 +28,7 @@ import platform
 import pytest
 import torch
 
-from indextts_fast import loader as L
+from indextts_fast import checkpoint as CK
 from tests import loader_fixtures as lf
 from tests.helpers import official
 
@@ -55,7 +55,7 @@ def files(tmp_path_factory):
     cfg["gpt"].pop("condition_type")  # the GPT file carries no conditioning encoders
     (d / "config.yaml").write_text(yaml.safe_dump(cfg))
     for k in ("gpt", "s2mel"):
-        L.convert_checkpoint(d / f"{k}.pth", d / f"{k}.fast.safetensors", config=d / "config.yaml")
+        CK.convert_checkpoint(d / f"{k}.pth", d / f"{k}.fast.safetensors", config=d / "config.yaml")
     return d
 
 
@@ -102,7 +102,7 @@ def test_gpt_files_to_ready(benchmark, files, provider):
     else:
 
         def fn():
-            w = L.load_pack(files / "gpt.fast.safetensors")
+            w = CK.load_pack(files / "gpt.fast.safetensors")
             assert w.layers[23].proj_w.dtype == torch.float16 and w.layers[23].proj_w.shape == (1280, 5120)
             return w
 
@@ -118,7 +118,7 @@ def test_s2mel_files_to_ready(benchmark, files, provider):
     else:
 
         def fn():
-            w = L.load_pack(files / "s2mel.fast.safetensors")
+            w = CK.load_pack(files / "s2mel.fast.safetensors")
             assert w.dit.layers[12].w13.shape == (3072, 512)
             return w
 
@@ -131,7 +131,7 @@ def test_convert(benchmark, files, model):
     benchmark.extra_info.update({"provider": "convert", "machine": _machine()})
     out = files / f"{model}.again.safetensors"
     benchmark.pedantic(
-        lambda: L.convert_checkpoint(files / f"{model}.pth", out, config=files / "config.yaml", overwrite=True),
+        lambda: CK.convert_checkpoint(files / f"{model}.pth", out, config=files / "config.yaml", overwrite=True),
         rounds=1,
         iterations=1,
     )
@@ -151,8 +151,8 @@ def test_record_checks(benchmark, synthetic_ckpt, provider):
     from pathlib import Path
 
     fn = {
-        "record_checks": lambda: L.containers._check_zip_records(Path(synthetic_ckpt)),
-        "sha256": lambda: L.file_sha256(synthetic_ckpt),
+        "record_checks": lambda: CK.containers._check_zip_records(Path(synthetic_ckpt)),
+        "sha256": lambda: CK.file_sha256(synthetic_ckpt),
         "torch_load_mmap": lambda: torch.load(synthetic_ckpt, mmap=True, weights_only=True),
     }[provider]
     benchmark.group = "loader/record checks 105 MB"

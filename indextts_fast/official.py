@@ -159,22 +159,22 @@ def build_s2mel(size: str = "tiny", seed: int = 0):
 
 def from_model_dir(model_dir, device: str = "cpu") -> tuple[torch.nn.Module, torch.nn.Module, dict]:
     """(UnifiedVoice, MyModel, config) built from ``model_dir``'s config.yaml, with the weights of its gpt.pth
-    and s2mel.pth read by the loader's strict container reader (record sizes and CRC-32 checked)."""
-    from . import loader
+    and s2mel.pth read by the strict container reader (record sizes and CRC-32 checked)."""
+    from . import checkpoint
 
     d = Path(model_dir)
     for name in ("config.yaml", "gpt.pth", "s2mel.pth"):
         if not (d / name).is_file():
             raise FileNotFoundError(f"--model-dir {d}: no {name}")
-    cfg = loader.load_config(d / "config.yaml")
+    cfg = checkpoint.load_config(d / "config.yaml")
     mv = import_official("gpt.model_v2")
     commons = import_official("s2mel.modules.commons")
     uv = mv.UnifiedVoice(**cfg["gpt"])
-    _, gpt_sd = loader.read_checkpoint(d / "gpt.pth")
+    _, gpt_sd = checkpoint.read_checkpoint(d / "gpt.pth")
     uv.load_state_dict(gpt_sd, strict=False)  # the official load_checkpoint is non-strict too
     uv.post_init_gpt2_config(use_deepspeed=False, kv_cache=True, half=False)
     s2 = commons.MyModel(commons.recursive_munch(cfg["s2mel"]), use_gpt_latent=True)
-    _, flat = loader.read_checkpoint(d / "s2mel.pth")
+    _, flat = checkpoint.read_checkpoint(d / "s2mel.pth")
     for key, sub in s2.models.items():
         sub.load_state_dict({k[len(key) + 1 :]: v for k, v in flat.items() if k.startswith(key + ".")}, strict=True)
     s2.models["cfm"].estimator.setup_caches(max_batch_size=2, max_seq_length=8192)

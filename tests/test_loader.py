@@ -8,6 +8,7 @@ import json
 import pytest
 import torch
 
+from indextts_fast import checkpoint as CK
 from indextts_fast import loader as L
 from indextts_fast.loader.tables import GPT_IGNORE, S2MEL_IGNORE
 
@@ -18,7 +19,7 @@ from .helpers import assert_close_rel
 # tests that convert without config.yaml on purpose: the head-count warning is expected there
 pytestmark = pytest.mark.filterwarnings("ignore:no config.yaml:UserWarning")
 
-F32 = L.gpt_policy("float32")  # the GPT in fp32 (exact round trips / forwards)
+F32 = CK.gpt_policy("float32")  # the GPT in fp32 (exact round trips / forwards)
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +51,7 @@ def _assert_same_sd(a: dict, b: dict, what: str):
 # ----------------------------------------------------------------------------------------------------------------------
 def test_gpt_tables_cover_official_state_dict(uv):
     sd = uv.state_dict()
-    pack, rep = L.remap_state_dict(sd, config=lf.gpt_config())
+    pack, rep = CK.remap_state_dict(sd, config=lf.gpt_config())
     used = [s for _, srcs, _ in rep.mapped for s in srcs]
     accounted = used + rep.carried + [k for k, _ in rep.ignored]
     assert sorted(accounted) == sorted(sd), "every official key mapped, carried or ignored exactly once"
@@ -65,7 +66,7 @@ def test_gpt_tables_cover_official_state_dict(uv):
 def test_s2mel_tables_cover_official_state_dict(s2mel):
     sd = lf.flat_s2mel(s2mel)
     for stack in (True, False):
-        pack, rep = L.remap_state_dict(sd, config=lf.s2mel_config(), stack_adaln=stack)
+        pack, rep = CK.remap_state_dict(sd, config=lf.s2mel_config(), stack_adaln=stack)
         used = [s for _, srcs, _ in rep.mapped for s in srcs]
         accounted = used + [k for k, _ in rep.ignored]
         assert sorted(accounted) == sorted(sd) and len(set(accounted)) == len(accounted)
@@ -96,21 +97,21 @@ def test_gpt_ignore_list_entries_are_documented_aliases():
 # ----------------------------------------------------------------------------------------------------------------------
 def test_gpt_round_trip_bit_exact(uv):
     sd = uv.state_dict()
-    pack, rep = L.remap_state_dict(sd, policy=F32)
-    inv = L.inverse_remap(pack, "gpt", rep.dims)
+    pack, rep = CK.remap_state_dict(sd, policy=F32)
+    inv = CK.inverse_remap(pack, "gpt", rep.dims)
     keep = {k: v for k, v in sd.items() if not k.startswith("text_head.")}
     _assert_same_sd(inv, keep, "inverse(remap(sd))")
-    pack2, _ = L.remap_state_dict(inv, policy=F32)
+    pack2, _ = CK.remap_state_dict(inv, policy=F32)
     _assert_same_sd(pack2, pack, "remap(inverse(pack))")
 
 
 def test_gpt_round_trip_fp16_policy(uv):
     """Default GPT policy: every tensor fp16, as the official use_fp16 (.half()); the inverse gives those values."""
     sd = uv.state_dict()
-    pack, rep = L.remap_state_dict(sd)
+    pack, rep = CK.remap_state_dict(sd)
     assert pack["h.0.qkv.w"].dtype == torch.float16 and pack["h.0.ln1.w"].dtype == torch.float16
     assert pack["mel_embedding"].dtype == torch.float16 and pack["mel_head.b"].dtype == torch.float16
-    inv = L.inverse_remap(pack, "gpt", rep.dims)
+    inv = CK.inverse_remap(pack, "gpt", rep.dims)
     assert all(t.dtype == torch.float16 for t in pack.values())
     want = {k: v.half().float() for k, v in sd.items() if not k.startswith("text_head.")}
     _assert_same_sd(inv, want, "inverse(remap_fp16(sd))")
@@ -119,21 +120,21 @@ def test_gpt_round_trip_fp16_policy(uv):
 @pytest.mark.parametrize("stack", [True, False], ids=["stacked_adaln", "split_adaln"])
 def test_s2mel_round_trip(s2mel, stack):
     sd = lf.flat_s2mel(s2mel)
-    pack, rep = L.remap_state_dict(sd, stack_adaln=stack)
-    inv = L.inverse_remap(pack, "s2mel", rep.dims, stack_adaln=stack)
+    pack, rep = CK.remap_state_dict(sd, stack_adaln=stack)
+    inv = CK.inverse_remap(pack, "s2mel", rep.dims, stack_adaln=stack)
     ign = {k for k, _ in rep.ignored}
     folded = {s for _, srcs, op in rep.mapped if op.startswith("wn") for s in srcs}
     exact = {k: v for k, v in sd.items() if k not in ign and k not in folded}
     _assert_same_sd({k: inv[k] for k in exact}, exact, "inverse(remap(sd)), non-folded tensors")
     # weight-norm pairs are not unique (g, v) ~ (a g, a v); the inverse (||w||, w) refolds to w bit-exactly
-    pack2, _ = L.remap_state_dict(inv, stack_adaln=stack)
+    pack2, _ = CK.remap_state_dict(inv, stack_adaln=stack)
     _assert_same_sd(pack2, pack, "remap(inverse(pack))")
 
 
 def test_weight_norm_fold_matches_official(s2mel):
     """The folded weights equal the official modules' effective weights (the weight_norm hook's result)."""
     sd = lf.flat_s2mel(s2mel)
-    pack, rep = L.remap_state_dict(sd)
+    pack, rep = CK.remap_state_dict(sd)
     est = s2mel.models["cfm"].estimator
     lin = est.final_layer.linear
     with torch.no_grad():
@@ -154,8 +155,8 @@ def test_weight_norm_fold_matches_official(s2mel):
 # ----------------------------------------------------------------------------------------------------------------------
 def test_gpt_kernel_layout(uv, tmp_path):
     torch.save({"model": uv.state_dict()}, tmp_path / "gpt.pth")
-    rep = L.convert_checkpoint(tmp_path / "gpt.pth", tmp_path / "gpt.safetensors", config=_yaml(tmp_path, "gpt"))
-    w = L.load_pack(tmp_path / "gpt.safetensors")
+    rep = CK.convert_checkpoint(tmp_path / "gpt.pth", tmp_path / "gpt.safetensors", config=_yaml(tmp_path, "gpt"))
+    w = CK.load_pack(tmp_path / "gpt.safetensors")
     assert isinstance(w, L.FastGPTWeights) and len(w.layers) == 2
     a = uv.gpt.h[1].attn.c_attn.weight.detach()  # Conv1D [C, 3C], columns q | k | v
     C = 64
@@ -169,23 +170,23 @@ def test_gpt_kernel_layout(uv, tmp_path):
     assert len(w.cond) == len(rep.carried) == 110
     assert (tmp_path / "gpt.safetensors").stat().st_mode & 0o644 == 0o644  # not mkstemp's 0600
     meta = w.meta
-    assert meta["model"] == "gpt" and meta["format_version"] == str(L.PACK_VERSION)
-    assert meta["source_sha256"] == L.file_sha256(tmp_path / "gpt.pth")
+    assert meta["model"] == "gpt" and meta["format_version"] == str(CK.PACK_VERSION)
+    assert meta["source_sha256"] == CK.file_sha256(tmp_path / "gpt.pth")
     assert json.loads(meta["dtype_policy"])["gemm_w"] == "float16"
     assert json.loads(meta["config"])["heads"] == 4 and meta["heads_from"] == "config.yaml"
 
 
 def test_s2mel_kernel_layout_and_containers(s2mel, tmp_path):
     torch.save(lf.s2mel_container(s2mel, module_prefix=True), tmp_path / "s2mel.pth")
-    L.convert_checkpoint(tmp_path / "s2mel.pth", tmp_path / "a.safetensors", config=None)
-    a = L.load_pack(tmp_path / "a.safetensors")
+    CK.convert_checkpoint(tmp_path / "s2mel.pth", tmp_path / "a.safetensors", config=None)
+    a = CK.load_pack(tmp_path / "a.safetensors")
     # the same weights as a flat .safetensors export (the 'cfm.estimator....' naming) give the same pack
     from safetensors.torch import save_file
 
     save_file({k: v.contiguous() for k, v in lf.flat_s2mel(s2mel).items()}, tmp_path / "s2mel_export.safetensors")
-    L.convert_checkpoint(tmp_path / "s2mel_export.safetensors", tmp_path / "b.safetensors")
-    tb, _ = L.read_pack(tmp_path / "b.safetensors")
-    ta, _ = L.read_pack(tmp_path / "a.safetensors")
+    CK.convert_checkpoint(tmp_path / "s2mel_export.safetensors", tmp_path / "b.safetensors")
+    tb, _ = CK.read_pack(tmp_path / "b.safetensors")
+    ta, _ = CK.read_pack(tmp_path / "a.safetensors")
     _assert_same_sd(ta, tb, ".pth vs .safetensors source")
     est = s2mel.models["cfm"].estimator
     C, I = 64, 256
@@ -228,15 +229,15 @@ def _uv64(uv):
 
 def test_gpt_forward_matches_official(uv, tmp_path):
     torch.save(uv.state_dict(), tmp_path / "gpt.pth")
-    L.convert_checkpoint(tmp_path / "gpt.pth", tmp_path / "gpt.safetensors", policy=F32, config=_yaml(tmp_path, "gpt"))
-    w = L.load_pack(tmp_path / "gpt.safetensors")
+    CK.convert_checkpoint(tmp_path / "gpt.pth", tmp_path / "gpt.safetensors", policy=F32, config=_yaml(tmp_path, "gpt"))
+    w = CK.load_pack(tmp_path / "gpt.safetensors")
     gpt_check(uv, _uv64(uv), w, torch.randn(2, 37, 64))
 
 
 def test_gpt_forward_check_catches_wrong_layout(uv):
     """The classic port bug: reading Conv1D [in, out] as nn.Linear [out, in] without the transpose."""
     sd = uv.state_dict()
-    pack, rep = L.remap_state_dict(sd, policy=F32, config=lf.gpt_config())
+    pack, rep = CK.remap_state_dict(sd, policy=F32, config=lf.gpt_config())
     C = 64
     pack["h.1.qkv.w"] = sd["gpt.h.1.attn.c_attn.weight"].reshape(3 * C, C).clone()
     w = L.weights._build_gpt(pack, rep.dims, {})
@@ -279,13 +280,13 @@ def dit_check(model, w, cfg, B=2, T=19, m64=None):
 
 @pytest.mark.parametrize("stack", [True, False], ids=["stacked_adaln", "split_adaln"])
 def test_dit_forward_matches_official(s2mel, stack):
-    pack, rep = L.remap_state_dict(lf.flat_s2mel(s2mel), stack_adaln=stack, config={"s2mel": lf.s2mel_config()})
+    pack, rep = CK.remap_state_dict(lf.flat_s2mel(s2mel), stack_adaln=stack, config={"s2mel": lf.s2mel_config()})
     w = L.weights._build_s2mel(pack, rep.dims, {}, stack)
     dit_check(s2mel, w, lf.s2mel_config())
 
 
 def test_dit_forward_check_catches_swapped_swiglu(s2mel):
-    pack, rep = L.remap_state_dict(lf.flat_s2mel(s2mel), config={"s2mel": lf.s2mel_config()})
+    pack, rep = CK.remap_state_dict(lf.flat_s2mel(s2mel), config={"s2mel": lf.s2mel_config()})
     w13 = pack["dit.layers.3.w13"]
     pack["dit.layers.3.w13"] = torch.cat(w13.chunk(2, dim=0)[::-1])  # w3 | w1
     w = L.weights._build_s2mel(pack, rep.dims, {}, True)
@@ -294,7 +295,7 @@ def test_dit_forward_check_catches_swapped_swiglu(s2mel):
 
 
 def test_length_regulator_and_gpt_layer_match_official(s2mel):
-    pack, rep = L.remap_state_dict(lf.flat_s2mel(s2mel))
+    pack, rep = CK.remap_state_dict(lf.flat_s2mel(s2mel))
     w = L.weights._build_s2mel(pack, rep.dims, {}, True)
     lr = s2mel.models["length_regulator"]
     m64 = official_fp64(s2mel)
@@ -315,46 +316,46 @@ def test_length_regulator_and_gpt_layer_match_official(s2mel):
 
 def test_config_check(uv, s2mel):
     cfg = lf.gpt_config()
-    L.remap_state_dict(uv.state_dict(), config=cfg)
+    CK.remap_state_dict(uv.state_dict(), config=cfg)
     cfg["gpt"]["heads"] = 8
-    pack, rep = L.remap_state_dict(uv.state_dict(), config=cfg)
+    pack, rep = CK.remap_state_dict(uv.state_dict(), config=cfg)
     assert rep.dims["heads"] == 8  # heads are not in any shape: the config decides
     cfg["gpt"]["heads"] = 3  # a head count that cannot split the width is refused, not divided by
     with pytest.raises(L.CheckpointError, match="config.yaml: field gpt.heads = 3 does not divide the width 64"):
-        L.remap_state_dict(uv.state_dict(), config=cfg)
+        CK.remap_state_dict(uv.state_dict(), config=cfg)
     for bad in (0, "4", 2.0, True):  # not a positive integer: named as such, not as a width that does not divide
         cfg["gpt"]["heads"] = bad
         with pytest.raises(L.CheckpointError, match=r"field gpt\.heads is .*, expected a positive integer"):
-            L.remap_state_dict(uv.state_dict(), config=cfg)
+            CK.remap_state_dict(uv.state_dict(), config=cfg)
     cfg["gpt"]["heads"] = 8
     cfg["gpt"]["layers"] = 3
     with pytest.raises(L.CheckpointError, match="L: checkpoint 2 vs config 3"):
-        L.remap_state_dict(uv.state_dict(), config=cfg)
+        CK.remap_state_dict(uv.state_dict(), config=cfg)
     cfg = lf.gpt_config()  # mel positions = max_mel_tokens + 2 + max_conditioning_inputs (official UnifiedVoice)
     cfg["gpt"]["max_conditioning_inputs"] = 2
     with pytest.raises(L.CheckpointError, match="Pm: checkpoint 51 vs config 52"):
-        L.remap_state_dict(uv.state_dict(), config=cfg)
+        CK.remap_state_dict(uv.state_dict(), config=cfg)
     scfg = lf.s2mel_config()
     scfg["wavenet"]["kernel_size"] = 3
     with pytest.raises(L.CheckpointError, match="K: checkpoint 5 vs config 3"):
-        L.remap_state_dict(lf.flat_s2mel(s2mel), config={"s2mel": scfg})
+        CK.remap_state_dict(lf.flat_s2mel(s2mel), config={"s2mel": scfg})
     scfg = lf.s2mel_config()
     scfg["DiT"]["time_as_token"] = True
     with pytest.raises(L.CheckpointError, match="time_as_token"):
-        L.remap_state_dict(lf.flat_s2mel(s2mel), config={"s2mel": scfg})
+        CK.remap_state_dict(lf.flat_s2mel(s2mel), config={"s2mel": scfg})
     # variants whose keys and shapes are identical but whose math differs are refused too
     for section, flag, value in (("DiT", "is_causal", True), ("wavenet", "dilation_rate", 2)):
         scfg = lf.s2mel_config()
         scfg[section][flag] = value
         with pytest.raises(L.CheckpointError, match=f"{section}.{flag}"):
-            L.remap_state_dict(lf.flat_s2mel(s2mel), config={"s2mel": scfg})
+            CK.remap_state_dict(lf.flat_s2mel(s2mel), config={"s2mel": scfg})
 
 
 def test_config_yaml_file(s2mel, tmp_path):
     yaml = pytest.importorskip("yaml")
     (tmp_path / "config.yaml").write_text(yaml.safe_dump({"s2mel": lf.s2mel_config(), **lf.gpt_config()}))
     torch.save(lf.s2mel_container(s2mel), tmp_path / "s2mel.pth")
-    rep = L.convert_checkpoint(tmp_path / "s2mel.pth", tmp_path / "s2mel.safetensors", config=tmp_path / "config.yaml")
+    rep = CK.convert_checkpoint(tmp_path / "s2mel.pth", tmp_path / "s2mel.safetensors", config=tmp_path / "config.yaml")
     assert rep.dims["heads"] == 4 and rep.dims["N"] == 4
 
 
@@ -363,7 +364,7 @@ def test_indextts25_gpt_detected_and_refused(uv):
     sd["spk_emb_proj.weight"] = torch.randn(64, 192)
     assert L.detect_version("gpt", sd) == "2.5"
     with pytest.raises(L.CheckpointError, match=r"2\.5.*spk_emb_proj"):
-        L.remap_state_dict(sd)
+        CK.remap_state_dict(sd)
 
 
 def test_old_transformers_buffers_and_wte_alias_are_ignored(uv):
@@ -373,7 +374,7 @@ def test_old_transformers_buffers_and_wte_alias_are_ignored(uv):
     sd["gpt.h.0.attn.bias"] = torch.tril(torch.ones(1, 1, 64, 64, dtype=torch.bool))
     sd["gpt.h.1.attn.masked_bias"] = torch.tensor(-1e4)
     sd["gpt.wte.weight"] = sd["mel_embedding.weight"]
-    pack, rep = L.remap_state_dict(sd)
+    pack, rep = CK.remap_state_dict(sd)
     assert sorted(k for k, _ in rep.ignored) == sorted(
         ["gpt.h.0.attn.bias", "gpt.h.1.attn.masked_bias", "gpt.wte.weight", "text_head.weight", "text_head.bias"]
     )

@@ -9,7 +9,7 @@ from collections import Counter
 import pytest
 import torch
 
-from indextts_fast import loader as L
+from indextts_fast import checkpoint as CK
 
 from . import loader_fixtures as lf
 from .helpers import official
@@ -36,10 +36,10 @@ def _yaml(tmp_path, gpt_layers=24):
 
 def test_full_s2mel(full_s2mel, tmp_path):
     torch.save(lf.s2mel_container(full_s2mel), tmp_path / "s2mel.pth")
-    rep = L.convert_checkpoint(tmp_path / "s2mel.pth", tmp_path / "s2mel.safetensors", config=_yaml(tmp_path))
+    rep = CK.convert_checkpoint(tmp_path / "s2mel.pth", tmp_path / "s2mel.safetensors", config=_yaml(tmp_path))
     assert rep.dims == {"C": 512, "D": 512, "F": 80, "H": 512, "S": 192, "L": 13, "I": 1536, "W": 8, "K": 5,
                         "R": 512, "Q": 1024, "N": 4, "heads": 8}  # fmt: skip
-    w = L.load_pack(tmp_path / "s2mel.safetensors")
+    w = CK.load_pack(tmp_path / "s2mel.safetensors")
     d = w.dit
     # shapes of indextts2-hot-path.md section 3.3, in kernel layout
     assert d.layers[0].wqkv.shape == (1536, 512) and d.layers[12].w13.shape == (3072, 512)
@@ -54,9 +54,9 @@ def test_full_s2mel(full_s2mel, tmp_path):
     assert len(rep.folded) == 1 + 8 + 8 + 1
     # round trip
     sd = lf.flat_s2mel(full_s2mel)
-    tensors, _ = L.read_pack(tmp_path / "s2mel.safetensors")
-    inv = L.inverse_remap(tensors, "s2mel", rep.dims)
-    pack2, _ = L.remap_state_dict(inv)
+    tensors, _ = CK.read_pack(tmp_path / "s2mel.safetensors")
+    inv = CK.inverse_remap(tensors, "s2mel", rep.dims)
+    pack2, _ = CK.remap_state_dict(inv)
     _assert_same_sd(pack2, tensors, "remap(inverse(pack)) at full size")
     folded = {s for _, srcs, op in rep.mapped if op.startswith("wn") for s in srcs}
     for k in inv:
@@ -70,9 +70,9 @@ def test_full_width_gpt(tmp_path):
     core, sd = lf.build_gpt_core(full=True, layers=2)
     torch.save(sd, tmp_path / "gpt.pth")
     cfg = _yaml(tmp_path, gpt_layers=2)
-    rep = L.convert_checkpoint(tmp_path / "gpt.pth", tmp_path / "gpt.safetensors", config=cfg)
+    rep = CK.convert_checkpoint(tmp_path / "gpt.pth", tmp_path / "gpt.safetensors", config=cfg)
     assert rep.dims == {"C": 1280, "L": 2, "Vt": 12001, "Vm": 8194, "Pt": 602, "Pm": 1818, "E": 1024, "heads": 20}
-    w = L.load_pack(tmp_path / "gpt.safetensors")
+    w = CK.load_pack(tmp_path / "gpt.safetensors")
     l1 = w.layers[1]
     assert l1.qkv_w.shape == (3840, 1280) and l1.qkv_w.dtype == torch.float16
     assert torch.equal(l1.qkv_w, core.gpt.h[1].attn.c_attn.weight.detach().t().half())
@@ -80,9 +80,9 @@ def test_full_width_gpt(tmp_path):
     assert w.mel_head_w.shape == (8194, 1280) and w.mel_pos.shape == (1818, 1280)
     assert w.ln_f_w.dtype == torch.float16 and w.text_embedding.dtype == torch.float16  # as gpt.half()
     # forward at the fp32 policy vs the official chain gpt -> final_norm -> mel_head
-    L.convert_checkpoint(tmp_path / "gpt.pth", tmp_path / "gpt32.safetensors", config=cfg,
-                         policy=L.gpt_policy("float32"))  # fmt: skip
-    w32 = L.load_pack(tmp_path / "gpt32.safetensors")
+    CK.convert_checkpoint(tmp_path / "gpt.pth", tmp_path / "gpt32.safetensors", config=cfg,
+                         policy=CK.gpt_policy("float32"))  # fmt: skip
+    w32 = CK.load_pack(tmp_path / "gpt32.safetensors")
     core64, _ = lf.build_gpt_core(full=True, layers=2)
     core64.load_state_dict(sd)
     gpt_check(core, core64.double(), w32, torch.randn(1, 17, 1280))
@@ -106,7 +106,7 @@ def test_full_unified_voice_key_plan():
     memory): every one of its keys is mapped, carried or ignored, none is missing, every shape is as expected."""
     cm, em, sd = _full_unified_voice_meta()
     assert round(sum(v.numel() for v in sd.values()) / 1e9, 2) == 0.87  # indextts2-hot-path.md section 3.1
-    plan = L.plan_checkpoint(sd)
+    plan = CK.plan_checkpoint(sd)
     acts = Counter(a for a, _ in plan["actions"].values())
     assert plan["missing"] == [] and plan["error"] is None
     assert acts == {"mapped:copy": 207, "mapped:t": 96, "carried": 360, "ignored": 2}, acts
@@ -124,7 +124,7 @@ def test_full_s2mel_key_plan():
         m = commons.MyModel(commons.recursive_munch(lf.s2mel_config(full=True)), use_gpt_latent=True)
     sd = lf.flat_s2mel(m)
     for split in (False, True):
-        plan = L.plan_checkpoint(sd, stack_adaln=not split)
+        plan = CK.plan_checkpoint(sd, stack_adaln=not split)
         refused = {k: v for k, v in plan["actions"].items() if v[0] not in ("ignored",) and ":" not in v[0]}
         assert plan["missing"] == [] and not refused, refused
     ignored = sorted(k for k, v in plan["actions"].items() if v[0] == "ignored")
@@ -136,14 +136,14 @@ def test_full_unified_voice_conditioning_encoders_consistent():
     """The carried conditioning encoders of the complete official UnifiedVoice at IndexTTS-2's config pass the
     completeness / shape checks (speaker conformer 6 blocks x 8 heads, emotion 4 x 4, perceivers 1280 / 1024)."""
     cm, em, sd = _full_unified_voice_meta()
-    plan = L.plan_checkpoint(sd)
+    plan = CK.plan_checkpoint(sd)
     carried = [k for k, (a, _) in plan["actions"].items() if a == "carried"]
     cfg = lf.gpt_config(full=True)
     cfg["gpt"].update(condition_module=cm, emo_condition_module=em)
-    assert L.conditioning._check_carried(sd, carried, plan["dims"], cfg) == ([], [], [])
+    assert CK.conditioning._check_carried(sd, carried, plan["dims"], cfg) == ([], [], [])
     sd = dict(
         sd, **{"emo_conditioning_encoder.encoders.3.feed_forward.w_1.weight": torch.empty(2048, 512, device="meta")}
     )
-    missing, wrong, unknown = L.conditioning._check_carried(sd, carried, plan["dims"], cfg)
+    missing, wrong, unknown = CK.conditioning._check_carried(sd, carried, plan["dims"], cfg)
     assert wrong == ["emo_conditioning_encoder.encoders.3.feed_forward.w_1.weight [2048, 512] (expected [U,D] with "
                      "{'D': 512, 'U': 1024, 'h': 4, 'k': 15})"] and not missing and not unknown  # fmt: skip

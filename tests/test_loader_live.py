@@ -6,11 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+from indextts_fast import checkpoint as CK
 from indextts_fast import loader as L
 
 from . import loader_fixtures as lf
 
-F32 = L.gpt_policy("float32")
+F32 = CK.gpt_policy("float32")
 IDENTITY_OPS = ("copy", "k1")
 
 
@@ -36,7 +37,7 @@ def _shares(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 def test_live_gpt_equals_the_file_remap(uv):
     live, rep = L.remap_live(uv, "gpt")
-    ref, ref_rep = L.remap_state_dict(uv.state_dict(), policy=F32, config=lf.gpt_config())
+    ref, ref_rep = CK.remap_state_dict(uv.state_dict(), policy=F32, config=lf.gpt_config())
     _same(live, {k: v for k, v in ref.items() if not k.startswith("cond.")}, "remap_live(uv) vs remap_state_dict")
     assert rep.dims == ref_rep.dims and rep.heads_from == "module" and rep.dims["heads"] == 4
     kept_in_module = sorted(k for k, why in rep.ignored if "stays in the official module" in why)
@@ -69,7 +70,7 @@ def test_live_fp16_gpt_stays_fp16(uv):
     uv16 = lf.build_unified_voice().half()
     live, rep = L.remap_live(uv16, "gpt")
     assert {t.dtype for t in live.values()} == {torch.float16}
-    ref, _ = L.remap_state_dict(uv.state_dict(), config=lf.gpt_config())  # default policy: all fp16
+    ref, _ = CK.remap_state_dict(uv.state_dict(), config=lf.gpt_config())  # default policy: all fp16
     _same(live, {k: v for k, v in ref.items() if not k.startswith("cond.")}, "fp16 live vs fp16 policy")
 
 
@@ -77,16 +78,16 @@ def test_live_fp16_gpt_stays_fp16(uv):
 def test_live_s2mel_equals_the_file_remap(s2mel, stack):
     cfg = {"s2mel": lf.s2mel_config()}
     live, rep = L.remap_live(s2mel.models, "s2mel", stack_adaln=stack)
-    ref, ref_rep = L.remap_state_dict(lf.flat_s2mel(s2mel), config=cfg, stack_adaln=stack)
+    ref, ref_rep = CK.remap_state_dict(lf.flat_s2mel(s2mel), config=cfg, stack_adaln=stack)
     _same(live, ref, "remap_live(MyModel.models) vs remap_state_dict")
     assert rep.dims == ref_rep.dims and rep.heads_from == "module"
-    live_sd, _ = L.remap_live(s2mel.models.state_dict(), "s2mel", config=cfg, stack_adaln=stack)  # a state dict
+    live_sd, _ = CK.remap_live(s2mel.models.state_dict(), "s2mel", config=cfg, stack_adaln=stack)  # a state dict
     _same(live_sd, ref, "remap_live(MyModel.models.state_dict())")
 
 
 def test_live_lone_dit(s2mel):
     est = s2mel.models["cfm"].estimator
-    ref, ref_rep = L.remap_state_dict(lf.flat_s2mel(s2mel), config={"s2mel": lf.s2mel_config()})
+    ref, ref_rep = CK.remap_state_dict(lf.flat_s2mel(s2mel), config={"s2mel": lf.s2mel_config()})
     dit_ref = {k: v for k, v in ref.items() if k.startswith("dit.")}
     for parts in (("cfm",), None):  # a lone DiT defaults to the estimator
         live, rep = L.remap_live(est, "s2mel", parts=parts)
@@ -109,11 +110,11 @@ def test_live_lone_dit_strict(s2mel, case):
         sd["conv1.bias"] = torch.randn(65)
         match = r"wrong shape: cfm\.estimator\.conv1\.bias \[65\] \(expected \[64\]\)"
     with pytest.raises(L.CheckpointError, match=r"^live s2mel checkpoint rejected: " + match):
-        L.remap_live(sd, "s2mel", parts=("cfm",), config={"s2mel": lf.s2mel_config()})
+        CK.remap_live(sd, "s2mel", parts=("cfm",), config={"s2mel": lf.s2mel_config()})
 
 
 def test_live_parts(s2mel):
-    ref, _ = L.remap_state_dict(lf.flat_s2mel(s2mel), config={"s2mel": lf.s2mel_config()})
+    ref, _ = CK.remap_state_dict(lf.flat_s2mel(s2mel), config={"s2mel": lf.s2mel_config()})
     live, rep = L.remap_live(s2mel.models, "s2mel", parts=("length_regulator", "gpt_layer"))
     _same(live, {k: v for k, v in ref.items() if k.startswith(("lr.", "gpt_layer."))}, "parts=lr+gpt_layer")
     outside = [k for k, why in rep.ignored if why.startswith("outside parts")]
@@ -140,18 +141,18 @@ def test_live_unified_voice_after_post_init(uv):
     sd = dict(uv2.state_dict())
     sd["inference_model.lm_head.1.weight"] = sd["inference_model.lm_head.1.weight"].clone()  # no longer the same
     with pytest.raises(L.CheckpointError, match=r"unknown keys .*: inference_model\.lm_head\.1\.weight$"):
-        L.remap_live(sd, "gpt", config=lf.gpt_config())
+        CK.remap_live(sd, "gpt", config=lf.gpt_config())
 
 
 def test_live_values_checked(uv):
     sd = {k: v.clone() for k, v in uv.state_dict().items()}
     sd["gpt.h.1.attn.c_attn.weight"][0, 0] = float("nan")
     with pytest.raises(L.CheckpointError, match=r"non-finite values .* h\.1\.qkv\.w"):
-        L.remap_live(sd, "gpt", config=lf.gpt_config())
+        CK.remap_live(sd, "gpt", config=lf.gpt_config())
     sd = dict(uv.state_dict())
     sd["gpt.h.0.ln_2.bias"] = torch.zeros(63)
     with pytest.raises(L.CheckpointError, match=r"wrong shape: gpt\.h\.0\.ln_2\.bias \[63\]"):
-        L.remap_live(sd, "gpt", config=lf.gpt_config())
+        CK.remap_live(sd, "gpt", config=lf.gpt_config())
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

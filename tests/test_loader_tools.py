@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
+from indextts_fast import checkpoint as CK
 from indextts_fast import loader as L
 
 from . import loader_fixtures as lf
@@ -36,13 +38,13 @@ def test_convert_tool(s2mel_pth, capsys):
     conv = _tool("convert_checkpoint")
     out = s2mel_pth.with_name("s2mel.fast.safetensors")
     assert conv.main([str(s2mel_pth), "--quiet"]) == 0  # default output name beside the source
-    assert out.exists() and L.load_pack(out).meta["model"] == "s2mel"
+    assert out.exists() and CK.load_pack(out).meta["model"] == "s2mel"
     assert conv.main([str(s2mel_pth)]) == 2  # exists: refused
     assert "already exists" in capsys.readouterr().err
     assert conv.main([str(s2mel_pth), "--overwrite", "--split-adaln"]) == 0
     text = capsys.readouterr().out
     assert "folded:  8 weight-norm pairs" in text and "ignored: 14 keys" in text and "wrote" in text
-    assert L.load_pack(out).dit.adaln_w is None
+    assert CK.load_pack(out).dit.adaln_w is None
 
 
 def test_convert_tool_gpt_dtype(tmp_path):
@@ -52,7 +54,7 @@ def test_convert_tool_gpt_dtype(tmp_path):
         conv.main([str(tmp_path / "gpt.pth"), str(tmp_path / "g.safetensors"), "--gpt-dtype", "bfloat16", "--quiet"])
         == 0
     )
-    w = L.load_pack(tmp_path / "g.safetensors")
+    w = CK.load_pack(tmp_path / "g.safetensors")
     assert w.layers[0].qkv_w.dtype == torch.bfloat16 and w.ln_f_w.dtype == torch.bfloat16
 
 
@@ -72,7 +74,7 @@ def test_inspect_tool(s2mel_pth, tmp_path, capsys):
     text = capsys.readouterr().out
     assert "cfm.estimator.bogus.weight" in text and "unknown" in text
     assert "MISSING cfm.estimator.conv1.bias" in text and "REFUSE" in text
-    L.convert_checkpoint(s2mel_pth, tmp_path / "p.safetensors")
+    CK.convert_checkpoint(s2mel_pth, tmp_path / "p.safetensors")
     assert ins.main([str(tmp_path / "p.safetensors")]) == 0
     assert "indextts_fast fast pack" in capsys.readouterr().out
 
@@ -202,12 +204,12 @@ def test_inspect_refuses_a_pack_that_load_pack_refuses(gpt_sd, tmp_path, capsys)
     from safetensors.torch import save_file
 
     torch.save(gpt_sd, tmp_path / "gpt.pth")
-    L.convert_checkpoint(tmp_path / "gpt.pth", tmp_path / "good.safetensors")
-    tensors, meta = L.read_pack(tmp_path / "good.safetensors")
+    CK.convert_checkpoint(tmp_path / "gpt.pth", tmp_path / "good.safetensors")
+    tensors, meta = CK.read_pack(tmp_path / "good.safetensors")
     del tensors["h.1.fc.b"]
     save_file(tensors, tmp_path / "bad.safetensors", metadata=meta)  # readable, but not what its metadata says
     with pytest.raises(L.CheckpointError, match=r"missing h\.1\.fc\.b"):
-        L.load_pack(tmp_path / "bad.safetensors")
+        CK.load_pack(tmp_path / "bad.safetensors")
     assert _tool("inspect_checkpoint").main([str(tmp_path / "bad.safetensors")]) == 2
     line = _one_line(capsys.readouterr().err, "error: ")
     assert line == f"error: {tmp_path / 'bad.safetensors'}: pack does not match its own metadata: missing h.1.fc.b"
@@ -256,3 +258,158 @@ def test_convert_tool_says_when_heads_are_assumed(gpt_sd, tmp_path, capsys):
     ins = _tool("inspect_checkpoint")
     assert ins.main([str(tmp_path / "gpt.pth")]) == 0
     assert "heads = width 64 // 64 = 1 assumed" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Bad arguments, environment values and input files: one to three lines on stderr naming the problem, exit status 2,
+# no traceback, from both tools.
+# ----------------------------------------------------------------------------------------------------------------------
+def _run_main(capsys, name, *argv):
+    """(exit status, stderr) of the tool's main() run in-process (argparse's SystemExit included)."""
+    try:
+        rc = _tool(name).main([str(a) for a in argv])
+    except SystemExit as e:
+        rc = e.code
+    return rc, capsys.readouterr().err
+
+
+def _refused_cleanly(rc, err, *names):
+    lines = err.strip().splitlines()
+    assert rc == 2 and "Traceback" not in err and 1 <= len(lines) <= 3, (rc, err)
+    for n in names:
+        assert str(n) in err, (n, err)
+
+
+def _bad_checkpoint(case, path):
+    """A file named ``path`` that is no IndexTTS2 checkpoint: (the file or a stand-in, what the message names)."""
+    if case == "list":
+        torch.save([1, 2, 3], path)
+        return path, "top level is a list, expected a dict"
+    if case == "non_tensors":
+        torch.save({"a": 1, "b": "x"}, path)
+        return path, "non-tensor entries ['a', 'b']"
+    if case == "pickled_module":
+        torch.save({"gpt.h.0.ln_1.weight": torch.nn.Linear(2, 2)}, path)
+        return path, "pickled Python objects that a weights-only load refuses"
+    if case == "empty":
+        path.write_bytes(b"")
+        return path, "the file is empty (0 bytes)"
+    if case == "random_bytes":
+        path.write_bytes(torch.randint(0, 256, (4096,), generator=torch.Generator().manual_seed(0)).byte().numpy())
+        return path, "not a torch.save zip archive"
+    if case == "directory":
+        path.mkdir()
+        return path, "a directory, not a file"
+    if case == "name_too_long":
+        path = path.with_name("x" * 300 + ".pth")
+        return path, "File name too long"
+    if case == "not_utf8":
+        torch.save(lf.build_gpt_core()[1], path)
+        path = path.rename(path.with_name(os.fsdecode(b"gpt\xff.pth")))
+        return path, "the file name is not valid UTF-8"
+    raise ValueError(case)
+
+
+BAD_CHECKPOINTS = ["list", "non_tensors", "pickled_module", "empty", "random_bytes", "directory", "name_too_long",
+                   "not_utf8"]  # fmt: skip
+
+
+@pytest.mark.parametrize("tool", ["convert_checkpoint", "inspect_checkpoint"])
+@pytest.mark.parametrize("case", BAD_CHECKPOINTS)
+def test_tools_refuse_a_bad_checkpoint_file(tmp_path, capsys, tool, case):
+    src, problem = _bad_checkpoint(case, tmp_path / "gpt.pth")
+    rc, err = _run_main(capsys, tool, src)
+    _refused_cleanly(rc, err, problem, tmp_path)  # the message names the file by its path
+    assert sorted(p.name for p in tmp_path.iterdir()) == ([src.name] if os.path.exists(src) else []), "a file written"
+
+
+@pytest.mark.parametrize("tool", ["convert_checkpoint", "inspect_checkpoint"])
+def test_tools_refuse_an_unreadable_file(gpt_sd, tmp_path, capsys, monkeypatch, tool):
+    src = tmp_path / "gpt.pth"
+    torch.save(gpt_sd, src)
+    src.chmod(0)
+    if os.geteuid() == 0:  # root reads through mode 000: what any other user meets, from os.access
+        real = os.access
+        monkeypatch.setattr(os, "access", lambda p, mode, **kw: Path(p) != src and real(p, mode, **kw))
+    try:
+        rc, err = _run_main(capsys, tool, src)
+    finally:
+        src.chmod(0o644)
+    _refused_cleanly(rc, err, f"{src}: unreadable (permission denied)")
+
+
+BAD_CONFIGS = {  # the YAML, what the message names
+    "invalid_yaml": ("gpt: [1, 2\n", "not valid YAML"),
+    "yaml_list": ("- 1\n- 2\n", "not a YAML mapping (a list at the top level)"),
+    "no_gpt_section": ("s2mel: {}\n", "no 'gpt' section"),
+}
+
+
+@pytest.mark.parametrize("tool", ["convert_checkpoint", "inspect_checkpoint"])
+@pytest.mark.parametrize("case", sorted(BAD_CONFIGS))
+def test_tools_refuse_a_bad_config(gpt_sd, tmp_path, capsys, tool, case):
+    contents, problem = BAD_CONFIGS[case]
+    torch.save(gpt_sd, tmp_path / "gpt.pth")
+    (tmp_path / "config.yaml").write_text(contents)
+    rc, err = _run_main(capsys, tool, tmp_path / "gpt.pth", "--config", tmp_path / "config.yaml")
+    _refused_cleanly(rc, err, f"{tmp_path / 'config.yaml'}: ", problem)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml", "gpt.pth"]
+
+
+@pytest.mark.parametrize(
+    "tool, argv, problem",
+    [
+        ("convert_checkpoint", ["{gpt}", "--gpt-dtype", "float8"], "argument --gpt-dtype: invalid choice: 'float8'"),
+        ("inspect_checkpoint", ["{gpt}", "--gpt-dtype", "float8"], "argument --gpt-dtype: invalid choice: 'float8'"),
+        ("convert_checkpoint", [], "the following arguments are required: src"),
+        ("inspect_checkpoint", [], "the following arguments are required: path"),
+        ("convert_checkpoint", ["{gpt}", "--bogus"], "unrecognized arguments: --bogus"),
+        ("inspect_checkpoint", ["{gpt}", "out.safetensors"], "unrecognized arguments: out.safetensors"),
+        ("convert_checkpoint", [""], ".: unreadable (a directory, not a file)"),
+        ("convert_checkpoint", ["/"], "/: unreadable (a directory, not a file)"),
+        ("convert_checkpoint", ["{gpt}", "{tmp}/" + "y" * 300 + ".safetensors"], "File name too long"),
+        ("convert_checkpoint", ["{gpt}", "{tmp}/out.pth"], "a fast pack is a .safetensors file"),
+        ("convert_checkpoint", ["{gpt}", "{tmp}/nodir/out.safetensors"], "nodir does not exist"),
+        ("inspect_checkpoint", ["{gpt}", "--config", "{tmp}/none.yaml"], "none.yaml: no such file"),
+    ],
+)
+def test_tools_refuse_bad_arguments(gpt_sd, tmp_path, capsys, tool, argv, problem):
+    torch.save(gpt_sd, tmp_path / "gpt.pth")
+    argv = [a.format(gpt=tmp_path / "gpt.pth", tmp=tmp_path) for a in argv]
+    rc, err = _run_main(capsys, tool, *argv)
+    _refused_cleanly(rc, err, problem)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gpt.pth"]
+
+
+def _run_tool(name, *argv, env=None, cwd=None):
+    """The tool run as a program (environment variables are read when it starts)."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, str(TOOLS / f"{name}.py"), *map(str, argv)], capture_output=True, text=True,
+                          env=env, cwd=cwd, timeout=300)  # fmt: skip
+
+
+def test_tools_ignore_the_backend_variable(gpt_sd, tmp_path):
+    """INDEXTTS_FAST_BACKEND=bogus: the op backend, which no tool uses, changes nothing (no traceback either way)."""
+    from .test_loader_errors import gpt_core_config
+
+    torch.save(gpt_sd, tmp_path / "gpt.pth")
+    cfg = gpt_core_config(tmp_path / "config.yaml")
+    env = {"INDEXTTS_FAST_BACKEND": "bogus"}
+    p = _run_tool("convert_checkpoint", tmp_path / "gpt.pth", "--config", cfg, env=env)
+    assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr
+    p = _run_tool("inspect_checkpoint", tmp_path / "gpt.fast.safetensors", env=env)
+    assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr
+    p = _run_tool("inspect_checkpoint", tmp_path / "nope.pth", env=env)
+    _refused_cleanly(p.returncode, p.stderr, "nope.pth: no such file")
+
+
+@pytest.mark.parametrize("tool", ["convert_checkpoint", "inspect_checkpoint"])
+def test_tools_refuse_a_tqdm_variable_torch_cannot_import_with(gpt_sd, tmp_path, tool):
+    """TQDM_MININTERVAL=abc: torch imports tqdm, which reads it and fails; refused naming the variable."""
+    torch.save(gpt_sd, tmp_path / "gpt.pth")
+    p = _run_tool(tool, tmp_path / "gpt.pth", env={"TQDM_MININTERVAL": "abc"})
+    _refused_cleanly(p.returncode, p.stderr, "TQDM_MININTERVAL='abc'", "could not convert string to float: 'abc'")
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["gpt.pth"]

@@ -5,15 +5,17 @@ into an indextts_fast fast pack (.safetensors in kernel layout).
     python tools/convert_checkpoint.py checkpoints/gpt.pth --config checkpoints/config.yaml
     python tools/convert_checkpoint.py checkpoints/s2mel.pth out/s2mel.fast.safetensors --config checkpoints/config.yaml
 
-Exit status 0 on success, 2 when the checkpoint, the config or the output is refused or cannot be written (one
-`refused:` line names the file, the keys or field, and the problem), 128 + the signal number when SIGTERM / SIGHUP
-stops the write (the temporary file is removed first), 130 on Ctrl-C. Library warnings (the head count assumed
-without a config.yaml, non-finite weights allowed) are printed as `warning:` lines.
+Exit status 0 on success, 2 when an argument is wrong, or the checkpoint, the config, an environment variable or the
+output is refused or cannot be written (one line on stderr: `refused:` names the file, the keys or field, and the
+problem), 128 + the signal number when SIGTERM / SIGHUP stops the write (the temporary file is removed first), 130
+on Ctrl-C. Library warnings (the head count assumed without a config.yaml, non-finite weights allowed) are printed
+as `warning:` lines.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 import warnings
@@ -21,13 +23,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from indextts_fast.loader import (  # noqa: E402
-    CheckpointError,
-    CheckpointWarning,
-    ConversionInterrupted,
-    convert_checkpoint,
-    gpt_policy,
-)
+try:
+    from indextts_fast.checkpoint import CheckpointWarning, convert_checkpoint, gpt_policy
+    from indextts_fast.checkpoint.cli import ArgumentParser, run
+except Exception as e:  # torch refuses to import: a broken install, or e.g. a TQDM_* value that tqdm cannot read
+    env = "".join(f" ({k}={v!r})" for k, v in os.environ.items() if k.startswith("TQDM_"))
+    print(f"error: cannot import indextts_fast: {type(e).__name__}: {e}{env}", file=sys.stderr)
+    sys.exit(2)
 
 
 def _progress(quiet: bool):
@@ -61,7 +63,7 @@ def _progress(quiet: bool):
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("src", type=Path, help="gpt.pth / s2mel.pth / .safetensors export")
     ap.add_argument("out", type=Path, nargs="?", help="output .safetensors (default: <src stem>.fast.safetensors)")
     ap.add_argument("--config", type=Path, help="config.yaml to check the dimensions against (and take head counts)")
@@ -78,34 +80,28 @@ def main(argv=None) -> int:
     )
     ap.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no summary")
     a = ap.parse_args(argv)
-    out = a.out or a.src.with_name(a.src.stem + ".fast.safetensors")
+    return run(lambda: _convert(a), "refused:")
+
+
+def _convert(a) -> int:
+    out = a.out or a.src.parent / (a.src.stem + ".fast.safetensors")
     policy = {"gpt": gpt_policy(a.gpt_dtype)} if a.gpt_dtype else None
     cb, close = _progress(a.quiet)
     t0 = time.perf_counter()
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", CheckpointWarning)
-            try:
-                rep = convert_checkpoint(
-                    a.src, out, config=a.config, overwrite=a.overwrite, policy=policy,
-                    stack_adaln=not a.split_adaln, allow_nonfinite=a.allow_nonfinite, progress=cb,
-                )  # fmt: skip
-            finally:
-                close()
-                for w in caught:
-                    if issubclass(w.category, CheckpointWarning):
-                        print(f"warning: {w.message}", file=sys.stderr)
-                    else:
-                        warnings.showwarning(w.message, w.category, w.filename, w.lineno)
-    except CheckpointError as e:
-        print(f"refused: {e}", file=sys.stderr)
-        return 2
-    except ConversionInterrupted as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 128 + e.signum
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", CheckpointWarning)
+        try:
+            rep = convert_checkpoint(
+                a.src, out, config=a.config, overwrite=a.overwrite, policy=policy,
+                stack_adaln=not a.split_adaln, allow_nonfinite=a.allow_nonfinite, progress=cb,
+            )  # fmt: skip
+        finally:
+            close()
+            for w in caught:
+                if issubclass(w.category, CheckpointWarning):
+                    print(f"warning: {w.message}", file=sys.stderr)
+                else:
+                    warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     dt = time.perf_counter() - t0
     if not a.quiet:
         print(rep.summary())

@@ -13,13 +13,15 @@ its metadata and tensors, checked as load_pack checks them.
     python tools/inspect_checkpoint.py checkpoints/gpt.pth --config checkpoints/config.yaml --gpt-dtype float32
 
 Exit status 0 when the converter (or load_pack) would accept the file, 1 when it would refuse the checkpoint, 2
-when the file cannot be read at all or the pack is refused (one `error:` line).
+when an argument is wrong, the file or the config cannot be read or is refused as such, or the pack is refused (one
+`error:` line on stderr), 130 on Ctrl-C.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import warnings
 from collections import Counter
@@ -27,17 +29,24 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from indextts_fast.loader import (  # noqa: E402
-    CheckpointError,
-    CheckpointWarning,
-    check_checkpoint,
-    check_pack,
-    gpt_policy,
-    load_config,
-    plan_checkpoint,
-    read_checkpoint,
-    read_pack,
-)
+try:
+    from indextts_fast.checkpoint import (
+        CheckpointError,
+        CheckpointWarning,
+        check_checkpoint,
+        check_pack,
+        config_dims,
+        gpt_policy,
+        load_config,
+        plan_checkpoint,
+        read_checkpoint,
+        read_pack,
+    )
+    from indextts_fast.checkpoint.cli import ArgumentParser, run
+except Exception as e:  # torch refuses to import: a broken install, or e.g. a TQDM_* value that tqdm cannot read
+    env = "".join(f" ({k}={v!r})" for k, v in os.environ.items() if k.startswith("TQDM_"))
+    print(f"error: cannot import indextts_fast: {type(e).__name__}: {e}{env}", file=sys.stderr)
+    sys.exit(2)
 
 
 def _dt(t) -> str:
@@ -86,6 +95,8 @@ def verdict(sd, kind: str, config, gpt_dtype, split_adaln: bool) -> tuple[str | 
 
 def inspect_checkpoint(path: Path, a, config) -> int:
     kind, sd = read_checkpoint(path)
+    if config is not None:
+        config_dims(kind, config)  # a config refused as such (not YAML, no gpt section, ...) is an error, not a verdict
     plan = plan_checkpoint(sd, kind, stack_adaln=not a.split_adaln)
     refusal, notes = verdict(sd, kind, config, a.gpt_dtype, a.split_adaln)
     if a.json:
@@ -121,7 +132,7 @@ def inspect_checkpoint(path: Path, a, config) -> int:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("path", type=Path)
     ap.add_argument("--keys", action="store_true", help="list every key, not only the refused ones")
     ap.add_argument("--split-adaln", action="store_true", help="plan for the per-norm AdaLN layout")
@@ -134,13 +145,13 @@ def main(argv=None) -> int:
     )
     ap.add_argument("--json", action="store_true", help="print the plan and the verdict as JSON (checkpoints only)")
     a = ap.parse_args(argv)
-    try:
-        if _is_pack(a.path):
-            return inspect_pack(a.path, a.keys)
-        return inspect_checkpoint(a.path, a, load_config(a.config))
-    except CheckpointError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return run(lambda: _inspect(a), "error:")
+
+
+def _inspect(a) -> int:
+    if _is_pack(a.path):
+        return inspect_pack(a.path, a.keys)
+    return inspect_checkpoint(a.path, a, load_config(a.config))
 
 
 if __name__ == "__main__":

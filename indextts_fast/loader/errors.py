@@ -9,11 +9,3 @@ class CheckpointError(ValueError):
 
 class CheckpointWarning(UserWarning):
     """Something the loader accepted but a user should know: a head count assumed, non-finite weights allowed."""
-
-
-class ConversionInterrupted(KeyboardInterrupt):
-    """SIGTERM / SIGHUP arrived while a pack was being written; its temporary file has been removed."""
-
-    def __init__(self, message: str, signum: int):
-        super().__init__(message)
-        self.signum = signum

@@ -1,24 +1,25 @@
-"""Official state dict <-> fast-pack tensors: the table rules instantiated at the model's dimensions, the
-transforms and their exact inverses, the strict remap (from a file's state dict or a live module) and its
-inverse."""
+"""Official state dict -> fast-pack tensors: the table rules instantiated at the model's dimensions, the transforms,
+the steps of a strict remap (coverage, shapes and dtypes, transform and cast, finiteness) and the live remap they
+compose. The file remap composes the same steps with a dtype policy and the carried conditioning encoders
+(indextts_fast.checkpoint.remap)."""
 
 from __future__ import annotations
 
 import re
 import warnings
-from collections.abc import Callable, Mapping
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
 import torch
 
 from . import tables
-from .conditioning import _check_carried
-from .config import check_config, config_dims, model_dims
-from .containers import detect_kind, detect_version
+from .dims import detect_version, model_dims, settle_heads
 from .errors import CheckpointError, CheckpointWarning
-from .policy import FLOAT_DTYPES, _policy
-from .tables import Rule
+
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+ModuleOrStateDict = Union[torch.nn.Module, Mapping[str, torch.Tensor]]
 
 
 @dataclass(frozen=True)
@@ -34,24 +35,14 @@ def _eval_shape(expr: str, dims: dict[str, int]) -> tuple[int, ...]:
     return tuple(int(eval(p, {"__builtins__": {}}, dims)) for p in expr.split(","))  # noqa: S307 - table constants
 
 
-def _rules(kind: str, stack_adaln: bool) -> tuple[Rule, ...]:
-    if kind == "gpt":
-        return tables.GPT_RULES
-    adaln = tables.S2MEL_RULES_ADALN_STACKED if stack_adaln else tables.S2MEL_RULES_ADALN_SPLIT
-    return tables.S2MEL_RULES + adaln
-
-
-def expand_rules(kind: str, dims: dict[str, int], *, stack_adaln: bool = True, with_gpt_layer: bool = True,
-                 parts: Optional[tuple[str, ...]] = None) -> list[Entry]:  # fmt: skip
-    """Every table rule instantiated at these dimensions, in pack order; ``parts``: only the rules reading those
-    s2mel groups (cfm, length_regulator, gpt_layer)."""
+def expand_rules(
+    kind: str, dims: dict[str, int], *, parts: Optional[tuple[str, ...]] = None, stack_adaln: bool = True
+) -> list[Entry]:
+    """Every table rule instantiated at these dimensions, in pack order; ``parts``: the s2mel groups (default all)."""
     out: list[Entry] = []
     base = {"n3": 3 * dims.get("N", 0)}
-    for r in _rules(kind, stack_adaln):
-        if not with_gpt_layer and r.dst.startswith("gpt_layer."):
-            continue
-        if parts is not None and r.srcs[0].split(".", 1)[0] not in parts:
-            continue
+    rules = tables.GPT_RULES if kind == "gpt" else tables.s2mel_rules(parts or tables.S2MEL_PARTS, stack_adaln)
+    for r in rules:
         shapes = tuple(_eval_shape(s, dims) for s in r.shapes)
         if r.each:
             srcs, src_shapes = [], []
@@ -74,20 +65,8 @@ def _fold_wn(g: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return torch._weight_norm(v.float(), g.float(), 0)
 
 
-def _wn_norms(w: torch.Tensor, g_shape: tuple[int, ...]) -> torch.Tensor:
-    """||w|| over all dims but 0, computed by the same kernel _weight_norm uses, so that _fold_wn(norms, w) == w."""
-    if hasattr(torch, "_weight_norm_interface"):
-        return torch._weight_norm_interface(w, torch.ones(g_shape, dtype=w.dtype), 0)[1].reshape(g_shape)
-    return torch.norm_except_dim(w, 2, 0).reshape(g_shape)  # pragma: no cover
-
-
 def _taps(w: torch.Tensor) -> torch.Tensor:  # [out, in, k] -> [out, k*in], column j*in + c = w[:, c, j]
     return w.permute(0, 2, 1).reshape(w.shape[0], -1).contiguous()
-
-
-def _untaps(w: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
-    o, i, k = shape
-    return w.reshape(o, k, i).permute(0, 2, 1).contiguous()
 
 
 def _forward_op(op: str, xs: list[torch.Tensor]) -> torch.Tensor:
@@ -109,39 +88,12 @@ def _forward_op(op: str, xs: list[torch.Tensor]) -> torch.Tensor:
     raise ValueError(f"unknown op {op!r}")
 
 
-def _inverse_op(op: str, w: torch.Tensor, shapes: tuple[tuple[int, ...], ...]) -> list[torch.Tensor]:
-    if op == "copy":
-        return [w]
-    if op == "t":
-        return [w.t().contiguous()]
-    if op == "cat0":
-        return [p.contiguous() for p in torch.split(w, [s[0] for s in shapes], dim=0)]
-    if op in ("wn", "wn_taps"):
-        v = _untaps(w, shapes[1]) if op == "wn_taps" else w.reshape(shapes[1])
-        return [_wn_norms(v, shapes[0]), v.contiguous()]
-    if op == "taps":
-        return [_untaps(w, shapes[0])]
-    if op == "k1":
-        return [w.reshape(shapes[0])]
-    raise ValueError(f"unknown op {op!r}")
-
-
-def _dst_shape(e: Entry) -> tuple[int, ...]:
-    s = e.src_shapes
-    if e.op == "copy":
-        return s[0]
-    if e.op == "t":
-        return (s[0][1], s[0][0])
-    if e.op == "cat0":
-        return (sum(x[0] for x in s), *s[0][1:])
-    if e.op == "wn":
-        return s[1][:2]
-    if e.op in ("wn_taps", "taps"):
-        v = s[-1]
-        return (v[0], v[1] * v[2])
-    if e.op == "k1":
-        return s[0][:2]
-    raise ValueError(e.op)
+def transform(e: Entry, sd: Mapping[str, torch.Tensor], dtype: Optional[torch.dtype]) -> torch.Tensor:
+    """One entry's pack tensor: weight norm folded in fp32; cast to ``dtype``, or to the source's dtype when None
+    (then an identity transform returns the source tensor itself)."""
+    xs = [sd[s] for s in e.srcs]
+    w = _forward_op(e.op, [x.float() for x in xs] if e.op.startswith("wn") else xs)
+    return w.to(dtype or xs[-1].dtype).contiguous()
 
 
 @dataclass
@@ -153,163 +105,154 @@ class RemapReport:
     carried: list[str] = field(default_factory=list)
     ignored: list[tuple[str, str]] = field(default_factory=list)  # (key, why)
     nonfinite: list[str] = field(default_factory=list)
-    heads_from: str = "config.yaml"  # or "width // 64" (check_config warned)
+    heads_from: str = "config.yaml"  # or "module", or "width // 64" (settle_heads warned)
 
     @property
     def folded(self) -> list[str]:
         return [d for d, _, op in self.mapped if op.startswith("wn")]
 
     def summary(self) -> str:
-        ops: dict[str, int] = {}
-        for _, _, op in self.mapped:
-            ops[op] = ops.get(op, 0) + 1
-        srcs = sum(len(s) for _, s, _ in self.mapped)
+        ops, whys = Counter(op for _, _, op in self.mapped), Counter(why for _, why in self.ignored)
         lines = [
             f"{self.kind} checkpoint (IndexTTS {self.version}), dims {self.dims}",
-            f"  mapped:  {srcs} checkpoint tensors -> {len(self.mapped)} pack tensors, by transform {ops}",
+            f"  mapped:  {sum(len(s) for _, s, _ in self.mapped)} checkpoint tensors -> {len(self.mapped)} pack "
+            f"tensors, by transform {dict(ops)}",
             f"  folded:  {len(self.folded)} weight-norm pairs",
             f"  carried: {len(self.carried)} tensors verbatim (conditioning encoders)",
             f"  ignored: {len(self.ignored)} keys",
+            *(f"    {n} x {why}" for why, n in whys.items()),
         ]
-        whys: dict[str, int] = {}
-        for _, why in self.ignored:
-            whys[why] = whys.get(why, 0) + 1
-        lines += [f"    {n} x {why}" for why, n in whys.items()]
         if self.nonfinite:
             lines.append(f"  NON-FINITE (allowed): {self.nonfinite}")
         return "\n".join(lines)
 
 
-def _fmt_keys(keys, n: int = 12) -> str:
+def fmt_keys(keys, n: int = 12) -> str:
     keys = sorted(keys)
     return ", ".join(keys[:n]) + (f" (+{len(keys) - n} more)" if len(keys) > n else "")
 
 
-def plan_checkpoint(
-    sd: Mapping[str, torch.Tensor], kind: Optional[str] = None, *, stack_adaln: bool = True
-) -> dict[str, Any]:
-    """What remap_state_dict would do with each key, without transforming or raising (for inspection).
+# ---- the steps of a strict remap -------------------------------------------------------------------------------------
 
-    Returns {'kind', 'version', 'dims' (or None), 'error' (why dims could not be read, or None),
-    'actions': {key: (action, target)}, 'missing': [...], 'problems': [...] (width mismatches between the
-    conditioning encoders)}; action is one of mapped:<op>, carried, ignored, unknown, wrong-shape, wrong-dtype.
-    """
-    kind = kind or detect_kind(sd)
-    res: dict[str, Any] = {"kind": kind, "version": None, "dims": None, "error": None, "actions": {}, "missing": []}
-    if kind is None:
-        res["error"] = "neither a gpt.pth nor an s2mel.pth"
-        return res
-    res["version"] = detect_version(kind, sd)
-    try:
-        dims = model_dims(kind, sd)
-    except CheckpointError as e:
-        res["error"] = str(e)
-        dims = None
-    res["dims"] = dims
-    used: dict[str, tuple[str, str, tuple[int, ...]]] = {}
-    if dims is not None:
-        with_gl = any(k.startswith("gpt_layer.") for k in sd)
-        for e in expand_rules(kind, dims, stack_adaln=stack_adaln, with_gpt_layer=with_gl):
-            for s, shp in zip(e.srcs, e.src_shapes, strict=True):
-                used[s] = (e.op, e.dst, shp)
-    res["missing"] = [s for s in used if s not in sd]
-    ignore = tables.GPT_IGNORE if kind == "gpt" else tables.S2MEL_IGNORE
-    for k, v in sd.items():
-        if k in used:
-            op, dst, shp = used[k]
-            if tuple(v.shape) != shp:
-                res["actions"][k] = ("wrong-shape", f"expected {list(shp)}")
-            elif v.dtype not in FLOAT_DTYPES:
-                res["actions"][k] = ("wrong-dtype", str(v.dtype))
-            else:
-                res["actions"][k] = (f"mapped:{op}", dst)
-        elif kind == "gpt" and tables.full_match(tables.GPT_CARRY, k):
-            res["actions"][k] = ("carried", "cond." + k) if v.dtype in FLOAT_DTYPES else ("wrong-dtype", str(v.dtype))
-        elif (why := next((w for p, w in ignore if re.fullmatch(p, k)), None)) is not None and (
-            dims is None or _layer_of(kind, k) < dims["L"]
-        ):
-            res["actions"][k] = ("ignored", why)
-        elif kind == "gpt" and tables.full_match(tables.GPT_25_MARKERS, k):
-            res["actions"][k] = ("unknown", "IndexTTS-2.5 key: no verified table")
-        else:
-            res["actions"][k] = ("unknown", "")
-    res["problems"] = []
-    if kind == "gpt" and dims is not None:  # the conditioning encoders' completeness and shapes
-        carried = [k for k, (a, _) in res["actions"].items() if a == "carried"]
-        c_missing, c_wrong, c_unknown = _check_carried(sd, carried, dims, None)
-        res["missing"] += c_missing
-        for k in c_unknown:
-            res["actions"][k] = ("unknown", "")
-        for msg in c_wrong:
-            k, _, why = msg.partition(" ")
-            if k in res["actions"]:
-                res["actions"][k] = ("wrong-shape", why)
-            else:
-                res["problems"].append(msg)
-    return res
+
+def select_parts(kind: str, parts: Optional[tuple[str, ...]], sd: Mapping[str, Any]) -> Optional[tuple[str, ...]]:
+    """The s2mel groups a remap covers: ``parts``, else those of ``sd`` (gpt_layer is optional); None for the GPT."""
+    if kind != "s2mel":
+        if parts is not None:
+            raise ValueError("parts= selects s2mel groups; a gpt remap has none")
+        return None
+    if parts is None:
+        return tuple(p for p in tables.S2MEL_PARTS if p != "gpt_layer" or any(k.startswith("gpt_layer.") for k in sd))
+    if not parts or set(parts) - set(tables.S2MEL_PARTS):
+        raise ValueError(f"parts={tuple(parts)!r}: expected a non-empty subset of {tables.S2MEL_PARTS}")
+    return tuple(parts)
+
+
+def refuse_unsupported(kind: str, sd: Mapping[str, Any]) -> None:
+    if kind == "gpt" and detect_version(kind, sd) == "2.5":
+        markers = [k for k in sd if tables.full_match(tables.GPT_25_MARKERS, k)]
+        raise CheckpointError(
+            f"IndexTTS-2.5 gpt.pth detected ({fmt_keys(markers, 4)}): the reference module code has no 2.5 "
+            "UnifiedVoice, so no verified key table exists for it"
+        )
 
 
 _LAYER_KEY = {
     "gpt": re.compile(r"gpt\.h\.(\d+)\."),
     "s2mel": re.compile(r"cfm\.estimator\.transformer\.layers\.(\d+)\."),
 }
-
-
-def _layer_of(kind: str, key: str) -> int:
-    """The transformer layer a key belongs to (-1 for keys outside the layers)."""
-    m = _LAYER_KEY[kind].match(key)
-    return int(m.group(1)) if m else -1
-
-
-def remap_state_dict(
-    sd: Mapping[str, torch.Tensor],
-    kind: Optional[str] = None,
-    *,
-    config: Optional[dict] = None,
-    policy: Optional[Mapping[str, str]] = None,
-    stack_adaln: bool = True,
-    allow_nonfinite: bool = False,
-    progress: Optional[Callable[[int, int, str], None]] = None,
-) -> tuple[dict[str, torch.Tensor], RemapReport]:
-    """Official flat state dict -> {pack name: tensor in kernel layout}, strictly validated.
-
-    Raises CheckpointError naming every missing key, unknown key, wrong shape, wrong dtype and (unless
-    allow_nonfinite) every tensor holding NaN or inf after its transform and dtype cast (a weight_v of zero norm
-    folds to NaN; 1e6 overflows fp16).
-    """
-    return _remap(sd, kind, config=config, policy=policy, stack_adaln=stack_adaln, allow_nonfinite=allow_nonfinite,
-                  progress=progress)  # fmt: skip
-
-
-def check_checkpoint(
-    sd: Mapping[str, torch.Tensor],
-    kind: Optional[str] = None,
-    *,
-    config: Optional[dict] = None,
-    policy: Optional[Mapping[str, str]] = None,
-    stack_adaln: bool = True,
-    allow_nonfinite: bool = False,
-) -> RemapReport:
-    """Every check of remap_state_dict, the values after transform and cast included, one tensor at a time and
-    nothing kept: the report if the checkpoint would convert, else the CheckpointError conversion raises."""
-    return _remap(sd, kind, config=config, policy=policy, stack_adaln=stack_adaln, allow_nonfinite=allow_nonfinite,
-                  keep=False)[1]  # fmt: skip
-
-
-_S2MEL_PARTS = tuple(g for g, _ in tables.S2MEL_GROUPS)
 _LIVE_CARRY = "conditioning encoder: stays in the official module (not carried by remap_live)"
 
 
+def ignored_why(kind: str, key: str, layers: Optional[int]) -> Optional[str]:
+    """Why the ignore list drops ``key``; None when it is not on the list or belongs to a layer >= ``layers``."""
+    ignore = tables.GPT_IGNORE if kind == "gpt" else tables.S2MEL_IGNORE
+    why = next((w for p, w in ignore if re.fullmatch(p, key)), None)
+    m = _LAYER_KEY[kind].match(key)
+    return None if why is None or (layers is not None and m and int(m.group(1)) >= layers) else why
+
+
+def classify(
+    sd: Mapping[str, torch.Tensor], kind: str, entries: list[Entry], dims: dict[str, int],
+    parts: Optional[tuple[str, ...]], *, carry: bool,
+) -> tuple[list[str], list[str], list[tuple[str, str]], list[str]]:  # fmt: skip
+    """Coverage: (missing, carried, ignored [(key, why)], unknown). Every entry's sources are present, each consumed
+    by one entry; every other key is carried (the GPT's conditioning encoders, with ``carry``; without, they are
+    ignored: they stay in the module), on the ignore list (of a layer the model has), outside ``parts``, or unknown."""
+    used = [s for e in entries for s in e.srcs]
+    seen, dup = set(used), sorted(k for k, n in Counter(used).items() if n > 1)
+    if dup:  # a bug in tables.py, not in the file
+        raise RuntimeError(f"the key tables consume these keys twice: {dup}")
+    carried, ignored, unknown = [], [], []
+    for k in sd:
+        group = k.split(".", 1)[0]
+        if k in seen:
+            continue
+        if parts is not None and group in tables.S2MEL_PARTS and group not in parts:
+            ignored.append((k, f"outside parts={parts}"))
+        elif kind == "gpt" and tables.full_match(tables.GPT_CARRY, k) and carry:
+            carried.append(k)
+        elif kind == "gpt" and tables.full_match(tables.GPT_CARRY, k):
+            ignored.append((k, _LIVE_CARRY))
+        elif (why := ignored_why(kind, k, dims.get("L", 0))) is not None:
+            ignored.append((k, why))
+        else:
+            unknown.append(k)
+    return [s for s in used if s not in sd], carried, ignored, unknown
+
+
+def reject(
+    what: str, sd: Mapping[str, torch.Tensor], entries: list[Entry], missing: list[str], unknown: list[str],
+    carried: Sequence[str] = (), carry_wrong: Sequence[str] = (),
+) -> None:  # fmt: skip
+    """The CheckpointError ``<what> checkpoint rejected: ...`` naming every missing and unknown key and every wrong
+    shape and dtype (of the entries' sources and the ``carried`` keys); nothing when all is well."""
+    srcs = [(s, shp) for e in entries for s, shp in zip(e.srcs, e.src_shapes, strict=True) if s in sd]
+    shape = [f"{s} {list(sd[s].shape)} (expected {list(shp)})" for s, shp in srcs if tuple(sd[s].shape) != shp]
+    dtype = [k for k in [s for s, _ in srcs] + [k for k in carried if k in sd] if sd[k].dtype not in FLOAT_DTYPES]
+    problems = {
+        "missing keys": (missing, 12),
+        "unknown keys (not in the tables, the carry list or the ignore list)": (unknown, 12),
+        "wrong shape": (shape + list(carry_wrong), 8),
+        "wrong dtype (expected float32/float16/bfloat16)": ([f"{k} {str(sd[k].dtype)[6:]}" for k in dtype], 8),
+    }
+    if any(keys for keys, _ in problems.values()):
+        found = "; ".join(f"{msg}: {fmt_keys(keys, n)}" for msg, (keys, n) in problems.items() if keys)
+        raise CheckpointError(f"{what} checkpoint rejected: {found}")
+
+
+def finite_flag(e: Entry, w: torch.Tensor) -> tuple[str, torch.Tensor]:
+    """(the name judge_finite reports, a 0-d flag left on the device: all flags are judged with one sync)."""
+    srcs = ", ".join(e.srcs) if len(e.srcs) <= 2 else e.srcs[0] + ", ..."
+    return f"{e.dst} (from {srcs})", torch.isfinite(w).all()
+
+
+def judge_finite(kind: str, flags: list[tuple[str, torch.Tensor]], allow: bool, stacklevel: int) -> list[str]:
+    """The names whose tensor holds NaN or inf: a CheckpointError, or with ``allow`` a CheckpointWarning."""
+    nonfinite = [name for name, ok in flags if not bool(ok)]
+    if nonfinite and not allow:
+        raise CheckpointError(
+            f"{kind} checkpoint rejected: non-finite values (NaN or inf, possibly after the dtype cast) in "
+            f"{fmt_keys(nonfinite, 8)}; pass allow_nonfinite=True (--allow-nonfinite) to convert anyway"
+        )
+    if nonfinite:
+        warnings.warn(f"non-finite weights allowed in: {fmt_keys(nonfinite, 8)}", CheckpointWarning, stacklevel + 1)
+    return nonfinite
+
+
+# ---- the live remap --------------------------------------------------------------------------------------------------
+
+
 def remap_live(
-    module_or_state_dict: Union[torch.nn.Module, Mapping[str, torch.Tensor]],
+    module_or_state_dict: ModuleOrStateDict,
     kind: str,
     *,
     parts: Optional[tuple[str, ...]] = None,
-    config: Optional[dict] = None,
     stack_adaln: bool = True,
     allow_nonfinite: bool = False,
 ) -> tuple[dict[str, torch.Tensor], RemapReport]:
-    """A live official module (or its state dict) -> ({pack name: tensor}, report), as remap_state_dict, except:
+    """A live official module (or its state dict) -> ({pack name: tensor}, report), as the converter's remap
+    (indextts_fast.checkpoint.remap_state_dict), except:
 
     * every tensor keeps its own dtype and device (no dtype policy; weight norm folds in fp32 as in a conversion
       and returns the source dtype); the identity transforms (copy, the k1 reshape) return views of the live
@@ -321,11 +264,22 @@ def remap_live(
       gpt_layer.*), a CFM (estimator.*) or a lone DiT (its own keys), whose keys are prefixed to those names;
       ``parts`` restricts the remap and its coverage checks to some of cfm / length_regulator / gpt_layer (keys of
       the other groups are listed as ignored); a CFM or a DiT alone defaults to ("cfm",);
-    * the head count is the module's own when a module is given; for a state dict, config.yaml's or width // 64.
+    * the head count is the module's own when a module is given, else width // 64 with a CheckpointWarning
+      (indextts_fast.checkpoint.remap_live takes it from config.yaml and checks the dimensions against it).
 
-    Strictness is remap_state_dict's: unknown or missing keys, wrong shapes or dtypes, and non-finite values are
+    Strictness is the converter's: unknown or missing keys, wrong shapes or dtypes, and non-finite values are
     CheckpointErrors naming them.
     """
+    sd, parts, heads = live_source(module_or_state_dict, kind, parts)
+    dims = settle_heads(kind, model_dims(kind, sd, heads, parts=parts), heads, stacklevel=2)
+    heads_from = "module" if heads else "width // 64"
+    return remap_live_at(sd, kind, dims, parts, heads_from, stack_adaln=stack_adaln, allow_nonfinite=allow_nonfinite)
+
+
+def live_source(
+    module_or_state_dict: ModuleOrStateDict, kind: str, parts: Optional[tuple[str, ...]]
+) -> tuple[dict[str, torch.Tensor], Optional[tuple[str, ...]], Optional[int]]:
+    """(the detached state dict under the flattened s2mel names, the parts remapped, the module's head count)."""
     module = module_or_state_dict if isinstance(module_or_state_dict, torch.nn.Module) else None
     sd = module.state_dict() if module is not None else module_or_state_dict
     if not isinstance(sd, Mapping):
@@ -334,20 +288,19 @@ def remap_live(
         raise ValueError(f"remap_live: kind must be 'gpt' or 's2mel', got {kind!r}")
     bad = [str(k) for k, v in sd.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
     if bad:
-        raise CheckpointError(f"live {kind} state dict holds non-tensor entries {_fmt_keys(bad, 8)}")
+        raise CheckpointError(f"live {kind} state dict holds non-tensor entries {fmt_keys(bad, 8)}")
     prefix = _live_prefix(kind, sd)
-    if parts is None and prefix:
-        parts = ("cfm",)
     heads = _live_heads(module, kind, prefix) if module is not None else None
     sd = {prefix + k: v.detach() for k, v in sd.items()}
-    return _remap(sd, kind, config=config, stack_adaln=stack_adaln, allow_nonfinite=allow_nonfinite, live=True,
-                  parts=parts, heads=heads)  # fmt: skip
+    parts = select_parts(kind, ("cfm",) if parts is None and prefix else parts, sd)
+    refuse_unsupported(kind, sd)
+    return sd, parts, heads
 
 
 def _live_prefix(kind: str, sd: Mapping[str, Any]) -> str:
     """What turns a live module's keys into the flattened s2mel names: '' (MyModel.models), 'cfm.' (a CFM) or
     'cfm.estimator.' (a lone DiT)."""
-    if kind == "gpt" or any(k.split(".", 1)[0] in _S2MEL_PARTS for k in sd):
+    if kind == "gpt" or any(k.split(".", 1)[0] in tables.S2MEL_PARTS for k in sd):
         return ""
     if sd and all(k.startswith("models.") for k in sd):
         raise CheckpointError("live s2mel: the keys models.* are MyModel's own; pass MyModel.models")
@@ -365,26 +318,6 @@ def _live_heads(module: torch.nn.Module, kind: str, prefix: str) -> Optional[int
     return n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else None
 
 
-def _select_parts(kind: str, parts: Optional[tuple[str, ...]]) -> Optional[tuple[str, ...]]:
-    if parts is None:
-        return None
-    if kind != "s2mel":
-        raise ValueError("parts= selects s2mel groups; a gpt remap has none")
-    parts = tuple(parts)
-    unknown = [p for p in parts if p not in _S2MEL_PARTS]
-    if not parts or unknown:
-        raise ValueError(f"parts={parts!r}: expected a non-empty subset of {_S2MEL_PARTS}")
-    return parts
-
-
-def _transform(e: Entry, sd: Mapping[str, torch.Tensor], dtype: Optional[torch.dtype]) -> torch.Tensor:
-    """One entry's pack tensor: weight norm folded in fp32; cast to ``dtype``, or to the source's dtype when None
-    (then an identity transform returns the source tensor itself)."""
-    xs = [sd[s] for s in e.srcs]
-    w = _forward_op(e.op, [x.float() for x in xs] if e.op.startswith("wn") else xs)
-    return w.to(dtype or xs[-1].dtype).contiguous()
-
-
 def _aliases(sd: Mapping[str, torch.Tensor], known: list[str]) -> dict[str, str]:
     """{key: the known key whose tensor it is (same storage, offset, shape, strides and dtype)}."""
 
@@ -398,155 +331,22 @@ def _aliases(sd: Mapping[str, torch.Tensor], known: list[str]) -> dict[str, str]
     return {k: primary[i] for k in sd if k not in known and (i := ident(sd[k])) in primary}
 
 
-def _remap(
-    sd: Mapping[str, torch.Tensor],
-    kind: Optional[str],
-    *,
-    config: Optional[dict] = None,
-    policy: Optional[Mapping[str, str]] = None,
-    stack_adaln: bool = True,
-    allow_nonfinite: bool = False,
-    progress: Optional[Callable[[int, int, str], None]] = None,
-    keep: bool = True,
-    live: bool = False,
-    parts: Optional[tuple[str, ...]] = None,
-    heads: Optional[int] = None,
-) -> tuple[dict[str, torch.Tensor], RemapReport]:
-    """The one remap behind remap_state_dict (keep), check_checkpoint (not keep) and remap_live (live: source
-    dtypes, no carry, aliases allowed; ``parts``, ``heads`` from the module)."""
-    kind = kind or detect_kind(sd)
-    if kind not in ("gpt", "s2mel"):
-        raise CheckpointError("cannot tell a gpt.pth from an s2mel.pth: no 'gpt.h.*' and no 'cfm.estimator.*' keys")
-    parts = _select_parts(kind, parts)
-    version = detect_version(kind, sd)
-    if kind == "gpt" and version == "2.5":
-        markers = [k for k in sd if tables.full_match(tables.GPT_25_MARKERS, k)]
-        raise CheckpointError(
-            f"IndexTTS-2.5 gpt.pth detected ({_fmt_keys(markers, 4)}): the reference module code has no 2.5 "
-            "UnifiedVoice, so no verified key table exists for it"
-        )
-    dims = check_config(kind, model_dims(kind, sd, heads, parts=parts), config, heads=heads)
-    pol = None if live else _policy(kind, policy)
-    with_gl = "gpt_layer" in parts if parts is not None else any(k.startswith("gpt_layer.") for k in sd)
-    entries = expand_rules(kind, dims, stack_adaln=stack_adaln, with_gpt_layer=with_gl, parts=parts)
-    from_config = config is not None and "heads" in config_dims(kind, config)
-    heads_from = "module" if heads else "config.yaml" if from_config else "width // 64"
-    report = RemapReport(kind, version, dims, heads_from=heads_from)
-
-    # 1. coverage: every entry's sources present exactly once, every key accounted for
-    used: dict[str, str] = {}
-    dup = []
-    for e in entries:
-        for s in e.srcs:
-            if s in used:
-                dup.append(s)
-            used[s] = e.dst
-    if dup:  # a bug in tables.py, not in the file
-        raise RuntimeError(f"the key tables consume these keys twice: {dup}")
-    missing = [s for s in used if s not in sd]
-    carried, ignored, unknown = [], [], []
-    ignore = tables.GPT_IGNORE if kind == "gpt" else tables.S2MEL_IGNORE
-    for k in sd:
-        if k in used:
-            continue
-        if parts is not None and k.split(".", 1)[0] in _S2MEL_PARTS and k.split(".", 1)[0] not in parts:
-            ignored.append((k, f"outside parts={parts}"))
-        elif kind == "gpt" and tables.full_match(tables.GPT_CARRY, k) and live:
-            ignored.append((k, _LIVE_CARRY))
-        elif kind == "gpt" and tables.full_match(tables.GPT_CARRY, k):
-            carried.append(k)
-        elif (why := next((w for p, w in ignore if re.fullmatch(p, k)), None)) is not None and _layer_of(
-            kind, k
-        ) < dims.get("L", 0):  # an ignored key of a layer the model has
-            ignored.append((k, why))
-        else:
-            unknown.append(k)
-    if live and unknown:  # the same tensor under a second name
+def remap_live_at(
+    sd: Mapping[str, torch.Tensor], kind: str, dims: dict[str, int], parts: Optional[tuple[str, ...]],
+    heads_from: str, *, stack_adaln: bool = True, allow_nonfinite: bool = False,
+) -> tuple[dict[str, torch.Tensor], RemapReport]:  # fmt: skip
+    """The live remap at settled dimensions: coverage (aliases and the conditioning encoders ignored), shapes and
+    dtypes, the transforms in the source dtype, finiteness."""
+    entries = expand_rules(kind, dims, parts=parts, stack_adaln=stack_adaln)
+    missing, _, ignored, unknown = classify(sd, kind, entries, dims, parts, carry=False)
+    if unknown:  # the same tensor under a second name
+        used = {s for e in entries for s in e.srcs}
         alias = _aliases(sd, [k for k in sd if k in used] + [k for k, _ in ignored])
         ignored += [(k, f"alias of {alias[k]} (the same tensor)") for k in unknown if k in alias]
         unknown = [k for k in unknown if k not in alias]
-    carry_wrong: list[str] = []
-    if kind == "gpt" and not live:
-        c_missing, carry_wrong, c_unknown = _check_carried(sd, carried, dims, config)
-        missing += c_missing
-        unknown += c_unknown
-    problems = []
-    if missing:
-        problems.append(f"missing keys: {_fmt_keys(missing)}")
-    if unknown:
-        problems.append(f"unknown keys (not in the tables, the carry list or the ignore list): {_fmt_keys(unknown)}")
-    # 2. shapes and dtypes
-    wrong_shape, wrong_dtype = [], []
-    for e in entries:
-        for s, shp in zip(e.srcs, e.src_shapes, strict=True):
-            if s in sd and tuple(sd[s].shape) != shp:
-                wrong_shape.append(f"{s} {list(sd[s].shape)} (expected {list(shp)})")
-    for k in list(used) + carried:
-        if k in sd and sd[k].dtype not in FLOAT_DTYPES:
-            wrong_dtype.append(f"{k} {str(sd[k].dtype).replace('torch.', '')}")
-    wrong_shape += carry_wrong
-    if wrong_shape:
-        problems.append(f"wrong shape: {_fmt_keys(wrong_shape, 8)}")
-    if wrong_dtype:
-        problems.append(f"wrong dtype (expected float32/float16/bfloat16): {_fmt_keys(wrong_dtype, 8)}")
-    if problems:
-        raise CheckpointError(f"{'live ' if live else ''}{kind} checkpoint rejected: " + "; ".join(problems))
-
-    # 3. transform, cast, finiteness (judged once at the end: one device sync for live CUDA tensors)
-    out: dict[str, torch.Tensor] = {}
-    total = len(entries) + len(carried)
-    finite: list[tuple[str, torch.Tensor]] = []
-    for n, e in enumerate(entries):
-        w = _transform(e, sd, None if pol is None else getattr(torch, pol[e.cls]))
-        if keep and not live and w.data_ptr() == sd[e.srcs[0]].data_ptr():
-            w = w.clone()  # never alias an mmap'd source
-        srcs = ", ".join(e.srcs) if len(e.srcs) <= 2 else e.srcs[0] + ", ..."
-        finite.append((f"{e.dst} (from {srcs})", torch.isfinite(w).all()))
-        if keep:
-            out[e.dst] = w
-        report.mapped.append((e.dst, e.srcs, e.op))
-        if progress:
-            progress(n + 1, total, e.dst)
-    for n, k in enumerate(sorted(carried)):
-        w = sd[k].to(getattr(torch, pol["carry"])).clone().contiguous()
-        finite.append((k, torch.isfinite(w).all()))
-        if keep:
-            out["cond." + k] = w
-        report.carried.append(k)
-        if progress:
-            progress(len(entries) + n + 1, total, "cond." + k)
-    report.ignored = ignored
-    nonfinite = [name for name, ok in finite if not bool(ok)]
-    if nonfinite:
-        if not allow_nonfinite:
-            raise CheckpointError(
-                f"{kind} checkpoint rejected: non-finite values (NaN or inf, possibly after the dtype cast) in "
-                f"{_fmt_keys(nonfinite, 8)}; pass allow_nonfinite=True (--allow-nonfinite) to convert anyway"
-            )
-        report.nonfinite = nonfinite
-        warnings.warn(f"non-finite weights allowed in: {_fmt_keys(nonfinite, 8)}", CheckpointWarning, stacklevel=3)
+    reject(f"live {kind}", sd, entries, missing, unknown)
+    out = {e.dst: transform(e, sd, None) for e in entries}
+    report = RemapReport(kind, detect_version(kind, sd), dims, [(e.dst, e.srcs, e.op) for e in entries],
+                         ignored=ignored, heads_from=heads_from)  # fmt: skip
+    report.nonfinite = judge_finite(kind, [finite_flag(e, out[e.dst]) for e in entries], allow_nonfinite, 3)
     return out, report
-
-
-def inverse_remap(
-    pack: Mapping[str, torch.Tensor],
-    kind: str,
-    dims: dict[str, int],
-    *,
-    stack_adaln: bool = True,
-    dtype: torch.dtype = torch.float32,
-) -> dict[str, torch.Tensor]:
-    """Fast-pack tensors -> official flat state dict (ignored keys are not recreated; weight-norm pairs come back
-    as (g = ||w||, v = w), which fold to w again bit-exactly; values are cast to ``dtype``)."""
-    with_gpt_layer = "gpt_layer.0.w" in pack
-    out: dict[str, torch.Tensor] = {}
-    for e in expand_rules(kind, dims, stack_adaln=stack_adaln, with_gpt_layer=with_gpt_layer):
-        w = pack[e.dst]
-        if e.op.startswith("wn"):
-            w = w.float()
-        for s, t in zip(e.srcs, _inverse_op(e.op, w, e.src_shapes), strict=True):
-            out[s] = t.to(dtype)
-    for k, v in pack.items():
-        if k.startswith("cond."):
-            out[k[len("cond.") :]] = v.to(dtype)
-    return out

@@ -12,7 +12,7 @@ A rule is ``Rule(dst, srcs, op, cls, shapes, over)``:
     dst     fast-pack name template ({i}: layer index)
     srcs    checkpoint key templates, in the order ``op`` consumes them ({i}: layer index; {a}, {b}: derived
             indices, see ``index_values``)
-    op      the transform (each has an exact inverse in remap.py):
+    op      the transform (remap.py; each has an exact inverse in indextts_fast.checkpoint.remap):
               copy        w -> w
               t           GPT-2 Conv1D [in, out] -> [out, in] (nn.Linear layout, GEMM [N, K])
               cat0        cat(srcs, dim=0): w1|w3 -> w13 [2I, K]; stacked AdaLN projections
@@ -24,7 +24,7 @@ A rule is ``Rule(dst, srcs, op, cls, shapes, over)``:
               taps        Conv1d [out, in, k] -> [out, k*in], same order as wn_taps
               k1          Conv1d [out, in, 1] -> [out, in]
     cls     dtype class, looked up in the dtype policy: gemm_w, gemm_b, norm, embed, other
-    shapes  the source shapes as expressions over the model dimensions (see ``gpt_dims``/``s2mel_dims``)
+    shapes  the source shapes as expressions over the model dimensions (see ``dims.model_dims``)
     over    the index set {i} runs over (None: a single tensor); for ``cat0`` with ``each``, srcs are expanded
             over ``each`` and concatenated in that order, then ``tail`` is appended
 """
@@ -41,11 +41,15 @@ __all__ = [
     "GPT_IGNORE",
     "GPT_CARRY",
     "GPT_25_MARKERS",
-    "S2MEL_RULES",
-    "S2MEL_RULES_ADALN_SPLIT",
-    "S2MEL_RULES_ADALN_STACKED",
+    "DIT_RULES",
+    "DIT_ADALN_SPLIT",
+    "DIT_ADALN_STACKED",
+    "LR_RULES",
+    "GPT_LAYER_RULES",
     "S2MEL_IGNORE",
     "S2MEL_GROUPS",
+    "S2MEL_PARTS",
+    "s2mel_rules",
     "index_values",
 ]
 
@@ -108,8 +112,8 @@ GPT_IGNORE: tuple[tuple[str, str], ...] = (
 
 # Conditioning encoders (run once per reference, not the hot path): carried verbatim under "cond.<official key>"
 # in the policy's 'carry' dtype, names checked against these full-match regexes (ConformerEncoder with
-# input_layer conv2d2 and LayerNorm conv-module norm; PerceiverResampler), completeness and shapes against
-# CARRY_GROUPS below.
+# input_layer conv2d2 and LayerNorm conv-module norm; PerceiverResampler), completeness and shapes against the
+# tables of indextts_fast.checkpoint.conditioning (a conversion's check: the live remap leaves them in the module).
 GPT_CARRY: tuple[str, ...] = (
     r"(emo_)?conditioning_encoder\.embed\.(conv|out)\.0\.(weight|bias)",
     r"(emo_)?conditioning_encoder\.embed\.pos_enc\.pe",
@@ -140,7 +144,7 @@ GPT_25_MARKERS: tuple[str, ...] = (r"spk_emb_proj\..*", r"lang_embedding\..*")
 _E = "cfm.estimator."
 _T = _E + "transformer."
 
-S2MEL_RULES: tuple[Rule, ...] = (
+DIT_RULES: tuple[Rule, ...] = (  # cfm.estimator: the DiT, but for its AdaLN projections (below)
     # time embeddings (t_embedder for AdaLN / FinalLayer, t_embedder2 for the WaveNet condition)
     Rule("dit.t_embed.freqs", (_E + "t_embedder.freqs",), "copy", "other", ("128",)),
     Rule("dit.t_embed.w0", (_E + "t_embedder.mlp.0.weight",), "copy", "gemm_w", ("C,256",)),
@@ -233,6 +237,9 @@ S2MEL_RULES: tuple[Rule, ...] = (
     Rule("dit.final.linear.b", (_E + "final_layer.linear.bias",), "copy", "gemm_b", ("H",)),
     Rule("dit.conv2.w", (_E + "conv2.weight",), "k1", "gemm_w", ("F,H,1",)),
     Rule("dit.conv2.b", (_E + "conv2.bias",), "copy", "gemm_b", ("F",)),
+)
+
+LR_RULES: tuple[Rule, ...] = (
     # length regulator (InterpolateRegulator, continuous input): model = [Conv1d k3, GroupNorm(1), Mish] x N,
     # then Conv1d k1 at index 3*N
     Rule("lr.in_proj.w", ("length_regulator.content_in_proj.weight",), "copy", "gemm_w", ("R,Q",)),
@@ -243,6 +250,9 @@ S2MEL_RULES: tuple[Rule, ...] = (
     Rule("lr.gn.{i}.b", ("length_regulator.model.{b}.bias",), "copy", "norm", ("R",), over="N"),
     Rule("lr.out.w", ("length_regulator.model.{n3}.weight",), "k1", "gemm_w", ("R,R,1",)),
     Rule("lr.out.b", ("length_regulator.model.{n3}.bias",), "copy", "gemm_b", ("R",)),
+)
+
+GPT_LAYER_RULES: tuple[Rule, ...] = (
     # gpt_layer: Linear 1280->256 -> Linear 256->128 -> Linear 128->1024, no activation (sizes literal in MyModel)
     Rule("gpt_layer.0.w", ("gpt_layer.0.weight",), "copy", "gemm_w", ("256,1280",)),
     Rule("gpt_layer.0.b", ("gpt_layer.0.bias",), "copy", "gemm_b", ("256",)),
@@ -253,7 +263,7 @@ S2MEL_RULES: tuple[Rule, ...] = (
 )
 
 # AdaLN projections (project_layer: Linear C -> 2C, output [scale | shift]), either one GEMM weight per norm ...
-S2MEL_RULES_ADALN_SPLIT: tuple[Rule, ...] = (
+DIT_ADALN_SPLIT: tuple[Rule, ...] = (
     Rule(
         "dit.layers.{i}.attn_norm.w",
         (_T + "layers.{i}.attention_norm.project_layer.weight",),
@@ -292,7 +302,7 @@ S2MEL_RULES_ADALN_SPLIT: tuple[Rule, ...] = (
 
 # ... or all of them stacked into one [(2L+1)*2C, C] GEMM (every one sees the same c = t_embedder(t)):
 # rows [4C*i, 4C*i+2C) = layer i attention_norm, [4C*i+2C, 4C*(i+1)) = layer i ffn_norm, last 2C = transformer.norm.
-S2MEL_RULES_ADALN_STACKED: tuple[Rule, ...] = (
+DIT_ADALN_STACKED: tuple[Rule, ...] = (
     Rule(
         "dit.adaln.w",
         (_T + "layers.{i}.attention_norm.project_layer.weight", _T + "layers.{i}.ffn_norm.project_layer.weight"),
@@ -330,6 +340,15 @@ S2MEL_IGNORE: tuple[tuple[str, str], ...] = (
 
 # s2mel.pth 'net' entries, in order, and whether each one is required.
 S2MEL_GROUPS: tuple[tuple[str, bool], ...] = (("cfm", True), ("length_regulator", True), ("gpt_layer", False))
+S2MEL_PARTS: tuple[str, ...] = tuple(g for g, _ in S2MEL_GROUPS)
+
+
+def s2mel_rules(parts: tuple[str, ...], stack_adaln: bool = True) -> tuple[Rule, ...]:
+    """The rules of these s2mel groups in pack order: the DiT's AdaLN projections last (stacked or one GEMM per
+    norm)."""
+    per_part = {"cfm": DIT_RULES, "length_regulator": LR_RULES, "gpt_layer": GPT_LAYER_RULES}
+    adaln = (DIT_ADALN_STACKED if stack_adaln else DIT_ADALN_SPLIT) if "cfm" in parts else ()
+    return tuple(r for p in S2MEL_PARTS if p in parts for r in per_part[p]) + adaln
 
 
 def index_values(over: str, dims: dict[str, int]) -> list[dict[str, int]]:
@@ -354,64 +373,3 @@ def index_values(over: str, dims: dict[str, int]) -> list[dict[str, int]]:
 
 def full_match(patterns, key: str) -> bool:
     return any(re.fullmatch(p, key) for p in patterns)
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Carried conditioning encoders: names and shapes (conformer_encoder.py::ConformerEncoder with input_layer conv2d2,
-# perceiver.py::PerceiverResampler). The shapes are expressions over widths read from the file itself: D conformer
-# width (after_norm), U its FFN width, h its heads (pos_bias_u rows), k its depthwise kernel; P perceiver width and
-# N latents (latents), A attention inner width (to_q rows), G GEGLU width, Q context width (proj_context columns, or
-# P when the context already has width P and proj_context is the identity); '*' is unconstrained. Templates with
-# {n} must exist for every block 0..n-1.
-# ----------------------------------------------------------------------------------------------------------------------
-CARRY_CONFORMER: dict[str, str] = {
-    "embed.conv.0.weight": "D,1,3,3",
-    "embed.conv.0.bias": "D",
-    "embed.out.0.weight": "D,*",
-    "embed.out.0.bias": "D",
-    "embed.pos_enc.pe": "1,*,D",
-    "after_norm.weight": "D",
-    "after_norm.bias": "D",
-    **{
-        f"encoders.{{n}}.self_attn.linear_{p}.{w}": ("D,D" if w == "weight" else "D")
-        for p in ("q", "k", "v", "out")
-        for w in ("weight", "bias")
-    },  # fmt: skip
-    "encoders.{n}.self_attn.linear_pos.weight": "D,D",
-    "encoders.{n}.self_attn.pos_bias_u": "h,D//h",
-    "encoders.{n}.self_attn.pos_bias_v": "h,D//h",
-    "encoders.{n}.feed_forward.w_1.weight": "U,D",
-    "encoders.{n}.feed_forward.w_1.bias": "U",
-    "encoders.{n}.feed_forward.w_2.weight": "D,U",
-    "encoders.{n}.feed_forward.w_2.bias": "D",
-    "encoders.{n}.conv_module.pointwise_conv1.weight": "2*D,D,1",
-    "encoders.{n}.conv_module.pointwise_conv1.bias": "2*D",
-    "encoders.{n}.conv_module.depthwise_conv.weight": "D,1,k",
-    "encoders.{n}.conv_module.depthwise_conv.bias": "D",
-    "encoders.{n}.conv_module.norm.weight": "D",
-    "encoders.{n}.conv_module.norm.bias": "D",
-    "encoders.{n}.conv_module.pointwise_conv2.weight": "D,D,1",
-    "encoders.{n}.conv_module.pointwise_conv2.bias": "D",
-    **{f"encoders.{{n}}.norm_{p}.{w}": "D" for p in ("ff", "mha", "conv", "final") for w in ("weight", "bias")},
-}
-CARRY_PERCEIVER: dict[str, str] = {
-    "latents": "N,P",
-    "norm.gamma": "P",
-    "proj_context.weight": "P,Q",  # absent when the context width is already P (nn.Identity)
-    "proj_context.bias": "P",
-    "layers.{n}.0.to_q.weight": "A,P",
-    "layers.{n}.0.to_kv.weight": "2*A,P",
-    "layers.{n}.0.to_out.weight": "P,A",
-    "layers.{n}.1.0.weight": "2*G,P",
-    "layers.{n}.1.0.bias": "2*G",
-    "layers.{n}.1.2.weight": "P,G",
-    "layers.{n}.1.2.bias": "P",
-}
-CARRY_OPTIONAL = ("proj_context.weight", "proj_context.bias")
-# prefix -> (templates, block-key regex, the config.yaml section giving its sizes)
-CARRY_GROUPS: dict[str, tuple[dict[str, str], str, str]] = {
-    "conditioning_encoder": (CARRY_CONFORMER, r"encoders\.(\d+)\.", "condition_module"),
-    "emo_conditioning_encoder": (CARRY_CONFORMER, r"encoders\.(\d+)\.", "emo_condition_module"),
-    "perceiver_encoder": (CARRY_PERCEIVER, r"layers\.(\d+)\.", "condition_module"),
-    "emo_perceiver_encoder": (CARRY_PERCEIVER, r"layers\.(\d+)\.", "emo_condition_module"),
-}

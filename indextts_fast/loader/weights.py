@@ -1,15 +1,12 @@
-"""Kernel-layout weights: the Fast*Weights dataclasses, built from a fast pack's tensors as views (load_pack)."""
+"""Kernel-layout weights: the Fast*Weights dataclasses over pack tensors (remap_live's of a live module, or a fast
+pack's: indextts_fast.checkpoint.load_pack), every tensor taken as it is."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Optional, Union
+from typing import Optional
 
 import torch
-
-from .containers import PathLike
-from .pack import check_pack, read_pack
 
 
 @dataclass
@@ -215,13 +212,3 @@ def _build_dit(t: dict[str, torch.Tensor], dims: dict, stack: bool) -> FastDiTWe
         t["dit.conv2.w"], t["dit.conv2.b"],
     )  # fmt: skip
     return dit
-
-
-def load_pack(path: PathLike, device: Union[str, torch.device] = "cpu") -> Union[FastGPTWeights, FastS2MelWeights]:
-    """A fast pack -> FastGPTWeights / FastS2MelWeights with every tensor resident on ``device``."""
-    path = Path(path)
-    tensors, meta = read_pack(path, device)
-    kind, dims, _, stack = check_pack(path, tensors, meta)
-    if kind == "gpt":
-        return _build_gpt(tensors, dims, meta)
-    return _build_s2mel(tensors, dims, meta, stack)

@@ -1,5 +1,5 @@
 """The fast pack: written once from a checkpoint (atomically, never over its source), read back in one piece, its
-untrusted header and metadata validated against its tensors."""
+untrusted header and metadata validated against its tensors, and built into the Fast*Weights (load_pack)."""
 
 from __future__ import annotations
 
@@ -15,16 +15,26 @@ from typing import Optional, Union
 
 import torch
 
-from . import tables
+from ..loader import tables
+from ..loader.errors import CheckpointError
+from ..loader.remap import RemapReport, expand_rules, fmt_keys, select_parts
+from ..loader.weights import FastGPTWeights, FastS2MelWeights, _build_s2mel, gpt_weights
 from .config import load_config
-from .containers import PathLike, _is_int, file_sha256, read_checkpoint
-from .errors import CheckpointError, ConversionInterrupted
+from .containers import PathLike, _check_regular_file, _is_int, file_sha256, read_checkpoint
 from .policy import DEFAULT_POLICY, _policy
-from .remap import RemapReport, _dst_shape, _fmt_keys, expand_rules, remap_state_dict
+from .remap import dst_shape, remap_state_dict
 
 PACK_FORMAT = "indextts_fast.pack"
 
 PACK_VERSION = 1
+
+
+class ConversionInterrupted(KeyboardInterrupt):
+    """SIGTERM / SIGHUP arrived while a pack was being written; its temporary file has been removed."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
 
 
 def _umask() -> int:
@@ -77,9 +87,15 @@ def convert_checkpoint(
         raise CheckpointError(f"output {out} is the source checkpoint itself; choose another output path")
     if out.suffix != ".safetensors":
         raise CheckpointError(f"output {out}: a fast pack is a .safetensors file")
-    if out.exists() and not overwrite:
-        raise CheckpointError(f"output {out} already exists; pass overwrite=True (--overwrite) to replace it")
-    if not out.parent.is_dir():
+    try:
+        os.stat(out)
+        if not overwrite:
+            raise CheckpointError(f"output {out} already exists; pass overwrite=True (--overwrite) to replace it")
+    except (FileNotFoundError, NotADirectoryError):
+        pass
+    except OSError as e:  # a name too long, a symlink loop, ...
+        raise CheckpointError(f"output {out}: {e.strerror or e}") from None
+    if not os.path.isdir(out.parent):
         raise CheckpointError(f"output directory {out.parent} does not exist")
     cfg = load_config(config)
     kind, sd = read_checkpoint(src)
@@ -257,8 +273,7 @@ def read_pack(path: PathLike, device: Union[str, torch.device] = "cpu") -> tuple
     The file is untrusted: the header is validated (size, structure, dtypes, shapes, offsets) before any data is
     read, and every failure is a CheckpointError naming the file."""
     path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"{path}: no such file")
+    _check_regular_file(path)
     try:
         with open(path, "rb") as f:
             head = f.read(8)
@@ -333,8 +348,8 @@ def check_pack(path: PathLike, tensors: dict[str, torch.Tensor], meta: dict) -> 
     if not isinstance(layout, dict) or not isinstance(layout.get("stack_adaln", False), bool):
         raise CheckpointError(f"{path}: corrupt pack metadata: layout {meta.get('layout', '')[:200]!r}")
     stack = layout.get("stack_adaln", False)
-    entries = expand_rules(kind, dims, stack_adaln=stack, with_gpt_layer="gpt_layer.0.w" in tensors)
-    want = {e.dst: (_dst_shape(e), getattr(torch, pol[e.cls])) for e in entries}
+    entries = expand_rules(kind, dims, parts=select_parts(kind, None, tensors), stack_adaln=stack)
+    want = {e.dst: (dst_shape(e), getattr(torch, pol[e.cls])) for e in entries}
     missing = [k for k in want if k not in tensors]
     cond = {k for k in tensors if kind == "gpt" and k.startswith("cond.")}
     extra = [k for k in tensors if k not in want and k not in cond]
@@ -350,6 +365,16 @@ def check_pack(path: PathLike, tensors: dict[str, torch.Tensor], meta: dict) -> 
         found = {"missing": missing, "extra": extra, "wrong": bad}
         raise CheckpointError(
             f"{path}: pack does not match its own metadata: "
-            + "; ".join(f"{what} {_fmt_keys(keys, 6)}" for what, keys in found.items() if keys)
+            + "; ".join(f"{what} {fmt_keys(keys, 6)}" for what, keys in found.items() if keys)
         )
     return kind, dims, pol, stack
+
+
+def load_pack(path: PathLike, device: Union[str, torch.device] = "cpu") -> Union[FastGPTWeights, FastS2MelWeights]:
+    """A fast pack -> FastGPTWeights / FastS2MelWeights with every tensor resident on ``device``."""
+    path = Path(path)
+    tensors, meta = read_pack(path, device)
+    kind, dims, _, stack = check_pack(path, tensors, meta)
+    if kind == "gpt":
+        return gpt_weights(tensors, dims, meta)
+    return _build_s2mel(tensors, dims, meta, stack)

@@ -1,4 +1,7 @@
-"""The dtype policy: the dtype of each tensor class (gemm_w, gemm_b, norm, embed, other, carry) per model."""
+"""The dtype policy of a fast pack: the dtype of each tensor class (gemm_w, gemm_b, norm, embed, other, carry) per
+model: the GPT all fp16, as IndexTTS2 runs it with ``use_fp16`` (``gpt.half()`` rounds every tensor of UnifiedVoice,
+norms and embeddings included, so storing those in fp32 would not reproduce its tokens; ``gpt_policy("float32")``
+reproduces the fp32 default); s2mel all fp32 (the official code runs it in fp32 either way)."""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ from typing import Optional
 
 import torch
 
-FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+from ..loader.remap import FLOAT_DTYPES
 
 DEFAULT_POLICY: dict[str, dict[str, str]] = {
     # use_fp16: the official code calls .half() on the whole UnifiedVoice (infer_v2.py)

@@ -1,5 +1,5 @@
 """Reading the official containers: gpt.pth / s2mel.pth (torch.save zips, checked record by record) and their
-.safetensors exports, into one flat state dict; the model kind and IndexTTS version from the keys."""
+.safetensors exports, into one flat state dict."""
 
 from __future__ import annotations
 
@@ -7,17 +7,20 @@ import hashlib
 import io
 import os
 import pickle
+import re
+import stat
 import warnings
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Union
 
 import torch
 
-from . import tables
-from .errors import CheckpointError
+from ..loader import tables
+from ..loader.dims import detect_kind
+from ..loader.errors import CheckpointError
 
 PathLike = Union[str, os.PathLike]
 
@@ -30,18 +33,47 @@ def _is_safetensors(path: Path) -> bool:
     return path.suffix == ".safetensors"
 
 
-def _check_regular_file(path: Path) -> None:
-    """Refuse what cannot be read as a file before opening it: missing, unreadable, a directory, a FIFO (opening
-    one blocks until a writer appears), a device."""
-    if not path.exists():
-        raise CheckpointError(f"{path}: no such file")
-    if not os.access(path, os.R_OK) or not path.is_file():
-        raise CheckpointError(f"{path}: unreadable (permission denied or not a regular file)")
+def _check_regular_file(path: Path) -> int:
+    """The size of a file that can be read: refuse before opening what is missing, unreadable, a directory, a FIFO
+    (opening one blocks until a writer appears), a device, or a path the OS refuses (a name too long, a loop)."""
+    try:
+        st = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        raise CheckpointError(f"{path}: no such file") from None
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot access: {e.strerror or e}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise CheckpointError(f"{path}: unreadable (a directory, not a file)")
+    if not stat.S_ISREG(st.st_mode):
+        raise CheckpointError(f"{path}: unreadable (not a regular file)")
+    if not os.access(path, os.R_OK):
+        raise CheckpointError(f"{path}: unreadable (permission denied)")
+    return st.st_size
+
+
+_CANNOT_READ = "cannot read the checkpoint (truncated, corrupt, or not a weights-only torch/safetensors file)"
+
+
+def _why(e: BaseException) -> str:
+    """One line on a reading failure: a weights-only refusal by its reason, else the error's first line."""
+    lines = [re.sub(r"\x1b\[[0-9;]*m", "", ln).strip() for ln in str(e).splitlines()]
+    reason = next((ln for ln in lines if ln.startswith("WeightsUnpickler error:")), None)
+    if isinstance(e, pickle.UnpicklingError) and reason:
+        reason = re.sub(r"\s*(was not an allowed global|\. Please).*", "", reason)
+        return f"it holds pickled Python objects that a weights-only load refuses ({reason})"
+    return f"{type(e).__name__}: {next((ln for ln in lines if ln), '')}"
 
 
 def _load_flat(path: Path) -> dict[str, Any]:
     """torch.load (weights_only, mmap) or safetensors; any reading failure becomes a CheckpointError."""
-    _check_regular_file(path)
+    if _check_regular_file(path) == 0:
+        raise CheckpointError(f"{path}: {_CANNOT_READ}: the file is empty (0 bytes)")
+    try:
+        os.fsencode(str(path)).decode()
+    except UnicodeDecodeError:  # torch and safetensors take UTF-8 names only
+        raise CheckpointError(f"{path}: the file name is not valid UTF-8; rename the file") from None
+    if not _is_safetensors(path) and not zipfile.is_zipfile(path):
+        raise CheckpointError(f"{path}: {_CANNOT_READ}: not a torch.save zip archive")
     try:
         if _is_safetensors(path):
             from safetensors.torch import load_file
@@ -53,10 +85,7 @@ def _load_flat(path: Path) -> dict[str, Any]:
     except CheckpointError:
         raise
     except Exception as e:  # truncated zip, not a checkpoint, pickled objects refused by weights_only, ...
-        raise CheckpointError(
-            f"{path}: cannot read the checkpoint (truncated, corrupt, or not a weights-only torch/safetensors file): "
-            f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-        ) from e
+        raise CheckpointError(f"{path}: {_CANNOT_READ}: {_why(e)}") from e
 
 
 class _Stub(dict):
@@ -227,21 +256,6 @@ def read_checkpoint(path: PathLike) -> tuple[str, dict[str, torch.Tensor]]:
             f"no 'cfm.estimator.*' keys); first keys: {sorted(sd)[:6]}"
         )
     return kind, sd
-
-
-def detect_kind(sd: Mapping[str, Any]) -> Optional[str]:
-    if any(k.startswith("cfm.estimator.") for k in sd):
-        return "s2mel"
-    if any(k.startswith("gpt.h.") for k in sd):
-        return "gpt"
-    return None
-
-
-def detect_version(kind: str, sd: Mapping[str, Any]) -> str:
-    """'2.0' or '2.5' from the keys (2.5's gpt.pth has spk_emb_proj / lang_embedding; its s2mel has no gpt_layer)."""
-    if kind == "gpt":
-        return "2.5" if any(tables.full_match(tables.GPT_25_MARKERS, k) for k in sd) else "2.0"
-    return "2.0" if any(k.startswith("gpt_layer.") for k in sd) else "2.5 (no gpt_layer)"
 
 
 def file_sha256(path: PathLike, chunk: int = 1 << 24) -> str:

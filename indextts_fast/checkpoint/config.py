@@ -1,81 +1,17 @@
-"""Model dimensions: read from the checkpoint's shapes, checked against config.yaml (read safely, every field
-type-checked); the head count, which no shape holds."""
+"""config.yaml: read safely, every field type-checked; the dimensions it states, the s2mel variants it selects,
+and the check of a checkpoint's dimensions (read from its shapes) and head count against it."""
 
 from __future__ import annotations
 
 import re
-import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Optional
 
-import torch
-
-from . import tables
+from ..loader.dims import HEADS_FIELD, settle_heads
+from ..loader.errors import CheckpointError
+from .conditioning import CARRY_CONFORMER, CARRY_GROUPS
 from .containers import PathLike, _check_regular_file, _is_int
-from .errors import CheckpointError, CheckpointWarning
-
-
-def _shape(sd, key: str, what: str) -> tuple[int, ...]:
-    if key not in sd:
-        raise CheckpointError(f"missing key {key!r} (needed to read {what})")
-    return tuple(sd[key].shape)
-
-
-def _count(sd, pattern: str) -> int:
-    idx = [int(m.group(1)) for k in sd if (m := re.fullmatch(pattern, k))]
-    return max(idx) + 1 if idx else 0
-
-
-def model_dims(
-    kind: str, sd: Mapping[str, torch.Tensor], heads: Optional[int] = None, *, parts: Optional[tuple[str, ...]] = None
-) -> dict[str, int]:
-    """Model dimensions from tensor shapes. Head counts are in no shape: ``heads``, else C // 64 provisionally
-    (None when C is not a multiple of 64); check_config settles it from config.yaml, warning or refusing.
-    ``parts`` (s2mel): only the dimensions of those groups (the DiT's from cfm, R / Q / N from length_regulator)."""
-    if kind == "gpt":
-        C = _shape(sd, "gpt.ln_f.weight", "the model width")[0]
-        d = {
-            "C": C,
-            "L": _count(sd, r"gpt\.h\.(\d+)\.ln_1\.weight"),
-            "Vt": _shape(sd, "text_embedding.weight", "the text vocabulary")[0],
-            "Vm": _shape(sd, "mel_embedding.weight", "the mel vocabulary")[0],
-            "Pt": _shape(sd, "text_pos_embedding.emb.weight", "the text positions")[0],
-            "Pm": _shape(sd, "mel_pos_embedding.emb.weight", "the mel positions")[0],
-            "E": _shape(sd, "emovec_layer.weight", "the emotion width")[1],
-        }
-        d["heads"] = heads or _heads_from_width(C)
-        if d["L"] == 0:
-            raise CheckpointError("no 'gpt.h.{i}.ln_1.weight' keys: not an IndexTTS2 gpt.pth")
-        return d
-    d: dict[str, int] = {}
-    if parts is None or "cfm" in parts:
-        e = "cfm.estimator."
-        C, D = _shape(sd, e + "cond_projection.weight", "the DiT width")
-        F = _shape(sd, e + "conv2.weight", "the mel channels")[0]
-        merge_in = _shape(sd, e + "cond_x_merge_linear.weight", "the style width")[1]
-        d.update({
-            "C": C,
-            "D": D,
-            "F": F,
-            "H": _shape(sd, e + "conv1.weight", "the WaveNet width")[0],
-            "S": merge_in - C - 2 * F,
-            "L": _count(sd, r"cfm\.estimator\.transformer\.layers\.(\d+)\.attention\.wqkv\.weight"),
-            "I": _shape(sd, e + "transformer.layers.0.feed_forward.w1.weight", "the SwiGLU width")[0],
-            "W": _count(sd, r"cfm\.estimator\.wavenet\.in_layers\.(\d+)\.conv\.conv\.weight_v"),
-            "K": _shape(sd, e + "wavenet.in_layers.0.conv.conv.weight_v", "the WaveNet kernel")[-1],
-        })  # fmt: skip
-    if parts is None or "length_regulator" in parts:
-        R, Q = _shape(sd, "length_regulator.content_in_proj.weight", "the length-regulator width")
-        d.update(R=R, Q=Q, N=max(_count(sd, r"length_regulator\.model\.(\d+)\.weight") - 1, 0) // 3)
-    if "C" in d:
-        d["heads"] = heads or _heads_from_width(d["C"])
-    return d
-
-
-def _heads_from_width(C: int) -> Optional[int]:
-    return C // 64 if C % 64 == 0 else None
-
 
 _MAX_CONFIG = 16 << 20  # bytes; IndexTTS2's config.yaml is about 5 KB
 
@@ -172,15 +108,15 @@ class _Section:
 
 def _cond_config(cfg: Optional[Mapping]) -> tuple[bool, dict[str, dict[str, Optional[int]]]]:
     """What config.yaml fixes about the GPT's conditioning encoders: (condition_type is conformer_perceiver,
-    {encoder prefix: sizes}), the sizes in the letters of tables.CARRY_GROUPS."""
+    {encoder prefix: sizes}), the sizes in the letters of CARRY_GROUPS."""
     if cfg is None:
         return False, {}
     g = _Section.root(cfg).section("gpt")
     required = g.get("condition_type", "str") == "conformer_perceiver"
     sizes: dict[str, dict[str, Optional[int]]] = {}
-    for prefix, (templates, _, section) in tables.CARRY_GROUPS.items():
+    for prefix, (templates, _, section) in CARRY_GROUPS.items():
         sec = g.section(section)
-        if templates is tables.CARRY_CONFORMER:
+        if templates is CARRY_CONFORMER:
             sizes[prefix] = {
                 "D": sec.get("output_size", "int"),
                 "U": sec.get("linear_units", "int"),
@@ -247,49 +183,30 @@ def config_dims(kind: str, cfg: Mapping) -> dict[str, Any]:
     return {k: v for k, v in want.items() if v is not None}
 
 
-_HEADS_FIELD = {"gpt": "gpt.heads", "s2mel": "s2mel.DiT.num_heads"}
-
-
 def check_config(
-    kind: str, dims: dict[str, int], cfg: Optional[Mapping], *, heads: Optional[int] = None
+    kind: str, dims: dict[str, int], cfg: Optional[Mapping], *, heads: Optional[int] = None, stacklevel: int = 2
 ) -> dict[str, int]:
     """Compare checkpoint dimensions with config.yaml; returns dims with the head count.
 
     Head counts are in no tensor shape: ``heads`` when known otherwise (a live module's own; config.yaml must
-    agree), else config.yaml's; else width // 64 (IndexTTS2's head_dim), with a warning; a width that is not a
-    multiple of 64 needs the config's head count. Only the dimensions in ``dims`` are compared."""
+    agree), else config.yaml's; else width // 64 (IndexTTS2's head_dim), with a warning (``stacklevel`` as for
+    warnings.warn, counted from the caller); a width that is not a multiple of 64 needs the config's head count.
+    Only the dimensions in ``dims`` are compared."""
     want = config_dims(kind, cfg) if cfg is not None else {}
     src = getattr(cfg, "source", "config.yaml")
     cfg_heads = want.pop("heads", None)
     if heads is not None and cfg_heads is not None and heads != cfg_heads:
-        raise CheckpointError(f"{src}: field {_HEADS_FIELD[kind]} = {cfg_heads}, but the module has {heads} heads")
-    heads = heads or cfg_heads
+        raise CheckpointError(f"{src}: field {HEADS_FIELD[kind]} = {cfg_heads}, but the module has {heads} heads")
     diff = {k: (dims[k], v) for k, v in want.items() if k in dims and dims[k] != v}
     if diff:
         raise CheckpointError(
             f"checkpoint shapes disagree with {src}: "
             + ", ".join(f"{k}: checkpoint {a} vs config {b}" for k, (a, b) in diff.items())
         )
-    out = dict(dims)
-    if "C" not in dims:  # no transformer among the parts remapped
-        return out
-    C = dims["C"]
-    if heads is not None:
-        if C % heads:
-            raise CheckpointError(f"{src}: field {_HEADS_FIELD[kind]} = {heads} does not divide the width {C}")
-        out["heads"] = heads
-        return out
-    why = "no config.yaml" if cfg is None else f"{src} has no {_HEADS_FIELD[kind]}"
-    if _heads_from_width(C) is None:
-        raise CheckpointError(
-            f"{kind} checkpoint: the width {C} is not a multiple of 64, so the head count cannot be derived from the "
-            f"shapes; pass config.yaml (config=, --config)" + ("" if cfg is None else f" with {_HEADS_FIELD[kind]}")
-        )
-    warnings.warn(
-        f"{why}: the head count is in no tensor shape; heads = width {C} // 64 = {C // 64} assumed (IndexTTS2's "
-        "head_dim); pass config.yaml (config=, --config) to take it from there",
-        CheckpointWarning,
-        stacklevel=4,  # the caller of remap_state_dict / check_checkpoint / remap_live
-    )
-    out["heads"] = C // 64
-    return out
+    return settle_heads(kind, dims, heads or cfg_heads, config=None if cfg is None else src, stacklevel=stacklevel + 1)
+
+
+def heads_source(kind: str, cfg: Optional[Mapping], heads: Optional[int] = None) -> str:
+    """Where check_config took the head count from: 'module', 'config.yaml' or 'width // 64'."""
+    from_config = cfg is not None and "heads" in config_dims(kind, cfg)
+    return "module" if heads else "config.yaml" if from_config else "width // 64"
