@@ -277,8 +277,8 @@ def _capture_seconds(handle) -> tuple[float, float]:
     gpt = cfm = 0.0
     for part in handle.parts:
         patch = getattr(part, "patch", None)
-        for engine in getattr(patch, "engines", {}).values():
-            gpt += engine.capture_s or 0.0
+        for decoder in getattr(patch, "decoders", {}).values():
+            gpt += sum(st.tick_graph.capture_s or 0.0 for st in decoder.states.values())
         loop = getattr(patch, "loop", None)
         if loop is not None:
             cfm += sum(loop.capture_s.values())

@@ -7,9 +7,9 @@ only ever imported lazily.
 from __future__ import annotations
 
 from ._dispatch import backend_for, default_backend, requested_backend
+from .errors import UnsupportedModel
 from .ops import (
     adaptive_rms_norm,
-    alloc_kv_cache,
     dit_attention,
     final_layer_modulate,
     gpt2_mlp,
@@ -17,11 +17,10 @@ from .ops import (
     gpt_prefill_attention,
     layer_norm,
     linear,
-    reorder_kv_rows,
     swiglu_feed_forward,
     swiglu_linear,
 )
-from .patch import FastHandle, UnsupportedModel, enable, enabled
+from .patch import FastHandle, enable, enabled
 
 __version__ = "0.1.0"
 
@@ -32,11 +31,9 @@ __all__ = [
     "FastHandle",
     "UnsupportedModel",
     "adaptive_rms_norm",
-    "alloc_kv_cache",
     "dit_attention",
     "gpt_decode_attention",
     "gpt_prefill_attention",
-    "reorder_kv_rows",
     "backend_for",
     "default_backend",
     "final_layer_modulate",

@@ -20,7 +20,6 @@ from indextts_kernels._validate import (
     ln_gemm_args,
     norm_args,
     qkv_heads,
-    reorder_args,
     rope_table_args,
 )
 
@@ -34,8 +33,6 @@ __all__ = [
     "dit_attention",
     "gpt_prefill_attention",
     "gpt_decode_attention",
-    "alloc_kv_cache",
-    "reorder_kv_rows",
     "linear",
     "ln_linear",
     "swiglu_linear",
@@ -131,40 +128,13 @@ def gpt_decode_attention(
     """One decode step [B, 1, 3*H*D] -> [B, 1, H*D]: appends k, v at ``lengths`` and attends positions 0..lengths.
 
     The caller advances ``lengths += 1`` afterwards. With ``row_table`` (int32 [B, S_max]) beams are reordered
-    by :func:`reorder_kv_rows` instead of copying the cache.
+    by permuting the table (``gpt.cache.KVCache.reorder``) instead of copying the cache.
     """
     if backend_for(qkv.device) == TORCH:
         q, _, _ = qkv_heads("qkv", qkv, n_heads)
         decode_attention_args("gpt_decode_attention", q, k_cache, v_cache, lengths, row_table=row_table)
         return reference.gpt_decode_attention_ref(qkv, n_heads, k_cache, v_cache, lengths, row_table)
     return _run("gpt_decode_attention_fwd", qkv, n_heads, k_cache, v_cache, lengths, row_table=row_table)
-
-
-def alloc_kv_cache(
-    layers: int, batch: int, heads: int, max_len: int, head_dim: int, dtype=torch.float16, device="cpu"
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(cache, row_table)``: one static KV buffer [layers, 2, batch, heads, max_len, head_dim], allocated once
-    (layer l uses ``cache[l, 0]`` as k_cache and ``cache[l, 1]`` as v_cache), and the int32 row table
-    [batch, max_len] with identity rows, shared by all layers.
-
-    The torch fallback of the decode op reads each row's length on the host (a sync on CUDA); the kernels never do.
-    """
-    cache = torch.zeros((layers, 2, batch, heads, max_len, head_dim), dtype=dtype, device=device)
-    table = torch.arange(batch, dtype=torch.int32, device=device)[:, None].expand(batch, max_len).contiguous()
-    return cache, table
-
-
-def reorder_kv_rows(row_table: torch.Tensor, beam_idx: torch.Tensor) -> torch.Tensor:
-    """Beam reorder without touching the cache: row r of the new table is row ``beam_idx[r]`` of the old one.
-
-    One gather of B * S_max int32 for all layers (the cache itself stays in place); returns a new table.
-    ``beam_idx`` is an integer tensor [B] of rows in [0, B), on the table's device; its values are checked for CPU
-    tensors (on the device a bad index is the caller's error: checking it would cost a sync).
-    """
-    reorder_args("reorder_kv_rows", row_table, beam_idx)
-    if beam_idx.device != row_table.device:
-        raise ValueError(f"reorder_kv_rows: beam_idx is on {beam_idx.device}, row_table on {row_table.device}")
-    return row_table.index_select(0, beam_idx)
 
 
 def linear(

@@ -68,24 +68,6 @@ def _cache(B, S, H=2, D=64, device="cpu"):
     return kc, vc
 
 
-def test_reorder_kv_rows_refuses_what_is_not_a_row_index(device):
-    table = torch.arange(3, dtype=torch.int32, device=device)[:, None].expand(3, 8).contiguous()
-    with pytest.raises(TypeError, match="beam_idx has dtype float32"):
-        F.reorder_kv_rows(table, torch.tensor([0.9, 1.2, 2.0], device=device))  # used to truncate silently
-    with pytest.raises(TypeError, match="beam_idx has dtype bool"):
-        F.reorder_kv_rows(table, torch.tensor([True, False, True], device=device))  # used to read 1, 0, 1
-    with pytest.raises(ValueError, match=r"beam_idx holds rows 0\.\.3, outside 0\.\.2"):
-        F.reorder_kv_rows(table, torch.tensor([0, 3, 1], device=device))  # used to be a bare IndexError
-    with pytest.raises(ValueError, match=r"beam_idx holds rows -1\.\.1"):
-        F.reorder_kv_rows(table, torch.tensor([-1, 0, 1], device=device))
-    with pytest.raises(ValueError, match=r"beam_idx has shape \(2,\), expected \(3,\)"):
-        F.reorder_kv_rows(table, torch.tensor([0, 1], device=device))
-    with pytest.raises(TypeError, match="row_table has dtype int64"):
-        F.reorder_kv_rows(table.long(), torch.tensor([0, 1, 2], device=device))
-    assert torch.equal(F.reorder_kv_rows(table, torch.tensor([2, 2, 0], device=device))[:, 0].cpu(),
-                       torch.tensor([2, 2, 0], dtype=torch.int32))  # fmt: skip
-
-
 @pytest.mark.parametrize("bad", [3, -1, 1000], ids=["one past", "negative", "far"])
 def test_decode_row_table_out_of_range_is_refused(backend, bad, device):
     """A table entry naming a physical row the cache does not have is refused on the host (CPU tensors) by both

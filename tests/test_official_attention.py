@@ -17,6 +17,7 @@ import pytest
 import torch
 
 import indextts_fast as F
+from indextts_fast.gpt.cache import KVCache
 
 from .helpers import DTYPES, assert_close_rel, dtype_id, official, randn
 
@@ -114,9 +115,9 @@ def test_gpt2_prefill_decode_and_beam_reorder_match_official(dtype, backend):
     attn64 = copy.deepcopy(attn).double()
     B, T0, S = 3, 21, 40
     cache, cache64 = _hf_cache(DynamicCache, cfg), _hf_cache(DynamicCache, cfg)
-    kv, table = F.alloc_kv_cache(1, B, HEADS, S, HEAD_DIM, dtype=dtype)
-    kc, vc = kv[0, 0], kv[0, 1]
-    lengths = torch.full((B,), T0, dtype=torch.int32)
+    kv = KVCache(1, B, HEADS, S, HEAD_DIM, dtype, "cpu")  # the decode loop's cache, its row table, its reorder
+    kc, vc = kv.layer(0)
+    kv.lengths.fill_(T0)
     x = randn(1, T0, DIM, dtype=dtype).expand(B, T0, DIM).contiguous()
     with torch.no_grad():
         low, _ = _cached_call(attn, x, cache)
@@ -127,10 +128,10 @@ def test_gpt2_prefill_decode_and_beam_reorder_match_official(dtype, backend):
             xn = randn(B, 1, DIM, dtype=dtype)
             low, _ = _cached_call(attn, xn, cache)
             high, _ = _cached_call(attn64, xn.double(), cache64)
-            y = F.gpt_decode_attention(attn.c_attn(xn), HEADS, kc, vc, lengths, row_table=table)
-            lengths += 1
+            y = F.gpt_decode_attention(attn.c_attn(xn), HEADS, kc, vc, kv.lengths, row_table=kv.table)
+            kv.lengths += 1
             assert_close_rel(attn.c_proj(y), low, high, what=f"GPT-2 decode step {step} ({backend})")
             idx = torch.tensor(beam_idx)
             cache.reorder_cache(idx)
             cache64.reorder_cache(idx)
-            table = F.reorder_kv_rows(table, idx)
+            kv.reorder(idx)

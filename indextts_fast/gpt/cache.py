@@ -25,14 +25,6 @@ class KVCache:
         self._rows = torch.arange(rows, dtype=torch.int32, device=device)
         self.reset()
 
-    def fits(self, layers, rows, heads, max_len, head_dim, dtype, device) -> bool:
-        return (
-            (layers, rows, heads, head_dim) == (self.layers, self.rows, self.heads, self.head_dim)
-            and max_len <= self.max_len
-            and dtype == self.buf.dtype
-            and torch.device(device) == self.buf.device
-        )
-
     def reset(self) -> None:
         """An identity table and empty rows: the state every generation starts from."""
         self.table.copy_(self._rows[:, None].expand(self.rows, self.max_len))

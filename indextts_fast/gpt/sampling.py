@@ -242,8 +242,9 @@ class BeamScorer:
     ``step`` takes the flattened, beam-score-added scores [1, num_beams * V] and returns the next beams (scores,
     tokens, source rows) while recording finished hypotheses; it changes nothing where ``run`` (a device bool) is
     false. ``done`` is a device bool; ``finalize`` returns the best sequence. Hypothesis sequences are stored by
-    value ([num_beams, capacity] buffer). The step length, the prompt length and max_length are device scalars of
-    the caller (``cur``, ``prompt_len``, ``max_length``), so the same state serves generation after generation.
+    value ([num_beams, capacity] buffer). The step length and the prompt length are device scalars of the caller
+    (``cur``, ``prompt_len``) and ``reset`` takes a generation's prompt length and max_length, so the same state
+    serves generation after generation.
     """
 
     def __init__(self, args: GenerationArgs, capacity: int, device):
@@ -257,11 +258,15 @@ class BeamScorer:
         self.inserted = torch.empty((), dtype=torch.int64, device=device)  # the seq number of the next insertion
         self.done = torch.empty((), dtype=torch.bool, device=device)
         self.powers = length_powers(args.length_penalty, capacity, device)
+        # early_stopping="never": float((max_length - prompt_len) ** length_penalty), one value per generation
+        self.never_power = torch.ones((), dtype=torch.float64, device=device)
         self._ranks = torch.arange(2 * K, device=device)
         self._slots = torch.arange(K, device=device)
-        self.reset()
+        self.reset(0, 0)
 
-    def reset(self) -> None:
+    def reset(self, prompt_len: int, max_length: int) -> None:
+        if self.args.early_stopping == "never" and self.args.length_penalty > 0.0:
+            self.never_power.fill_(float((max_length - prompt_len) ** self.args.length_penalty))
         self.hyp_scores.fill_(float("inf"))  # +inf: an empty slot
         self.hyp_seq.fill_(-1)
         self.hyp_len.zero_()
@@ -300,8 +305,14 @@ class BeamScorer:
         self.count.add_((accept & ~full).to(torch.int64))
         self.inserted.add_(1)
 
-    def step(self, scores: torch.Tensor, input_ids: torch.Tensor, cur: torch.Tensor, prompt_len: torch.Tensor,
-             max_length: torch.Tensor, run: torch.Tensor):  # fmt: skip
+    def step(
+        self,
+        scores: torch.Tensor,
+        input_ids: torch.Tensor,
+        cur: torch.Tensor,
+        prompt_len: torch.Tensor,
+        run: torch.Tensor,
+    ):
         """One beam step. ``scores`` [1, K * V] (processed log-probs + beam scores); ``input_ids`` [K, capacity]
         holding the K running sequences (first ``cur`` tokens valid). Returns (beam_scores [K] fp32, tokens [K],
         source rows [K], the draw's validity (a device bool; True without sampling))."""
@@ -335,7 +346,7 @@ class BeamScorer:
             finished = torch.ones((), dtype=torch.bool, device=best.device)
         else:
             if args.early_stopping == "never" and args.length_penalty > 0.0:
-                attainable = best / self._power(max_length - prompt_len)
+                attainable = best / self.never_power
             else:
                 attainable = best / denom
             finished = self._worst() >= attainable
@@ -357,7 +368,7 @@ class BeamScorer:
         tied = filled & (key == top)
         best = int(torch.argmax(torch.where(tied, self.hyp_seq, -1)))
         n = int(self.hyp_len[best])
-        seq = self.hyp_ids[best, :n]
+        seq = self.hyp_ids[best, :n].clone()  # a copy: the next generation rewrites hyp_ids in place
         if n < max_length:
             seq = torch.cat([seq, seq.new_full((1,), self.args.eos_token_id)])
         return seq[None, :]

@@ -19,8 +19,9 @@ random stream is the official one. Exact in arithmetic; on a GPU a GEMM of Tb ro
 of T rows, which moves the last bits only.
 
 ``CFMLoop`` (what ``enable()`` installs) runs the loop eagerly, or on CUDA as one CUDA graph per (bucket, batch,
-steps, CFG rate): the first call of a key runs eagerly (it compiles every kernel) and is then captured; every
-later call of that key copies its inputs into the graph's static buffers and replays the 25 steps as one launch.
+steps, CFG rate, ...): every call copies its inputs into the key's static buffers; the first call of a key runs
+the 25 steps eagerly (it compiles every kernel), the second captures them, every later one replays them as one
+launch (``_graphs.Graphed``).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from typing import Optional
 
 import torch
 
-from .._graphs import capture
+from .._graphs import Graphed, MemoryPool, graphs_wanted
 from ..profiling import nvtx_range
 
 __all__ = ["cfm_inference", "CFMLoop", "bucket_frames"]
@@ -147,59 +148,54 @@ def cfm_inference(cfm, estimator, mu, x_lens, prompt, style, f0, n_timesteps, te
     return _solve_bufs(estimator, bufs, t_span, rate)[..., :T].contiguous()
 
 
-class _Graph:
-    def __init__(self, bufs, t_span):
-        self.bufs, self.t_span = bufs, t_span
-        self.graph: Optional[torch.cuda.CUDAGraph] = None
-        self.out: Optional[torch.Tensor] = None
-        self.replays = 0
+class _Run:
+    """One padded length's static buffers and its graphed 25 steps."""
+
+    def __init__(self, bufs: dict, t_span: torch.Tensor, graphed: Graphed):
+        self.bufs, self.t_span, self.graphed = bufs, t_span, graphed
 
 
 class CFMLoop:
     """``cfm.inference`` for one CFM with ``fast`` (a FastDiT) as its estimator.
 
-    ``graphs`` (default: on CUDA): one CUDA graph per (bucket, batch, steps, CFG rate, x_lens rows), at most
-    ``max_graphs`` kept (least recently used dropped). Runs with T <= K // 2 frames (the official WaveNet pads
-    those differently) and every CPU run are eager and unpadded. ``capture_s`` holds each key's capture time.
+    ``graphs`` (default: on CUDA): one CUDA graph per (bucket, batch, steps, CFG rate, x_lens rows, style and mu
+    widths), at most ``max_graphs`` kept (least recently used dropped), all in one memory pool. Runs with at most
+    half the WaveNet kernel's frames (the official WaveNet pads those differently) and every CPU run are eager and
+    unpadded.
     """
 
     def __init__(self, cfm, fast, *, graphs: Optional[bool] = None, max_graphs: int = 4,
                  bucket: Callable[[int], int] = bucket_frames):  # fmt: skip
         self.cfm, self.fast, self.bucket, self.max_graphs = cfm, fast, bucket, int(max_graphs)
-        self.graphs = (fast.device.type == "cuda") if graphs is None else bool(graphs) and fast.device.type == "cuda"
-        self._graphs: OrderedDict = OrderedDict()
-        self.capture_s: dict = {}
+        self.graphs = graphs_wanted(graphs, fast.device)
+        self.runs: OrderedDict = OrderedDict()  # key -> _Run, least recently used first
+        self.pool = MemoryPool()
+
+    @property
+    def capture_s(self) -> dict:
+        """Host seconds of each kept graph's capture (the benchmark reports them)."""
+        return {k: r.graphed.capture_s for k, r in self.runs.items() if r.graphed.capture_s is not None}
 
     def __call__(self, mu, x_lens, prompt, style, f0, n_timesteps, temperature=1.0, inference_cfg_rate=0.5):
         B, T = mu.size(0), mu.size(1)
-        if not self.graphs or T <= self.fast.K // 2:
+        if not self.graphs or T <= self.fast.wavenet_kernel // 2:
             return cfm_inference(self.cfm, self.fast, mu, x_lens, prompt, style, f0, n_timesteps,
                                  temperature=temperature, inference_cfg_rate=inference_cfg_rate)  # fmt: skip
         _check(n_timesteps, prompt, T)
         rate = float(inference_cfg_rate)
         Tb = min(self.bucket(T), self.fast.freqs_cis.shape[0])
-        lens_rows = torch.as_tensor(x_lens).numel()
-        key = (Tb, B, int(n_timesteps), rate, lens_rows, tuple(style.shape), mu.size(2))
+        key = (Tb, B, int(n_timesteps), rate, torch.as_tensor(x_lens).numel(), tuple(style.shape), mu.size(2))
         z = _noise(self.cfm, mu, prompt, temperature)
-        g = self._graphs.get(key)
-        if g is None:
+        run = self.runs.pop(key, None)
+        if run is None:
             bufs = _buffers(self.cfm, mu, style, x_lens, Tb, mu.device)
-            g = _Graph(bufs, torch.linspace(0, 1, int(n_timesteps) + 1, device=mu.device))
-        else:
-            self._graphs.move_to_end(key)
-        _fill(g.bufs, z, prompt, mu, style, x_lens, T)
-        if g.graph is None:  # the first call of this key: eager (compiles the kernels), then captured for the next
-            out = _solve_bufs(self.fast, g.bufs, g.t_span, rate)[..., :T].contiguous()
-            self._capture(key, g, rate)
-            return out
-        with nvtx_range("s2mel.cfm.replay"):
-            g.graph.replay()
-        g.replays += 1
-        return g.out[..., :T].contiguous()  # a copy: the static output is overwritten by the next replay
-
-    def _capture(self, key, g: _Graph, rate: float) -> None:
-        g.graph, g.out, self.capture_s[key] = capture(lambda: _solve_bufs(self.fast, g.bufs, g.t_span, rate),
-                                                      self.fast.device)  # fmt: skip
-        self._graphs[key] = g
-        while len(self._graphs) > self.max_graphs:
-            self._graphs.popitem(last=False)
+            t_span = torch.linspace(0, 1, int(n_timesteps) + 1, device=mu.device)
+            solve = lambda b=bufs, t=t_span: _solve_bufs(self.fast, b, t, rate)  # noqa: E731
+            run = _Run(bufs, t_span, Graphed(solve, mu.device, enabled=True, pool=self.pool))
+        self.runs[key] = run
+        while len(self.runs) > self.max_graphs:
+            self.runs.popitem(last=False)
+        _fill(run.bufs, z, prompt, mu, style, x_lens, T)
+        with nvtx_range("s2mel.cfm.steps"):
+            out = run.graphed()
+        return out[..., :T].clone()  # a copy: a graph's static output is rewritten by its next replay

@@ -133,10 +133,11 @@ class FastDiT:
         if self.act_dtype is not None:  # the time embedders stay fp32 (1000 * t * freqs needs it)
             w = dataclasses.replace(_cast(w, self.act_dtype), t_embed=w.t_embed, t_embed2=w.t_embed2)
         self.w, self.dims, self.precision = w, dict(dims), precision
-        self.C, self.L, self.heads = dims["C"], dims["L"], dims["heads"]
-        self.H, self.W, self.K, self.F, self.S = dims["H"], dims["W"], dims["K"], dims["F"], dims["S"]
-        if self.K % 2 != 1:
-            raise ValueError(f"FastDiT: the WaveNet kernel must be odd, got {self.K}")
+        self.width, self.depth, self.heads = dims["C"], dims["L"], dims["heads"]  # the transformer
+        self.mel_channels, self.style_dim = dims["F"], dims["S"]
+        self.wavenet_width, self.wavenet_layers, self.wavenet_kernel = dims["H"], dims["W"], dims["K"]
+        if self.wavenet_kernel % 2 != 1:
+            raise ValueError(f"FastDiT: the WaveNet kernel must be odd, got {self.wavenet_kernel}")
         self.rms_eps, self.final_eps = float(rms_eps), float(final_eps)
         ref = w.merge_w
         self.device, self.dtype = ref.device, ref.dtype
@@ -147,9 +148,9 @@ class FastDiT:
             parts_b = [m for lw in w.layers for m in (lw.attn_norm_b, lw.ffn_norm_b)] + [w.norm_b]
             self.adaln_w, self.adaln_b = torch.cat(parts_w).contiguous(), torch.cat(parts_b).contiguous()
         # built here, never inside a forward: nothing is allocated lazily on the first call (CUDA-graph friendly)
-        self.freqs_cis = rope_table_ref(rope_positions, self.C // self.heads, device=self.device)
-        self.emit = set(range(self.L // 2))
-        self.receive = set(range(self.L // 2 + 1, self.L))
+        self.freqs_cis = rope_table_ref(rope_positions, self.width // self.heads, device=self.device)
+        self.emit = set(range(self.depth // 2))  # UViT: the first half's outputs are pushed, the second half pops
+        self.receive = set(range(self.depth // 2 + 1, self.depth))
 
     def _lin(self, x, w, b=None, **kw):
         return ops.linear(x, w, b, precision=self.gemm_precision, **kw)
@@ -177,11 +178,12 @@ class FastDiT:
     def forward(self, x, prompt_x, x_lens, t, style, cond, *, valid_len: Optional[torch.Tensor] = None) -> torch.Tensor:
         """``valid_len`` (a device int tensor [1], default None): the batch is padded beyond its first valid_len
         frames; every frame below it is computed as for the unpadded batch (keys and WaveNet frames masked at
-        min(x_lens, valid_len), the WaveNet taps reflected at valid_len). The caller keeps valid_len > K // 2."""
-        w, C, H = self.w, self.C, self.H
-        B, Fc, T = x.shape
-        if Fc != self.F:
-            raise ValueError(f"FastDiT: x has {Fc} mel channels, the model {self.F}")
+        min(x_lens, valid_len), the WaveNet taps reflected at valid_len). The caller keeps valid_len above half the
+        WaveNet kernel."""
+        w, C, hidden = self.w, self.width, self.wavenet_width
+        B, mels, T = x.shape
+        if mels != self.mel_channels:
+            raise ValueError(f"FastDiT: x has {mels} mel channels, the model {self.mel_channels}")
         if T > self.freqs_cis.shape[0]:
             raise ValueError(f"FastDiT: {T} frames exceed the {self.freqs_cis.shape[0]} RoPE positions of the model")
         lens = self._lens(x_lens, B, T)
@@ -191,7 +193,7 @@ class FastDiT:
         index = None
         if valid_len is not None:
             lens = torch.minimum(lens, valid_len.to(lens.dtype))
-            index = reflect_index(valid_len, T, self.K)
+            index = reflect_index(valid_len, T, self.wavenet_kernel)
         prec = self.gemm_precision
         t = t.reshape(-1).expand(B) if t.numel() == 1 else t
         t1 = _t_embedding(w.t_embed, t, prec or DEFAULT_PRECISION)  # [B, C], fp32
@@ -217,33 +219,33 @@ class FastDiT:
             h = ops.swiglu_feed_forward(n, lw.w13, lw.w2, residual=h, precision=prec)
             if i in self.emit:
                 skips.append(h)
-        r = 4 * C * self.L
+        r = 4 * C * self.depth
         h = ops.adaptive_rms_norm(h, w.norm_g, mod[:, r : r + C], mod[:, r + C : r + 2 * C], self.rms_eps)
         x_res = self._lin(torch.cat([h, xt], -1), w.skip_linear_w, w.skip_linear_b)  # long skip
         y = self._wavenet(self._lin(x_res, w.conv1_w, w.conv1_b), lens, t, prec, index)
         y = self._lin(x_res, w.res_proj_w, w.res_proj_b, residual=y)
-        fm = self._lin(F.silu(t1), w.final_adaln_w, w.final_adaln_b)  # [B, 2H]: shift | scale
-        y = ops.final_layer_modulate(y, fm[:, :H], fm[:, H:], self.final_eps)
+        fm = self._lin(F.silu(t1), w.final_adaln_w, w.final_adaln_b)  # [B, 2 * hidden]: shift | scale
+        y = ops.final_layer_modulate(y, fm[:, :hidden], fm[:, hidden:], self.final_eps)
         y = self._lin(y, w.final_linear_w, w.final_linear_b)
         y = self._lin(y, w.conv2_w, w.conv2_b)  # [B, T, F]
         return y.transpose(1, 2).to(torch.float32).contiguous()
 
     def _wavenet(self, x: torch.Tensor, lens: torch.Tensor, t: torch.Tensor, prec: str, index=None) -> torch.Tensor:
-        """WN(x, mask, g = t_embedder2(t)) in channel-last layout [B, T, H]."""
-        w, H, W = self.w, self.H, self.W
+        """WN(x, mask, g = t_embedder2(t)) in channel-last layout [B, T, hidden]."""
+        w, hidden, layers = self.w, self.wavenet_width, self.wavenet_layers
         B, T, _ = x.shape
         mask = (torch.arange(T, device=x.device)[None, :] < lens[:, None]).to(x.dtype)[..., None]  # [B, T, 1]
         t2 = _t_embedding(w.t_embed2, t, prec or DEFAULT_PRECISION).to(x.dtype)  # fp32, then the stream's dtype
-        g = self._lin(t2, w.wn_cond_w, w.wn_cond_b)  # [B, 2H*W]
+        g = self._lin(t2, w.wn_cond_w, w.wn_cond_b)  # [B, 2 * hidden * layers]
         out = torch.zeros_like(x)
-        for i in range(W):
-            a = self._lin(_taps(x, self.K, index), w.wn_in_w[i], w.wn_in_b[i])  # [B, T, 2H]
-            a = a + g[:, None, 2 * H * i : 2 * H * (i + 1)]
-            acts = torch.tanh(a[..., :H]) * torch.sigmoid(a[..., H:])
+        for i in range(layers):
+            a = self._lin(_taps(x, self.wavenet_kernel, index), w.wn_in_w[i], w.wn_in_b[i])  # [B, T, 2 * hidden]
+            a = a + g[:, None, 2 * hidden * i : 2 * hidden * (i + 1)]
+            acts = torch.tanh(a[..., :hidden]) * torch.sigmoid(a[..., hidden:])
             rs = self._lin(acts, w.wn_res_skip_w[i], w.wn_res_skip_b[i])
-            if i < W - 1:
-                x = (x + rs[..., :H]) * mask
-                out = out + rs[..., H:]
+            if i < layers - 1:
+                x = (x + rs[..., :hidden]) * mask
+                out = out + rs[..., hidden:]
             else:
                 out = out + rs
         return out * mask
@@ -284,6 +286,6 @@ def unsupported_reason(dit) -> Optional[str]:
     dtypes = {p.dtype for p in dit.parameters()}
     if dtypes != {torch.float32}:
         return f"the DiT's parameters are {sorted(str(d) for d in dtypes)}; the fast DiT runs the official fp32 s2mel"
-    if dit.training:
-        return "the DiT is in training mode (class dropout); call .eval() first"
+    if any(m.training for m in dit.modules()):
+        return "the DiT is in training mode (class dropout, dropout layers); call .eval() first"
     return None

@@ -255,30 +255,6 @@ def decode_attention_args(op: str, q, k_cache, v_cache, lengths, *, row_table=No
     check_inference(op, q, k_cache, v_cache)
 
 
-def reorder_args(op: str, row_table, beam_idx) -> None:
-    """A beam reorder: row_table int32 [B, S_max] (the decode table), beam_idx integer [B] with values in [0, B).
-
-    Values are checked where that costs no device sync (CPU tensors); on the device an out-of-range index is
-    the caller's error (index_select asserts there)."""
-    check_tensor("row_table", row_table, dtypes=(torch.int32,), min_dim=2)
-    if row_table.dim() != 2:
-        raise ValueError(f"{op}: row_table must be [B, S_max], got shape {tuple(row_table.shape)}")
-    if not isinstance(beam_idx, torch.Tensor):
-        raise TypeError(f"{op}: beam_idx must be a torch.Tensor, got {type(beam_idx).__name__}")
-    if beam_idx.dtype not in INDEX_DTYPES:
-        raise TypeError(
-            f"{op}: beam_idx has dtype {str(beam_idx.dtype).replace('torch.', '')}; supported: int32, int64 "
-            "(row indices, not a mask or float)"
-        )
-    B = row_table.shape[0]
-    if tuple(beam_idx.shape) != (B,):
-        raise ValueError(f"{op}: beam_idx has shape {tuple(beam_idx.shape)}, expected ({B},): one source row per row")
-    if beam_idx.device.type == "cpu" and B:
-        lo, hi = int(beam_idx.min()), int(beam_idx.max())
-        if lo < 0 or hi >= B:
-            raise ValueError(f"{op}: beam_idx holds rows {lo}..{hi}, outside 0..{B - 1}")
-
-
 GEMM_PRECISIONS = ("ieee", "tf32x3", "tf32")
 
 

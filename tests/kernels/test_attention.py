@@ -108,7 +108,7 @@ def test_gpt_decode_beam_reorder_with_row_table(device):
         low = torch.nn.functional.scaled_dot_product_attention(q.to(dtype), hf_k.to(dtype), hf_v.to(dtype))
         assert_close_rel(y, low.transpose(1, 2).reshape(B, 1, H * D), high, what=f"beam step {beam_idx}")
         idx = torch.tensor(beam_idx, device=device)
-        table = F.reorder_kv_rows(table, idx)
+        table = table.index_select(0, idx)  # the beam reorder: a permutation of the table, not of the cache
         hf_k, hf_v = hf_k.index_select(0, idx), hf_v.index_select(0, idx)
 
 
@@ -315,12 +315,15 @@ def test_gpu_tile_configs(dtype, head_dim, rope, device, monkeypatch):
 def test_compile_variants_cover_the_launch_configs():
     """Every kernel specialization the ops launch on a GPU (dtype, fp32 precision, head_dim, flags, tiles, splits)
     is listed in compile_variants(), so the AOT table (0 spills, mma) checks the code that actually runs."""
+    from indextts_fast.aot import requests
+    from indextts_fast.shapes import GPT_CACHE_LEN
     from indextts_kernels import attention as A
 
     def key(fn, ptr, const):
         return getattr(fn, "__name__", None) or fn.fn.__name__, ptr, tuple(sorted(const.items()))
 
-    listed = {key(fn, sig.get("Q", sig.get("O")), const) for _, fn, sig, const, *_ in A.compile_variants()}
+    variants = A.compile_variants(**requests()["attention"])
+    listed = {key(fn, sig.get("Q", sig.get("O")), const) for _, fn, sig, const, *_ in variants}
     cases = [(t, prec, D) for t in ("fp16", "bf16") for D in (64, 128) for prec in ("ieee",)]
     cases += [("fp32", prec, D) for prec in A.FP32_PRECISIONS for D in (64, 128)]
     tdt = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -338,7 +341,7 @@ def test_compile_variants_cover_the_launch_configs():
                          BLOCK_M=bm, BLOCK_N=bn)  # fmt: skip
             launched.append(key(A._attn_fwd_kernel, ptr, const))
         if prec == "ieee":
-            splits = A.decode_num_splits(2048, interpret=False)
+            splits = A.decode_num_splits(GPT_CACHE_LEN, interpret=False)
             for table in (False, True):
                 const = dict(
                     HEAD_DIM=D,
