@@ -18,7 +18,6 @@ lock, so two threads cannot patch one model twice or half.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import threading
 import weakref
 from typing import Optional
@@ -27,25 +26,42 @@ import torch
 from torch import nn
 
 from ._dispatch import backend_for
+from .errors import UnsupportedModel
 
 __all__ = ["enable", "enabled", "FastHandle", "UnsupportedModel"]
 
 _LOCK = threading.RLock()
-_HANDLES: weakref.WeakKeyDictionary[object, FastHandle] = weakref.WeakKeyDictionary()
-_PATCHED_PARTS: weakref.WeakKeyDictionary[object, FastHandle] = weakref.WeakKeyDictionary()
+# target -> weakref(its live handle); enabled part -> weakref(its handle). Weak both ways: a handle lives while its
+# parts are patched (each part's patch holds it), so an enabled model is freed by ``del`` + gc like any other.
+_HANDLES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_PATCHED_PARTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-class UnsupportedModel(ValueError):
-    """A target, or a part of it, that the fast backend does not implement; the message says what differs."""
-
-
-@dataclasses.dataclass
 class _Part:
-    name: str
-    obj: object
-    status: str  # "fast" | "skipped"
-    detail: str
-    patch: object = None
+    """One part of a handle: its module and its patch, both held weakly (the model holds its patches, its patches
+    hold the handle; a handle never keeps a model alive)."""
+
+    def __init__(self, name: str, obj, status: str, detail: str, patch=None):
+        self.name, self.status, self.detail = name, status, detail  # status: "fast" | "skipped"
+        self._obj = weakref.ref(obj)
+        self._patch = weakref.ref(patch) if patch is not None else None
+
+    @property
+    def obj(self):
+        return self._obj()
+
+    @property
+    def patch(self):
+        return self._patch() if self._patch is not None else None
+
+    def state(self) -> tuple[str, str]:
+        """(status, detail) as things are now: a patch reports a later change (a re-run of post_init_gpt2_config),
+        and a part whose model was freed says so."""
+        if self._patch is not None and self.patch is None:
+            return "freed", "the model was freed"
+        if self.patch is not None and self.patch.status != "fast":
+            return self.patch.status, self.patch.detail
+        return self.status, self.detail
 
 
 def _is_unified_voice(m) -> bool:
@@ -94,21 +110,28 @@ def _device_of(m) -> torch.device:
 
 
 class FastHandle:
-    """What ``enable`` did to one target: the parts swapped and skipped, and their exact undo."""
+    """What ``enable`` did to one target: the parts swapped and skipped, the options, and their exact undo."""
 
-    def __init__(self, target, parts: list[_Part]):
+    def __init__(self, target, parts: list[_Part], options: dict):
+        # weakly: a handle must not keep its model alive (a target that takes no weak reference, a plain
+        # namespace holding the parts, say, is held strongly: it is no model itself)
         self._target = weakref.ref(target) if _weakrefable(target) else (lambda t=target: t)
-        self.parts = parts
+        self._name = type(target).__name__
+        self.parts, self.options = parts, dict(options)
         self.live = True
+        for p in parts:
+            if p.patch is not None:
+                p.patch.handle = self  # the patched model holds its handle, not the other way round
 
     @property
     def target(self):
         return self._target()
 
     def report(self) -> str:
-        lines = [f"indextts_fast on {type(self.target).__name__}" + ("" if self.live else " (reverted)")]
+        lines = [f"indextts_fast on {self._name}" + ("" if self.live else " (reverted)")]
         for p in self.parts:
-            lines.append(f"  {p.name:<6} {p.status:<8} {p.detail}")
+            status, detail = p.state()
+            lines.append(f"  {p.name:<6} {status:<8} {detail}")
         return "\n".join(lines)
 
     def __repr__(self) -> str:
@@ -120,11 +143,13 @@ class FastHandle:
             if not self.live:
                 return
             for p in reversed(self.parts):
-                if p.patch is not None:
-                    p.patch.revert()
-                    _PATCHED_PARTS.pop(p.obj, None)
+                patch, obj = p.patch, p.obj
+                if patch is not None:
+                    patch.revert()
+                if obj is not None:
+                    _PATCHED_PARTS.pop(obj, None)
             t = self.target
-            if t is not None and _HANDLES.get(t) is self:
+            if t is not None and _weakrefable(t) and _live_handle(_HANDLES.get(t)) is self:
                 del _HANDLES[t]
             self.live = False
 
@@ -144,6 +169,34 @@ def _weakrefable(obj) -> bool:
         return False
 
 
+def _live_handle(ref) -> Optional[FastHandle]:
+    h = ref() if ref is not None else None
+    return h if h is not None and h.live else None
+
+
+def _handle_of(target) -> Optional[FastHandle]:
+    """The live handle enabled on ``target`` itself (found through its parts when it takes no weak reference)."""
+    if _weakrefable(target):
+        return _live_handle(_HANDLES.get(target))
+    try:
+        found = _resolve(target)
+    except TypeError:
+        return None
+    for obj in found.values():
+        h = _live_handle(_PATCHED_PARTS.get(obj))
+        if h is not None and h.target is target:
+            return h
+    return None
+
+
+def _install(patch, note: str) -> None:
+    try:
+        patch.install(note)
+    except BaseException:
+        patch.revert()
+        raise
+
+
 def _gpt_part(uv, strict: bool, graphs: Optional[bool]) -> _Part:
     from .gpt import patch as gp
 
@@ -156,11 +209,11 @@ def _gpt_part(uv, strict: bool, graphs: Optional[bool]) -> _Part:
         if strict:
             raise UnsupportedModel(f"gpt: {reason}")
         return _Part("gpt", uv, "skipped", reason)
-    fast = gp.build_fast_gpt(uv)
+    patch = gp.GPTPatch(uv, graphs=graphs)
+    fast = patch.fast
     backend = backend_for(fast.device)
-    patch = gp.GPTPatch(uv, fast, graphs=graphs)
     dtype = str(fast.dtype).replace("torch.", "")
-    patch.install(f"(indextts_fast: generate and latent pass on {backend}, {dtype} operands, fp32 stream)")
+    _install(patch, f"(indextts_fast: generate and latent pass on {backend}, {dtype} operands, fp32 stream)")
     return _Part("gpt", uv, "fast", f"decode loop + latent pass, {fast.n_layers} layers, {dtype}, on {backend}",
                  patch)  # fmt: skip
 
@@ -173,10 +226,17 @@ def _s2mel_part(obj, strict: bool, precision: Optional[str], graphs: Optional[bo
         if strict:
             raise UnsupportedModel(f"s2mel: {reason}")
         return _Part("s2mel", obj, "skipped", reason)
-    patch = sp.S2MelPatch.build(obj, precision=precision, graphs=graphs)
+    patch = sp.S2MelPatch(obj, precision=precision, graphs=graphs)
     backend = backend_for(_device_of(obj))
-    patch.install(f"(indextts_fast: {patch.what} on {backend})")
+    _install(patch, f"(indextts_fast: {patch.what} on {backend})")
     return _Part("s2mel", obj, "fast", f"{patch.what}, {patch.precision_note}, on {backend}", patch)
+
+
+def _options(gpt, s2mel, strict, dit_precision, graphs) -> dict:
+    from .s2mel.dit import DEFAULT_PRECISION
+
+    return dict(gpt=bool(gpt), s2mel=bool(s2mel), strict=bool(strict), dit_precision=dit_precision or DEFAULT_PRECISION,
+                graphs=graphs)  # fmt: skip
 
 
 def enable(target, *, gpt: bool = True, s2mel: bool = True, strict: bool = True,
@@ -184,14 +244,24 @@ def enable(target, *, gpt: bool = True, s2mel: bool = True, strict: bool = True,
     """Run ``target``'s GPT generation, its teacher-forced latent pass and its CFM/DiT on indextts_fast.
 
     ``strict``: a part of a variant the fast backend does not implement raises UnsupportedModel (else it is skipped
-    and the report says why). IndexTTS-2.5 is always refused. ``dit_precision`` overrides the DiT's fp32 product
-    precision ("ieee" exact, "tf32x3", "tf32"; default: the s2mel module's documented default; "bf16" / "fp16":
-    the estimator in that dtype, opt-in). ``graphs``: replay the GPT's per-token tick and the CFM loop as CUDA
-    graphs (default: on CUDA; False runs the same loops eagerly, the same results).
+    and the report says why; if no part is left, enable raises). IndexTTS-2.5 is always refused. ``dit_precision``
+    overrides the DiT's fp32 product precision ("ieee" exact, "tf32x3", "tf32"; default: the s2mel module's
+    documented default, tf32x3; "bf16" / "fp16": the estimator in that dtype, opt-in). ``graphs``: replay the GPT's
+    per-token tick and the CFM loop as CUDA graphs (default: on CUDA; False runs the same loops eagerly, the same
+    results).
+
+    On a target already enabled: the same options return its live handle; other options raise ValueError (revert
+    it first). Nothing is changed when enable raises.
     """
+    options = _options(gpt, s2mel, strict, dit_precision, graphs)
     with _LOCK:
-        live = _HANDLES.get(target) if _weakrefable(target) else None
-        if live is not None and live.live:
+        live = _handle_of(target)
+        if live is not None:
+            if live.options != options:
+                diff = ", ".join(f"{k}={options[k]!r} (enabled with {live.options[k]!r})" for k in options
+                                 if options[k] != live.options[k])  # fmt: skip
+                raise ValueError(f"enable: {type(target).__name__} is already enabled with other options: {diff}; "
+                                 "revert() its handle first")  # fmt: skip
             return live
         found = _resolve(target)
         wanted = {"gpt": gpt, "s2mel": s2mel}
@@ -204,27 +274,28 @@ def enable(target, *, gpt: bool = True, s2mel: bool = True, strict: bool = True,
                 if not wanted[name]:
                     parts.append(_Part(name, obj, "skipped", f"{name}=False"))
                     continue
-                if obj in _PATCHED_PARTS:
+                if _live_handle(_PATCHED_PARTS.get(obj)) is not None:
                     raise ValueError(
                         f"enable: the {name} part is already enabled through another handle; revert it first"
                     )
                 part = (_gpt_part(obj, strict, graphs) if name == "gpt" else
                         _s2mel_part(obj, strict, dit_precision, graphs))  # fmt: skip
                 parts.append(part)
-                if part.patch is not None:
-                    _PATCHED_PARTS[obj] = None  # placeholder until the handle exists
+            if not any(p.patch is not None for p in parts):
+                why = "; ".join(f"{p.name}: {p.detail}" for p in parts) or "no part"
+                error = UnsupportedModel if any("=False" not in p.detail for p in parts) else ValueError
+                raise error(f"enable: nothing to enable on {type(target).__name__} ({why})")
         except BaseException:
             for p in reversed(parts):  # never half-patched
                 if p.patch is not None:
                     p.patch.revert()
-                    _PATCHED_PARTS.pop(p.obj, None)
             raise
-        handle = FastHandle(target, parts)
+        handle = FastHandle(target, parts, options)
         for p in parts:
             if p.patch is not None:
-                _PATCHED_PARTS[p.obj] = handle
+                _PATCHED_PARTS[p.obj] = weakref.ref(handle)
         if _weakrefable(target):
-            _HANDLES[target] = handle
+            _HANDLES[target] = weakref.ref(handle)
         return handle
 
 
@@ -232,7 +303,7 @@ def enable(target, *, gpt: bool = True, s2mel: bool = True, strict: bool = True,
 def enabled(target, **kwargs):
     """``with enabled(tts): ...`` — enable for the block, revert after it (unless it was already enabled)."""
     with _LOCK:
-        pre = _HANDLES.get(target) if _weakrefable(target) else None
+        pre = _handle_of(target)
         h = enable(target, **kwargs)
     try:
         yield h

@@ -1,19 +1,31 @@
 """The GPT side of ``indextts_fast.enable``: what is replaced on a live UnifiedVoice, and the replacements.
 
-Two instance attributes, nothing else (no module is swapped, so ``state_dict()`` is untouched):
-    uv.inference_model.generate   our decode loop (generate.py) instead of Hugging Face generate. The official
+Instance attributes only (no module is swapped, so ``state_dict()`` is untouched):
+    uv.inference_model.generate   our decode loop (decode.py) instead of Hugging Face generate. The official
                                   ``inference_speech`` still builds the conditioning (conformer, perceiver,
                                   emotion vector, speed embeddings), the text embeddings and the prompt, in both
                                   code lines and whatever parameters a revision added ahead of them; only the
                                   generation itself changes hands.
     uv.get_logits                 the teacher-forced pass of ``UnifiedVoice.forward`` (``return_latent=True``) on
                                   our causal prefill; any other use (logits, attentions) runs the official code.
-Both run with the caller's autocast disabled around our ops: their numerics are those of the official run
-(model.py), whichever autocast is active.
+    uv.inference_speech           the official method, under this part's lock (it stores the prompt on the
+                                  inference model, then generates from it: two threads must not interleave there)
+    uv.post_init_gpt2_config      the official method, then the new inference model patched again (or the part
+                                  reported skipped, with the reason, when the new one is not a GPT2InferenceModel)
+Every entry point holds the part's lock (one call at a time per model: concurrent callers each get their own,
+official result, one after another) and first checks the watched modules (``_watch.ModuleWatch``): weights
+reloaded, edited in place, moved or cast after ``enable`` rebuild the fast weights; a change the fast GPT does not
+implement (a dtype it has no path for, training mode) raises ``UnsupportedModel`` naming it. Our ops run with the
+caller's autocast disabled: their numerics are those of the official run (model.py), whichever autocast is active.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
+import threading
+import warnings
+from collections import OrderedDict
 from typing import Optional
 
 import torch
@@ -21,14 +33,17 @@ from torch import nn
 
 from .. import loader
 from .._attrs import AttrPatch
+from .._watch import ModuleWatch
+from ..errors import UnsupportedModel
 from ..profiling import nvtx_range
-from .generate import generate
+from .decode import generate
 from .model import FastGPT
 from .sampling import UnsupportedGeneration, resolve_generation_args
 
-__all__ = ["unsupported_reason", "is_indextts25", "build_fast_gpt", "GPTPatch"]
+__all__ = ["unsupported_reason", "is_indextts25", "build_fast_gpt", "GPTPatch", "MAX_DECODERS"]
 
 _SUPPORTED_DTYPES = (torch.float32, torch.float16)
+MAX_DECODERS = 2  # decoders (KV caches) kept per model: one per row count (batch 1 and a beam count), LRU
 
 
 def is_indextts25(uv) -> bool:
@@ -76,7 +91,17 @@ def unsupported_reason(uv) -> Optional[str]:
     if len(dtypes) != 1 or next(iter(dtypes)) not in _SUPPORTED_DTYPES:
         found = sorted(str(d).replace("torch.", "") for d in dtypes)
         return f"GPT weights of dtype {found} (supported: all float32, or all float16 as use_fp16 halves them)"
+    devices = {p.device for p in gpt.parameters()} | {uv.mel_head.weight.device, uv.mel_embedding.weight.device}
+    if len(devices) != 1:
+        return f"the GPT's weights are spread over {sorted(map(str, devices))}"
+    if any(m.training for root in _watched(uv).values() for m in root.modules()):
+        return "the GPT is in training mode (its dropout draws random numbers); call .eval() first"
     return None
+
+
+def _watched(uv) -> dict[str, nn.Module]:
+    """The modules the fast GPT reads its weights from (the conditioning encoders stay with the official code)."""
+    return {n: getattr(uv, n) for n in ("gpt", "mel_embedding", "mel_pos_embedding", "final_norm", "mel_head")}
 
 
 def build_fast_gpt(uv) -> FastGPT:
@@ -90,22 +115,94 @@ def build_fast_gpt(uv) -> FastGPT:
     return FastGPT(w, n_heads=cfg.n_head, ln_eps=cfg.layer_norm_epsilon, final_norm_eps=uv.final_norm.eps)
 
 
+class _Seen(Exception):
+    """Ends the position probe's official generate once its second step showed what it feeds."""
+
+
+def official_position_offset(uv) -> int:
+    """Where the official generate of ``uv`` puts code k: mel position k + 2 (0: it keeps a KV cache and feeds one
+    token per step, the official repository with ``kv_cache=True``) or k + 1 (-1: it feeds the whole sequence each
+    step, as with ``kv_cache=False``, and as the transformers-5 refactor does under transformers 5.24 and 5.25,
+    whose generate hands its cache over under another name). Read off the official code itself: its generate is
+    started on a one-row dummy prompt (the stop token suppressed) and stopped at its second step, once that step's
+    inputs are known (one forward of two positions; the stored prompt and the random stream are left as they were;
+    it runs once per inference model and kv_cache setting). Where the probe
+    cannot run (an official forward that fails on this device and dtype), the ``kv_cache`` flag decides."""
+    im = uv.inference_model
+    fallback = 0 if getattr(im, "kv_cache", True) else -1
+    fed: list[int] = []
+    official_prepare = im.prepare_inputs_for_generation
+
+    def spy(input_ids, *args, **kwargs):
+        out = official_prepare(input_ids, *args, **kwargs)
+        fed.append(int(out["input_ids"].shape[1]))
+        if len(fed) == 2:
+            raise _Seen
+        return out
+
+    w = uv.mel_embedding.weight
+    stored = im.cached_mel_emb
+    im.__dict__["prepare_inputs_for_generation"] = spy
+    try:
+        im.store_mel_emb(torch.zeros((1, 1, w.shape[1]), dtype=w.dtype, device=w.device))
+        ids = torch.tensor([[0, uv.start_mel_token]], device=w.device)
+        with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            # min_length: the stop token cannot end the probe before its second step
+            type(im).generate(im, ids, attention_mask=torch.ones_like(ids), max_length=4, min_length=4, do_sample=False,
+                              num_beams=1, bos_token_id=uv.start_mel_token, eos_token_id=uv.stop_mel_token,
+                              pad_token_id=uv.stop_mel_token)  # fmt: skip
+    except _Seen:
+        pass
+    except Exception:  # the official forward does not run here (e.g. fp16 weights on a CPU): the flag decides
+        return fallback
+    finally:
+        del im.__dict__["prepare_inputs_for_generation"]
+        im.cached_mel_emb = stored
+    return fallback if len(fed) < 2 else (0 if fed[1] == 1 else -1)
+
+
 def _autocast_off(device: torch.device):
     return torch.autocast(device.type, enabled=False)
 
 
 class GPTPatch(AttrPatch):
-    """The two replacements on one UnifiedVoice, and their exact undo."""
+    """The replacements on one UnifiedVoice, their lock, their exact undo."""
 
-    def __init__(self, uv, fast: FastGPT, *, graphs: Optional[bool] = None):
+    def __init__(self, uv, *, graphs: Optional[bool] = None):
         super().__init__()
-        self.uv, self.fast, self.graphs = uv, fast, graphs
-        self.engines: dict = {}  # rows -> the decode step (its KV cache, its loop states and graphs), reused
-        self.calls = {"generate": 0, "latent": 0}
-        self._orig_get_logits = uv.get_logits
+        self.uv, self.graphs = uv, graphs
+        self.lock = threading.RLock()
+        self.fast = build_fast_gpt(uv)
+        self.watch = ModuleWatch(_watched(uv))
+        self.decoders: OrderedDict = OrderedDict()  # rows -> Decoder (its KV cache, its states and graphs), LRU
+        self.calls = {"generate": 0, "latent": 0, "rebuilds": 0}
+        self.status, self.detail = "fast", ""
+        self._gen = AttrPatch()  # the generate attribute of the current inference model
+        self._offset, self._offset_key = 0, None
+        self._official = {n: getattr(uv, n) for n in ("get_logits", "inference_speech", "post_init_gpt2_config")}
 
-    # --- the replacements --------------------------------------------------------------------------------------
+    # --- each call: the part's current fast weights, or a clear error --------------------------------------------
+    def current(self) -> FastGPT:
+        """The fast GPT of the model as it is now: rebuilt if a watched weight changed since it was built."""
+        what = self.watch.changed()
+        if what is None:
+            return self.fast
+        reason = unsupported_reason(self.uv)
+        if reason is not None:
+            raise UnsupportedModel(f"gpt: {what} after enable(), and now {reason}; revert() runs the official code")
+        self.decoders.clear()  # their caches and graphs hold the old weights' dtype, device and addresses
+        self.fast = build_fast_gpt(self.uv)
+        self.watch.refresh()
+        self.calls["rebuilds"] += 1
+        return self.fast
+
+    # --- the replacements ------------------------------------------------------------------------------------------
     def generate(self, inputs=None, **kwargs):
+        with self.lock:
+            return self._generate(inputs, **kwargs)
+
+    def _generate(self, inputs=None, **kwargs):
         im = self.uv.inference_model
         if inputs is None:
             inputs = kwargs.pop("input_ids", None)
@@ -119,53 +216,89 @@ class GPTPatch(AttrPatch):
         processors = kwargs.pop("logits_processor", None)
         if kwargs.pop("stopping_criteria", None):
             raise UnsupportedGeneration("stopping_criteria: custom stopping criteria are not supported")
-        args, rest = resolve_generation_args(
-            getattr(im, "generation_config", None), kwargs, inputs.shape[1], processors
-        )
+        args, rest = resolve_generation_args(getattr(im, "generation_config", None), kwargs, inputs.shape[1],
+                                             processors)  # fmt: skip
         if rest:
             raise UnsupportedGeneration(f"generation arguments the fast decode loop does not implement: {sorted(rest)}")
         prefix = getattr(im, "cached_mel_emb", None)
         if prefix is None or prefix.dim() != 3 or prefix.shape[0] != 1:
             raise UnsupportedGeneration("no stored prompt embeddings (inference_model.store_mel_emb was not called)")
-        self._check_autocast(inputs.device)
-        with torch.no_grad(), _autocast_off(self.fast.device):
-            rows = args.num_beams
-            seqs, self.engines[rows] = generate(self.fast, args, inputs, prefix, self.engines.get(rows),
-                                                graphs=self.graphs)  # fmt: skip
+        fast = self.current()
+        self._check_autocast(inputs.device, fast)
+        offset = self._position_offset(im)
+        with torch.no_grad(), _autocast_off(fast.device):
+            decoder = self.decoders.pop(args.num_beams, None)  # popped: a decoder that no longer fits is freed
+            seqs, decoder = generate(fast, args, inputs, prefix, decoder, position_offset=offset, graphs=self.graphs)
+            self.decoders[args.num_beams] = decoder
+            while len(self.decoders) > MAX_DECODERS:
+                self.decoders.popitem(last=False)
         self.calls["generate"] += 1
         return seqs.to(inputs.device)
 
     def get_logits(self, speech_conditioning_inputs, first_inputs, first_head, second_inputs=None, second_head=None,
                    get_attns=False, return_latent=False):  # fmt: skip
-        if get_attns or not return_latent or second_inputs is None:
-            return self._orig_get_logits(
-                speech_conditioning_inputs, first_inputs, first_head, second_inputs, second_head, get_attns,
-                return_latent,
-            )  # fmt: skip
-        self._check_autocast(first_inputs.device)
-        with torch.no_grad(), _autocast_off(self.fast.device), nvtx_range("gpt.latent"):
-            emb = torch.cat([speech_conditioning_inputs, first_inputs, second_inputs], dim=1).to(self.fast.device)
-            h = self.fast.causal(self.fast.to_stream(emb))
-            enc = self.fast.final(h[:, speech_conditioning_inputs.shape[1] :])
-        self.calls["latent"] += 1
-        return enc[:, : first_inputs.shape[1]], enc[:, -second_inputs.shape[1] :]
+        with self.lock:
+            if get_attns or not return_latent or second_inputs is None or self.status != "fast":
+                return self._official["get_logits"](speech_conditioning_inputs, first_inputs, first_head,
+                                                    second_inputs, second_head, get_attns, return_latent)  # fmt: skip
+            fast = self.current()
+            self._check_autocast(first_inputs.device, fast)
+            with torch.no_grad(), _autocast_off(fast.device), nvtx_range("gpt.latent"):
+                emb = torch.cat([speech_conditioning_inputs, first_inputs, second_inputs], dim=1).to(fast.device)
+                h = fast.causal(fast.to_stream(emb))
+                enc = fast.final(h[:, speech_conditioning_inputs.shape[1] :])
+            self.calls["latent"] += 1
+            return enc[:, : first_inputs.shape[1]], enc[:, -second_inputs.shape[1] :]
 
-    def _check_autocast(self, device) -> None:
+    def inference_speech(self, *args, **kwargs):
+        with self.lock:
+            if self.status == "fast":
+                self.current()  # a refused change is reported before the conditioning encoders run
+            return self._official["inference_speech"](*args, **kwargs)
+
+    def post_init_gpt2_config(self, *args, **kwargs):
+        with self.lock:
+            self._gen._undo()
+            out = self._official["post_init_gpt2_config"](*args, **kwargs)
+            self._target_inference_model("after post_init_gpt2_config: ")
+            return out
+
+    def _position_offset(self, im) -> int:
+        """The official generate's mel positions (``official_position_offset``), probed once per inference model
+        and kv_cache setting."""
+        key = (id(im), getattr(im, "kv_cache", None))
+        if self._offset_key != key:
+            self._offset, self._offset_key = official_position_offset(self.uv), key
+        return self._offset
+
+    def _check_autocast(self, device, fast: FastGPT) -> None:
         dev = torch.device(device)
         on = torch.is_autocast_enabled(dev.type)
-        if on and self.fast.dtype == torch.float32 and torch.get_autocast_dtype(dev.type) != torch.float32:
+        if on and fast.dtype == torch.float32 and torch.get_autocast_dtype(dev.type) != torch.float32:
             raise UnsupportedGeneration(
                 f"fp32 GPT weights under {torch.get_autocast_dtype(dev.type)} autocast: IndexTTS2 halves the GPT "
                 "when it runs it under fp16 autocast (use_fp16); this mix is not implemented"
             )
 
-    # --- install / undo ----------------------------------------------------------------------------------------
+    # --- install / undo ------------------------------------------------------------------------------------------
+    def _target_inference_model(self, why: str = "") -> None:
+        reason = unsupported_reason(self.uv)
+        if reason is None:
+            self._gen._set(self.uv.inference_model, "generate", self.generate)
+            self.status, self.detail = "fast", ""
+            self.current()
+        else:
+            self.status, self.detail = "skipped", why + reason
+
     def install(self, note: str) -> None:
         uv = self.uv
-        self._set(uv.inference_model, "generate", self.generate)
-        self._set(uv, "get_logits", self.get_logits)
+        self._target_inference_model()
+        for name in ("get_logits", "inference_speech", "post_init_gpt2_config"):
+            self._set(uv, name, getattr(self, name))
         self._note_in_repr(uv, note)
 
     def revert(self) -> None:
-        self._undo()
-        self.engines.clear()
+        with self.lock:
+            self._gen._undo()
+            self._undo()
+            self.decoders.clear()

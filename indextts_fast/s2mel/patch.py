@@ -10,18 +10,21 @@ module's own, the packed w13 / stacked AdaLN / folded weight-norm tensors new), 
 
 from __future__ import annotations
 
+import threading
 from typing import Optional
 
 import torch
 
 from .. import loader
 from .._attrs import AttrPatch
+from .._watch import ModuleWatch
+from ..errors import UnsupportedModel
 from ..profiling import nvtx_range
 from .cfm import CFMLoop
 from .dit import DEFAULT_PRECISION, PRECISIONS, FastDiT
 from .dit import unsupported_reason as dit_unsupported_reason
 
-__all__ = ["unsupported_reason", "S2MelPatch"]
+__all__ = ["unsupported_reason", "S2MelPatch", "build_fast_dit"]
 
 
 def _estimator(obj):
@@ -36,43 +39,75 @@ def unsupported_reason(obj) -> Optional[str]:
     return dit_unsupported_reason(_estimator(obj))
 
 
-class S2MelPatch(AttrPatch):
-    def __init__(self, obj, fast: FastDiT, *, graphs: Optional[bool] = None):
-        super().__init__()
-        self.obj, self.fast = obj, fast
-        self.is_cfm = hasattr(obj, "estimator")
-        self.loop = CFMLoop(obj, fast, graphs=graphs) if self.is_cfm else None
-        self.what = "CFM Euler loop + DiT estimator" if self.is_cfm else "DiT estimator"
-        self.precision_note = (f"fp32 products {fast.precision}" if fast.act_dtype is None else
-                               f"{fast.precision} estimator (opt-in)")  # fmt: skip
-        self.calls = 0
+def build_fast_dit(obj, precision: str) -> FastDiT:
+    """FastDiT over the loader's kernel-layout tensors of the live DiT (of ``obj``, a CFM or the DiT)."""
+    dit = _estimator(obj)
+    with torch.no_grad():
+        tensors, report = loader.remap_live(dit, "s2mel", parts=("cfm",))
+        tensors = {k: v.detach() for k, v in tensors.items()}
+        weights = loader.dit_weights(tensors, report.dims, stack_adaln=True)
+    eps = dict(rms_eps=dit.transformer.norm.eps, final_eps=dit.final_layer.norm_final.eps)
+    return FastDiT(weights, report.dims, precision=precision, **eps)
 
-    @classmethod
-    def build(cls, obj, *, precision: Optional[str] = None, graphs: Optional[bool] = None) -> S2MelPatch:
+
+class S2MelPatch(AttrPatch):
+    """The replacement on one CFM (or lone DiT), its lock, its exact undo. Every call holds the lock (one call at
+    a time per model: the CFM loop's graphs own static buffers) and first checks the DiT's modules (``ModuleWatch``):
+    weights changed after ``enable`` rebuild the fast DiT (and drop the graphs); a change it does not implement (a
+    dtype other than fp32, training mode) raises ``UnsupportedModel`` naming it."""
+
+    def __init__(self, obj, *, precision: Optional[str] = None, graphs: Optional[bool] = None):
+        super().__init__()
         precision = precision or DEFAULT_PRECISION
         if precision not in PRECISIONS:
             raise ValueError(f"enable: dit_precision must be one of {PRECISIONS}, got {precision!r}")
-        dit = _estimator(obj)
-        with torch.no_grad():
-            tensors, report = loader.remap_live(dit, "s2mel", parts=("cfm",))
-            tensors = {k: v.detach() for k, v in tensors.items()}
-            weights = loader.dit_weights(tensors, report.dims, stack_adaln=True)
-        eps = dict(rms_eps=dit.transformer.norm.eps, final_eps=dit.final_layer.norm_final.eps)
-        return cls(obj, FastDiT(weights, report.dims, precision=precision, **eps), graphs=graphs)
+        self.obj, self.precision, self.graphs = obj, precision, graphs
+        self.lock = threading.RLock()
+        self.is_cfm = hasattr(obj, "estimator")
+        self.what = "CFM Euler loop + DiT estimator" if self.is_cfm else "DiT estimator"
+        self.status, self.detail = "fast", ""
+        self.calls = {"inference": 0, "rebuilds": 0}
+        self._build()
+
+    def _build(self) -> None:
+        self.fast = build_fast_dit(self.obj, self.precision)
+        self.loop = CFMLoop(self.obj, self.fast, graphs=self.graphs) if self.is_cfm else None
+        self.watch = ModuleWatch({"cfm" if self.is_cfm else "dit": self.obj})
+
+    @property
+    def precision_note(self) -> str:
+        low = self.fast.act_dtype is not None
+        return f"{self.precision} estimator (opt-in)" if low else f"fp32 products {self.precision}"
+
+    def current(self) -> None:
+        """Rebuild the fast DiT if a watched weight changed since it was built; refuse what it cannot follow."""
+        what = self.watch.changed()
+        if what is None:
+            return
+        reason = unsupported_reason(self.obj)
+        if reason is not None:
+            raise UnsupportedModel(f"s2mel: {what} after enable(), and now {reason}; revert() runs the official code")
+        self.loop = None  # its graphs hold the old weights' addresses: freed before the new ones are built
+        self._build()
+        self.calls["rebuilds"] += 1
 
     # --- the replacements ------------------------------------------------------------------------------------------
     def inference(self, mu, x_lens, prompt, style, f0, n_timesteps, temperature=1.0, inference_cfg_rate=0.5):
-        with torch.inference_mode(), torch.autocast(mu.device.type, enabled=False), nvtx_range("s2mel.cfm"):
-            out = self.loop(mu, x_lens, prompt, style, f0, n_timesteps, temperature=temperature,
-                            inference_cfg_rate=inference_cfg_rate)  # fmt: skip
-        self.calls += 1
-        return out
+        with self.lock:
+            self.current()
+            with torch.inference_mode(), torch.autocast(mu.device.type, enabled=False), nvtx_range("s2mel.cfm"):
+                out = self.loop(mu, x_lens, prompt, style, f0, n_timesteps, temperature=temperature,
+                                inference_cfg_rate=inference_cfg_rate)  # fmt: skip
+            self.calls["inference"] += 1
+            return out
 
     def forward(self, x, prompt_x, x_lens, t, style, cond, mask_content=False):
         if mask_content:
             raise ValueError("the fast DiT does not implement mask_content=True (training-time content dropout)")
-        self.calls += 1
-        return self.fast(x, prompt_x, x_lens, t, style, cond)
+        with self.lock:
+            self.current()
+            self.calls["inference"] += 1
+            return self.fast(x, prompt_x, x_lens, t, style, cond)
 
     # --- install / undo ------------------------------------------------------------------------------------------
     def install(self, note: str) -> None:
@@ -81,4 +116,6 @@ class S2MelPatch(AttrPatch):
         self._note_in_repr(obj, note)
 
     def revert(self) -> None:
-        self._undo()
+        with self.lock:
+            self._undo()
+            self.loop = None
