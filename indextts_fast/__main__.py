@@ -23,12 +23,24 @@ def _cpu_interpreter() -> None:
         os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
+def fail(prog: str, message) -> int:
+    """A command's refusal of bad input: one line on stderr naming the problem, exit status 2 (no traceback)."""
+    print(f"{prog}: {message}", file=sys.stderr)
+    return 2
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__.strip() + "\n\n" + USAGE)
         return 0 if argv else 2
     cmd, rest = argv[0], argv[1:]
+    from ._dispatch import requested_backend
+
+    try:
+        requested_backend()
+    except ValueError as e:
+        return fail("indextts_fast", e)
     if cmd == "demo":
         _cpu_interpreter()
         from . import demo
@@ -45,8 +57,7 @@ def main(argv=None) -> int:
         from . import ops_demo
 
         return ops_demo.main(rest + ([] if torch.cuda.is_available() or "--small" in rest else ["--small"]))
-    print(f"unknown command {cmd!r}; {USAGE}", file=sys.stderr)
-    return 2
+    return fail("indextts_fast", f"unknown command {cmd!r}; {USAGE}")
 
 
 if __name__ == "__main__":

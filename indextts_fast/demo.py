@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .tolerance import judge
+
 # the official infer_v2 defaults (generation_kwargs of IndexTTS2.infer), as inference_speech receives them
 OFFICIAL_DEFAULTS = dict(do_sample=True, top_p=0.8, top_k=30, temperature=0.8, num_return_sequences=1,
                          length_penalty=0.0, num_beams=3, repetition_penalty=10.0)  # fmt: skip
@@ -88,14 +90,6 @@ def _quiet():
         yield
 
 
-def _tol(out, low, high) -> tuple[bool, str]:
-    o, lo, hi = (t.detach().double().cpu() for t in (out, low, high))
-    err, ref = float((o - hi).abs().max()), float((lo - hi).abs().max())
-    bound = 2 * ref + torch.finfo(out.dtype).eps * max(1.0, float(hi.abs().max()))
-    return err <= bound and bool(torch.isfinite(o).all()), f"err {err:.2e} <= {bound:.2e}" if err <= bound else \
-        f"err {err:.2e} > {bound:.2e}"  # fmt: skip
-
-
 def _inputs(uv, s: Sizes, device, seed=1):
     g = torch.Generator().manual_seed(seed)
     spk = torch.randn(1, s.cond_frames, 1024, generator=g).to(device)
@@ -146,7 +140,6 @@ def run(size: str, device: torch.device, model_dir=None, stages=("greedy", "defa
     import indextts_fast
 
     from . import official
-    from .gpt.generate import refactor_line_tokens
 
     s = SIZES[size]
     if model_dir is not None:
@@ -155,7 +148,7 @@ def run(size: str, device: torch.device, model_dir=None, stages=("greedy", "defa
         build = lambda: (official.build_unified_voice(size, 0), official.build_s2mel(size, 0))  # noqa: E731
     with _quiet():
         uv, s2 = (m.to(device) for m in build())
-    line = official.official_line()
+
     rows: list[Row] = []
     backend = indextts_fast.backend_for(device)
     spk, text = _inputs(uv, s, device)
@@ -168,17 +161,11 @@ def run(size: str, device: torch.device, model_dir=None, stages=("greedy", "defa
             continue
         label = f"gpt.generate {'greedy' if name == 'greedy' else 'official defaults (3 beams)'}, {steps} codes"
         ref, t_off = timed_off(lambda gen=gen, steps=steps: _speech(uv, spk, text, steps, gen))
-        with indextts_fast.enabled(uv, s2mel=False) as h:
+        with indextts_fast.enabled(uv, s2mel=False):
             ours, t_ours = timed_ours(lambda gen=gen, steps=steps: _speech(uv, spk, text, steps, gen))
             same = ours.shape == ref.shape and torch.equal(ours.cpu(), ref.cpu())
-            note = "tokens identical"
-            if not same and line == "refactor":
-                # the refactor line gives code k mel position k + 1 (no KV cache found under transformers 5.24, 5.25);
-                # our loop follows the official repository (k + 2): compare with that one convention changed
-                alt = refactor_line_tokens(uv, h.parts[0].patch.fast, gen, steps, seed=7)
-                same = alt.shape == ref.shape and torch.equal(alt.cpu(), ref.cpu())
-                note = "tokens identical (refactor's k+1 positions)"
-        rows.append(Row(label, backend, f"{note} ({ref.shape[1]})" if same else "TOKENS DIFFER", same, t_off, t_ours))
+        rows.append(Row(label, backend, f"tokens identical ({ref.shape[1]})" if same else "TOKENS DIFFER", same, t_off,
+                        t_ours))  # fmt: skip
 
     if "latent" in stages or "cfm" in stages:
         with _quiet():
@@ -190,7 +177,8 @@ def run(size: str, device: torch.device, model_dir=None, stages=("greedy", "defa
         high, _ = _timed(lambda: _latents(uv64, spk, text, codes, torch.float64), device)
         with indextts_fast.enabled(uv, s2mel=False):
             out, t_ours = timed_ours(lambda: _latents(uv, spk, text, codes, torch.float32))
-        ok, msg = _tol(out, low, high)
+        v = judge(out, low, high)
+        ok, msg = v.ok, str(v)
         rows.append(Row(f"gpt.latent teacher-forced, {s.latent_codes} codes", backend, msg, ok, t_off, t_ours))
     if "cfm" in stages:
         cfm, cfm64 = s2.models["cfm"], s64.models["cfm"]
@@ -200,7 +188,8 @@ def run(size: str, device: torch.device, model_dir=None, stages=("greedy", "defa
         with indextts_fast.enabled(s2) as h:
             out, t_ours = timed_ours(lambda: _cfm(cfm, mu, prompt, style))
             detail = h.parts[0].detail
-        ok, msg = _tol(out, low, high)
+        v = judge(out, low, high)
+        ok, msg = v.ok, str(v)
         prec = detail.split("fp32 products ")[1].split(",")[0] if "fp32 products " in detail else ""
         rows.append(Row(f"s2mel.cfm 25 steps CFG, {s.mel} frames ({prec})", backend, msg, ok, t_off, t_ours))
     return rows
@@ -233,33 +222,43 @@ def main(argv=None) -> int:
     import indextts_fast
 
     from . import official
+    from .__main__ import fail
 
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    size = args.size or ("full" if device.type == "cuda" or args.model_dir else "tiny")
     try:
-        version = official.official_version() or "unknown version"
-        official.official_line()
-    except official.OfficialCodeMissing as e:
-        print(f"demo: {e}")
-        return 2
-    card = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    header = (f"indextts_fast {indextts_fast.__version__} on {card}: official {version} ({official.official_line()} "
-              f"line), torch {torch.__version__}, {'real weights ' + args.model_dir if args.model_dir else size}"
-              f" models")  # fmt: skip
-    if device.type != "cuda":
-        header += "\n(CPU: our kernels run in the Triton interpreter; the times show correctness runs, not speed)"
+        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except RuntimeError:
+        return fail("demo", f"--device {args.device!r} is not a device (cpu, cuda, cuda:N)")
+    if device.type not in ("cpu", "cuda"):
+        return fail("demo", f"--device {args.device!r}: the demo runs on cpu or cuda")
+    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+        return fail("demo", f"--device {args.device}: no such CUDA device on this machine")
+    size = args.size or ("full" if device.type == "cuda" or args.model_dir else "tiny")
     stages = tuple(args.stages.split(","))
     unknown = [x for x in stages if x not in ("greedy", "defaults", "latent", "cfm")]
     if unknown:
-        print(f"demo: unknown stage {unknown[0]!r}; the stages are greedy, defaults, latent, cfm")
-        return 2
+        return fail("demo", f"unknown stage {unknown[0]!r}; the stages are greedy, defaults, latent, cfm")
+    try:
+        version = official.official_version() or "unknown version"
+        line = official.official_line()
+    except official.OfficialCodeMissing as e:
+        return fail("demo", e)
     if args.model_dir is not None:
         from pathlib import Path
 
         gone = [n for n in ("config.yaml", "gpt.pth", "s2mel.pth") if not (Path(args.model_dir) / n).is_file()]
         if gone:
-            print(f"demo: --model-dir {args.model_dir} lacks {', '.join(gone)}")
-            return 2
-    rows = run(size, device, args.model_dir, stages, profile=args.profile)
+            return fail("demo", f"--model-dir {args.model_dir} lacks {', '.join(gone)}")
+    card = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    models = f"real weights {args.model_dir}" if args.model_dir else f"{size} models"
+    header = (f"indextts_fast {indextts_fast.__version__} on {card}: official {version} ({line} line), torch "
+              f"{torch.__version__}, {models}")  # fmt: skip
+    if device.type != "cuda":
+        interpreted = indextts_fast.backend_for(device) == "interpret"
+        where = "in the Triton interpreter" if interpreted else "on the torch references"
+        header += f"\n(CPU: our ops run {where}; the times show correctness runs, not speed)"
+    try:
+        rows = run(size, device, args.model_dir, stages, profile=args.profile)
+    except official.ModelDirError as e:  # the model directory's files: named, no traceback
+        return fail("demo", e)
     print_table(rows, header)
     return 0 if all(r.ok for r in rows) else 1

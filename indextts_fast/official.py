@@ -25,6 +25,7 @@ import torch
 
 __all__ = [
     "OfficialCodeMissing",
+    "ModelDirError",
     "import_official",
     "official_line",
     "build_unified_voice",
@@ -157,26 +158,48 @@ def build_s2mel(size: str = "tiny", seed: int = 0):
     return m.eval()
 
 
+class ModelDirError(ValueError):
+    """A model directory whose files cannot be used; the message names the file and the problem."""
+
+
 def from_model_dir(model_dir, device: str = "cpu") -> tuple[torch.nn.Module, torch.nn.Module, dict]:
     """(UnifiedVoice, MyModel, config) built from ``model_dir``'s config.yaml, with the weights of its gpt.pth
-    and s2mel.pth read by the strict container reader (record sizes and CRC-32 checked)."""
+    and s2mel.pth read by the strict container reader (record sizes and CRC-32 checked). A file that is missing,
+    unreadable, not what its name says, or without the weights the config's model has raises ModelDirError naming
+    it (the official load_checkpoint is non-strict: a foreign checkpoint would silently leave random weights)."""
     from . import checkpoint
 
     d = Path(model_dir)
     for name in ("config.yaml", "gpt.pth", "s2mel.pth"):
         if not (d / name).is_file():
-            raise FileNotFoundError(f"--model-dir {d}: no {name}")
-    cfg = checkpoint.load_config(d / "config.yaml")
+            raise ModelDirError(f"{d}: no {name}")
+
+    def read(name, fn):
+        try:
+            return fn(d / name)
+        except (checkpoint.CheckpointError, OSError, ValueError) as e:
+            raise ModelDirError(f"{d / name}: {e}") from None
+
+    cfg = read("config.yaml", checkpoint.load_config)
     mv = import_official("gpt.model_v2")
     commons = import_official("s2mel.modules.commons")
-    uv = mv.UnifiedVoice(**cfg["gpt"])
-    _, gpt_sd = checkpoint.read_checkpoint(d / "gpt.pth")
-    uv.load_state_dict(gpt_sd, strict=False)  # the official load_checkpoint is non-strict too
+    try:
+        uv = mv.UnifiedVoice(**cfg["gpt"])
+        s2 = commons.MyModel(commons.recursive_munch(cfg["s2mel"]), use_gpt_latent=True)
+    except (KeyError, TypeError, ValueError) as e:
+        raise ModelDirError(f"{d / 'config.yaml'}: the official modules cannot be built from it ({e})") from None
+    _, gpt_sd = read("gpt.pth", checkpoint.read_checkpoint)
+    missing, _ = uv.load_state_dict(gpt_sd, strict=False)  # non-strict, as the official load_checkpoint
+    if missing:
+        raise ModelDirError(f"{d / 'gpt.pth'}: not this config's IndexTTS2 GPT: it lacks {len(missing)} of its "
+                            f"weights ({', '.join(missing[:3])}, ...)")  # fmt: skip
     uv.post_init_gpt2_config(use_deepspeed=False, kv_cache=True, half=False)
-    s2 = commons.MyModel(commons.recursive_munch(cfg["s2mel"]), use_gpt_latent=True)
-    _, flat = checkpoint.read_checkpoint(d / "s2mel.pth")
+    _, flat = read("s2mel.pth", checkpoint.read_checkpoint)
     for key, sub in s2.models.items():
-        sub.load_state_dict({k[len(key) + 1 :]: v for k, v in flat.items() if k.startswith(key + ".")}, strict=True)
+        try:
+            sub.load_state_dict({k[len(key) + 1 :]: v for k, v in flat.items() if k.startswith(key + ".")})
+        except RuntimeError as e:
+            raise ModelDirError(f"{d / 's2mel.pth'}: not this config's s2mel {key}: {str(e).splitlines()[0]}") from None
     s2.models["cfm"].estimator.setup_caches(max_batch_size=2, max_seq_length=8192)
     return uv.to(device).eval(), s2.to(device).eval(), cfg
 

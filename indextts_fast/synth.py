@@ -72,25 +72,27 @@ def main(argv=None) -> int:
 
     import torch
 
+    from .__main__ import fail
+
     model_dir = Path(args.model_dir)
-    missing = [n for n in NEEDED_FILES if not (model_dir / n).is_file()]
     if not model_dir.is_dir():
-        print(f"synth: the model directory {model_dir} does not exist")
-        return 2
+        return fail("synth", f"the model directory {model_dir} does not exist")
+    missing = [n for n in NEEDED_FILES if not (model_dir / n).is_file()]
     if missing:
-        print(f"synth: {model_dir} lacks {', '.join(missing)} (download IndexTTS-2 into it)")
-        return 2
+        return fail("synth", f"{model_dir} lacks {', '.join(missing)} (download IndexTTS-2 into it)")
     if not Path(args.voice).is_file():
-        print(f"synth: the voice file {args.voice} does not exist")
-        return 2
+        return fail("synth", f"the voice file {args.voice} does not exist")
+    if Path(args.out).is_dir() or not Path(args.out).resolve().parent.is_dir():
+        return fail("synth", f"--out {args.out}: not a file path in an existing directory")
     try:
         infer_v2 = importlib.import_module("indextts.infer_v2")
-    except ImportError as e:
-        print(f"synth: the official IndexTTS2 package cannot be imported ({e}); install it with its requirements "
-              "(pip install indextts2-inference, or the official repository)")  # fmt: skip
-        return 2
+    except Exception as e:  # the package, or one of its own requirements, is missing or broken: not ours to trace
+        why = f"{type(e).__name__}: {e}"
+        return fail("synth", f"the official IndexTTS2 package cannot be imported ({why}); install it with its "
+                    "requirements (pip install indextts2-inference, or the official repository)")  # fmt: skip
     if not torch.cuda.is_available():
-        print("synth: no GPU: both runs go on the CPU (the fast backend on its torch references); expect minutes")
+        print("synth: no GPU: both runs go on the CPU (the fast backend on its torch references); expect minutes",
+              file=sys.stderr)  # fmt: skip
 
     import indextts_fast
 
@@ -98,8 +100,7 @@ def main(argv=None) -> int:
         tts = infer_v2.IndexTTS2(cfg_path=str(model_dir / "config.yaml"), model_dir=str(model_dir),
                                  use_fp16=args.fp16)  # fmt: skip
     except Exception as e:  # the official constructor's own failure (hub, files, CUDA): one line, not a traceback
-        print(f"synth: building the official IndexTTS2 failed: {type(e).__name__}: {e}")
-        return 2
+        return fail("synth", f"building the official IndexTTS2 failed: {type(e).__name__}: {e}")
     out = Path(args.out)
     runs = {}
     try:
@@ -109,7 +110,7 @@ def main(argv=None) -> int:
             print(handle.report())
             runs["indextts_fast"] = _infer(tts, args, str(out))
     except (indextts_fast.UnsupportedModel, RuntimeError, OSError, ValueError) as e:
-        print(f"synth: {type(e).__name__}: {e}")
+        print(f"synth: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
     keys = ["gpt_gen_time", "gpt_forward_time", "s2mel_time", "bigvgan_time", "Total inference time", "RTF"]
     names = list(runs)

@@ -7,6 +7,8 @@ import os
 import pytest
 import torch
 
+from indextts_fast.tolerance import judge
+
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
@@ -20,32 +22,24 @@ def upcast(*ts):
     return [None if t is None else t.double() for t in ts]
 
 
-def tolerance_floor(dtype: torch.dtype, high: torch.Tensor) -> float:
-    """Small per-dtype floor: one unit of ``dtype`` precision at the reference's largest magnitude."""
-    return torch.finfo(dtype).eps * max(1.0, float(high.abs().max()))
-
-
 def assert_close_rel(out: torch.Tensor, low: torch.Tensor, high: torch.Tensor, what: str = "output") -> None:
-    """The flash-attn rule: max|out - high| <= 2 * max|low - high| + floor(dtype).
+    """The tolerance rule (``indextts_fast.tolerance``): max|out - high| <= 2 * max|low - high| + floor(dtype).
 
     ``out`` is the kernel result, ``low`` PyTorch's result at the same dtype, ``high`` the fp64 reference.
     NaN anywhere in ``out`` (for example a poisoned element the kernel never wrote) fails.
     """
     assert out.shape == high.shape == low.shape, f"{what}: shapes {out.shape}, {low.shape}, {high.shape}"
-    o, l, h = (t.detach().double().cpu() for t in (out, low, high))
-    bad = ~torch.isfinite(o)
-    if bad.any():
-        idx = bad.nonzero()[:5].tolist()
-        raise AssertionError(f"{what}: {int(bad.sum())} non-finite elements (never written?), first at {idx}")
-    err = (o - h).abs()
-    ref_err = float((l - h).abs().max())
-    floor = tolerance_floor(out.dtype, h)
-    bound = 2 * ref_err + floor
-    if float(err.max()) > bound:
-        idx = (err > bound).nonzero()[:5].tolist()
+    v = judge(out, low, high)
+    o, h = out.detach().double().cpu(), high.detach().double().cpu()
+    if v.nonfinite:
+        idx = (~torch.isfinite(o)).nonzero()[:5].tolist()
+        raise AssertionError(f"{what}: {v.nonfinite} non-finite elements (never written?), first at {idx}")
+    if not v.ok:
+        err = (o - h).abs()
+        idx = (err > v.bound).nonzero()[:5].tolist()
         raise AssertionError(
-            f"{what} ({dtype_id(out.dtype)}): max error {float(err.max()):.3e} (mean {float(err.mean()):.3e}) "
-            f"> 2 * torch error {ref_err:.3e} + floor {floor:.3e}; first mismatches at {idx}"
+            f"{what} ({dtype_id(out.dtype)}): max error {v.err:.3e} (mean {float(err.mean()):.3e}) "
+            f"> 2 * torch error {v.torch_err:.3e} + floor {v.bound - 2 * v.torch_err:.3e}; first mismatches at {idx}"
         )
 
 
