@@ -1,8 +1,10 @@
 """End to end, in one run on one card: the official modules eagerly, the official modules with ``torch.compile`` on
 the CFM estimator (what ``use_torch_compile`` / ``enable_torch_compile`` does), and ours (``indextts_fast.enable``).
 
-Models: the official module code at IndexTTS-2's sizes with random weights (``official.build_unified_voice`` and
-``build_s2mel``; the stop token's bias is lowered so every generation runs its full length). Rows:
+Models and inputs: the official module code at IndexTTS-2's sizes with random weights and the synthetic inputs of
+the official-model harness (``indextts_fast.official``: ``build_models``, where the stop token's bias is lowered so
+every generation runs its full length; ``speech_inputs``, ``cfm_inputs``, ``inference_speech``,
+``teacher_forced_latents``, ``cfm_run``). Rows:
 
 - ``gpt ms/token``: the official ``inference_speech`` at infer_v2's sampling settings, batch 1 (num_beams=1) and
   3 beams, timed at ``codes`` and at ``short`` generated codes: (t_long - t_short) / (n_long - n_short), so the
@@ -100,24 +102,16 @@ class Models:
         from indextts_fast.demo import _quiet
 
         self.s, self.device, self.gpt_dtype = SIZES[size], device, gpt_dtype
-        with _quiet():
-            uv = official.build_unified_voice(size, seed)
-            if gpt_dtype == torch.float16:  # use_fp16: IndexTTS2 halves the GPT and runs it under fp16 autocast
-                uv = uv.half()
-                uv.post_init_gpt2_config(use_deepspeed=False, kv_cache=True, half=True)
-            self.uv = uv.to(device).eval()
-            self.s2 = official.build_s2mel(size, seed).to(device).eval()
-        g = torch.Generator().manual_seed(seed + 1)
-        s, cfm = self.s, self.s2.models["cfm"]
-        dit = cfm.estimator
-        self.spk = torch.randn(1, s.cond_frames, 1024, generator=g).to(device)
-        self.text = torch.randint(2, min(self.uv.number_text_tokens, 99), (1, s.text), generator=g,
-                                  dtype=torch.int32).to(device)  # fmt: skip
-        D = dit.cond_projection.in_features
-        S = dit.cond_x_merge_linear.in_features - dit.cond_projection.out_features - 2 * dit.in_channels
-        self.prompt_cond = torch.randn(1, s.prompt, D, generator=g).to(device)  # length_regulator(ref) output
-        self.ref_mel = torch.randn(1, dit.in_channels, s.prompt, generator=g).to(device)
-        self.style = torch.randn(1, S, generator=g).to(device)
+        with _quiet():  # use_fp16: IndexTTS2 halves the GPT and runs it under fp16 autocast
+            uv, s2 = official.build_models(size, seed, half=gpt_dtype == torch.float16)
+            self.uv, self.s2 = uv.to(device).eval(), s2.to(device).eval()
+        s = self.s
+        self.spk, self.text = official.speech_inputs(seed + 1, frames=s.cond_frames, text_len=s.text, device=device)
+        # the reference's length_regulator output (the CFM condition's prompt part), its mel and the style vector
+        self.prompt_cond, _, self.ref_mel, self.style = official.cfm_inputs(
+            self.s2.models["cfm"], frames=s.prompt, prompt=s.prompt, seed=seed + 2, device=device
+        )
+        g = torch.Generator().manual_seed(seed + 3)
         self.codebook = torch.randn(1, s.codes, self._content_width(), generator=g).to(device)  # vq2emb's stand-in
 
     def _content_width(self) -> int:
@@ -139,22 +133,18 @@ class Models:
         return torch.autocast(self.device.type, dtype=torch.float16, enabled=on)
 
     def generate(self, codes: int, beams: int, seed: int = 7) -> torch.Tensor:
-        from indextts_fast.demo import OFFICIAL_DEFAULTS
+        from indextts_fast.official import OFFICIAL_DEFAULTS, inference_speech
 
         gen = dict(OFFICIAL_DEFAULTS, num_beams=beams)
-        lens = torch.tensor([self.spk.shape[1]], device=self.device)
-        spk = self.spk  # fp32, as infer_v2 passes the w2v-BERT features (autocast casts them)
-        torch.manual_seed(seed)
-        with torch.no_grad(), self._autocast():
-            out, _ = self.uv.inference_speech(spk, self.text, emo_speech_condition=spk, cond_lengths=lens,
-                                              emo_cond_lengths=lens, max_generate_length=codes, **gen)  # fmt: skip
-        return out
+        # the features in fp32, as infer_v2 passes the w2v-BERT features (autocast casts them)
+        with self._autocast():
+            return inference_speech(self.uv, self.spk, self.text, codes, seed=seed, **gen)[0]
 
     def cfm(self, mu: torch.Tensor, seed: int = 21) -> torch.Tensor:
-        torch.manual_seed(seed)
-        with torch.no_grad():
-            return self.s2.models["cfm"].inference(mu, torch.LongTensor([mu.size(1)]).to(mu.device), self.ref_mel,
-                                                   self.style, None, self.s.steps, inference_cfg_rate=0.7)  # fmt: skip
+        from indextts_fast.official import cfm_run
+
+        lens = torch.LongTensor([mu.size(1)]).to(mu.device)
+        return cfm_run(self.s2.models["cfm"], (mu, lens, self.ref_mel, self.style), seed=seed, steps=self.s.steps)
 
     def mu(self, codes: int) -> torch.Tensor:
         """infer_v2's CFM condition for ``codes`` codes: prompt condition + length_regulator(S_infer) frames."""
@@ -168,12 +158,12 @@ class Models:
 
     def synthesis(self, seed: int = 7) -> tuple[torch.Tensor, int]:
         """One sentence after the encoders: (mel [1, 80, frames], codes generated)."""
-        from indextts_fast.demo import _latents
+        from indextts_fast.official import teacher_forced_latents
 
         codes = self.generate(self.s.codes, 3, seed)
         n = int(codes.shape[1])
         with self._autocast():
-            latent = _latents(self.uv, self.spk, self.text, codes, torch.float32)
+            latent = teacher_forced_latents(self.uv, self.spk, self.text, codes)
         with torch.no_grad():
             S_infer = self.codebook[:, :n]
             gpt_layer = self.s2.models["gpt_layer"]

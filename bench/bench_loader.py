@@ -29,8 +29,8 @@ import pytest
 import torch
 
 from indextts_fast import checkpoint as CK
-from tests import loader_fixtures as lf
-from tests.helpers import official
+from indextts_fast import official
+from tests.loader.loader_fixtures import s2mel_container
 
 ROUNDS = 5
 
@@ -44,14 +44,14 @@ def files(tmp_path_factory):
     import yaml
 
     d = tmp_path_factory.mktemp("loader_bench")
-    core, sd = lf.build_gpt_core(full=True)
+    core, sd = official.build_gpt_core("full")
     torch.save(sd, d / "gpt.pth")
     del core, sd
-    m = lf.build_s2mel(full=True)
-    torch.save(lf.s2mel_container(m), d / "s2mel.pth")
+    m = official.build_s2mel("full")
+    torch.save(s2mel_container(m), d / "s2mel.pth")
     del m
     gc.collect()
-    cfg = {"s2mel": lf.s2mel_config(full=True), **lf.gpt_config(full=True)}
+    cfg = {"s2mel": official.s2mel_config("full"), **official.gpt_config("full")}
     cfg["gpt"].pop("condition_type")  # the GPT file carries no conditioning encoders
     (d / "config.yaml").write_text(yaml.safe_dump(cfg))
     for k in ("gpt", "s2mel"):
@@ -60,14 +60,14 @@ def files(tmp_path_factory):
 
 
 def official_gpt(path):
-    core = lf.construct_gpt_core(full=True)
-    official("utils.checkpoint").load_checkpoint(core, str(path))
+    core = official.construct_gpt_core("full")
+    official.import_official("utils.checkpoint").load_checkpoint(core, str(path))
     return core.half()
 
 
 def official_s2mel(path):
-    commons = official("s2mel.modules.commons")
-    model = commons.MyModel(commons.recursive_munch(lf.s2mel_config(full=True)), use_gpt_latent=True)
+    commons = official.import_official("s2mel.modules.commons")
+    model = commons.MyModel(commons.recursive_munch(official.s2mel_config("full")), use_gpt_latent=True)
     commons.load_checkpoint2(model, None, str(path), load_only_params=True, ignore_modules=[], is_distributed=False)
     return model.eval()
 

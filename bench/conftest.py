@@ -7,7 +7,8 @@ the software versions, and the terminal summary prints one table with each provi
 ``torch`` provider of the same group (the same shape, measured in the same run).
 
 Run: ``pytest bench --benchmark-enable --benchmark-json bench/results/<card>-<date>.json``. Benchmarks marked
-``gpu`` are skipped without CUDA; the others (the loader's) time CPU work with plain pytest-benchmark.
+``gpu`` are skipped without CUDA (the repository's conftest.py); the others (the loader's) time CPU work with plain
+pytest-benchmark.
 """
 
 from __future__ import annotations
@@ -17,15 +18,6 @@ import torch
 
 LAUNCHES = 20
 _ROWS: list[dict] = []
-
-
-def pytest_collection_modifyitems(config, items):
-    if torch.cuda.is_available():
-        return
-    skip = pytest.mark.skip(reason="benchmarks need a CUDA device")
-    for item in items:
-        if "bench" in str(item.fspath) and item.get_closest_marker("gpu"):
-            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")

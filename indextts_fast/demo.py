@@ -22,11 +22,9 @@ from dataclasses import dataclass
 
 import torch
 
+from .official import OFFICIAL_DEFAULTS, cfm_inputs, cfm_run, inference_speech, speech_inputs, teacher_forced_latents
 from .tolerance import judge
 
-# the official infer_v2 defaults (generation_kwargs of IndexTTS2.infer), as inference_speech receives them
-OFFICIAL_DEFAULTS = dict(do_sample=True, top_p=0.8, top_k=30, temperature=0.8, num_return_sequences=1,
-                         length_penalty=0.0, num_beams=3, repetition_penalty=10.0)  # fmt: skip
 GREEDY = dict(do_sample=False, num_beams=1)
 
 
@@ -90,51 +88,6 @@ def _quiet():
         yield
 
 
-def _inputs(uv, s: Sizes, device, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    spk = torch.randn(1, s.cond_frames, 1024, generator=g).to(device)
-    text = torch.randint(2, min(uv.number_text_tokens, 99), (1, s.text), generator=g, dtype=torch.int32).to(device)
-    return spk, text
-
-
-def _speech(uv, spk, text, steps, gen, seed=7):
-    torch.manual_seed(seed)
-    lens = torch.tensor([spk.shape[1]], device=spk.device)
-    with torch.no_grad():
-        codes, _ = uv.inference_speech(spk, text, emo_speech_condition=spk, cond_lengths=lens, emo_cond_lengths=lens,
-                                       max_generate_length=steps, **gen)  # fmt: skip
-    return codes
-
-
-def _latents(uv, spk, text, codes, dtype):
-    lens = torch.tensor([spk.shape[1]], device=spk.device)
-    x = spk.to(dtype)
-    with torch.no_grad():
-        cond = uv.get_conditioning(x.transpose(1, 2), lens)
-        emo = uv.get_emovec(x, lens)
-        return uv(cond, text, torch.tensor([text.shape[-1]], device=x.device), codes,
-                  torch.tensor([codes.shape[-1]], device=x.device), x, cond_mel_lengths=lens, emo_cond_mel_lengths=lens,
-                  emo_vec=emo, use_speed=torch.zeros(1, dtype=torch.long, device=x.device))  # fmt: skip
-
-
-def _cfm_inputs(cfm, s: Sizes, device, dtype=torch.float32, seed=9):
-    g = torch.Generator().manual_seed(seed)
-    dit = cfm.estimator
-    D = dit.cond_projection.in_features
-    S = dit.cond_x_merge_linear.in_features - dit.cond_projection.out_features - 2 * dit.in_channels
-    mu = torch.randn(1, s.mel, D, generator=g)
-    prompt = torch.randn(1, dit.in_channels, s.prompt, generator=g)
-    style = torch.randn(1, S, generator=g)
-    return [t.to(device=device, dtype=dtype) for t in (mu, prompt, style)]
-
-
-def _cfm(cfm, mu, prompt, style, seed=21):
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        return cfm.inference(mu, torch.tensor([mu.shape[1]], device=mu.device), prompt, style, None, 25,
-                             inference_cfg_rate=0.7)  # fmt: skip
-
-
 def run(size: str, device: torch.device, model_dir=None, stages=("greedy", "defaults", "latent", "cfm"),
         profile: bool = False) -> list[Row]:  # fmt: skip
     import indextts_fast
@@ -145,13 +98,13 @@ def run(size: str, device: torch.device, model_dir=None, stages=("greedy", "defa
     if model_dir is not None:
         build = lambda: official.from_model_dir(model_dir, device="cpu")[:2]  # noqa: E731
     else:
-        build = lambda: (official.build_unified_voice(size, 0), official.build_s2mel(size, 0))  # noqa: E731
+        build = lambda: official.build_models(size)  # noqa: E731
     with _quiet():
         uv, s2 = (m.to(device) for m in build())
 
     rows: list[Row] = []
     backend = indextts_fast.backend_for(device)
-    spk, text = _inputs(uv, s, device)
+    spk, text = speech_inputs(frames=s.cond_frames, text_len=s.text, device=device)
     warm = device.type == "cuda"  # first calls compile (ours) and fill caches (both); the interpreter needs none
     timed_off = lambda fn: _timed(fn, device, warm)  # noqa: E731
     timed_ours = lambda fn: _timed(fn, device, warm, profile)  # noqa: E731
@@ -160,9 +113,9 @@ def run(size: str, device: torch.device, model_dir=None, stages=("greedy", "defa
         if name not in stages:
             continue
         label = f"gpt.generate {'greedy' if name == 'greedy' else 'official defaults (3 beams)'}, {steps} codes"
-        ref, t_off = timed_off(lambda gen=gen, steps=steps: _speech(uv, spk, text, steps, gen))
+        ref, t_off = timed_off(lambda gen=gen, steps=steps: inference_speech(uv, spk, text, steps, **gen)[0])
         with indextts_fast.enabled(uv, s2mel=False):
-            ours, t_ours = timed_ours(lambda gen=gen, steps=steps: _speech(uv, spk, text, steps, gen))
+            ours, t_ours = timed_ours(lambda gen=gen, steps=steps: inference_speech(uv, spk, text, steps, **gen)[0])
             same = ours.shape == ref.shape and torch.equal(ours.cpu(), ref.cpu())
         rows.append(Row(label, backend, f"tokens identical ({ref.shape[1]})" if same else "TOKENS DIFFER", same, t_off,
                         t_ours))  # fmt: skip
@@ -173,20 +126,21 @@ def run(size: str, device: torch.device, model_dir=None, stages=("greedy", "defa
     if "latent" in stages:
         codes = torch.randint(0, uv.stop_mel_token, (1, s.latent_codes), generator=torch.Generator().manual_seed(3))
         codes = codes.to(device)
-        low, t_off = timed_off(lambda: _latents(uv, spk, text, codes, torch.float32))
-        high, _ = _timed(lambda: _latents(uv64, spk, text, codes, torch.float64), device)
+        low, t_off = timed_off(lambda: teacher_forced_latents(uv, spk, text, codes))
+        high, _ = _timed(lambda: teacher_forced_latents(uv64, spk.double(), text, codes), device)
         with indextts_fast.enabled(uv, s2mel=False):
-            out, t_ours = timed_ours(lambda: _latents(uv, spk, text, codes, torch.float32))
+            out, t_ours = timed_ours(lambda: teacher_forced_latents(uv, spk, text, codes))
         v = judge(out, low, high)
         ok, msg = v.ok, str(v)
         rows.append(Row(f"gpt.latent teacher-forced, {s.latent_codes} codes", backend, msg, ok, t_off, t_ours))
     if "cfm" in stages:
         cfm, cfm64 = s2.models["cfm"], s64.models["cfm"]
-        mu, prompt, style = _cfm_inputs(cfm, s, device)
-        low, t_off = timed_off(lambda: _cfm(cfm, mu, prompt, style))
-        high, _ = _timed(lambda: _cfm(cfm64, *(t.double() for t in (mu, prompt, style))), device)
+        inputs = cfm_inputs(cfm, frames=s.mel, prompt=s.prompt, device=device)
+        inputs64 = cfm_inputs(cfm, frames=s.mel, prompt=s.prompt, device=device, dtype=torch.float64)
+        low, t_off = timed_off(lambda: cfm_run(cfm, inputs))
+        high, _ = _timed(lambda: cfm_run(cfm64, inputs64), device)
         with indextts_fast.enabled(s2) as h:
-            out, t_ours = timed_ours(lambda: _cfm(cfm, mu, prompt, style))
+            out, t_ours = timed_ours(lambda: cfm_run(cfm, inputs))
             detail = h.parts[0].detail
         v = judge(out, low, high)
         ok, msg = v.ok, str(v)

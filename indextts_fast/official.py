@@ -1,4 +1,5 @@
-"""The official IndexTTS2 module code, imported lazily, and IndexTTS2-shaped official models for the demo.
+"""The official IndexTTS2 module code, imported lazily, and the one harness of official models and inputs that the
+tests, the demo and the benchmarks share.
 
 ``import_official("gpt.model_v2")`` imports one submodule of the installed official package without running its
 ``indextts/__init__`` (which pulls librosa, torchaudio and hub downloads at import): a stub package object with
@@ -7,8 +8,18 @@ repository's vendored ``indextts.s2mel.dac`` package, whose ``__init__`` imports
 uses. Both official code lines work: the official repository's code (tts-webui-index-tts, transformers 4.52) and
 the transformers-5 refactor (indextts2-inference).
 
-The builders make the official modules at IndexTTS-2's sizes (``size="full"``) or a small copy (``"tiny"``) with
-random weights, or read config.yaml and the checkpoints of a model directory (``from_model_dir``).
+The harness:
+
+- sizes: IndexTTS-2's config.yaml (``FULL_*``, ``s2mel_config("full")``) and one tiny copy (``TINY_*``,
+  ``s2mel_config()``); ``GPT_HEAD_DIM_64`` / ``DIT_HEAD_DIM_64`` override the tiny widths to the head size the
+  attention kernels take;
+- builders of the official modules with random weights: ``build_unified_voice``, ``build_gpt_core`` (the GPT
+  hot-path part alone, ``construct_gpt_core`` with the default init), ``build_s2mel``; tiny models get every weight
+  from a seeded generator, full ones the official default init with what it leaves constant perturbed;
+  ``build_models``: the pair ``enable()`` runs fast (tiny at head_dim 64), as the demo and the benchmark build it;
+- inputs and calls as infer_v2 makes them: ``speech_inputs``, ``inference_speech``, ``teacher_forced_latents``,
+  ``dit_inputs``, ``cfm_inputs``, ``cfm_run``, ``OFFICIAL_DEFAULTS``;
+- ``from_model_dir``: the official modules from a model directory's config.yaml and checkpoints (real weights).
 """
 
 from __future__ import annotations
@@ -28,8 +39,29 @@ __all__ = [
     "ModelDirError",
     "import_official",
     "official_line",
+    "official_version",
+    "FULL_GPT",
+    "FULL_COND",
+    "FULL_EMO_COND",
+    "TINY_GPT",
+    "TINY_COND",
+    "GPT_HEAD_DIM_64",
+    "DIT_HEAD_DIM_64",
+    "gpt_config",
+    "s2mel_config",
     "build_unified_voice",
+    "GPTCore",
+    "construct_gpt_core",
+    "build_gpt_core",
     "build_s2mel",
+    "build_models",
+    "OFFICIAL_DEFAULTS",
+    "speech_inputs",
+    "inference_speech",
+    "teacher_forced_latents",
+    "dit_inputs",
+    "cfm_inputs",
+    "cfm_run",
     "from_model_dir",
 ]
 
@@ -77,7 +109,9 @@ def official_line() -> str:
     return "repository" if importlib.util.find_spec("indextts.gpt.transformers_generation_utils") else "refactor"
 
 
-# IndexTTS-2's config.yaml (checkpoints/config.yaml), the parts the modules are built from
+# ----------------------------------------------------------------------------------------------------------------------
+# Sizes: IndexTTS-2's config.yaml (checkpoints/config.yaml) and a tiny copy the Triton interpreter runs in seconds
+# ----------------------------------------------------------------------------------------------------------------------
 FULL_GPT = dict(layers=24, model_dim=1280, heads=20, max_text_tokens=600, max_mel_tokens=1815, number_text_tokens=12000,
                 number_mel_codes=8194, start_mel_token=8192, stop_mel_token=8193, start_text_token=0,
                 stop_text_token=1)  # fmt: skip
@@ -85,77 +119,277 @@ FULL_COND = dict(output_size=512, linear_units=2048, attention_heads=8, num_bloc
                  perceiver_mult=2)  # fmt: skip
 FULL_EMO_COND = dict(output_size=512, linear_units=1024, attention_heads=4, num_blocks=4, input_layer="conv2d2",
                      perceiver_mult=2)  # fmt: skip
-# tiny: head_dim 64 (the attention kernels take 64 and 128) at widths the Triton interpreter runs in seconds
-TINY_GPT = dict(layers=2, model_dim=128, heads=2, max_text_tokens=32, max_mel_tokens=80, number_text_tokens=100,
+# tiny: 2 layers 64 wide (4 heads of 16), vocabularies and position tables that fit a few dozen codes
+TINY_GPT = dict(layers=2, model_dim=64, heads=4, max_text_tokens=32, max_mel_tokens=48, number_text_tokens=100,
                 number_mel_codes=130, start_mel_token=128, stop_mel_token=129)  # fmt: skip
 TINY_COND = dict(output_size=64, linear_units=128, attention_heads=4, num_blocks=1, input_layer="conv2d2",
                  perceiver_mult=2)  # fmt: skip
+# The tiny models at head_dim 64, the head size of IndexTTS-2 (the attention kernels take 64 and 128; enable() refuses
+# other sizes): overrides of the tiny GPT and of the tiny DiT section, for whatever runs them on our path
+GPT_HEAD_DIM_64 = dict(model_dim=128, heads=2)
+DIT_HEAD_DIM_64 = dict(num_heads=1)
+
+
+def gpt_config(size: str = "tiny") -> dict:
+    """The gpt section of config.yaml for the UnifiedVoice of ``size`` (without its conditioning-module entries)."""
+    return {"gpt": dict(FULL_GPT if _size(size) == "full" else TINY_GPT, condition_type="conformer_perceiver")}
 
 
 def s2mel_config(size: str = "tiny") -> dict:
-    """The s2mel section of IndexTTS-2's config.yaml (full) or a small copy (tiny: width 64, one head of 64)."""
-    full = size == "full"
+    """The s2mel section of IndexTTS-2's config.yaml (full) or a scaled-down copy (tiny: DiT width 64 with 4 heads of
+    16, so the kernels' head_dim 64 is ``DIT_HEAD_DIM_64``)."""
+    full = _size(size) == "full"
     C, L, heads, F, D, S, H, W, R, Q = (512, 13, 8, 80, 512, 192, 512, 8, 512, 1024) if full else \
-        (64, 5, 1, 16, 48, 24, 64, 3, 48, 40)  # fmt: skip
+        (64, 5, 4, 16, 48, 24, 64, 3, 32, 40)  # fmt: skip
     return {
         "dit_type": "DiT", "reg_loss_type": "l1", "style_encoder": {"dim": S},
-        "length_regulator": {"channels": R, "is_discrete": False, "in_channels": Q, "content_codebook_size": 2048,
-                             "sampling_ratios": [1, 1, 1, 1], "vector_quantize": False, "n_codebooks": 1,
-                             "quantizer_dropout": 0.0, "f0_condition": False, "n_f0_bins": 512},
+        "length_regulator": {"channels": R, "is_discrete": False, "in_channels": Q,
+                             "content_codebook_size": 2048 if full else 40, "sampling_ratios": [1, 1, 1, 1],
+                             "vector_quantize": False, "n_codebooks": 1, "quantizer_dropout": 0.0,
+                             "f0_condition": False, "n_f0_bins": 512},
         "DiT": {"hidden_dim": C, "num_heads": heads, "depth": L, "class_dropout_prob": 0.1, "block_size": 8192,
                 "in_channels": F, "style_condition": True, "final_layer_type": "wavenet", "target": "mel",
-                "content_dim": D, "content_codebook_size": 1024, "content_type": "discrete", "f0_condition": False,
-                "n_f0_bins": 512, "content_codebooks": 1, "is_causal": False, "long_skip_connection": True,
-                "zero_prompt_speech_token": False, "time_as_token": False, "style_as_token": False,
-                "uvit_skip_connection": True, "add_resblock_in_transformer": False},
+                "content_dim": D, "content_codebook_size": 1024 if full else 24, "content_type": "discrete",
+                "f0_condition": False, "n_f0_bins": 512, "content_codebooks": 1, "is_causal": False,
+                "long_skip_connection": True, "zero_prompt_speech_token": False, "time_as_token": False,
+                "style_as_token": False, "uvit_skip_connection": True, "add_resblock_in_transformer": False},
         "wavenet": {"hidden_dim": H, "num_layers": W, "kernel_size": 5, "dilation_rate": 1, "p_dropout": 0.2,
                     "style_condition": True},
     }  # fmt: skip
 
 
-def _randomize(module: torch.nn.Module, seed: int, gains_near_one: bool) -> None:
-    """Random weights with unit-scale activations (1/sqrt(fan-in)); norm gains near 1 at full size."""
+def _size(size: str) -> str:
+    if size not in ("tiny", "full"):
+        raise ValueError(f"size must be 'tiny' or 'full', not {size!r}")
+    return size
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Random weights. Tiny: every floating parameter and buffer drawn anew from a generator seeded with ``seed`` (test
+# constants such as the stop-token biases of tests/gpt were tuned on exactly these weights: keep the scheme). Full:
+# the official default init (drawn from torch's global generator, seeded with ``seed`` before the constructors run),
+# with what it leaves constant perturbed so that no norm is an identity and no bias a zero.
+# ----------------------------------------------------------------------------------------------------------------------
+def _randomize(module: torch.nn.Module, seed: int) -> None:
+    """Every floating parameter and buffer N(0, 1) / sqrt(fan-in) (never zeros, never the init's ones and zeros),
+    save the fixed tables (RoPE ``freqs``, the conformer's ``pos_enc.pe``)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in list(module.named_parameters()) + list(module.named_buffers()):
+            if not p.is_floating_point() or name.endswith("freqs") or name.endswith("pos_enc.pe"):
+                continue
+            fan = p.shape[-1] if p.dim() > 1 else 1
+            p.copy_(torch.randn(p.shape, generator=g) / fan**0.5)
+
+
+def _perturb_defaults(module: torch.nn.Module, seed: int) -> None:
+    """The default init kept, but weight-norm gains (``weight_g``, equal to |v| at init: the norm a no-op) scaled by
+    1 + N(0, 0.1^2), and every parameter the init leaves constant (norm gains 1, biases 0, zeroed embeddings such as
+    ``speed_emb``) shifted by N(0, 0.1^2)."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in module.named_parameters():
             if not p.is_floating_point():
                 continue
-            r = torch.randn(p.shape, generator=g)
-            if gains_near_one and (name.endswith("norm.weight") or name.endswith("ln_1.weight")
-                                   or name.endswith("ln_2.weight") or name.endswith("ln_f.weight")):  # fmt: skip
-                p.copy_(1 + 0.1 * r)
-            elif p.dim() > 1:
-                p.copy_(r / p.shape[-1] ** 0.5 if p.dim() == 2 else r / p[0].numel() ** 0.5)
-            else:
-                p.copy_(0.1 * r if gains_near_one else r / max(p.shape[-1], 1) ** 0.5)
+            r = 0.1 * torch.randn(p.shape, generator=g)
+            if name.endswith("weight_g"):
+                p.mul_(1 + r)
+            elif bool((p == p.reshape(-1)[0]).all()):
+                p.add_(r)
 
 
-def build_unified_voice(size: str = "tiny", seed: int = 0, *, stop_bias: float = -4.0, **overrides):
-    """An official UnifiedVoice with random weights, ``post_init_gpt2_config(kv_cache=True)`` done, in eval mode.
+def _random_weights(module: torch.nn.Module, size: str, seed: int) -> None:
+    (_perturb_defaults if size == "full" else _randomize)(module, seed)
 
-    ``stop_bias`` is added to the stop token's head bias so that random-weight generations run their full length.
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Builders: the official modules with random weights
+# ----------------------------------------------------------------------------------------------------------------------
+def build_unified_voice(size: str = "tiny", seed: int = 0, *, stop_bias: float = 0.0, post_init: bool = True,
+                        half: bool = False, **overrides):  # fmt: skip
+    """The official UnifiedVoice at ``size`` (``overrides``: UnifiedVoice arguments, e.g. ``**GPT_HEAD_DIM_64`` or
+    max_mel_tokens) with random weights, every submodule (the conditioning encoders too), in eval mode.
+
+    ``stop_bias`` is added to the stop token's head bias (-4: random-weight generations then run their full
+    length). ``post_init``: ``post_init_gpt2_config(kv_cache=True)`` done, as IndexTTS2 does after loading (False:
+    the module as its gpt.pth holds it, no ``inference_model``); ``half``: IndexTTS2's use_fp16 (halved, then
+    post_init_gpt2_config(half=True)).
     """
     mv = import_official("gpt.model_v2")
-    full = size == "full"
-    cfg = dict(FULL_GPT if full else TINY_GPT, **overrides)
+    full = _size(size) == "full"
     torch.manual_seed(seed)
-    uv = mv.UnifiedVoice(**cfg, condition_type="conformer_perceiver", condition_module=FULL_COND if full else TINY_COND,
-                         emo_condition_module=FULL_EMO_COND if full else TINY_COND)  # fmt: skip
-    _randomize(uv, seed, gains_near_one=full)
-    with torch.no_grad():
-        uv.mel_head.bias[uv.stop_mel_token] += stop_bias
-    uv.post_init_gpt2_config(use_deepspeed=False, kv_cache=True, half=False)
+    uv = mv.UnifiedVoice(**dict(FULL_GPT if full else TINY_GPT, **overrides), condition_type="conformer_perceiver",
+                         condition_module=FULL_COND if full else TINY_COND,
+                         emo_condition_module=FULL_EMO_COND if full else TINY_COND).eval()  # fmt: skip
+    _random_weights(uv, size, seed)
+    if stop_bias:
+        with torch.no_grad():
+            uv.mel_head.bias[uv.stop_mel_token] += stop_bias
+    if half:
+        uv.half()
+    if post_init:
+        uv.post_init_gpt2_config(use_deepspeed=False, kv_cache=True, half=half)
     return uv.eval()
 
 
-def build_s2mel(size: str = "tiny", seed: int = 0):
-    """The official s2mel MyModel (cfm, length_regulator, gpt_layer) with random weights, caches set up."""
-    commons = import_official("s2mel.modules.commons")
+class GPTCore(torch.nn.Module):
+    """The GPT hot-path part of UnifiedVoice under the same state_dict names: ``gpt`` (HF GPT2Model), the embeddings,
+    the heads and the emotion layers, not the conformer / perceiver conditioning encoders (0.4 B parameters at full
+    size that the hot path never touches)."""
+
+    def __init__(self, parts: dict):
+        super().__init__()
+        for k, m in parts.items():
+            setattr(self, k, m)
+
+    def forward(self, x):  # the official chain: gpt (incl. ln_f) -> final_norm -> mel_head
+        h = self.gpt(inputs_embeds=x, return_dict=True).last_hidden_state
+        return self.mel_head(self.final_norm(h))
+
+
+def construct_gpt_core(size: str = "tiny", **sizes) -> GPTCore:
+    """The official constructors only (default init, no randomization): GPT2Model via
+    ``model_v2.build_hf_gpt_transformer`` plus the nn.Embedding / nn.Linear / nn.LayerNorm modules UnifiedVoice.__init__
+    creates, under its names. ``sizes`` override entries of TINY_GPT / FULL_GPT (layers, model_dim, heads, ...)."""
+    mv = import_official("gpt.model_v2")
+    c = dict(FULL_GPT if _size(size) == "full" else TINY_GPT, **sizes)
+    C = c["model_dim"]
+    gpt, mel_pos, text_pos, _, _ = mv.build_hf_gpt_transformer(
+        c["layers"], C, c["heads"], c["max_mel_tokens"] + 2 + 1, c["max_text_tokens"] + 2, False
+    )
+    parts = {
+        "gpt": gpt,
+        "mel_pos_embedding": mel_pos,
+        "text_pos_embedding": text_pos,
+        "text_embedding": torch.nn.Embedding(c["number_text_tokens"] + 1, C),
+        "mel_embedding": torch.nn.Embedding(c["number_mel_codes"], C),
+        "emo_layer": torch.nn.Linear(C, C),
+        "emovec_layer": torch.nn.Linear(1024, C),
+        "final_norm": torch.nn.LayerNorm(C),
+        "text_head": torch.nn.Linear(C, c["number_text_tokens"] + 1),
+        "mel_head": torch.nn.Linear(C, c["number_mel_codes"]),
+        "speed_emb": torch.nn.Embedding(2, C),
+    }
+    return GPTCore(parts).eval()
+
+
+def build_gpt_core(size: str = "tiny", seed: int = 0, **sizes) -> tuple[GPTCore, dict]:
+    """``construct_gpt_core`` with random weights: (the module, its state dict)."""
     torch.manual_seed(seed)
-    m = commons.MyModel(commons.recursive_munch(s2mel_config(size)), use_gpt_latent=True)
-    _randomize(m, seed, gains_near_one=size == "full")
-    m.models["cfm"].estimator.setup_caches(max_batch_size=2, max_seq_length=8192)
-    return m.eval()
+    core = construct_gpt_core(size, **sizes)
+    _random_weights(core, size, seed)
+    return core, core.state_dict()
+
+
+def build_s2mel(size: str = "tiny", seed: int = 0, *, setup_caches: bool = True, wavenet: Optional[dict] = None,
+                length_regulator: Optional[dict] = None, **dit):  # fmt: skip
+    """The official s2mel MyModel(use_gpt_latent=True) = {cfm, length_regulator, gpt_layer} with random weights, in
+    eval mode. ``dit`` overrides entries of the config's DiT section (e.g. ``**DIT_HEAD_DIM_64``, depth=3),
+    ``wavenet`` and ``length_regulator`` entries of those sections. ``setup_caches``: the DiT's ``setup_caches`` done
+    (its RoPE table, in the model's dtype: pass False to set them up after a cast; the causal mask it also builds,
+    max_seq_length squared, is unused by IndexTTS-2's non-causal DiT, hence a small max_seq_length)."""
+    commons = import_official("s2mel.modules.commons")
+    cfg = s2mel_config(size)
+    cfg["DiT"].update(dit)
+    cfg["wavenet"].update(wavenet or {})
+    cfg["length_regulator"].update(length_regulator or {})
+    torch.manual_seed(seed)
+    m = commons.MyModel(commons.recursive_munch(cfg), use_gpt_latent=True).eval()
+    _random_weights(m, size, seed)
+    if setup_caches:
+        m.models["cfm"].estimator.setup_caches(max_batch_size=2, max_seq_length=512)
+    return m
+
+
+def build_models(size: str = "tiny", seed: int = 0, *, half: bool = False):
+    """(UnifiedVoice, MyModel) as ``enable()`` runs them on our path, with random weights: at IndexTTS-2's sizes, or
+    the tiny ones at head_dim 64 (``GPT_HEAD_DIM_64``, ``DIT_HEAD_DIM_64``) with max_mel_tokens 64 (room for the
+    demo's 50 greedy codes) and, as at full size, a length regulator as wide as the DiT's content input (its output
+    is the CFM's condition); the stop token made unlikely (``stop_bias=-4``), so that generations run their full
+    length; ``half``: the GPT as IndexTTS2's use_fp16 has it. What the demo and bench/bench_e2e.py run."""
+    if _size(size) == "full":
+        return build_unified_voice(size, seed, stop_bias=-4.0, half=half), build_s2mel(size, seed)
+    uv = build_unified_voice(size, seed, stop_bias=-4.0, half=half, max_mel_tokens=64, **GPT_HEAD_DIM_64)
+    lr = {"channels": s2mel_config(size)["DiT"]["content_dim"]}
+    return uv, build_s2mel(size, seed, length_regulator=lr, **DIT_HEAD_DIM_64)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Inputs and calls, as infer_v2 makes them
+# ----------------------------------------------------------------------------------------------------------------------
+# the official infer_v2 defaults (generation_kwargs of IndexTTS2.infer), as inference_speech receives them
+OFFICIAL_DEFAULTS = dict(do_sample=True, top_p=0.8, top_k=30, temperature=0.8, num_return_sequences=1,
+                         length_penalty=0.0, num_beams=3, repetition_penalty=10.0)  # fmt: skip
+
+
+def speech_inputs(seed: int = 1, frames: int = 37, text_len: int = 9, device="cpu"):
+    """(spk, text): a speaker reference's w2v-BERT features [1, frames, 1024] (fp32) and text ids [1, text_len]
+    (int32, in 2..98: inside every size's text vocabulary)."""
+    g = torch.Generator().manual_seed(seed)
+    spk = torch.randn(1, frames, 1024, generator=g)
+    text = torch.randint(2, 99, (1, text_len), generator=g, dtype=torch.int32)
+    return spk.to(device), text.to(device)
+
+
+def inference_speech(uv, spk, text, steps: int, *, seed: int = 7, **gen):
+    """``uv.inference_speech`` as infer_v2 calls it (the emotion from the speaker reference, the lengths
+    ``spk.shape[-1]``), at most ``steps`` codes, under ``torch.manual_seed(seed)``: what it returns (codes, latent)."""
+    torch.manual_seed(seed)
+    lens = torch.tensor([spk.shape[-1]], device=spk.device)
+    with torch.no_grad():
+        return uv.inference_speech(spk, text, emo_speech_condition=spk, cond_lengths=lens, emo_cond_lengths=lens,
+                                   max_generate_length=steps, **gen)  # fmt: skip
+
+
+def teacher_forced_latents(uv, spk, text, codes):
+    """The teacher-forced GPT pass infer_v2 makes for s2mel (``uv.forward`` on the conditioning, the emotion vector
+    and the codes) on ``spk`` as given (its dtype is the call's): latents [1, codes, model_dim]."""
+    dev = spk.device
+    lens = torch.tensor([spk.shape[-1]], device=dev)
+    with torch.no_grad():
+        cond = uv.get_conditioning(spk.transpose(1, 2), lens)
+        emo = uv.get_emovec(spk, lens)
+        return uv(cond, text, torch.tensor([text.shape[-1]], device=dev), codes,
+                  torch.tensor([codes.shape[-1]], device=dev), spk, cond_mel_lengths=lens, emo_cond_mel_lengths=lens,
+                  emo_vec=emo, use_speed=torch.zeros(1, dtype=torch.long, device=dev))  # fmt: skip
+
+
+def _style_dim(dit) -> int:
+    return dit.cond_x_merge_linear.in_features - dit.cond_projection.out_features - 2 * dit.in_channels
+
+
+def dit_inputs(dit, *, batch: int = 2, frames: int = 37, seed: int = 5, x_lens=None):
+    """The DiT estimator's arguments (x, prompt_x, x_lens, t, style, cond) at the CFM's CFG batch; ``x_lens`` one
+    length per row (default: one length, ``frames``)."""
+    g = torch.Generator().manual_seed(seed)
+    Fc, D = dit.in_channels, dit.cond_projection.in_features
+    x = torch.randn(batch, Fc, frames, generator=g)
+    prompt_x = torch.randn(batch, Fc, frames, generator=g)
+    t = torch.rand(batch, generator=g)
+    style = torch.randn(batch, _style_dim(dit), generator=g)
+    cond = torch.randn(batch, frames, D, generator=g)
+    lens = torch.tensor([frames] if x_lens is None else list(x_lens))
+    return x, prompt_x, lens, t, style, cond
+
+
+def cfm_inputs(cfm, *, frames: int = 37, prompt: int = 11, seed: int = 9, device="cpu", dtype=torch.float32):
+    """The CFM's arguments as infer_v2 passes them: (mu [1, frames, content], x_lens, prompt mel [1, mels, prompt],
+    style [1, style]), drawn in fp32 and then cast to ``dtype``."""
+    g = torch.Generator().manual_seed(seed)
+    dit = cfm.estimator
+    mu = torch.randn(1, frames, dit.cond_projection.in_features, generator=g)
+    prompt_mel = torch.randn(1, dit.in_channels, prompt, generator=g)
+    style = torch.randn(1, _style_dim(dit), generator=g)
+    mu, prompt_mel, style = (t.to(device=device, dtype=dtype) for t in (mu, prompt_mel, style))
+    return mu, torch.tensor([frames], device=device), prompt_mel, style
+
+
+def cfm_run(cfm, inputs, *, seed: int = 21, steps: int = 25, rate: float = 0.7):
+    """``cfm.inference`` as infer_v2 calls it (25 Euler steps, CFG rate 0.7) under ``torch.manual_seed(seed)``."""
+    mu, x_lens, prompt_mel, style = inputs
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        return cfm.inference(mu, x_lens, prompt_mel, style, None, steps, inference_cfg_rate=rate)
 
 
 class ModelDirError(ValueError):

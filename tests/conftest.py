@@ -14,6 +14,9 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from indextts_fast import default_backend  # noqa: E402
+from indextts_fast.official import OfficialCodeMissing  # noqa: E402
+
+from .helpers import missing_official  # noqa: E402
 
 
 def pytest_report_header(config):
@@ -25,6 +28,22 @@ def pytest_report_header(config):
 
         triton_v = triton.__version__
     return f"indextts_fast backend: {default_backend()} (torch {torch.__version__}, triton {triton_v})"
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item):
+    try:
+        return (yield)
+    except OfficialCodeMissing as e:  # a fixture building an official model: fail or skip, as helpers.official
+        missing_official(e)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    try:
+        return (yield)
+    except OfficialCodeMissing as e:
+        missing_official(e)
 
 
 @pytest.fixture(autouse=True)

@@ -16,9 +16,9 @@ import torch
 import yaml
 
 from indextts_fast import __main__ as cli
-from indextts_fast import demo
+from indextts_fast import demo, official
 
-from . import loader_fixtures as lf
+from .loader.loader_fixtures import s2mel_container
 
 
 def _run(*args, env=None, timeout=600):
@@ -84,12 +84,11 @@ def test_bad_arguments_and_environment(capsys, monkeypatch, argv, env, names):
 
 def _model_dir(tmp_path, case):
     """A model directory (config.yaml, gpt.pth, s2mel.pth) of the tiny official models, one file spoilt."""
-    cond = dict(output_size=64, linear_units=128, attention_heads=4, num_blocks=1, input_layer="conv2d2",
-                perceiver_mult=2)  # fmt: skip
-    gpt = dict(lf.TINY_GPT, condition_type="conformer_perceiver", condition_module=cond, emo_condition_module=cond)
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump({"gpt": gpt, "s2mel": lf.s2mel_config()}))
-    torch.save(lf.build_unified_voice(0).state_dict(), tmp_path / "gpt.pth")
-    torch.save(lf.s2mel_container(lf.build_s2mel()), tmp_path / "s2mel.pth")
+    cond = dict(official.TINY_COND)
+    gpt = dict(official.gpt_config()["gpt"], condition_module=cond, emo_condition_module=cond)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({"gpt": gpt, "s2mel": official.s2mel_config()}))
+    torch.save(official.build_unified_voice("tiny", 0, post_init=False).state_dict(), tmp_path / "gpt.pth")
+    torch.save(s2mel_container(official.build_s2mel()), tmp_path / "s2mel.pth")
     spoilt = {
         "config_garbage": ("config.yaml", lambda p: p.write_text("gpt: [unclosed\n")),
         "config_list": ("config.yaml", lambda p: p.write_text("- 1\n- 2\n")),

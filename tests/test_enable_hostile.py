@@ -17,11 +17,18 @@ import torch
 
 import indextts_fast
 from indextts_fast.gpt.decode import MAX_STATES
+from indextts_fast.official import (
+    DIT_HEAD_DIM_64,
+    build_s2mel,
+    cfm_inputs,
+    inference_speech,
+    speech_inputs,
+    teacher_forced_latents,
+)
 
 from .autocast_ref import official_fp16_autocast
+from .gpt.test_gpt_enable import MODES, _uv
 from .helpers import assert_close_rel
-from .test_gpt_enable import MODES, _inputs, _speech, _uv
-from .test_s2mel_fast import TINY, _cfm_inputs, _model
 
 
 @pytest.fixture(autouse=True)
@@ -29,14 +36,9 @@ def _torch_backend(monkeypatch):
     monkeypatch.setenv("INDEXTTS_FAST_BACKEND", "torch")
 
 
-def _latents(model, spk, text, codes):
-    lens = torch.tensor([spk.shape[1]])
-    with torch.no_grad():
-        cond = model.get_conditioning(spk.transpose(1, 2), lens)
-        emo = model.get_emovec(spk, lens)
-        return model(cond, text, torch.tensor([text.shape[-1]]), codes, torch.tensor([codes.shape[-1]]), spk,
-                     cond_mel_lengths=lens, emo_cond_mel_lengths=lens, emo_vec=emo,
-                     use_speed=torch.zeros(1, dtype=torch.long))  # fmt: skip
+def _model(seed=3):
+    """The tiny s2mel at head_dim 64 of tests/s2mel (its seed)."""
+    return build_s2mel(seed=seed, **DIT_HEAD_DIM_64)
 
 
 # greedy with the official repetition penalty: random tiny models repeat one code without it, whatever the weights
@@ -49,8 +51,11 @@ def test_threads_generating_on_one_model_get_their_own_official_tokens():
     enabled UnifiedVoice: each gets the tokens the official model gives that sentence alone."""
     uv = _uv()
     modes = {"greedy": VARIED, "beam_search": MODES["beam_search"]}
-    jobs = [(_inputs(seed=s, T=21 + 4 * s, L=5 + 2 * s), "greedy" if s % 2 else "beam_search") for s in range(6)]
-    want = [_speech(uv, spk, text, steps=14, **modes[mode])[0] for (spk, text), mode in jobs]
+    jobs = [
+        (speech_inputs(seed=s, frames=21 + 4 * s, text_len=5 + 2 * s), "greedy" if s % 2 else "beam_search")
+        for s in range(6)
+    ]
+    want = [inference_speech(uv, spk, text, steps=14, **modes[mode])[0] for (spk, text), mode in jobs]
     got, errors = {}, []
     start = threading.Barrier(3)
 
@@ -59,7 +64,7 @@ def test_threads_generating_on_one_model_get_their_own_official_tokens():
             start.wait()
             for i in (w, w + 3):
                 (spk, text), mode = jobs[i]
-                got[i] = _speech(uv, spk, text, steps=14, **modes[mode])[0]
+                got[i] = inference_speech(uv, spk, text, steps=14, **modes[mode])[0]
         except Exception as e:  # reported below
             errors.append(e)
 
@@ -77,9 +82,9 @@ def test_threads_generating_on_one_model_get_their_own_official_tokens():
 def test_threads_running_the_cfm_on_one_model_get_their_own_mels():
     """Two threads, two CFM calls each (different lengths) on one enabled s2mel: each mel equals the same call
     run alone, and the official one within the tolerance rule. temperature=0: no random draw to share."""
-    model, model64 = _model(**TINY), _model(**TINY).double()
+    model, model64 = _model(), _model().double()
     cfm = model.models["cfm"]
-    calls = [_cfm_inputs(cfm, seed=s, T=19 + 6 * s, P=3 + s) for s in range(4)]
+    calls = [cfm_inputs(cfm, seed=s, frames=19 + 6 * s, prompt=3 + s) for s in range(4)]
 
     def run(c, inputs):
         mu, x_lens, prompt, style = inputs
@@ -113,13 +118,13 @@ def test_threads_running_the_cfm_on_one_model_get_their_own_mels():
 # --- 2. weights changed after enable ----------------------------------------------------------------------------------
 def _tokens_after(uv, change, steps=16):
     """(official tokens of the changed model, ours: enabled before the change)."""
-    spk, text = _inputs()
+    spk, text = speech_inputs()
     with indextts_fast.enabled(uv) as h:
-        _speech(uv, spk, text, steps=steps, **VARIED)  # built and run before the change
+        inference_speech(uv, spk, text, steps=steps, **VARIED)  # built and run before the change
         change(uv)
-        ours = _speech(uv, spk, text, steps=steps, **VARIED)[0]
+        ours = inference_speech(uv, spk, text, steps=steps, **VARIED)[0]
         rebuilds = h.parts[0].patch.calls["rebuilds"]
-    official = _speech(uv, spk, text, steps=steps, **VARIED)[0]
+    official = inference_speech(uv, spk, text, steps=steps, **VARIED)[0]
     return official, ours, rebuilds
 
 
@@ -142,7 +147,7 @@ def test_weights_changed_after_enable_are_seen(change):
             else:
                 uv.gpt.h[0].mlp.c_fc.weight = torch.nn.Parameter(uv.gpt.h[0].mlp.c_fc.weight * 2)
 
-    before = _speech(_uv(), *_inputs(), steps=16, **VARIED)[0]
+    before = inference_speech(_uv(), *speech_inputs(), steps=16, **VARIED)[0]
     official, ours, rebuilds = _tokens_after(_uv(), edit)
     assert not torch.equal(official, before), "the change did not change the official tokens: nothing tested"
     assert torch.equal(ours, official), f"{change}: tokens of neither the old nor the new model"
@@ -153,34 +158,34 @@ def test_half_after_enable_follows_the_model():
     """uv.half() after enable: the latent pass under IndexTTS2's fp16 autocast runs the halved weights, within the
     tolerance rule of the official fp16 path (never the stale fp32 copy)."""
     uv, uv64 = _uv(seed=2), _uv(seed=2).half().double()
-    spk, text = _inputs(seed=6)
+    spk, text = speech_inputs(seed=6)
     codes = torch.randint(0, uv.stop_mel_token, (1, 19))
-    high = _latents(uv64, spk.double(), text, codes)
+    high = teacher_forced_latents(uv64, spk.double(), text, codes)
     with indextts_fast.enabled(uv) as h:
         uv.half()
         with official_fp16_autocast("cpu"):
-            ours = _latents(uv, spk.half(), text, codes)
+            ours = teacher_forced_latents(uv, spk.half(), text, codes)
         assert h.parts[0].patch.fast.dtype == torch.float16
     with official_fp16_autocast("cpu"):
-        low = _latents(uv, spk.half(), text, codes)
+        low = teacher_forced_latents(uv, spk.half(), text, codes)
     assert_close_rel(ours, low, high, "latents after uv.half()")
 
 
 def test_changes_the_fast_path_does_not_implement_are_refused_by_name():
     uv = _uv()
-    spk, text = _inputs()
+    spk, text = speech_inputs()
     with indextts_fast.enabled(uv):
         uv.bfloat16()
         with pytest.raises(indextts_fast.UnsupportedModel, match=r"changed dtype \(torch.float32 -> torch.bfloat16\)"):
-            _speech(uv, spk, text, steps=4, **MODES["greedy"])
+            inference_speech(uv, spk, text, steps=4, **MODES["greedy"])
         uv.float().train()
         with pytest.raises(indextts_fast.UnsupportedModel, match="training mode"):
-            _speech(uv, spk, text, steps=4, **MODES["greedy"])
+            inference_speech(uv, spk, text, steps=4, **MODES["greedy"])
         uv.eval()
-        assert _speech(uv, spk, text, steps=4, **MODES["greedy"])[0].shape == (1, 4)
-    model = _model(**TINY)
+        assert inference_speech(uv, spk, text, steps=4, **MODES["greedy"])[0].shape == (1, 4)
+    model = _model()
     cfm = model.models["cfm"]
-    mu, x_lens, prompt, style = _cfm_inputs(cfm, T=19, P=5)
+    mu, x_lens, prompt, style = cfm_inputs(cfm, frames=19, prompt=5)
     with indextts_fast.enabled(model):
         model.half()
         with pytest.raises(indextts_fast.UnsupportedModel, match="s2mel: .*changed dtype.*runs the official fp32"):
@@ -188,9 +193,9 @@ def test_changes_the_fast_path_does_not_implement_are_refused_by_name():
 
 
 def test_s2mel_weights_loaded_after_enable_are_seen():
-    model, other = _model(**TINY), _model(seed=8, **TINY)
+    model, other = _model(), _model(seed=8)
     cfm = model.models["cfm"]
-    inputs = _cfm_inputs(cfm, T=19, P=5)
+    inputs = cfm_inputs(cfm, frames=19, prompt=5)
 
     def run():
         mu, x_lens, prompt, style = inputs
@@ -213,9 +218,9 @@ def test_an_enabled_model_is_freed_with_its_caches():
     """del + gc frees an enabled UnifiedVoice (and an IndexTTS2-like object holding enabled parts) with its
     decoders and KV caches, even while the handle is still referenced."""
     uv = _uv()
-    spk, text = _inputs()
+    spk, text = speech_inputs()
     h = indextts_fast.enable(uv)
-    _speech(uv, spk, text, steps=4, **MODES["greedy"])
+    inference_speech(uv, spk, text, steps=4, **MODES["greedy"])
     (decoder,) = h.parts[0].patch.decoders.values()
     refs = [weakref.ref(uv), weakref.ref(decoder.cache.buf)]
     del uv, decoder
@@ -225,7 +230,7 @@ def test_an_enabled_model_is_freed_with_its_caches():
     h.revert()  # a no-op now
 
     tts = types.SimpleNamespace()  # not weak-referenceable: the handle holds it, nothing else does
-    tts.gpt, tts.s2mel = _uv(), _model(**TINY)
+    tts.gpt, tts.s2mel = _uv(), _model()
     h2 = indextts_fast.enable(tts)
     refs = [weakref.ref(tts.gpt), weakref.ref(tts.s2mel)]
     h2.revert()
@@ -237,7 +242,7 @@ def test_an_enabled_model_is_freed_with_its_caches():
         pass
 
     tts = TTS()
-    tts.gpt, tts.s2mel = _uv(), _model(**TINY)
+    tts.gpt, tts.s2mel = _uv(), _model()
     h3 = indextts_fast.enable(tts)
     refs = [weakref.ref(tts), weakref.ref(tts.gpt), weakref.ref(tts.s2mel)]
     del tts
@@ -262,10 +267,10 @@ def test_copies_and_pickles_of_an_enabled_model_are_the_official_model(how):
     """copy.deepcopy and pickle of an enabled model do what they do to the official model (some official modules
     refuse one or the other: weight norm, hooks, local classes), and where they give a copy it is the official,
     unpatched model, its own to enable and revert; the original stays enabled."""
-    uv, model = _uv(), _model(**TINY)
-    spk, text = _inputs()
-    official = _speech(uv, spk, text, steps=8, **VARIED)[0]
-    want = {name: _outcome(lambda m=m: _copy(m, how))[1] for name, m in (("gpt", _uv()), ("s2mel", _model(**TINY)))}
+    uv, model = _uv(), _model()
+    spk, text = speech_inputs()
+    official = inference_speech(uv, spk, text, steps=8, **VARIED)[0]
+    want = {name: _outcome(lambda m=m: _copy(m, how))[1] for name, m in (("gpt", _uv()), ("s2mel", _model()))}
     with indextts_fast.enabled(uv) as h, indextts_fast.enabled(model):
         twin, error = _outcome(lambda: _copy(uv, how))
         s2_twin, s2_error = _outcome(lambda: _copy(model, how))
@@ -273,14 +278,14 @@ def test_copies_and_pickles_of_an_enabled_model_are_the_official_model(how):
         if twin is not None:
             assert "generate" not in twin.inference_model.__dict__ and "get_logits" not in twin.__dict__
             assert "indextts_fast" not in repr(twin) and "__reduce_ex__" not in twin.__dict__
-            assert torch.equal(_speech(twin, spk, text, steps=8, **VARIED)[0], official)
+            assert torch.equal(inference_speech(twin, spk, text, steps=8, **VARIED)[0], official)
             with indextts_fast.enabled(twin) as h2:
-                assert torch.equal(_speech(twin, spk, text, steps=8, **VARIED)[0], official)
+                assert torch.equal(inference_speech(twin, spk, text, steps=8, **VARIED)[0], official)
                 assert h2.parts[0].patch.calls["generate"] == 1
             assert "generate" not in twin.inference_model.__dict__
         if s2_twin is not None:
             assert "inference" not in s2_twin.models["cfm"].__dict__ and "indextts_fast" not in repr(s2_twin)
-        assert torch.equal(_speech(uv, spk, text, steps=8, **VARIED)[0], official)
+        assert torch.equal(inference_speech(uv, spk, text, steps=8, **VARIED)[0], official)
         assert h.parts[0].patch.calls["generate"] == 1, "the original is no longer enabled"
     assert "__reduce_ex__" not in uv.__dict__ and "__reduce_ex__" not in uv.inference_model.__dict__
     assert any(e is None for e in want.values()) or how == "deepcopy", "no copy was made: nothing tested"
@@ -319,11 +324,11 @@ def test_post_init_gpt2_config_again_is_patched_again():
     tokens are ours, the official ones); where the model is then no longer one the fast GPT runs, the report says
     so and the official code generates."""
     uv = _uv()
-    spk, text = _inputs()
-    official = _speech(uv, spk, text, steps=8, **MODES["beam_search"])[0]
+    spk, text = speech_inputs()
+    official = inference_speech(uv, spk, text, steps=8, **MODES["beam_search"])[0]
     with indextts_fast.enabled(uv) as h:
         uv.post_init_gpt2_config(use_deepspeed=False, kv_cache=True, half=False)
-        assert torch.equal(_speech(uv, spk, text, steps=8, **MODES["beam_search"])[0], official)
+        assert torch.equal(inference_speech(uv, spk, text, steps=8, **MODES["beam_search"])[0], official)
         assert h.parts[0].patch.calls["generate"] == 1 and "gpt    fast" in h.report()
         uv.accel_engine = object()  # as use_accel=True sets it: the official accel engine generates
         uv.post_init_gpt2_config(use_deepspeed=False, kv_cache=True, half=False)
@@ -332,9 +337,9 @@ def test_post_init_gpt2_config_again_is_patched_again():
         uv.accel_engine = None
         uv.post_init_gpt2_config(use_deepspeed=False, kv_cache=False, half=False)  # the official k + 1 positions
         assert "gpt    fast" in h.report(), h.report()
-        off_no_cache = _speech(uv, spk, text, steps=8, **VARIED)[0]
+        off_no_cache = inference_speech(uv, spk, text, steps=8, **VARIED)[0]
         assert h.parts[0].patch.calls["generate"] == 2
-    assert torch.equal(_speech(uv, spk, text, steps=8, **VARIED)[0], off_no_cache)
+    assert torch.equal(inference_speech(uv, spk, text, steps=8, **VARIED)[0], off_no_cache)
     assert "post_init_gpt2_config" not in uv.__dict__
 
 
@@ -345,18 +350,18 @@ def test_kv_cache_capped_at_the_position_table_and_states_bounded():
     uv = _uv()
     with torch.no_grad():
         uv.mel_head.bias[uv.stop_mel_token] += 9.6  # stops early
-    spk, text = _inputs()
-    official = _speech(uv, spk, text, steps=10**6, **MODES["greedy"])[0]
+    spk, text = speech_inputs()
+    official = inference_speech(uv, spk, text, steps=10**6, **MODES["greedy"])[0]
     with indextts_fast.enabled(uv) as h:
-        ours = _speech(uv, spk, text, steps=10**6, **MODES["greedy"])[0]
+        ours = inference_speech(uv, spk, text, steps=10**6, **MODES["greedy"])[0]
         patch = h.parts[0].patch
         (decoder,) = patch.decoders.values()
         table = uv.mel_pos_embedding.emb.weight.shape[0]
         assert decoder.capacity <= uv.inference_model.cached_mel_emb.shape[1] + table + 256
         for t in (0.5, 0.6, 0.7, 0.8, 0.9, 1.1):
-            _speech(uv, spk, text, steps=6, do_sample=True, temperature=t, top_k=0)
+            inference_speech(uv, spk, text, steps=6, do_sample=True, temperature=t, top_k=0)
         for beams in (2, 3, 4):
-            _speech(uv, spk, text, steps=6, do_sample=False, num_beams=beams)
+            inference_speech(uv, spk, text, steps=6, do_sample=False, num_beams=beams)
         assert len(patch.decoders) <= 2 and all(len(d.states) <= MAX_STATES for d in patch.decoders.values())
     assert torch.equal(ours, official)
 
@@ -396,10 +401,10 @@ def test_graphed_decode_loop_gives_the_official_tokens(cpu_graphs, mode):
     """The decode loop as CUDA graphs run it (first tick eager, second captured, the rest replays; the states
     reused by the next sentence): the official tokens, sentence after sentence."""
     uv = _uv()
-    sentences = [_inputs(seed=s, L=5 + 3 * s) for s in range(2)]
-    official = [_speech(uv, spk, text, steps=12, **MODES[mode])[0] for spk, text in sentences]
+    sentences = [speech_inputs(seed=s, text_len=5 + 3 * s) for s in range(2)]
+    official = [inference_speech(uv, spk, text, steps=12, **MODES[mode])[0] for spk, text in sentences]
     with indextts_fast.enabled(uv, graphs=True) as h:
-        ours = [_speech(uv, spk, text, steps=12, **MODES[mode])[0] for spk, text in sentences]
+        ours = [inference_speech(uv, spk, text, steps=12, **MODES[mode])[0] for spk, text in sentences]
         (decoder,) = h.parts[0].patch.decoders.values()
         (state,) = decoder.states.values()
         assert state.tick_graph.graph is not None and state.tick_graph.replays > 12
@@ -410,12 +415,12 @@ def test_graphed_decode_loop_gives_the_official_tokens(cpu_graphs, mode):
 def test_cfm_graph_output_is_a_copy(cpu_graphs):
     """The graphed CFM loop's result never aliases the graph's static output, which the next replay rewrites (a
     length that is exactly a bucket returned the static output itself)."""
-    model = _model(**TINY)
+    model = _model()
     cfm = model.models["cfm"]
     outs = []
     with indextts_fast.enabled(model, graphs=True) as h:
         for seed in (1, 2, 3):
-            mu, x_lens, prompt, style = _cfm_inputs(cfm, seed=seed, T=64, P=5)
+            mu, x_lens, prompt, style = cfm_inputs(cfm, seed=seed, frames=64, prompt=5)
             torch.manual_seed(seed)
             with torch.no_grad():
                 outs.append(cfm.inference(mu, x_lens, prompt, style, None, 2, inference_cfg_rate=0.7))

@@ -15,7 +15,7 @@ import torch
 import indextts_fast as F
 from indextts_kernels.reference import pack_w13
 
-from . import gpt_stack as gs
+from .gpt import gpt_stack as gs
 from .helpers import assert_close_rel, official, randn
 
 DIM, HEADS, HEAD_DIM = 128, 2, 64

@@ -5,7 +5,7 @@ Every name and shape here is read off the official module code (indextts2-infere
 ``indextts/s2mel/modules/commons.py::MyModel`` = {'cfm': CFM -> ``estimator`` = ``diffusion_transformer.DiT``
 (``gpt_fast/model.py::Transformer``, ``wavenet.py::WN`` built from ``encodec.py::SConv1d``),
 'length_regulator': ``length_regulator.py::InterpolateRegulator``, 'gpt_layer': Sequential of 3 Linear}.
-tests/test_loader.py enumerates the official modules' state dicts and checks that these tables cover every key
+tests/loader/test_loader.py enumerates the official modules' state dicts and checks that these tables cover every key
 exactly once (mapped, carried or ignored), with the shapes given here.
 
 A rule is ``Rule(dst, srcs, op, cls, shapes, over)``:

@@ -88,7 +88,7 @@ import indextts_fast
 loaded = lambda: sorted(m for m in sys.modules if m.startswith("indextts_fast.checkpoint"))
 assert loaded() == [], loaded()
 from indextts_fast import official
-uv, s2 = official.build_unified_voice("tiny", 0), official.build_s2mel("tiny", 0)
+uv, s2 = official.build_models("tiny", 0)
 reports = [indextts_fast.enable(uv).report(), indextts_fast.enable(s2).report()]
 assert all(" fast " in r for r in reports), reports
 assert "indextts_fast.loader.remap" in sys.modules

@@ -11,13 +11,14 @@ import torch
 
 from indextts_fast import checkpoint as CK
 from indextts_fast import loader as L
+from indextts_fast import official
 
 from . import loader_fixtures as lf
 
 # tests that convert without config.yaml on purpose: the head-count warning is expected there
 pytestmark = pytest.mark.filterwarnings("ignore:no config.yaml:UserWarning")
 
-TOOLS = Path(__file__).resolve().parents[1] / "tools"
+TOOLS = Path(__file__).resolve().parents[2] / "tools"
 
 
 def _tool(name):
@@ -30,7 +31,7 @@ def _tool(name):
 @pytest.fixture(scope="module")
 def s2mel_pth(tmp_path_factory):
     d = tmp_path_factory.mktemp("tools")
-    torch.save(lf.s2mel_container(lf.build_s2mel()), d / "s2mel.pth")
+    torch.save(lf.s2mel_container(official.build_s2mel()), d / "s2mel.pth")
     return d / "s2mel.pth"
 
 
@@ -49,7 +50,7 @@ def test_convert_tool(s2mel_pth, capsys):
 
 def test_convert_tool_gpt_dtype(tmp_path):
     conv = _tool("convert_checkpoint")
-    torch.save(lf.build_gpt_core()[1], tmp_path / "gpt.pth")
+    torch.save(official.build_gpt_core()[1], tmp_path / "gpt.pth")
     assert (
         conv.main([str(tmp_path / "gpt.pth"), str(tmp_path / "g.safetensors"), "--gpt-dtype", "bfloat16", "--quiet"])
         == 0
@@ -66,7 +67,7 @@ def test_inspect_tool(s2mel_pth, tmp_path, capsys):
     assert ins.main([str(s2mel_pth), "--keys"]) == 0
     text = capsys.readouterr().out
     assert "mapped:wn_taps" in text and "dit.layers.3.w13" in text and "ignored" in text
-    st = lf.s2mel_container(lf.build_s2mel())
+    st = lf.s2mel_container(official.build_s2mel())
     st["net"]["cfm"]["estimator.bogus.weight"] = torch.randn(2)
     del st["net"]["cfm"]["estimator.conv1.bias"]
     torch.save(st, tmp_path / "bad.pth")
@@ -81,7 +82,7 @@ def test_inspect_tool(s2mel_pth, tmp_path, capsys):
 
 def test_inspect_tool_reports_conditioning_encoder_shapes(tmp_path, capsys):
     ins = _tool("inspect_checkpoint")
-    sd = dict(lf.build_unified_voice().state_dict())
+    sd = dict(official.build_unified_voice(post_init=False).state_dict())
     sd["conditioning_encoder.encoders.0.feed_forward.w_2.weight"] = torch.randn(64, 127)
     sd["perceiver_encoder.norm.gamma"] = torch.ones(64, dtype=torch.int64)  # remap refuses it: so must the plan
     torch.save(sd, tmp_path / "gpt.pth")
@@ -101,7 +102,7 @@ def _one_line(err: str, prefix: str) -> str:
 
 @pytest.fixture(scope="module")
 def gpt_sd():
-    return lf.build_gpt_core()[1]
+    return official.build_gpt_core()[1]
 
 
 def test_tools_refuse_a_short_zip_record(gpt_sd, tmp_path, capsys):
@@ -127,7 +128,7 @@ def test_convert_tool_bad_config(gpt_sd, tmp_path, capsys, case):
     if model == "gpt":
         torch.save(gpt_sd, tmp_path / "src.pth")
     else:
-        torch.save(lf.s2mel_container(lf.build_s2mel()), tmp_path / "src.pth")
+        torch.save(lf.s2mel_container(official.build_s2mel()), tmp_path / "src.pth")
     assert _tool("convert_checkpoint").main([str(tmp_path / "src.pth"), "--config", str(cfg), "--quiet"]) == 2
     line = _one_line(capsys.readouterr().err, f"refused: {cfg}: ")
     assert __import__("re").search(match, line), line
@@ -218,10 +219,10 @@ def test_inspect_refuses_a_pack_that_load_pack_refuses(gpt_sd, tmp_path, capsys)
 def _bad_values(case):
     """(model, state dict with one bad value, the pack tensor the converter names)."""
     if case == "zero_norm_weight_v":
-        sd = {k: v.clone() for k, v in lf.flat_s2mel(lf.build_s2mel()).items()}
+        sd = {k: v.clone() for k, v in lf.flat_s2mel(official.build_s2mel()).items()}
         sd["cfm.estimator.wavenet.in_layers.1.conv.conv.weight_v"][5] = 0  # ||v|| = 0 for one output channel
         return sd, "dit.wn.in.1.w"
-    sd = {k: v.clone() for k, v in lf.build_gpt_core()[1].items()}
+    sd = {k: v.clone() for k, v in official.build_gpt_core()[1].items()}
     sd["gpt.h.0.attn.c_proj.weight"][2, 9] = {"nan": float("nan"), "inf": float("inf"), "fp16_overflow": 1e6}[case]
     return sd, "h.0.attn_out.w"
 
@@ -304,7 +305,7 @@ def _bad_checkpoint(case, path):
         path = path.with_name("x" * 300 + ".pth")
         return path, "File name too long"
     if case == "not_utf8":
-        torch.save(lf.build_gpt_core()[1], path)
+        torch.save(official.build_gpt_core()[1], path)
         path = path.rename(path.with_name(os.fsdecode(b"gpt\xff.pth")))
         return path, "the file name is not valid UTF-8"
     raise ValueError(case)

@@ -10,11 +10,12 @@ import torch
 
 from indextts_fast import checkpoint as CK
 from indextts_fast import loader as L
+from indextts_fast import official
 from indextts_fast.loader.tables import GPT_IGNORE, S2MEL_IGNORE
 
+from ..helpers import assert_close_rel
 from . import loader_fixtures as lf
 from . import loader_refs as refs
-from .helpers import assert_close_rel
 
 # tests that convert without config.yaml on purpose: the head-count warning is expected there
 pytestmark = pytest.mark.filterwarnings("ignore:no config.yaml:UserWarning")
@@ -24,19 +25,19 @@ F32 = CK.gpt_policy("float32")  # the GPT in fp32 (exact round trips / forwards)
 
 @pytest.fixture(scope="module")
 def uv():
-    return lf.build_unified_voice()
+    return official.build_unified_voice(post_init=False)
 
 
 @pytest.fixture(scope="module")
 def s2mel():
-    return lf.build_s2mel()
+    return official.build_s2mel()
 
 
-def _yaml(tmp_path, kind, full=False):
-    """config.yaml for the tiny (or full) modules, as the official repository lays it out."""
+def _yaml(tmp_path, kind):
+    """config.yaml for the tiny modules, as the official repository lays it out."""
     yaml = pytest.importorskip("yaml")
     p = tmp_path / f"config_{kind}.yaml"
-    p.write_text(yaml.safe_dump({"s2mel": lf.s2mel_config(full), **lf.gpt_config(full)}))
+    p.write_text(yaml.safe_dump({"s2mel": official.s2mel_config(), **official.gpt_config()}))
     return p
 
 
@@ -51,7 +52,7 @@ def _assert_same_sd(a: dict, b: dict, what: str):
 # ----------------------------------------------------------------------------------------------------------------------
 def test_gpt_tables_cover_official_state_dict(uv):
     sd = uv.state_dict()
-    pack, rep = CK.remap_state_dict(sd, config=lf.gpt_config())
+    pack, rep = CK.remap_state_dict(sd, config=official.gpt_config())
     used = [s for _, srcs, _ in rep.mapped for s in srcs]
     accounted = used + rep.carried + [k for k, _ in rep.ignored]
     assert sorted(accounted) == sorted(sd), "every official key mapped, carried or ignored exactly once"
@@ -66,7 +67,7 @@ def test_gpt_tables_cover_official_state_dict(uv):
 def test_s2mel_tables_cover_official_state_dict(s2mel):
     sd = lf.flat_s2mel(s2mel)
     for stack in (True, False):
-        pack, rep = CK.remap_state_dict(sd, config=lf.s2mel_config(), stack_adaln=stack)
+        pack, rep = CK.remap_state_dict(sd, config=official.s2mel_config(), stack_adaln=stack)
         used = [s for _, srcs, _ in rep.mapped for s in srcs]
         accounted = used + [k for k, _ in rep.ignored]
         assert sorted(accounted) == sorted(sd) and len(set(accounted)) == len(accounted)
@@ -222,7 +223,7 @@ def gpt_check(m, m64, w, x):
 
 
 def _uv64(uv):
-    m = lf.build_unified_voice()
+    m = official.build_unified_voice(post_init=False)
     m.load_state_dict(uv.state_dict())
     return m.double()
 
@@ -237,7 +238,7 @@ def test_gpt_forward_matches_official(uv, tmp_path):
 def test_gpt_forward_check_catches_wrong_layout(uv):
     """The classic port bug: reading Conv1D [in, out] as nn.Linear [out, in] without the transpose."""
     sd = uv.state_dict()
-    pack, rep = CK.remap_state_dict(sd, policy=F32, config=lf.gpt_config())
+    pack, rep = CK.remap_state_dict(sd, policy=F32, config=official.gpt_config())
     C = 64
     pack["h.1.qkv.w"] = sd["gpt.h.1.attn.c_attn.weight"].reshape(3 * C, C).clone()
     w = L.weights._build_gpt(pack, rep.dims, {})
@@ -246,31 +247,20 @@ def test_gpt_forward_check_catches_wrong_layout(uv):
         gpt_check(uv, _uv64(uv), w, x)
 
 
-def _dit_inputs(cfg, B=2, T=19):
-    d = cfg["DiT"]
-    g = torch.Generator().manual_seed(1)
-    x = torch.randn(B, d["in_channels"], T, generator=g)
-    prompt = torch.randn(B, d["in_channels"], T, generator=g)
-    t = torch.rand(B, generator=g)
-    style = torch.randn(B, cfg["style_encoder"]["dim"], generator=g)
-    mu = torch.randn(B, T, d["content_dim"], generator=g)
-    return x, prompt, t, style, mu
-
-
-def official_fp64(model, full=False):
-    """The same official s2mel modules in fp64 (the tolerance rule's high-precision oracle)."""
-    m64 = lf.build_s2mel(full)
+def official_fp64(model, size="tiny"):
+    """The same official s2mel modules in fp64 (the tolerance rule's high-precision oracle), its DiT caches set up
+    after the cast (by dit_check: the RoPE table in fp64)."""
+    m64 = official.build_s2mel(size, setup_caches=False)
     m64.load_state_dict(model.state_dict())
     return m64.double()
 
 
-def dit_check(model, w, cfg, B=2, T=19, m64=None):
+def dit_check(model, w, B=2, T=19, m64=None):
     est = model.models["cfm"].estimator
     est64 = (m64 or official_fp64(model)).models["cfm"].estimator
     est.setup_caches(B, T)
     est64.setup_caches(B, T)
-    x, prompt, t, style, mu = _dit_inputs(cfg, B, T)
-    lens = torch.full((B,), T)
+    x, prompt, lens, t, style, mu = official.dit_inputs(est, batch=B, frames=T, seed=1, x_lens=[T] * B)
     with torch.no_grad():
         low = est(x, prompt, lens, t, style, mu)
         out = refs.dit_forward(w, x, prompt, t, style, mu)
@@ -280,18 +270,18 @@ def dit_check(model, w, cfg, B=2, T=19, m64=None):
 
 @pytest.mark.parametrize("stack", [True, False], ids=["stacked_adaln", "split_adaln"])
 def test_dit_forward_matches_official(s2mel, stack):
-    pack, rep = CK.remap_state_dict(lf.flat_s2mel(s2mel), stack_adaln=stack, config={"s2mel": lf.s2mel_config()})
+    pack, rep = CK.remap_state_dict(lf.flat_s2mel(s2mel), stack_adaln=stack, config={"s2mel": official.s2mel_config()})
     w = L.weights._build_s2mel(pack, rep.dims, {}, stack)
-    dit_check(s2mel, w, lf.s2mel_config())
+    dit_check(s2mel, w)
 
 
 def test_dit_forward_check_catches_swapped_swiglu(s2mel):
-    pack, rep = CK.remap_state_dict(lf.flat_s2mel(s2mel), config={"s2mel": lf.s2mel_config()})
+    pack, rep = CK.remap_state_dict(lf.flat_s2mel(s2mel), config={"s2mel": official.s2mel_config()})
     w13 = pack["dit.layers.3.w13"]
     pack["dit.layers.3.w13"] = torch.cat(w13.chunk(2, dim=0)[::-1])  # w3 | w1
     w = L.weights._build_s2mel(pack, rep.dims, {}, True)
     with pytest.raises(AssertionError, match="DiT estimator output"):
-        dit_check(s2mel, w, lf.s2mel_config())
+        dit_check(s2mel, w)
 
 
 def test_length_regulator_and_gpt_layer_match_official(s2mel):
@@ -315,7 +305,7 @@ def test_length_regulator_and_gpt_layer_match_official(s2mel):
 
 
 def test_config_check(uv, s2mel):
-    cfg = lf.gpt_config()
+    cfg = official.gpt_config()
     CK.remap_state_dict(uv.state_dict(), config=cfg)
     cfg["gpt"]["heads"] = 8
     pack, rep = CK.remap_state_dict(uv.state_dict(), config=cfg)
@@ -331,21 +321,21 @@ def test_config_check(uv, s2mel):
     cfg["gpt"]["layers"] = 3
     with pytest.raises(L.CheckpointError, match="L: checkpoint 2 vs config 3"):
         CK.remap_state_dict(uv.state_dict(), config=cfg)
-    cfg = lf.gpt_config()  # mel positions = max_mel_tokens + 2 + max_conditioning_inputs (official UnifiedVoice)
+    cfg = official.gpt_config()  # mel positions = max_mel_tokens + 2 + max_conditioning_inputs (official UnifiedVoice)
     cfg["gpt"]["max_conditioning_inputs"] = 2
     with pytest.raises(L.CheckpointError, match="Pm: checkpoint 51 vs config 52"):
         CK.remap_state_dict(uv.state_dict(), config=cfg)
-    scfg = lf.s2mel_config()
+    scfg = official.s2mel_config()
     scfg["wavenet"]["kernel_size"] = 3
     with pytest.raises(L.CheckpointError, match="K: checkpoint 5 vs config 3"):
         CK.remap_state_dict(lf.flat_s2mel(s2mel), config={"s2mel": scfg})
-    scfg = lf.s2mel_config()
+    scfg = official.s2mel_config()
     scfg["DiT"]["time_as_token"] = True
     with pytest.raises(L.CheckpointError, match="time_as_token"):
         CK.remap_state_dict(lf.flat_s2mel(s2mel), config={"s2mel": scfg})
     # variants whose keys and shapes are identical but whose math differs are refused too
     for section, flag, value in (("DiT", "is_causal", True), ("wavenet", "dilation_rate", 2)):
-        scfg = lf.s2mel_config()
+        scfg = official.s2mel_config()
         scfg[section][flag] = value
         with pytest.raises(L.CheckpointError, match=f"{section}.{flag}"):
             CK.remap_state_dict(lf.flat_s2mel(s2mel), config={"s2mel": scfg})
@@ -353,7 +343,7 @@ def test_config_check(uv, s2mel):
 
 def test_config_yaml_file(s2mel, tmp_path):
     yaml = pytest.importorskip("yaml")
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump({"s2mel": lf.s2mel_config(), **lf.gpt_config()}))
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({"s2mel": official.s2mel_config(), **official.gpt_config()}))
     torch.save(lf.s2mel_container(s2mel), tmp_path / "s2mel.pth")
     rep = CK.convert_checkpoint(tmp_path / "s2mel.pth", tmp_path / "s2mel.safetensors", config=tmp_path / "config.yaml")
     assert rep.dims["heads"] == 4 and rep.dims["N"] == 4

@@ -14,41 +14,24 @@ import torch
 
 import indextts_fast
 from indextts_fast.gpt.sampling import UnsupportedGeneration
+from indextts_fast.official import GPT_HEAD_DIM_64, build_unified_voice, inference_speech, speech_inputs
+from indextts_fast.official import OFFICIAL_DEFAULTS as BEAM_SAMPLE
+from indextts_fast.official import teacher_forced_latents as latents
 
-from . import loader_fixtures as lf
-from .autocast_ref import official_fp16_autocast
-from .helpers import assert_close_rel
+from ..autocast_ref import official_fp16_autocast
+from ..helpers import assert_close_rel
 
 STEPS = 56
 
 
 def _uv(seed=0, dtype=torch.float32):
-    uv = lf.build_unified_voice(seed, max_mel_tokens=STEPS + 8, model_dim=128, heads=2)  # head_dim 64
-    with torch.no_grad():
-        uv.mel_head.bias[uv.stop_mel_token] -= 4.0
-    uv.post_init_gpt2_config(kv_cache=True, half=dtype == torch.float16)
+    """The tiny UnifiedVoice at head_dim 64 with a mel position table for STEPS codes, its stop token made unlikely
+    (generations run their full length); fp16: as IndexTTS2's use_fp16."""
+    uv = build_unified_voice("tiny", seed, stop_bias=-4.0, half=dtype == torch.float16, max_mel_tokens=STEPS + 8,
+                             **GPT_HEAD_DIM_64)  # fmt: skip
     return uv.to(dtype).eval()
 
 
-def _inputs(seed=1, T=37, L=9):
-    g = torch.Generator().manual_seed(seed)
-    spk = torch.randn(1, T, 1024, generator=g)
-    text = torch.randint(2, 99, (1, L), generator=g, dtype=torch.int32)
-    return spk, text
-
-
-def _speech(uv, spk, text, seed=7, steps=STEPS, **gen):
-    """inference_speech as infer_v2 calls it (emotion from the speaker reference), under a fixed seed."""
-    torch.manual_seed(seed)
-    lens = torch.tensor([spk.shape[-1]])
-    with torch.no_grad():
-        codes, latent = uv.inference_speech(spk, text, emo_speech_condition=spk, cond_lengths=lens,
-                                            emo_cond_lengths=lens, max_generate_length=steps, **gen)  # fmt: skip
-    return codes, latent
-
-
-BEAM_SAMPLE = dict(do_sample=True, top_p=0.8, top_k=30, temperature=0.8, num_return_sequences=1,
-                   length_penalty=0.0, num_beams=3, repetition_penalty=10.0)  # fmt: skip
 MODES = {
     "greedy": dict(do_sample=False, num_beams=1),
     "sample": dict(do_sample=True, num_beams=1, top_k=30, top_p=0.8, temperature=0.8, repetition_penalty=10.0),
@@ -64,25 +47,27 @@ def uv():
 
 # Every mode on the torch references; the Triton kernels (the interpreter here, about a second per step) on greedy
 # and on the official defaults. Greedy runs STEPS codes, the others fewer (each beam step costs three rows).
-CASES = [(m, "torch") for m in MODES] + [("greedy", "kernels"), ("beam_sample_defaults", "kernels")]
+CASES = [pytest.param(m, "torch", id=f"{m}-torch") for m in MODES] + [
+    pytest.param(m, "kernels", id=f"{m}-kernels", marks=pytest.mark.slow) for m in ("greedy", "beam_sample_defaults")
+]
 
 
-@pytest.mark.parametrize("mode, backend", CASES, ids=[f"{m}-{b}" for m, b in CASES])
+@pytest.mark.parametrize("mode, backend", CASES)
 def test_tokens_identical_to_the_official_generate(uv, mode, backend, monkeypatch):
-    spk, text = _inputs()
+    spk, text = speech_inputs()
     if backend == "torch":
         monkeypatch.setenv("INDEXTTS_FAST_BACKEND", "torch")
     steps = STEPS if mode == "greedy" else 24
-    official, _ = _speech(uv, spk, text, steps=steps, **MODES[mode])
+    official, _ = inference_speech(uv, spk, text, steps=steps, **MODES[mode])
     with indextts_fast.enabled(uv) as h:
         assert any(p.status == "fast" and p.name == "gpt" for p in h.parts), h.report()
-        ours, _ = _speech(uv, spk, text, steps=steps, **MODES[mode])
+        ours, _ = inference_speech(uv, spk, text, steps=steps, **MODES[mode])
         assert h.parts[0].patch.calls["generate"] == 1, "the decode loop did not run"
     assert official.shape[1] >= min(steps, 50) - 1, "the generation stopped early: too few steps compared"
     assert ours.dtype == official.dtype and ours.shape == official.shape, (ours.shape, official.shape)
     assert torch.equal(ours, official), f"{mode}: tokens differ\nofficial {official}\nours     {ours}"
     if backend == "torch":
-        again, _ = _speech(uv, spk, text, steps=steps, **MODES[mode])
+        again, _ = inference_speech(uv, spk, text, steps=steps, **MODES[mode])
         assert torch.equal(again, official), "after revert the official generate must be back, bit for bit"
 
 
@@ -108,17 +93,16 @@ def test_processed_scores_and_beams_replayed_on_official_logits(uv, monkeypatch)
     beam choices and the same tokens, beam-sample at the official defaults with a fixed seed."""
     from indextts_fast.gpt.sampling import resolve_generation_args
 
-    spk, text = _inputs(seed=3)
-    out, _ = _speech(uv, spk, text, seed=11, output_scores=True, output_logits=True, return_dict_in_generate=True,
-                     **BEAM_SAMPLE)  # fmt: skip
+    spk, text = speech_inputs(seed=3)
+    out, _ = inference_speech(uv, spk, text, steps=STEPS, seed=11, output_scores=True, output_logits=True,
+                              return_dict_in_generate=True, **BEAM_SAMPLE)  # fmt: skip
     official_scores, official_logits = out.scores, out.logits
     prompt_len = uv.inference_model.cached_mel_emb.shape[1] + 1
     input_ids = torch.ones((1, prompt_len), dtype=torch.long)
     input_ids[:, -1] = uv.start_mel_token
     kw = dict(BEAM_SAMPLE, bos_token_id=uv.start_mel_token, pad_token_id=uv.stop_mel_token,
               eos_token_id=uv.stop_mel_token, max_length=prompt_len + STEPS)  # fmt: skip
-    args, rest = resolve_generation_args(uv.inference_model.generation_config, kw, prompt_len)
-    assert not rest
+    args = resolve_generation_args(uv.inference_model, kw, prompt_len)
     step_logits = iter(official_logits[1:])
     torch.manual_seed(11)
     # the official call draws its random numbers after the conditioning encoders, which draw none: same stream
@@ -132,26 +116,17 @@ def test_processed_scores_and_beams_replayed_on_official_logits(uv, monkeypatch)
 
 def test_teacher_forced_latents(uv):
     """UnifiedVoice.forward as infer_v2 calls it (the latents for s2mel), within the tolerance rule."""
-    spk, text = _inputs(seed=5)
+    spk, text = speech_inputs(seed=5)
     codes = torch.randint(0, uv.stop_mel_token, (1, 23))
     uv64 = _uv().double()  # the same weights (the fixture's seed), in fp64
 
-    def latents(model, dtype):
-        lens = torch.tensor([spk.shape[-1]])
-        with torch.no_grad():
-            cond = model.get_conditioning(spk.to(dtype).transpose(1, 2), lens)
-            emo = model.get_emovec(spk.to(dtype), lens)
-            return model(cond, text, torch.tensor([text.shape[-1]]), codes, torch.tensor([codes.shape[-1]]),
-                         spk.to(dtype), cond_mel_lengths=lens, emo_cond_mel_lengths=lens, emo_vec=emo,
-                         use_speed=torch.zeros(1, dtype=torch.long))  # fmt: skip
-
-    low, high = latents(uv, torch.float32), latents(uv64, torch.float64)
+    low, high = latents(uv, spk, text, codes), latents(uv64, spk.double(), text, codes)
     with indextts_fast.enabled(uv) as h:
-        ours = latents(uv, torch.float32)
+        ours = latents(uv, spk, text, codes)
         assert h.parts[0].patch.calls["latent"] == 1
     assert ours.shape == low.shape == (1, codes.shape[1], uv.model_dim)
     assert_close_rel(ours, low, high, "teacher-forced latents")
-    assert torch.equal(latents(uv, torch.float32), low), "after revert the official pass must be back, bit for bit"
+    assert torch.equal(latents(uv, spk, text, codes), low), "after revert the official pass must be back, bit for bit"
 
 
 def test_fp16_as_use_fp16_runs_it():
@@ -159,24 +134,13 @@ def test_fp16_as_use_fp16_runs_it():
     within the tolerance rule of the official fp16 path, against the fp64 model, the fp32 stream included."""
     uv16 = _uv(seed=2, dtype=torch.float16)
     uv64 = _uv(seed=2, dtype=torch.float16).double()  # the halved weights, in fp64
-    spk, text = _inputs(seed=6)
+    spk, text = speech_inputs(seed=6)
     codes = torch.randint(0, uv16.stop_mel_token, (1, 19))
-    lens = torch.tensor([spk.shape[-1]])
-
-    def latents(model, dtype, autocast):
-        ctx = official_fp16_autocast("cpu") if autocast else torch.autocast("cpu", enabled=False)
-        with torch.no_grad(), ctx:
-            x = spk.to(dtype)
-            cond = model.get_conditioning(x.transpose(1, 2), lens)
-            emo = model.get_emovec(x, lens)
-            return model(cond, text, torch.tensor([text.shape[-1]]), codes, torch.tensor([codes.shape[-1]]), x,
-                         cond_mel_lengths=lens, emo_cond_mel_lengths=lens, emo_vec=emo,
-                         use_speed=torch.zeros(1, dtype=torch.long))  # fmt: skip
-
-    low = latents(uv16, torch.float16, True)
-    high = latents(uv64, torch.float64, False)
-    with indextts_fast.enabled(uv16):
-        ours = latents(uv16, torch.float16, True)
+    with official_fp16_autocast("cpu"):
+        low = latents(uv16, spk.half(), text, codes)
+    high = latents(uv64, spk.double(), text, codes)
+    with indextts_fast.enabled(uv16), official_fp16_autocast("cpu"):
+        ours = latents(uv16, spk.half(), text, codes)
     assert ours.dtype == low.dtype == torch.float32  # final_norm under autocast: fp32 latents
     assert_close_rel(ours, low, high, "fp16 latents")
 
@@ -221,12 +185,12 @@ def test_enable_revert_from_two_threads(uv):
 def test_bad_targets_and_arguments(uv):
     with pytest.raises(TypeError, match="target must be an IndexTTS2 object or one of its parts.*builtins.str"):
         indextts_fast.enable("not a model")
-    spk, text = _inputs()
+    spk, text = speech_inputs()
     with indextts_fast.enabled(uv):
         with pytest.raises(UnsupportedGeneration, match="no_repeat_ngram_size=2"):
-            _speech(uv, spk, text, do_sample=False, num_beams=1, no_repeat_ngram_size=2)
+            inference_speech(uv, spk, text, steps=STEPS, do_sample=False, num_beams=1, no_repeat_ngram_size=2)
         with pytest.raises(UnsupportedGeneration, match="num_beam_groups=3"):
-            _speech(uv, spk, text, num_beams=3, num_beam_groups=3, diversity_penalty=0.5)
+            inference_speech(uv, spk, text, steps=STEPS, num_beams=3, num_beam_groups=3, diversity_penalty=0.5)
     campplus = _uv()
     campplus.spk_cond_mode = "campplus"
     with pytest.raises(indextts_fast.UnsupportedModel, match="IndexTTS-2.5 is not supported yet"):
@@ -240,19 +204,16 @@ def test_bad_targets_and_arguments(uv):
         indextts_fast.enable(accel, strict=False)  # skipped, and then nothing is left to enable
 
 
+@pytest.mark.slow
 def test_full_width_layer_greedy_tokens_identical():
     """IndexTTS-2's layer width (1280, 20 heads of 64) at one layer, greedy over 30 steps in fp32, on the kernels
     (the interpreter here: about 2.5 s a step); the vocabulary stays small (the mel head is not the layer under
     test)."""
-    uv = lf.build_unified_voice(3, layers=1, model_dim=1280, heads=20, max_mel_tokens=64)
-    with torch.no_grad():
-        uv.mel_head.bias[uv.stop_mel_token] -= 4.0
-    uv.post_init_gpt2_config(kv_cache=True)
-    uv.eval()
-    spk, text = _inputs(seed=4, T=21, L=7)
-    official, _ = _speech(uv, spk, text, steps=30, **MODES["greedy"])
+    uv = build_unified_voice("tiny", 3, stop_bias=-4.0, layers=1, model_dim=1280, heads=20, max_mel_tokens=64)
+    spk, text = speech_inputs(seed=4, frames=21, text_len=7)
+    official, _ = inference_speech(uv, spk, text, steps=30, **MODES["greedy"])
     with indextts_fast.enabled(uv) as h:
-        ours, _ = _speech(uv, spk, text, steps=30, **MODES["greedy"])
+        ours, _ = inference_speech(uv, spk, text, steps=30, **MODES["greedy"])
         assert h.parts[0].patch.calls["generate"] == 1 and "1 layers" in h.report()
     assert official.shape[1] >= 29, "the generation stopped early"
     assert torch.equal(ours, official), f"tokens differ\nofficial {official}\nours     {ours}"
@@ -289,7 +250,7 @@ def test_at_most_six_kernels_per_layer_per_decode_step(uv, rows):
                       "decode_attention_reduce": fast.n_layers}, dict(launches)  # fmt: skip
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+@pytest.mark.gpu(reason="CUDA graphs")
 @pytest.mark.parametrize("mode", ["greedy", "beam_sample_defaults"])
 def test_cuda_graph_decode_gives_the_eager_tokens(mode):
     """On a GPU: each token's tick (processors, draw, beam step, model step) captured as a CUDA graph (first tick
@@ -300,15 +261,15 @@ def test_cuda_graph_decode_gives_the_eager_tokens(mode):
     from indextts_fast.gpt.sampling import resolve_generation_args
 
     uv = _uv().cuda()
-    spk, text = _inputs()
-    _speech(uv, spk.cuda(), text.cuda(), steps=4, **MODES[mode])  # stores the prompt embeddings
+    spk, text = speech_inputs()
+    inference_speech(uv, spk.cuda(), text.cuda(), steps=4, **MODES[mode])  # stores the prompt embeddings
     prefix = uv.inference_model.cached_mel_emb
     P = prefix.shape[1] + 1
     ids = torch.ones((1, P), dtype=torch.long, device="cuda")
     ids[:, -1] = uv.start_mel_token
     kw = dict(MODES[mode], bos_token_id=uv.start_mel_token, pad_token_id=uv.stop_mel_token,
               eos_token_id=uv.stop_mel_token, max_length=P + 24)  # fmt: skip
-    args, _ = resolve_generation_args(uv.inference_model.generation_config, kw, P)
+    args = resolve_generation_args(uv.inference_model, kw, P)
     fast = build_fast_gpt(uv)
     out, rng = {}, {}
     for graphs in (False, True):
@@ -339,12 +300,12 @@ def test_stop_flag_read_every_few_ticks_changes_nothing(mode, bias, monkeypatch)
     uv = _uv()
     with torch.no_grad():
         uv.mel_head.bias[uv.stop_mel_token] += bias
-    spk, text = _inputs()
-    official, _ = _speech(uv, spk, text, steps=40, **MODES[mode])
+    spk, text = speech_inputs()
+    official, _ = inference_speech(uv, spk, text, steps=40, **MODES[mode])
     assert official[0, -1] == uv.stop_mel_token and official.shape[1] < 40, "no early stop to test"
     with indextts_fast.enabled(uv) as h:
-        first, _ = _speech(uv, spk, text, steps=40, **MODES[mode])
-        second, _ = _speech(uv, spk, text, steps=40, **MODES[mode])
+        first, _ = inference_speech(uv, spk, text, steps=40, **MODES[mode])
+        second, _ = inference_speech(uv, spk, text, steps=40, **MODES[mode])
         (decoder,) = h.parts[0].patch.decoders.values()
         (state,) = decoder.states.values()
     assert torch.equal(first, second), (first, second)
@@ -366,12 +327,12 @@ def test_sampling_reads_the_stop_flag_every_few_ticks_and_rewinds_the_generator(
     uv = _uv()
     with torch.no_grad():
         uv.mel_head.bias[uv.stop_mel_token] += bias
-    spk, text = _inputs()
-    official, _ = _speech(uv, spk, text, steps=40, **MODES[mode])
+    spk, text = speech_inputs()
+    official, _ = inference_speech(uv, spk, text, steps=40, **MODES[mode])
     official_after = torch.get_rng_state()
     assert official[0, -1] == uv.stop_mel_token and official.shape[1] < 40, "no early stop to test"
     with indextts_fast.enabled(uv) as h:
-        first, _ = _speech(uv, spk, text, steps=40, **MODES[mode])
+        first, _ = inference_speech(uv, spk, text, steps=40, **MODES[mode])
         ours_after = torch.get_rng_state()
         (decoder,) = h.parts[0].patch.decoders.values()
         (state,) = decoder.states.values()
@@ -409,40 +370,38 @@ def test_positions_beyond_the_table_raise(uv, monkeypatch):
     """max_length beyond the mel position table: the official generate fails with an IndexError; so does ours,
     naming the table."""
     monkeypatch.setenv("INDEXTTS_FAST_BACKEND", "torch")  # the loop's check; no kernel is involved
-    spk, text = _inputs()
+    spk, text = speech_inputs()
     with pytest.raises(IndexError):
-        _speech(uv, spk, text, steps=100, **MODES["greedy"])
+        inference_speech(uv, spk, text, steps=100, **MODES["greedy"])
     with indextts_fast.enabled(uv), pytest.raises(IndexError, match="beyond the mel position table"):
-        _speech(uv, spk, text, steps=100, **MODES["greedy"])
+        inference_speech(uv, spk, text, steps=100, **MODES["greedy"])
 
 
 _FRESH_PROCESS_GRAPHS = r"""
 import json, torch
 import indextts_fast
-from indextts_fast import official
-from indextts_fast.demo import OFFICIAL_DEFAULTS, SIZES, _cfm, _cfm_inputs, _inputs, _speech
+from indextts_fast import official as O
 from indextts_fast.s2mel import bucket_frames, cfm_inference
 
 dev = torch.device("cuda")
-uv, s2 = official.build_unified_voice("tiny", 0).to(dev), official.build_s2mel("tiny", 0).to(dev)
+uv, s2 = (m.to(dev) for m in O.build_models("tiny", 0))
 class TTS: pass
 tts = TTS(); tts.gpt, tts.s2mel = uv, s2
-s = SIZES["tiny"]
-spk, text = _inputs(uv, s, dev)
+spk, text = O.speech_inputs(device=dev)
 cfm = s2.models["cfm"]
-mu, prompt, style = _cfm_inputs(cfm, s, dev)
+mu, lens, prompt, style = O.cfm_inputs(cfm, frames=27, prompt=9, device=dev)
 runs = {}
 for graphs in (True, False):
     with indextts_fast.enabled(tts, graphs=graphs) as h:
-        codes = [_speech(uv, spk, text, 24, OFFICIAL_DEFAULTS, seed=7).cpu() for _ in range(2)]
-        mels = [_cfm(cfm, mu.clone(), prompt, style).cpu() for _ in range(2)]
+        codes = [O.inference_speech(uv, spk, text, 24, seed=7, **O.OFFICIAL_DEFAULTS)[0].cpu() for _ in range(2)]
+        mels = [O.cfm_run(cfm, (mu.clone(), lens, prompt, style), seed=21).cpu() for _ in range(2)]
         gpt, s2p = h.parts[0].patch, h.parts[1].patch
         captured = sum(st.tick_graph.graph is not None for d in gpt.decoders.values() for st in d.states.values())
         captured += len(s2p.loop.capture_s)
-        torch.manual_seed(21)  # _cfm's seed: the eager loop on the graph's padded layout
-        lens = torch.tensor([mu.shape[1]], device=dev)
-        padded = cfm_inference(cfm, s2p.fast, mu.clone(), lens, prompt, style, None, 25, inference_cfg_rate=0.7,
-                               pad_to=bucket_frames(mu.shape[1])).cpu()
+        torch.manual_seed(21)  # cfm_run's seed: the eager loop on the graph's padded layout
+        with torch.no_grad():
+            padded = cfm_inference(cfm, s2p.fast, mu.clone(), lens, prompt, style, None, 25, inference_cfg_rate=0.7,
+                                   pad_to=bucket_frames(mu.shape[1])).cpu()
     runs[graphs] = (codes, mels, captured, padded)
 (c1, m1, n1, p1), (c0, m0, n0, _) = runs[True], runs[False]
 print(json.dumps({
@@ -454,7 +413,7 @@ print(json.dumps({
 """
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+@pytest.mark.gpu(reason="CUDA graphs")
 def test_cuda_graphs_captured_in_a_fresh_process():
     """On a GPU, in a fresh interpreter (no kernel compiled, no table built, nothing cached): enable() with CUDA
     graphs compiles in the first eager tick, captures the GPT's per-token tick and the CFM loop, and gives the

@@ -9,45 +9,31 @@ import pytest
 import torch
 
 import indextts_fast
+from indextts_fast.official import (
+    DIT_HEAD_DIM_64,
+    GPT_HEAD_DIM_64,
+    build_s2mel,
+    build_unified_voice,
+    cfm_inputs,
+    cfm_run,
+    dit_inputs,
+)
 from indextts_fast.s2mel import PRECISIONS, FastDiT
 
-from . import loader_fixtures as lf
-from .helpers import assert_close_rel
+from ..helpers import assert_close_rel
 
-B, T, P = 2, 37, 11  # CFG batch, frames (odd), prompt frames
-
-
-def _model(full=False, seed=3, **dit):
-    m = lf.build_s2mel(full=full, seed=seed, **dit)
-    m.models["cfm"].estimator.setup_caches(max_batch_size=2, max_seq_length=512)
-    return m
-
-
-TINY = dict(num_heads=1)  # tiny width 64, head_dim 64 (the attention kernels take 64 and 128)
+B, T, P = 2, 37, 11  # CFG batch, frames (odd), prompt frames (the defaults of dit_inputs and cfm_inputs)
 
 
 @pytest.fixture(scope="module")
 def model():
-    return _model(**TINY)
+    return build_s2mel(seed=3, **DIT_HEAD_DIM_64)
 
 
 @pytest.fixture(scope="module")
 def model64():
     """The same weights in fp64 (the builder is seeded; weight-normed modules cannot be deep-copied)."""
-    return _model(**TINY).double()
-
-
-def _dit_inputs(dit, seed=5, T=T, x_lens=None):
-    g = torch.Generator().manual_seed(seed)
-    Fc, D = dit.in_channels, dit.cond_projection.in_features
-    S = dit.cond_x_merge_linear.in_features - dit.cond_projection.out_features - 2 * Fc
-    x = torch.randn(B, Fc, T, generator=g)
-    prompt_x = torch.randn(B, Fc, T, generator=g)
-    t = torch.rand(B, generator=g)
-    style = torch.randn(B, S, generator=g)
-    cond = torch.randn(B, T, D, generator=g)
-    lens = torch.tensor([T]) if x_lens is None else torch.tensor(x_lens)
-    return x, prompt_x, lens, t, style, cond
+    return build_s2mel(seed=3, **DIT_HEAD_DIM_64).double()
 
 
 def _dbl(args):
@@ -57,7 +43,7 @@ def _dbl(args):
 @pytest.mark.parametrize("precision", ["tf32x3", "ieee"])
 def test_dit_estimator_matches_official(model, model64, precision):
     dit = model.models["cfm"].estimator
-    args = _dit_inputs(dit)
+    args = dit_inputs(dit)
     dit64 = model64.models["cfm"].estimator
     with torch.no_grad():
         low, high = dit(*args), dit64(*_dbl(args))
@@ -69,13 +55,14 @@ def test_dit_estimator_matches_official(model, model64, precision):
     assert_close_rel(ours, low, high, f"DiT estimator ({precision})")
 
 
+@pytest.mark.slow
 def test_dit_full_width_matches_official():
     """IndexTTS2's widths (512 wide, 8 heads, WaveNet 512, 80 mels, style 192, content 512) at 3 blocks (one UViT
     skip pair and the middle block) and 2 WaveNet layers."""
-    full = dict(full=True, seed=4, depth=3, wavenet={"num_layers": 2})
-    dit = _model(**full).models["cfm"].estimator
-    args = _dit_inputs(dit, T=21)
-    dit64 = _model(**full).double().models["cfm"].estimator
+    full = dict(size="full", seed=4, depth=3, wavenet={"num_layers": 2})
+    dit = build_s2mel(**full).models["cfm"].estimator
+    args = dit_inputs(dit, frames=21)
+    dit64 = build_s2mel(**full).double().models["cfm"].estimator
     with torch.no_grad():
         low, high = dit(*args), dit64(*_dbl(args))
         with indextts_fast.enabled(dit) as h:
@@ -88,7 +75,7 @@ def test_dit_key_length_mask(model, model64):
     """One length per row, x_lens = [T, T - 9]: keys and WaveNet frames beyond a row's length are masked.
     (The official repository's DiT sizes its mask by x_lens.max(), so the longest row must be T there too.)"""
     dit = model.models["cfm"].estimator
-    args = _dit_inputs(dit, x_lens=[T, T - 9])
+    args = dit_inputs(dit, x_lens=[T, T - 9])
     with torch.no_grad():
         low, high = dit(*args), model64.models["cfm"].estimator(*_dbl(args))
         with indextts_fast.enabled(dit):
@@ -101,36 +88,20 @@ def test_dit_key_length_mask(model, model64):
     assert_close_rel(ours, low, high, "DiT estimator with x_lens < T")
 
 
-def _cfm_inputs(cfm, seed=9, T=T, P=P):
-    g = torch.Generator().manual_seed(seed)
-    dit = cfm.estimator
-    D = dit.cond_projection.in_features
-    S = dit.cond_x_merge_linear.in_features - dit.cond_projection.out_features - 2 * dit.in_channels
-    mu = torch.randn(1, T, D, generator=g)
-    prompt = torch.randn(1, dit.in_channels, P, generator=g)
-    style = torch.randn(1, S, generator=g)
-    return mu, torch.tensor([T]), prompt, style
-
-
-def _cfm_run(cfm, inputs, seed=21, steps=25, rate=0.7):
-    mu, x_lens, prompt, style = inputs
-    torch.manual_seed(seed)
-    return cfm.inference(mu, x_lens, prompt, style, None, steps, inference_cfg_rate=rate)
-
-
+@pytest.mark.slow
 @pytest.mark.parametrize("rate", [0.7, 0.0], ids=["cfg", "no_cfg"])
 def test_cfm_25_steps_matches_official(model, model64, rate):
     """infer_v2's call: 25 Euler steps, CFG 0.7 at batch 2 (and the rate-0 batch-1 path); the same seed draws the
     same noise, the prompt frames are zero in both."""
     cfm = model.models["cfm"]
-    inputs = _cfm_inputs(cfm)
+    inputs = cfm_inputs(cfm)
     cfm64 = model64.models["cfm"]
     with torch.no_grad():
-        low = _cfm_run(cfm, inputs, rate=rate)
-        high = _cfm_run(cfm64, _dbl(inputs), rate=rate)
+        low = cfm_run(cfm, inputs, rate=rate)
+        high = cfm_run(cfm64, _dbl(inputs), rate=rate)
         with indextts_fast.enabled(model) as h:
             assert [p.name for p in h.parts if p.status == "fast"] == ["s2mel"], h.report()
-            ours = _cfm_run(cfm, inputs, rate=rate)
+            ours = cfm_run(cfm, inputs, rate=rate)
             assert h.parts[0].patch.calls["inference"] == 1
     assert torch.all(ours[..., :P] == 0) and torch.all(low[..., :P] == 0)
     assert_close_rel(ours, low, high, f"25-step CFM mel (cfg rate {rate})")
@@ -138,10 +109,10 @@ def test_cfm_25_steps_matches_official(model, model64, rate):
 
 def test_revert_state_dict_and_print(model):
     cfm = model.models["cfm"]
-    inputs = _cfm_inputs(cfm, T=19, P=5)
+    inputs = cfm_inputs(cfm, frames=19, prompt=5)
     sd = {k: v.clone() for k, v in model.state_dict().items()}
     with torch.no_grad():
-        before = _cfm_run(cfm, inputs, steps=3)
+        before = cfm_run(cfm, inputs, steps=3)
         h = indextts_fast.enable(model)
         assert indextts_fast.enable(model) is h, "a second enable must return the live handle"
         after_sd = model.state_dict()
@@ -149,35 +120,34 @@ def test_revert_state_dict_and_print(model):
         assert "indextts_fast" in repr(cfm), repr(cfm)[-300:]
         assert "s2mel" in h.report() and "fast" in h.report()
         h.revert()
-        again = _cfm_run(cfm, inputs, steps=3)
+        again = cfm_run(cfm, inputs, steps=3)
     assert torch.equal(before, again), "outputs after revert differ from the never-enabled model"
     assert "indextts_fast" not in repr(cfm)
     assert "inference" not in cfm.__dict__ and "forward" not in cfm.estimator.__dict__
 
 
 def test_unknown_variants_refused_or_skipped():
-    m = _model(num_heads=1, time_as_token=True)
+    m = build_s2mel(seed=3, num_heads=1, time_as_token=True)
     with pytest.raises(indextts_fast.UnsupportedModel, match="time_as_token=True"):
         indextts_fast.enable(m)
     with pytest.raises(indextts_fast.UnsupportedModel, match="nothing to enable on MyModel.*time_as_token"):
         indextts_fast.enable(m, strict=False)  # skipped, and then nothing is left to enable
     assert "inference" not in m.models["cfm"].__dict__
-    tiny = _model()  # head_dim 16
+    tiny = build_s2mel(seed=3)  # head_dim 16
     with pytest.raises(indextts_fast.UnsupportedModel, match="head_dim 16"):
         indextts_fast.enable(tiny)
-    half = _model(num_heads=1)
+    half = build_s2mel(seed=3, **DIT_HEAD_DIM_64)
     half.models["cfm"].estimator.half()
     with pytest.raises(indextts_fast.UnsupportedModel, match="fp32 s2mel"):
         indextts_fast.enable(half)
     with pytest.raises(ValueError, match="dit_precision must be one of"):
-        indextts_fast.enable(_model(num_heads=1), dit_precision="fp8")
+        indextts_fast.enable(build_s2mel(seed=3, **DIT_HEAD_DIM_64), dit_precision="fp8")
 
 
 def test_indextts2_shaped_object(model):
     """An object holding .gpt (UnifiedVoice) and .s2mel (MyModel), as IndexTTS2: both parts swapped, one report,
     one revert."""
-    uv = lf.build_unified_voice(0, model_dim=128, heads=2)
-    uv.post_init_gpt2_config(kv_cache=True)
+    uv = build_unified_voice("tiny", 0, **GPT_HEAD_DIM_64)
 
     class IndexTTS2Like:
         pass
@@ -192,7 +162,7 @@ def test_indextts2_shaped_object(model):
 
 def test_fast_dit_alone_precisions():
     assert PRECISIONS[0] == "tf32x3"
-    m = _model(num_heads=1)
+    m = build_s2mel(seed=3, **DIT_HEAD_DIM_64)
     from indextts_fast import loader
 
     dit = m.models["cfm"].estimator
@@ -203,7 +173,7 @@ def test_fast_dit_alone_precisions():
     assert torch.equal(fast.adaln_w, w2.adaln_w) and torch.equal(fast.adaln_b, w2.adaln_b)
     with pytest.raises(ValueError, match="precision must be one of"):
         FastDiT(w, rep.dims, precision="int8")
-    args = _dit_inputs(m.models["cfm"].estimator)
+    args = dit_inputs(m.models["cfm"].estimator)
     bad = list(args)
     bad[2] = torch.tensor([T, T, T])
     with pytest.raises(ValueError, match="3 lengths for a batch of 2"):
@@ -222,7 +192,7 @@ def test_rope_table_built_outside_the_op(model, monkeypatch):
 
     monkeypatch.setattr(attn_mod, "_rope_table", lazy)
     dit = model.models["cfm"].estimator
-    args = _dit_inputs(dit, T=13)
+    args = dit_inputs(dit, frames=13)
     with torch.no_grad(), indextts_fast.enabled(dit) as h:
         fast = h.parts[0].patch.fast
         assert fast.freqs_cis.shape == (16384, 32, 2) and fast.freqs_cis.dtype == torch.float32
@@ -262,7 +232,7 @@ def test_dit_padded_frames_change_nothing(model):
     """FastDiT on a batch padded from T to T + 19 frames (the padding is noise), told the true length: every frame
     below T equals the unpadded run's, with one length per row (x_lens = [T, T - 9])."""
     dit = model.models["cfm"].estimator
-    x, prompt_x, _, t, style, cond = _dit_inputs(dit)
+    x, prompt_x, _, t, style, cond = dit_inputs(dit)
     lens = torch.tensor([T, T - 9])
     g = torch.Generator().manual_seed(77)
     padded_in = [torch.cat([a, torch.randn(*a.shape[:-1], 19, generator=g)], -1) for a in (x, prompt_x)]
@@ -285,12 +255,12 @@ def test_cfm_bucketed_mel_equals_unpadded(model, model64, rate):
     from indextts_fast.s2mel import bucket_frames, cfm_inference
 
     cfm = model.models["cfm"]
-    inputs = _cfm_inputs(cfm)
+    inputs = cfm_inputs(cfm)
     Tb = bucket_frames(T)
     assert Tb == 64 and bucket_frames(1700) == 1792 and bucket_frames(64) == 64
     with torch.no_grad():
-        low = _cfm_run(cfm, inputs, steps=3, rate=rate)
-        high = _cfm_run(model64.models["cfm"], _dbl(inputs), steps=3, rate=rate)
+        low = cfm_run(cfm, inputs, steps=3, rate=rate)
+        high = cfm_run(model64.models["cfm"], _dbl(inputs), steps=3, rate=rate)
         with indextts_fast.enabled(model) as h:
             fast = h.parts[0].patch.fast
             runs = {}
@@ -309,7 +279,7 @@ def test_cfm_loop_refuses_bad_lengths(model):
     from indextts_fast.s2mel import cfm_inference
 
     cfm = model.models["cfm"]
-    mu, x_lens, prompt, style = _cfm_inputs(cfm)
+    mu, x_lens, prompt, style = cfm_inputs(cfm)
     with indextts_fast.enabled(model) as h:
         fast = h.parts[0].patch.fast
         with pytest.raises(ValueError, match="pad_to=30 is shorter than the 37 frames"):
@@ -320,19 +290,19 @@ def test_cfm_loop_refuses_bad_lengths(model):
             cfm_inference(cfm, fast, mu, x_lens, prompt, style, None, 0)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+@pytest.mark.gpu(reason="CUDA graphs")
 def test_cuda_graph_cfm_loop_replays_the_eager_mel():
     """On a GPU: the graphed CFM loop (first call eager and captured, then replays at two lengths of one bucket)
     gives the eager padded loop's mel for the same seed."""
     from indextts_fast.s2mel import CFMLoop, cfm_inference
 
-    m = _model(**TINY).cuda()
+    m = build_s2mel(seed=3, **DIT_HEAD_DIM_64).cuda()
     cfm = m.models["cfm"]
     with torch.no_grad(), indextts_fast.enabled(m) as h:
         fast = h.parts[0].patch.fast
         loop = CFMLoop(cfm, fast, graphs=True)
         for n, Tn in enumerate((37, 41, 37)):
-            mu, x_lens, prompt, style = (a.cuda() for a in _cfm_inputs(cfm, seed=9 + n, T=Tn))
+            mu, x_lens, prompt, style = (a.cuda() for a in cfm_inputs(cfm, seed=9 + n, frames=Tn))
             torch.manual_seed(5)
             eager = cfm_inference(cfm, fast, mu.clone(), x_lens, prompt, style, None, 25, pad_to=64)
             torch.manual_seed(5)
@@ -360,17 +330,17 @@ def test_low_precision_dit_mel_error(model, model64, name, capsys):
     its error against the fp32 path reported. It must differ from fp32: the low dtype really ran."""
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[name]
     cfm = model.models["cfm"]
-    inputs = _cfm_inputs(cfm)
+    inputs = cfm_inputs(cfm)
     with torch.no_grad():
-        high = _cfm_run(model64.models["cfm"], _dbl(inputs), steps=3)
-        fp32 = _cfm_run(cfm, inputs, steps=3)
-        ref_model = _model(**TINY)
+        high = cfm_run(model64.models["cfm"], _dbl(inputs), steps=3)
+        fp32 = cfm_run(cfm, inputs, steps=3)
+        ref_model = build_s2mel(seed=3, **DIT_HEAD_DIM_64)
         ref_cfm = ref_model.models["cfm"]
         ref_cfm.estimator = _AutocastDiT(ref_cfm.estimator, dtype)
-        low = _cfm_run(ref_cfm, inputs, steps=3)
+        low = cfm_run(ref_cfm, inputs, steps=3)
         with indextts_fast.enabled(model, dit_precision=name) as h:
             assert f"{name} estimator" in h.report(), h.report()
-            ours = _cfm_run(cfm, inputs, steps=3)
+            ours = cfm_run(cfm, inputs, steps=3)
     assert ours.dtype == torch.float32 and torch.all(ours[..., :P] == 0)
     assert_close_rel(ours, low, high, f"{name} estimator, 3-step CFM mel")
     err32 = float((ours - fp32).abs().max())

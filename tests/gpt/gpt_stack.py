@@ -14,8 +14,8 @@ import torch
 
 import indextts_fast as F
 
-from .autocast_ref import official_fp16_autocast
-from .helpers import official
+from ..autocast_ref import official_fp16_autocast
+from ..helpers import official
 
 
 def official_gpt2(n_layer, n_embd, n_head, *, dtype=torch.float32, device="cpu", seed=0):

@@ -10,6 +10,7 @@ import torch
 
 from indextts_fast import checkpoint as CK
 from indextts_fast import loader as L
+from indextts_fast import official
 
 from . import loader_fixtures as lf
 
@@ -19,12 +20,12 @@ pytestmark = pytest.mark.filterwarnings("ignore:no config.yaml:UserWarning")
 
 @pytest.fixture(scope="module")
 def gpt_sd():
-    return lf.build_gpt_core()[1]
+    return official.build_gpt_core()[1]
 
 
 @pytest.fixture(scope="module")
 def s2mel():
-    return lf.build_s2mel()
+    return official.build_s2mel()
 
 
 def _refused(src, out, match, **kw):
@@ -76,7 +77,7 @@ def test_wrong_container(gpt_sd, s2mel, tmp_path, case, match):
         "net_no_cfm": {"net": {"length_regulator": s2mel.models["length_regulator"].state_dict()}},
         "unrelated": {"encoder.weight": t},
         "nested": {"gpt.h": {"0": t}},
-        "pickled_object": {"model": gpt_sd, "extra": lf.GPTCore({})},  # not loadable with weights_only=True
+        "pickled_object": {"model": gpt_sd, "extra": official.GPTCore({})},  # not loadable with weights_only=True
     }[case]
     _refused(_save(obj, tmp_path / "x.pth"), tmp_path / "x.safetensors", match)
 
@@ -400,7 +401,7 @@ def test_unwritable_output_directory(gpt_sd, tmp_path, monkeypatch):
 # ----------------------------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def uv_sd():
-    return lf.build_unified_voice().state_dict()
+    return official.build_unified_voice(post_init=False).state_dict()
 
 
 def _cond_case(sd, case):
@@ -430,17 +431,17 @@ def _cond_case(sd, case):
 )
 def test_conditioning_encoders_checked(uv_sd, tmp_path, case):
     yaml = pytest.importorskip("yaml")
-    cfg = lf.gpt_config()
-    cfg["gpt"]["condition_module"] = dict(lf.TINY_COND)
-    cfg["gpt"]["emo_condition_module"] = dict(lf.TINY_COND)
+    cfg = official.gpt_config()
+    cfg["gpt"]["condition_module"] = dict(official.TINY_COND)
+    cfg["gpt"]["emo_condition_module"] = dict(official.TINY_COND)
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
     sd, match = _cond_case(uv_sd, case)
     _refused(_save(sd, tmp_path / "gpt.pth"), tmp_path / "gpt.safetensors", match, config=tmp_path / "config.yaml")
 
 
 def test_conditioning_encoder_config_sizes(uv_sd):
-    cfg = lf.gpt_config()
-    cfg["gpt"]["condition_module"] = dict(lf.TINY_COND, num_blocks=2)
+    cfg = official.gpt_config()
+    cfg["gpt"]["condition_module"] = dict(official.TINY_COND, num_blocks=2)
     with pytest.raises(L.CheckpointError, match=r"conditioning_encoder: blocks = 1 in the checkpoint, 2 in config"):
         CK.remap_state_dict(uv_sd, config=cfg)
 
@@ -461,7 +462,7 @@ def test_misaligned_pack_entries_are_copied(tmp_path):
 
 
 def test_nonfinite_conditioning_encoder_weight(tmp_path):
-    sd = {k: v.clone() for k, v in lf.build_unified_voice().state_dict().items()}
+    sd = {k: v.clone() for k, v in official.build_unified_voice(post_init=False).state_dict().items()}
     sd["perceiver_encoder.latents"][5, 3] = float("nan")
     _refused(
         _save(sd, tmp_path / "gpt.pth"), tmp_path / "gpt.safetensors", r"non-finite values .*perceiver_encoder\.latents"
@@ -513,7 +514,7 @@ def test_flipped_bit_in_tensor_data(gpt_sd, tmp_path):
 # config.yaml: unreadable, unparsable or wrong-typed is a CheckpointError naming the file and the field
 # ----------------------------------------------------------------------------------------------------------------------
 def _gpt_cfg(**fields):
-    cfg = lf.gpt_config()
+    cfg = official.gpt_config()
     cfg["gpt"].update(fields)
     return cfg
 
@@ -544,25 +545,26 @@ CONFIG_CASES = {
     ),
     "cond_size_str": (
         "gpt",
-        _gpt_cfg(condition_module=dict(lf.TINY_COND, num_blocks="1")),
+        _gpt_cfg(condition_module=dict(official.TINY_COND, num_blocks="1")),
         r"field gpt\.condition_module\.num_blocks is '1' \(str\), expected a non-negative integer",
     ),
     "s2mel_int": ("s2mel", {"s2mel": 5}, r"field s2mel is 5 \(int\), expected a mapping"),
     "dit_list": (
         "s2mel",
-        {"s2mel": dict(lf.s2mel_config(), DiT=[1, 2])},
+        {"s2mel": dict(official.s2mel_config(), DiT=[1, 2])},
         r"field s2mel\.DiT is \[1, 2\] \(list\), expected a mapping",
     ),
     "flag_str": (
         "s2mel",
-        {"s2mel": dict(lf.s2mel_config(), DiT=dict(lf.s2mel_config()["DiT"], is_causal="no"))},
+        {"s2mel": dict(official.s2mel_config(), DiT=dict(official.s2mel_config()["DiT"], is_causal="no"))},
         r"field s2mel\.DiT\.is_causal is 'no' \(str\), expected true or false",
     ),
     "ratios_int": (
         "s2mel",
         {
             "s2mel": dict(
-                lf.s2mel_config(), length_regulator=dict(lf.s2mel_config()["length_regulator"], sampling_ratios=4)
+                official.s2mel_config(),
+                length_regulator=dict(official.s2mel_config()["length_regulator"], sampling_ratios=4),
             )
         },
         r"field s2mel\.length_regulator\.sampling_ratios is 4 \(int\), expected a list",
@@ -671,7 +673,7 @@ def test_heads_without_config_warns(gpt_sd, tmp_path):
 
 
 def test_heads_required_when_width_is_not_a_multiple_of_64(tmp_path):
-    core, sd = lf.build_gpt_core(model_dim=80, heads=5)
+    core, sd = official.build_gpt_core(model_dim=80, heads=5)
     src = _save(sd, tmp_path / "gpt.pth")
     _refused(src, tmp_path / "gpt.safetensors", r"^gpt checkpoint: the width 80 is not a multiple of 64, so the head "
              r"count cannot be derived from the shapes; pass config\.yaml \(config=, --config\)")  # fmt: skip

@@ -1,7 +1,7 @@
 """The full-size use_fp16 GPT-2 (24 layers, width 1280, 20 heads) keeps the official fp32 residual stream.
 
 IndexTTS2 halves UnifiedVoice and runs it under fp16 autocast, but the stream starts as ``fp16 embeddings + fp32
-zeros`` (the null position embedding) and stays fp32 through all 24 layers (tests/gpt_stack.py). Over that depth
+zeros`` (the null position embedding) and stays fp32 through all 24 layers (tests/gpt/gpt_stack.py). Over that depth
 an fp16 stream costs several times the official path's own fp16 error; ours must stay within the tolerance
 rule's factor of 2 of it, here without help from the rule's floor. The torch backend runs the ops (the depth is
 what matters; the kernels' own agreement with it is tested elsewhere).
@@ -12,8 +12,10 @@ import copy
 import pytest
 import torch
 
+from ..helpers import randn
 from . import gpt_stack as gs
-from .helpers import randn
+
+pytestmark = pytest.mark.slow  # the 24-layer fixture alone takes half a minute on a CPU
 
 LAYERS, WIDTH, HEADS = 24, 1280, 20
 

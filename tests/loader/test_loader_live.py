@@ -8,6 +8,7 @@ import torch
 
 from indextts_fast import checkpoint as CK
 from indextts_fast import loader as L
+from indextts_fast import official
 
 from . import loader_fixtures as lf
 
@@ -17,12 +18,12 @@ IDENTITY_OPS = ("copy", "k1")
 
 @pytest.fixture(scope="module")
 def uv():
-    return lf.build_unified_voice()
+    return official.build_unified_voice(post_init=False)
 
 
 @pytest.fixture(scope="module")
 def s2mel():
-    return lf.build_s2mel()
+    return official.build_s2mel()
 
 
 def _same(live: dict, ref: dict, what: str):
@@ -37,7 +38,7 @@ def _shares(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 def test_live_gpt_equals_the_file_remap(uv):
     live, rep = L.remap_live(uv, "gpt")
-    ref, ref_rep = CK.remap_state_dict(uv.state_dict(), policy=F32, config=lf.gpt_config())
+    ref, ref_rep = CK.remap_state_dict(uv.state_dict(), policy=F32, config=official.gpt_config())
     _same(live, {k: v for k, v in ref.items() if not k.startswith("cond.")}, "remap_live(uv) vs remap_state_dict")
     assert rep.dims == ref_rep.dims and rep.heads_from == "module" and rep.dims["heads"] == 4
     kept_in_module = sorted(k for k, why in rep.ignored if "stays in the official module" in why)
@@ -67,16 +68,16 @@ def test_live_identity_transforms_are_views(uv, s2mel):
 
 
 def test_live_fp16_gpt_stays_fp16(uv):
-    uv16 = lf.build_unified_voice().half()
+    uv16 = official.build_unified_voice(post_init=False).half()
     live, rep = L.remap_live(uv16, "gpt")
     assert {t.dtype for t in live.values()} == {torch.float16}
-    ref, _ = CK.remap_state_dict(uv.state_dict(), config=lf.gpt_config())  # default policy: all fp16
+    ref, _ = CK.remap_state_dict(uv.state_dict(), config=official.gpt_config())  # default policy: all fp16
     _same(live, {k: v for k, v in ref.items() if not k.startswith("cond.")}, "fp16 live vs fp16 policy")
 
 
 @pytest.mark.parametrize("stack", [True, False], ids=["stacked_adaln", "split_adaln"])
 def test_live_s2mel_equals_the_file_remap(s2mel, stack):
-    cfg = {"s2mel": lf.s2mel_config()}
+    cfg = {"s2mel": official.s2mel_config()}
     live, rep = L.remap_live(s2mel.models, "s2mel", stack_adaln=stack)
     ref, ref_rep = CK.remap_state_dict(lf.flat_s2mel(s2mel), config=cfg, stack_adaln=stack)
     _same(live, ref, "remap_live(MyModel.models) vs remap_state_dict")
@@ -87,7 +88,7 @@ def test_live_s2mel_equals_the_file_remap(s2mel, stack):
 
 def test_live_lone_dit(s2mel):
     est = s2mel.models["cfm"].estimator
-    ref, ref_rep = CK.remap_state_dict(lf.flat_s2mel(s2mel), config={"s2mel": lf.s2mel_config()})
+    ref, ref_rep = CK.remap_state_dict(lf.flat_s2mel(s2mel), config={"s2mel": official.s2mel_config()})
     dit_ref = {k: v for k, v in ref.items() if k.startswith("dit.")}
     for parts in (("cfm",), None):  # a lone DiT defaults to the estimator
         live, rep = L.remap_live(est, "s2mel", parts=parts)
@@ -110,11 +111,11 @@ def test_live_lone_dit_strict(s2mel, case):
         sd["conv1.bias"] = torch.randn(65)
         match = r"wrong shape: cfm\.estimator\.conv1\.bias \[65\] \(expected \[64\]\)"
     with pytest.raises(L.CheckpointError, match=r"^live s2mel checkpoint rejected: " + match):
-        CK.remap_live(sd, "s2mel", parts=("cfm",), config={"s2mel": lf.s2mel_config()})
+        CK.remap_live(sd, "s2mel", parts=("cfm",), config={"s2mel": official.s2mel_config()})
 
 
 def test_live_parts(s2mel):
-    ref, _ = CK.remap_state_dict(lf.flat_s2mel(s2mel), config={"s2mel": lf.s2mel_config()})
+    ref, _ = CK.remap_state_dict(lf.flat_s2mel(s2mel), config={"s2mel": official.s2mel_config()})
     live, rep = L.remap_live(s2mel.models, "s2mel", parts=("length_regulator", "gpt_layer"))
     _same(live, {k: v for k, v in ref.items() if k.startswith(("lr.", "gpt_layer."))}, "parts=lr+gpt_layer")
     outside = [k for k, why in rep.ignored if why.startswith("outside parts")]
@@ -131,7 +132,7 @@ def test_live_parts(s2mel):
 def test_live_unified_voice_after_post_init(uv):
     """IndexTTS2 calls post_init_gpt2_config, which adds inference_model.* (the same modules again) and gpt.wte
     (mel_embedding): those are aliases of mapped tensors; a tensor of its own under such a name is not."""
-    uv2 = lf.build_unified_voice()
+    uv2 = official.build_unified_voice(post_init=False)
     uv2.post_init_gpt2_config(kv_cache=True)
     live, rep = L.remap_live(uv2, "gpt")
     ref, _ = L.remap_live(uv, "gpt")
@@ -141,29 +142,29 @@ def test_live_unified_voice_after_post_init(uv):
     sd = dict(uv2.state_dict())
     sd["inference_model.lm_head.1.weight"] = sd["inference_model.lm_head.1.weight"].clone()  # no longer the same
     with pytest.raises(L.CheckpointError, match=r"unknown keys .*: inference_model\.lm_head\.1\.weight$"):
-        CK.remap_live(sd, "gpt", config=lf.gpt_config())
+        CK.remap_live(sd, "gpt", config=official.gpt_config())
 
 
 def test_live_values_checked(uv):
     sd = {k: v.clone() for k, v in uv.state_dict().items()}
     sd["gpt.h.1.attn.c_attn.weight"][0, 0] = float("nan")
     with pytest.raises(L.CheckpointError, match=r"non-finite values .* h\.1\.qkv\.w"):
-        CK.remap_live(sd, "gpt", config=lf.gpt_config())
+        CK.remap_live(sd, "gpt", config=official.gpt_config())
     sd = dict(uv.state_dict())
     sd["gpt.h.0.ln_2.bias"] = torch.zeros(63)
     with pytest.raises(L.CheckpointError, match=r"wrong shape: gpt\.h\.0\.ln_2\.bias \[63\]"):
-        CK.remap_live(sd, "gpt", config=lf.gpt_config())
+        CK.remap_live(sd, "gpt", config=official.gpt_config())
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.gpu
 def test_live_keeps_the_device(uv, s2mel):
-    uv16 = lf.build_unified_voice().half().cuda()
+    uv16 = official.build_unified_voice(post_init=False).half().cuda()
     live, rep = L.remap_live(uv16, "gpt")
     assert {(t.device.type, t.dtype) for t in live.values()} == {("cuda", torch.float16)}
     assert _shares(live["h.0.ln1.w"], uv16.gpt.h[0].ln_1.weight)
     ref, _ = L.remap_live(uv, "gpt")
     _same({k: v.cpu() for k, v in live.items()}, {k: v.half() for k, v in ref.items()}, "CUDA fp16 vs CPU")
-    models = lf.build_s2mel().models.cuda()
+    models = official.build_s2mel().models.cuda()
     live, _ = L.remap_live(models, "s2mel")
     assert {t.device.type for t in live.values()} == {"cuda"}
     cpu, _ = L.remap_live(s2mel.models, "s2mel")

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from indextts_fast import checkpoint as CK
+from indextts_fast import official
 
 from . import loader_fixtures as lf
-from .helpers import official
 from .test_loader import _assert_same_sd, dit_check, gpt_check, official_fp64
 
 # tests that convert without config.yaml on purpose: the head-count warning is expected there
@@ -21,12 +21,12 @@ pytestmark = pytest.mark.filterwarnings("ignore:no config.yaml:UserWarning")
 
 @pytest.fixture(scope="module")
 def full_s2mel():
-    return lf.build_s2mel(full=True)
+    return official.build_s2mel("full")
 
 
 def _yaml(tmp_path, gpt_layers=24):
     yaml = pytest.importorskip("yaml")
-    cfg = {"s2mel": lf.s2mel_config(full=True), **lf.gpt_config(full=True)}
+    cfg = {"s2mel": official.s2mel_config("full"), **official.gpt_config("full")}
     cfg["gpt"]["layers"] = gpt_layers
     cfg["gpt"].pop("condition_type")  # the GPT-core files carry no conditioning encoders
     p = tmp_path / "config.yaml"
@@ -63,11 +63,11 @@ def test_full_s2mel(full_s2mel, tmp_path):
         if k not in folded:
             assert torch.equal(inv[k], sd[k]), k
     # the estimator forward from the loaded weights vs the official DiT
-    dit_check(full_s2mel, w, lf.s2mel_config(full=True), B=2, T=24, m64=official_fp64(full_s2mel, full=True))
+    dit_check(full_s2mel, w, B=2, T=24, m64=official_fp64(full_s2mel, "full"))
 
 
 def test_full_width_gpt(tmp_path):
-    core, sd = lf.build_gpt_core(full=True, layers=2)
+    core, sd = official.build_gpt_core("full", layers=2)
     torch.save(sd, tmp_path / "gpt.pth")
     cfg = _yaml(tmp_path, gpt_layers=2)
     rep = CK.convert_checkpoint(tmp_path / "gpt.pth", tmp_path / "gpt.safetensors", config=cfg)
@@ -83,7 +83,7 @@ def test_full_width_gpt(tmp_path):
     CK.convert_checkpoint(tmp_path / "gpt.pth", tmp_path / "gpt32.safetensors", config=cfg,
                          policy=CK.gpt_policy("float32"))  # fmt: skip
     w32 = CK.load_pack(tmp_path / "gpt32.safetensors")
-    core64, _ = lf.build_gpt_core(full=True, layers=2)
+    core64, _ = official.build_gpt_core("full", layers=2)
     core64.load_state_dict(sd)
     gpt_check(core, core64.double(), w32, torch.randn(1, 17, 1280))
 
@@ -91,12 +91,10 @@ def test_full_width_gpt(tmp_path):
 def _full_unified_voice_meta():
     """The complete official UnifiedVoice at IndexTTS-2's config on the meta device: (speaker conformer config,
     emotion conformer config, state dict of names and shapes)."""
-    mv = official("gpt.model_v2")
-    cm = dict(output_size=512, linear_units=2048, attention_heads=8, num_blocks=6, input_layer="conv2d2",
-              perceiver_mult=2)  # fmt: skip
-    em = dict(cm, linear_units=1024, attention_heads=4, num_blocks=4)
+    mv = official.import_official("gpt.model_v2")
+    cm, em = dict(official.FULL_COND), dict(official.FULL_EMO_COND)
     with torch.device("meta"):
-        uv = mv.UnifiedVoice(**lf.FULL_GPT, condition_type="conformer_perceiver", condition_module=cm,
+        uv = mv.UnifiedVoice(**official.FULL_GPT, condition_type="conformer_perceiver", condition_module=cm,
                              emo_condition_module=em)  # fmt: skip
     return cm, em, uv.state_dict()
 
@@ -119,9 +117,9 @@ def test_full_unified_voice_key_plan():
 
 def test_full_s2mel_key_plan():
     """The same for the complete official MyModel at IndexTTS-2's s2mel config, in both AdaLN layouts."""
-    commons = official("s2mel.modules.commons")
+    commons = official.import_official("s2mel.modules.commons")
     with torch.device("meta"):
-        m = commons.MyModel(commons.recursive_munch(lf.s2mel_config(full=True)), use_gpt_latent=True)
+        m = commons.MyModel(commons.recursive_munch(official.s2mel_config("full")), use_gpt_latent=True)
     sd = lf.flat_s2mel(m)
     for split in (False, True):
         plan = CK.plan_checkpoint(sd, stack_adaln=not split)
@@ -138,7 +136,7 @@ def test_full_unified_voice_conditioning_encoders_consistent():
     cm, em, sd = _full_unified_voice_meta()
     plan = CK.plan_checkpoint(sd)
     carried = [k for k, (a, _) in plan["actions"].items() if a == "carried"]
-    cfg = lf.gpt_config(full=True)
+    cfg = official.gpt_config("full")
     cfg["gpt"].update(condition_module=cm, emo_condition_module=em)
     assert CK.conditioning._check_carried(sd, carried, plan["dims"], cfg) == ([], [], [])
     sd = dict(
