@@ -18,8 +18,9 @@ quiet_pip() { "$PY" -m pip "$@" 2> >(grep -v "is ignored: it is neither a file n
 # its vendored generation utilities) on the transformers it pins, 4.52.1, in a second environment; the parity tests
 # run there too. --no-deps: its own requirements (torchaudio, librosa, modelscope, ...) are not needed.
 VENV_REPO=${VENV_REPO:-.venv-tf452}
-REPO_LINE_TESTS=(tests/test_gpt_enable.py tests/test_s2mel_fast.py tests/test_integration.py tests/test_official_norm.py
-    tests/test_official_attention.py tests/test_official_ffn.py tests/test_cli.py tests/test_enable_hostile.py)
+REPO_LINE_TESTS=(tests/gpt/test_gpt_enable.py tests/s2mel/test_s2mel_fast.py tests/test_integration.py
+    tests/test_official_norm.py tests/test_official_attention.py tests/test_official_ffn.py tests/test_cli.py
+    tests/test_enable_hostile.py tests/gpt/test_generation_args.py)
 setup_repository_line() {
     [ -x "$VENV_REPO/bin/python" ] || python3 -m venv "$VENV_REPO"
     "$VENV_REPO/bin/python" -m pip install -q --disable-pip-version-check -c constraints-cpu.txt \

@@ -148,7 +148,7 @@ class DecodeState:
         by custom processors only."""
         args, run = self.args, self.running  # the flag itself: read before the tick rewrites it
         if self.K == 1:
-            scores = process_scores(args, self.seen, self.logits, input_ids)
+            scores = process_scores(args, self.seen, self.logits, input_ids, self.cur, self.prompt_len)
             if args.do_sample:
                 tok, ok = draw(torch.softmax(scores, dim=-1), 1)
                 tok = tok.squeeze(1)
@@ -158,7 +158,8 @@ class DecodeState:
             self._append(tok, run)
             self._feed(tok, run & (self.cur < self.max_length) & (tok[0] != args.eos_token_id), step)
             return
-        scores = process_scores(args, self.seen, torch.log_softmax(self.logits, dim=-1), input_ids)
+        scores = process_scores(args, self.seen, torch.log_softmax(self.logits, dim=-1), input_ids, self.cur,
+                                self.prompt_len)  # fmt: skip
         scores = scores + self.beam_scores[:, None]
         sc = self.scorer
         nscores, ntok, nrows, ok = sc.step(scores.view(1, -1), self.ids, self.cur, self.prompt_len, run)
@@ -212,7 +213,7 @@ class Decoder:
 
     def state(self, args: GenerationArgs, vocab: int) -> DecodeState:
         """The decode state for ``args`` (max_length is per generation, not part of the key), built on first use."""
-        key = (dataclasses.replace(args, max_length=0), int(vocab))
+        key = (dataclasses.replace(args, max_length=0, use_cache=True), int(vocab))
         st = self.states.pop(key, None)
         if st is None:
             st = DecodeState(args, self.capacity, vocab, self.fast.device, pos_limit=self.fast.w.mel_pos.shape[0])
@@ -231,6 +232,8 @@ class Decoder:
         stores). Returns the sequences [1, L] including the prompt, as the official generate."""
         fast, cache, dev = self.fast, self.cache, self.fast.device
         prefix_len, P = prefix_emb.shape[1], input_ids.shape[1]
+        if P >= args.max_length:  # the official generate raises here too (resolve_generation_args words it)
+            raise ValueError(f"decode: a prompt of {P} positions and max_length {args.max_length}: nothing to generate")
         input_ids = input_ids.to(dev)
         tail = input_ids[:, prefix_len:]  # the start token and any given tokens: mel positions 0, 1, ...
         if tail.shape[1] > fast.w.mel_pos.shape[0]:
@@ -244,8 +247,6 @@ class Decoder:
             logits = fast.logits(h[:, -1])
         st = self.state(args, logits.shape[-1])
         st.reset(input_ids, logits, prefix_len=prefix_len, max_length=args.max_length, position_offset=position_offset)
-        if P >= args.max_length:  # nothing to generate: the official loop does not run
-            return input_ids[:, :P].clone()
         custom = bool(args.custom_processors)
         gen = _device_generator(dev) if args.do_sample else None
         every = 1 if custom or (args.do_sample and gen is None) else CHECK_EVERY

@@ -119,17 +119,18 @@ class _Seen(Exception):
     """Ends the position probe's official generate once its second step showed what it feeds."""
 
 
-def official_position_offset(uv) -> int:
+def official_position_offset(uv, use_cache=True) -> int:
     """Where the official generate of ``uv`` puts code k: mel position k + 2 (0: it keeps a KV cache and feeds one
     token per step, the official repository with ``kv_cache=True``) or k + 1 (-1: it feeds the whole sequence each
     step, as with ``kv_cache=False``, and as the transformers-5 refactor does under transformers 5.24 and 5.25,
-    whose generate hands its cache over under another name). Read off the official code itself: its generate is
+    whose generate hands its cache over under another name; and with ``use_cache`` None or False, where the GPT-2
+    config's own use_cache is False). Read off the official code itself: its generate is
     started on a one-row dummy prompt (the stop token suppressed) and stopped at its second step, once that step's
     inputs are known (one forward of two positions; the stored prompt and the random stream are left as they were;
-    it runs once per inference model and kv_cache setting). Where the probe
+    it runs once per inference model, kv_cache setting and use_cache argument). Where the probe
     cannot run (an official forward that fails on this device and dtype), the ``kv_cache`` flag decides."""
     im = uv.inference_model
-    fallback = 0 if getattr(im, "kv_cache", True) else -1
+    fallback = 0 if getattr(im, "kv_cache", True) and use_cache else -1
     fed: list[int] = []
     official_prepare = im.prepare_inputs_for_generation
 
@@ -151,7 +152,7 @@ def official_position_offset(uv) -> int:
             # min_length: the stop token cannot end the probe before its second step
             type(im).generate(im, ids, attention_mask=torch.ones_like(ids), max_length=4, min_length=4, do_sample=False,
                               num_beams=1, bos_token_id=uv.start_mel_token, eos_token_id=uv.stop_mel_token,
-                              pad_token_id=uv.stop_mel_token)  # fmt: skip
+                              pad_token_id=uv.stop_mel_token, use_cache=use_cache)  # fmt: skip
     except _Seen:
         pass
     except Exception:  # the official forward does not run here (e.g. fp16 weights on a CPU): the flag decides
@@ -179,7 +180,7 @@ class GPTPatch(AttrPatch):
         self.calls = {"generate": 0, "latent": 0, "rebuilds": 0}
         self.status, self.detail = "fast", ""
         self._gen = AttrPatch()  # the generate attribute of the current inference model
-        self._offset, self._offset_key = 0, None
+        self._offsets: dict = {}
         self._official = {n: getattr(uv, n) for n in ("get_logits", "inference_speech", "post_init_gpt2_config")}
 
     # --- each call: the part's current fast weights, or a clear error --------------------------------------------
@@ -216,16 +217,13 @@ class GPTPatch(AttrPatch):
         processors = kwargs.pop("logits_processor", None)
         if kwargs.pop("stopping_criteria", None):
             raise UnsupportedGeneration("stopping_criteria: custom stopping criteria are not supported")
-        args, rest = resolve_generation_args(getattr(im, "generation_config", None), kwargs, inputs.shape[1],
-                                             processors)  # fmt: skip
-        if rest:
-            raise UnsupportedGeneration(f"generation arguments the fast decode loop does not implement: {sorted(rest)}")
+        args = resolve_generation_args(im, kwargs, inputs.shape[1], processors)
         prefix = getattr(im, "cached_mel_emb", None)
         if prefix is None or prefix.dim() != 3 or prefix.shape[0] != 1:
             raise UnsupportedGeneration("no stored prompt embeddings (inference_model.store_mel_emb was not called)")
         fast = self.current()
         self._check_autocast(inputs.device, fast)
-        offset = self._position_offset(im)
+        offset = self._position_offset(im, args.use_cache)
         with torch.no_grad(), _autocast_off(fast.device):
             decoder = self.decoders.pop(args.num_beams, None)  # popped: a decoder that no longer fits is freed
             seqs, decoder = generate(fast, args, inputs, prefix, decoder, position_offset=offset, graphs=self.graphs)
@@ -263,13 +261,13 @@ class GPTPatch(AttrPatch):
             self._target_inference_model("after post_init_gpt2_config: ")
             return out
 
-    def _position_offset(self, im) -> int:
-        """The official generate's mel positions (``official_position_offset``), probed once per inference model
-        and kv_cache setting."""
-        key = (id(im), getattr(im, "kv_cache", None))
-        if self._offset_key != key:
-            self._offset, self._offset_key = official_position_offset(self.uv), key
-        return self._offset
+    def _position_offset(self, im, use_cache) -> int:
+        """The official generate's mel positions (``official_position_offset``), probed once per inference model,
+        kv_cache setting and use_cache argument."""
+        key = (id(im), getattr(im, "kv_cache", None), use_cache)
+        if key not in self._offsets:
+            self._offsets[key] = official_position_offset(self.uv, use_cache)
+        return self._offsets[key]
 
     def _check_autocast(self, device, fast: FastGPT) -> None:
         dev = torch.device(device)

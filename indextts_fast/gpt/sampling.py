@@ -14,6 +14,7 @@ synchronization, so the whole step (model, processors, draw, beam bookkeeping) i
 Processors (each the same torch ops in the same order as the official ones, so their results are bit-identical):
     repetition penalty  every id present in input_ids (the prompt's fake ids and the start token included):
                         s -> s * p if s < 0 else s / p   (official: gather, where, scatter; here a seen-id mask)
+    minimum lengths     the stop token's score -inf while len < min_length or len - prompt < min_new_tokens
     custom processors   the ``logits_processor`` list the caller passed (e.g. typical sampling), in order
     temperature         s / T                                            (sampling only)
     top-k               s < (k-th largest) -> -inf, k = max(top_k, min_keep)   (sampling only)
@@ -62,11 +63,14 @@ class GenerationArgs:
     top_p: float
     repetition_penalty: float
     length_penalty: float
-    early_stopping: Union[bool, str]
+    early_stopping: Union[bool, str]  # True, False or "never" (any other accepted value: the official's else branch)
     max_length: int
     eos_token_id: int
     pad_token_id: int
     custom_processors: tuple = ()
+    min_length: int = 0
+    min_new_tokens: int = 0
+    use_cache: Optional[bool] = True  # what the official generate is told: it decides its mel positions
 
     @property
     def min_tokens_to_keep(self) -> int:
@@ -74,16 +78,19 @@ class GenerationArgs:
 
 
 # The defaults generate() applies to fields nobody set (transformers 4.52's GenerationConfig defaults, which
-# transformers 5 applies through GenerationConfig._get_default_generation_params).
+# transformers 5 applies through GenerationConfig._get_default_generation_params to the model config's None fields).
 _DEFAULTS = {
     "do_sample": False, "num_beams": 1, "temperature": 1.0, "top_k": 50, "top_p": 1.0, "repetition_penalty": 1.0,
     "length_penalty": 1.0, "early_stopping": False, "num_return_sequences": 1, "max_length": 20, "use_cache": True,
+    "min_length": 0, "min_new_tokens": None,
 }  # fmt: skip
 _HONOURED = set(_DEFAULTS) | {"max_new_tokens", "bos_token_id", "eos_token_id", "pad_token_id"}
+# sampling-only warpers: without do_sample the official generate never builds them, whatever their values
+_SAMPLING_ONLY = {"typical_p": (None, 1.0), "min_p": (None,), "top_h": (None,), "epsilon_cutoff": (None, 0.0),
+                  "eta_cutoff": (None, 0.0)}  # fmt: skip
 # fields whose neutral value is the only one implemented: anything else is refused with its name
 _NEUTRAL = {
-    "min_length": (None, 0), "min_new_tokens": (None, 0), "typical_p": (None, 1.0), "min_p": (None,),
-    "top_h": (None,), "epsilon_cutoff": (None, 0.0), "eta_cutoff": (None, 0.0), "no_repeat_ngram_size": (None, 0),
+    **_SAMPLING_ONLY, "no_repeat_ngram_size": (None, 0),
     "encoder_no_repeat_ngram_size": (None, 0), "encoder_repetition_penalty": (None, 1.0),
     "bad_words_ids": (None,), "force_words_ids": (None,), "constraints": (None,), "sequence_bias": (None,),
     "forced_bos_token_id": (None,), "forced_eos_token_id": (None,), "remove_invalid_values": (None, False),
@@ -91,11 +98,12 @@ _NEUTRAL = {
     "guidance_scale": (None, 1.0), "num_beam_groups": (None, 1), "diversity_penalty": (None, 0.0),
     "penalty_alpha": (None,), "dola_layers": (None,), "prompt_lookup_num_tokens": (None,),
     "watermarking_config": (None,), "token_healing": (None, False), "stop_strings": (None,), "max_time": (None,),
-    "low_memory": (None, False), "output_scores": (None, False), "output_logits": (None, False),
-    "output_attentions": (None, False), "output_hidden_states": (None, False),
-    "return_dict_in_generate": (None, False), "renormalize_logits": (None, False), "is_assistant": (None, False),
-    "speculation_type": (None,), "use_mtp": (None, False),
+    "low_memory": (None, False), "return_dict_in_generate": (None, False), "renormalize_logits": (None, False),
+    "is_assistant": (None, False), "speculation_type": (None,), "use_mtp": (None, False),
+    "return_legacy_cache": (None, True),
 }  # fmt: skip
+# what the returned tensor does not show: outputs only a GenerateOutput (return_dict_in_generate) would carry
+_OUTPUT_ONLY = {"output_scores", "output_logits", "output_attentions", "output_hidden_states"}
 # fields without effect on the tokens of a decoder-only, non-assisted generation
 _NO_EFFECT_PREFIXES = ("assistant_", "num_assistant_tokens", "_")
 _NO_EFFECT = {
@@ -103,6 +111,15 @@ _NO_EFFECT = {
     "max_cache_len", "prefill_chunk_size", "continuous_batching_config", "decoder_start_token_id",
     "max_matching_ngram_size", "target_lookbehind", "generation_kwargs",
 }  # fmt: skip
+# generate()'s own parameters besides the config fields, at the values that change nothing
+_GENERATE_PARAMS = {
+    "prefix_allowed_tokens_fn": (None,), "synced_gpus": (None, False), "assistant_model": (None,),
+    "streamer": (None,), "negative_prompt_ids": (None,), "negative_prompt_attention_mask": (None,),
+    "tokenizer": (None,), "assistant_tokenizer": (None,), "custom_generate": (None,), "use_model_defaults": (None,),
+}  # fmt: skip
+# inputs the official model's forward would receive (the official repository's generate fails on some even at None)
+_FORWARD_INPUTS = {"token_type_ids", "position_ids", "head_mask", "inputs_embeds", "encoder_hidden_states",
+                   "encoder_attention_mask", "past_key_values", "labels"}  # fmt: skip
 
 
 def _single_id(name: str, v) -> Optional[int]:
@@ -117,85 +134,150 @@ def _single_id(name: str, v) -> Optional[int]:
     return int(v)
 
 
-def resolve_generation_args(
-    base_config: Any, kwargs: dict, input_len: int, logits_processor=None
-) -> tuple[GenerationArgs, dict]:
-    """The effective generation arguments of ``generate(inputs, **kwargs)`` on a model whose
-    ``generation_config`` is ``base_config``, as the official generate resolves them.
+def _transformers5_generate(model) -> bool:
+    """Whether ``model.generate`` is transformers 5's (the refactor line), which reads a None in the model's
+    generation config as the default; the official repository's vendored transformers-4.52 generate keeps it None."""
+    import transformers
 
-    Returns (args, model kwargs left over). Raises UnsupportedGeneration naming every argument whose value the fast
-    loop does not implement (never ignores one).
-    """
-    cfg = base_config.to_dict() if base_config is not None else {}
-    gen_fields = set(cfg) | _HONOURED | set(_NEUTRAL)
-    values = {k: v for k, v in cfg.items()}
-    model_kwargs = {}
+    module = getattr(getattr(type(model), "generate", None), "__module__", "") or ""
+    return module.startswith("transformers.") and int(transformers.__version__.split(".")[0]) >= 5
+
+
+def _is(v, *neutral) -> bool:
+    return any(v is n or (type(v) is type(n) and v == n) for n in neutral)
+
+
+def resolve_generation_args(model: Any, kwargs: dict, input_len: int, logits_processor=None) -> GenerationArgs:
+    """The effective generation arguments of ``model.generate(inputs, **kwargs)`` (``model``: the official
+    inference model, for its ``generation_config`` and its generate's line), resolved and validated as the official
+    generate does: each value the official refuses is refused (a ValueError naming it, where the official raises),
+    each value it ignores is ignored, and every value the fast loop does not implement is refused by name (never
+    ignored).
+
+    A call's ``generation_config`` replaces the model's; the call's other arguments override it, None included (an
+    explicit ``top_k=None`` turns top-k off). A None left in the model's config is the default under transformers
+    5's generate (the refactor line) and stays None under the official repository's vendored one. The warpers'
+    arguments are validated only where the official builds them (a temperature of 1, a top_p of 1 build nothing;
+    without do_sample no warper is built)."""
+    base_config = getattr(model, "generation_config", None)
+    config_none_is_default = _transformers5_generate(model)
+    kwargs = dict(kwargs)
+    call_config = kwargs.pop("generation_config", None)
+    if call_config is not None:
+        base_config = call_config
+    if base_config is None:
+        raise UnsupportedGeneration("the inference model's generation_config is None (the official generate fails)")
+    cfg = base_config.to_dict()
+    explicit, bad, refused = {}, [], []
     for k, v in kwargs.items():
-        if k in gen_fields and not k.startswith("_"):
-            values[k] = v
-        else:
-            model_kwargs[k] = v
-    eff = {k: (values.get(k) if values.get(k) is not None else d) for k, d in _DEFAULTS.items()}
-    bad = []
-    for k, v in values.items():
-        if k in _HONOURED or k in _NO_EFFECT or k.startswith(_NO_EFFECT_PREFIXES):
-            continue
-        neutral = _NEUTRAL.get(k, (None, False))
-        if not any(v is n or (type(v) is type(n) and v == n) for n in neutral):
+        if (k in cfg or k in _HONOURED or k in _NEUTRAL or k in _OUTPUT_ONLY) and not k.startswith("_"):
+            explicit[k] = v
+        elif k in _GENERATE_PARAMS:
+            if not _is(v, *_GENERATE_PARAMS[k]):
+                bad.append(f"{k}={v!r}")
+        elif k in _FORWARD_INPUTS or v is not None:  # the official ignores unknown keyword arguments that are None
             bad.append(f"{k}={v!r}")
-    if eff["num_return_sequences"] != 1:
-        bad.append(f"num_return_sequences={eff['num_return_sequences']!r} (only 1)")
-    if not eff["use_cache"]:
-        bad.append("use_cache=False")
-    if not isinstance(eff["num_beams"], int) or eff["num_beams"] < 1:
-        bad.append(f"num_beams={eff['num_beams']!r}")
-    if eff["early_stopping"] not in (True, False, "never"):
-        bad.append(f"early_stopping={eff['early_stopping']!r}")
+
+    def get(k):
+        if k in explicit:
+            return explicit[k]
+        v = cfg.get(k)
+        return _DEFAULTS.get(k) if v is None and (config_none_is_default or k not in cfg) else v
+
+    do_sample = bool(get("do_sample"))
+    values = {**cfg, **explicit}
+    for k in values:
+        if k in _HONOURED or k in _NO_EFFECT or k in _OUTPUT_ONLY or k.startswith(_NO_EFFECT_PREFIXES):
+            continue
+        if k in _SAMPLING_ONLY and not do_sample:
+            continue
+        if not _is(get(k), *_NEUTRAL.get(k, (None, False))):
+            bad.append(f"{k}={get(k)!r}")
     if bad:
-        raise UnsupportedGeneration(
-            "generation arguments the fast decode loop does not implement: " + ", ".join(sorted(bad))
-        )
+        raise UnsupportedGeneration("generation arguments the fast decode loop does not implement: " +
+                                    ", ".join(sorted(bad)))  # fmt: skip
+
+    num_beams = get("num_beams")
+    if isinstance(num_beams, float) and num_beams == 1.0:
+        num_beams = 1  # the official compares it, never uses it as a size
+    if not isinstance(num_beams, int) or num_beams < 1:
+        refused.append(f"num_beams={num_beams!r}: a positive integer is required")
+    num_return = get("num_return_sequences")
+    if num_return not in (None, 1):
+        refused.append(f"num_return_sequences={num_return!r}: the fast decode loop returns one sequence (only 1)")
+    early = get("early_stopping")
+    if early is None and not config_none_is_default:
+        refused.append("`early_stopping` must be a boolean or 'never', but is None.")
+    elif early is not None and early not in (True, False, "never"):
+        refused.append(f"`early_stopping` must be a boolean or 'never', but is {early!r}.")
+    # the official scorer tests ``is True`` / ``is False`` and takes its "never" branch for anything else (1, 0)
+    early = True if early is True else False if early is False or early is None else "never"
+    lp = get("length_penalty")
+    if isinstance(num_beams, int) and num_beams > 1 and not isinstance(lp, (int, float)):
+        refused.append(f"length_penalty={lp!r}: a number is required with beams")
+    rp = get("repetition_penalty")
+    if rp is not None and rp != 1.0 and (not isinstance(rp, float) or not rp > 0):
+        refused.append(f"`penalty` has to be a strictly positive float, but is {rp}")
+    temperature, top_k, top_p = get("temperature"), get("top_k"), get("top_p")
+    if do_sample:  # the official warpers validate their arguments when they are built
+        if (
+            temperature is not None
+            and temperature != 1.0
+            and (not isinstance(temperature, float) or not 0 < temperature < float("inf"))
+        ):
+            refused.append(f"temperature={temperature!r}: a strictly positive, finite float is required")
+        if (
+            top_k is not None
+            and top_k != 0
+            and (not isinstance(top_k, int) or top_k <= 0 or (isinstance(top_k, bool) and num_beams == 1))
+        ):
+            refused.append(f"top_k={top_k!r}: a strictly positive integer is required")
+        if top_p is not None and top_p < 1.0 and not 0 <= float(top_p) <= 1:
+            refused.append(f"top_p={top_p!r}: a float in [0, 1] is required")
+    max_length, max_new = get("max_length"), explicit.get("max_new_tokens", cfg.get("max_new_tokens"))
+    if max_new is not None:
+        if max_new <= 0:
+            refused.append(f"`max_new_tokens` must be greater than 0, but is {max_new}.")
+        max_length = input_len + int(max_new)
+    min_length, min_new = get("min_length") or 0, get("min_new_tokens") or 0
     eos = _single_id("eos_token_id", values.get("eos_token_id"))
     pad = _single_id("pad_token_id", values.get("pad_token_id"))
     if eos is None:
-        raise UnsupportedGeneration("eos_token_id is required (the stop mel token)")
-    pad = eos if pad is None else pad
-    max_length = eff["max_length"]
-    if values.get("max_new_tokens") is not None:
-        max_length = input_len + int(values["max_new_tokens"])
-    do_sample = bool(eff["do_sample"])
-    temperature, top_k, top_p = eff["temperature"], eff["top_k"], eff["top_p"]
-    if do_sample:  # the official warpers validate these at construction
-        if not isinstance(temperature, float) or not temperature > 0:
-            raise UnsupportedGeneration(f"temperature={temperature!r}: a strictly positive float is required")
-        if top_k is not None and top_k != 0 and (not isinstance(top_k, int) or top_k < 0):
-            raise UnsupportedGeneration(f"top_k={top_k!r}: a strictly positive integer is required")
-        if top_p is not None and top_p < 1.0 and (not isinstance(top_p, float) or not 0 <= top_p <= 1):
-            raise UnsupportedGeneration(f"top_p={top_p!r}: a float in [0, 1] is required")
-    rp = eff["repetition_penalty"]
-    if rp is not None and rp != 1.0 and (not isinstance(rp, (int, float)) or not rp > 0):
-        raise UnsupportedGeneration(f"repetition_penalty={rp!r}: a strictly positive float is required")
-    args = GenerationArgs(
-        do_sample=do_sample, num_beams=int(eff["num_beams"]), temperature=float(temperature or 1.0),
-        top_k=int(top_k or 0), top_p=float(1.0 if top_p is None else top_p), repetition_penalty=float(rp or 1.0),
-        length_penalty=float(eff["length_penalty"]), early_stopping=eff["early_stopping"], max_length=int(max_length),
-        eos_token_id=eos, pad_token_id=pad, custom_processors=tuple(logits_processor or ()),
+        refused.append("eos_token_id is required (the stop mel token)")
+    if not refused and input_len >= max_length:
+        refused.append(f"Input length of input_ids is {input_len}, but `max_length` is set to {max_length}. This can "
+                       "lead to unexpected behavior. You should consider increasing `max_length` or, better yet, "
+                       "setting `max_new_tokens`.")  # fmt: skip
+    if refused:
+        raise UnsupportedGeneration("; ".join(refused))
+    return GenerationArgs(
+        do_sample=do_sample, num_beams=int(num_beams), temperature=float(1.0 if temperature is None else temperature),
+        top_k=int(top_k or 0), top_p=float(1.0 if top_p is None else top_p),
+        repetition_penalty=float(1.0 if rp is None else rp), length_penalty=float(lp if num_beams > 1 else lp or 0.0),
+        early_stopping=early, max_length=int(max_length), eos_token_id=eos, pad_token_id=eos if pad is None else pad,
+        custom_processors=tuple(logits_processor or ()), min_length=int(min_length), min_new_tokens=int(min_new),
+        use_cache=get("use_cache"),
     )  # fmt: skip
-    return args, model_kwargs
 
 
 def process_scores(args: GenerationArgs, seen: Optional[torch.Tensor], scores: torch.Tensor,
-                   input_ids: Optional[torch.Tensor] = None) -> torch.Tensor:  # fmt: skip
+                   input_ids: Optional[torch.Tensor] = None, cur: Optional[torch.Tensor] = None,
+                   prompt_len: Optional[torch.Tensor] = None) -> torch.Tensor:  # fmt: skip
     """The official logits-processor chain on ``scores`` [rows, V] (fp32).
 
     ``seen`` [rows, V] bool marks the ids present in each row's prefix (needed when a repetition penalty is set):
     the official processor gathers the scores of the prefix ids, penalizes them and scatters them back; every id
     present gets the same value however often it occurs, so ``where(seen, penalized, scores)`` is the same result
     at a shape that does not grow (a CUDA graph replays it). ``input_ids`` [rows, L], the prefixes themselves, are
-    needed only by custom processors."""
+    needed only by custom processors; ``cur`` and ``prompt_len`` (device scalars: the sequences' length and the
+    prompt's) only by the minimum lengths, which set the stop token's score to -inf while the length is short."""
     if args.repetition_penalty != 1.0:
         p = args.repetition_penalty
         scores = torch.where(seen, torch.where(scores < 0, scores * p, scores / p), scores)
+    if args.min_length > 0 or args.min_new_tokens > 0:
+        short = (cur < args.min_length) | (cur - prompt_len < args.min_new_tokens)
+        eos = torch.arange(scores.shape[-1], device=scores.device) == args.eos_token_id
+        scores = torch.where(short & eos, -float("inf"), scores)
     for proc in args.custom_processors:
         scores = proc(input_ids, scores)
     if not args.do_sample:
