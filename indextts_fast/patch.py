@@ -8,11 +8,16 @@
 Targets, recognized by class and structure (never by a version string): an IndexTTS2 object (``.gpt`` a
 UnifiedVoice, ``.s2mel`` a MyModel), a UnifiedVoice, the s2mel MyModel, its CFM, or the DiT estimator.
 What changes is a handful of instance attributes (see ``gpt/patch.py`` and ``s2mel/patch.py``): no module is
-swapped and no parameter touched, so ``state_dict()`` keys and values are unchanged while enabled; the fast paths
-hold kernel-layout views of the live parameters (plus the transposed copies the layout needs). Parameters changed
-after ``enable`` are not seen by the fast paths: revert and enable again.
-A second ``enable`` on the same target returns the live handle. ``enable`` and ``revert`` are serialized by one
-lock, so two threads cannot patch one model twice or half.
+swapped and no parameter touched, so ``state_dict()`` keys and values are unchanged while enabled. Each enabled
+part has a lock (concurrent calls run one at a time, each with its own official result) and checks its watched
+modules at each call: weights reloaded, edited, cast or moved after ``enable`` are followed (the fast weights
+rebuilt) or refused by name, never run stale.
+
+Lifetimes: the registry and the handle hold models weakly (the model holds its patches, the patches hold the
+handle), so ``del`` + gc frees an enabled model with its KV caches and graphs; ``copy.deepcopy`` / ``pickle`` of an
+enabled model give the official, unpatched model. A second ``enable`` on the same target with the same options
+returns the live handle, with other options raises; an ``enable`` with nothing to do raises. ``enable`` and
+``revert`` are serialized by one lock, so two threads cannot patch one model twice or half.
 """
 
 from __future__ import annotations
