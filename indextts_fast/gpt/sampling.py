@@ -9,7 +9,7 @@ candidate of the step, and it counts hitting ``max_length`` as finishing a beam;
 
 Everything below works on device tensors of static shape updated in place: one generation step needs no host
 synchronization, so the whole step (model, processors, draw, beam bookkeeping) is captured in one CUDA graph
-(``loop.py``); the host reads the stop flag every few steps (and rewinds the generator past the extra draws).
+(``decode.py``); the host reads the stop flag every few steps (and rewinds the generator past the extra draws).
 
 Processors (each the same torch ops in the same order as the official ones, so their results are bit-identical):
     repetition penalty  every id present in input_ids (the prompt's fake ids and the start token included):
