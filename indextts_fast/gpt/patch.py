@@ -142,7 +142,7 @@ def official_position_offset(uv, use_cache=True) -> int:
         return out
 
     w = uv.mel_embedding.weight
-    stored = im.cached_mel_emb
+    stored, own = im.cached_mel_emb, im.__dict__.get("prepare_inputs_for_generation")
     im.__dict__["prepare_inputs_for_generation"] = spy
     try:
         im.store_mel_emb(torch.zeros((1, 1, w.shape[1]), dtype=w.dtype, device=w.device))
@@ -158,7 +158,10 @@ def official_position_offset(uv, use_cache=True) -> int:
     except Exception:  # the official forward does not run here (e.g. fp16 weights on a CPU): the flag decides
         return fallback
     finally:
-        del im.__dict__["prepare_inputs_for_generation"]
+        if own is None:
+            del im.__dict__["prepare_inputs_for_generation"]
+        else:  # the instance's own override, put back
+            im.__dict__["prepare_inputs_for_generation"] = own
         im.cached_mel_emb = stored
     return fallback if len(fed) < 2 else (0 if fed[1] == 1 else -1)
 
