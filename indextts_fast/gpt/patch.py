@@ -260,6 +260,7 @@ class GPTPatch(AttrPatch):
     def post_init_gpt2_config(self, *args, **kwargs):
         with self.lock:
             self._gen._undo()
+            self._offsets.clear()  # keyed by the inference model's id, which the new one may reuse
             out = self._official["post_init_gpt2_config"](*args, **kwargs)
             self._target_inference_model("after post_init_gpt2_config: ")
             return out
