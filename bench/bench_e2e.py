@@ -23,6 +23,12 @@ every generation runs its full length; ``speech_inputs``, ``cfm_inputs``, ``infe
 
 The GPT runs as ``use_fp16=True`` (halved weights under fp16 autocast) on CUDA, fp32 on a CPU.
 
+IndexTTS-2.5 (providers ``official-2.5`` and ``ours-2.5``, rows prefixed ``2.5``): the GPT as ``use_bf16=True``
+(bf16 weights under bf16 autocast) on CUDA, fp32 on a CPU, on the 2.5 prompt (``official.indextts25_prompt``: 3
+conditioning rows, a masked pad row, the language row), 3 beams, 250 codes (10 s at 25 Hz); then the codec's
+decoder (indextts25-inference's ``EnhancedCodec``, fp32, official on both providers: enable does not replace it),
+the length regulator to ``int(2M * 1.72)`` frames and the 25-step CFM of the 2.5 s2mel (indextts25-inference).
+
     pytest bench/bench_e2e.py --benchmark            # on a GPU; the table is printed at the end
     python -m bench.bench_e2e [--json bench/results/<card>-e2e.json]
     python -m bench.bench_e2e --size tiny --device cpu   # the harness on tiny models (interpreter: no timing)
@@ -43,7 +49,8 @@ import torch
 
 SR, HOP = 22050, 256  # IndexTTS-2's s2mel mel: 22050 Hz, hop 256 (86.1 frames per second)
 CODE_TO_FRAMES = 1.72  # infer_v2: target_lengths = (code_lens * 1.72).long()
-PROVIDERS = ("official", "compile", "ours", "ours-bf16", "ours-fp16")
+PROVIDERS = ("official", "compile", "ours", "ours-bf16", "ours-fp16", "official-2.5", "ours-2.5")
+V25 = ("official-2.5", "ours-2.5")  # IndexTTS-2.5 (its own rows, against official-2.5)
 LOW = {"ours-bf16": "bf16", "ours-fp16": "fp16"}  # the opt-in low-precision estimator: the CFM rows only
 
 
@@ -200,6 +207,84 @@ def provider(name: str, m: Models):
         raise ValueError(f"unknown provider {name!r}; the providers are {', '.join(PROVIDERS)}")
 
 
+class Models25:
+    """IndexTTS-2.5's GPT (bf16 on CUDA), codec decoder and s2mel at one size on one device, and the inputs."""
+
+    def __init__(self, size: str, device: torch.device, seed: int = 0):
+        import indextts25.codec.models as cm
+
+        from indextts_fast import official
+        from indextts_fast.demo import _quiet
+
+        self.s, self.device = SIZES[size], device
+        self.half = device.type == "cuda"  # use_bf16 is forced off on a CPU, as the official constructor does
+        dit = {} if size == "full" else dict(official.DIT_HEAD_DIM_64)
+        # the tiny config's length regulator is narrower than its DiT's content input; 2.5 feeds one to the other
+        lr_cfg = {"channels": official.s2mel_config(size)["DiT"]["content_dim"]}
+        with _quiet():
+            uv = official.build_models(size, seed)[0].to(device)
+            if self.half:
+                uv = uv.bfloat16()
+                uv.post_init_gpt2_config(use_deepspeed=False, kv_cache=True, half=True)
+            self.uv = uv.eval()
+            self.s2 = official.build_s2mel(size, seed, version="2.5", length_regulator=lr_cfg, **dit).to(device).eval()
+        lr = self.s2.models["length_regulator"]
+        width = lr.content_in_proj.in_features
+        tiny = dict(codebook_size=uv.stop_mel_token + 1, vocos_dim=32, vocos_intermediate_dim=64, vocos_num_layers=2)
+        torch.manual_seed(seed)
+        self.codec = cm.EnhancedCodec(hidden_size=width, **({} if size == "full" else tiny)).to(device).eval()
+        s = self.s
+        _, text = official.speech_inputs(seed + 1, frames=s.cond_frames, text_len=s.text, device=device)
+        self.prompt = official.indextts25_prompt(uv, text)
+        self.prompt_cond, _, self.ref_mel, self.style = official.cfm_inputs(
+            self.s2.models["cfm"], frames=s.prompt, prompt=s.prompt, seed=seed + 2, device=device
+        )
+        self.codes = max(s.codes // 2, 2)  # 25 codes per second of audio
+
+    def generate(self, codes: int, seed: int = 7) -> torch.Tensor:
+        from indextts_fast.official import OFFICIAL_DEFAULTS, generate25
+
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.half):
+            return generate25(self.uv, self.prompt, codes, seed=seed, **OFFICIAL_DEFAULTS)
+
+    def synthesis(self, seed: int = 7) -> tuple[torch.Tensor, int, int]:
+        """infer_v2_5 after its encoders: (mel [1, 80, frames], codes, frames)."""
+        from indextts_fast.official import cfm_run
+
+        codes = self.generate(self.codes, seed)
+        stop = (codes[0] == self.uv.stop_mel_token).nonzero()
+        n = int(stop[0, 0]) if stop.numel() else codes.shape[1]
+        with torch.no_grad():
+            S = self.codec.decode(codes[:, :n])
+            frames = int(S.shape[1] * CODE_TO_FRAMES)
+            cond = self.s2.models["length_regulator"](S, ylens=torch.tensor([frames], device=self.device))
+            cond = cond[0] if isinstance(cond, tuple) else cond  # the official returns a tuple, this one a tensor
+            mu = torch.cat([self.prompt_cond, cond], dim=1)
+        lens = torch.LongTensor([mu.size(1)]).to(self.device)
+        mel = cfm_run(self.s2.models["cfm"], (mu, lens, self.ref_mel, self.style), steps=self.s.steps)
+        return mel[:, :, self.ref_mel.size(-1) :], n, frames
+
+
+def _rows25(name: str, m: Models25, dev) -> list[Row]:
+    s, rows = m.s, []
+    (mel, n, frames), first, t_syn, peak = _timed(m.synthesis, dev, s.repeats)
+    audio_s = frames * HOP / SR
+    if not torch.isfinite(mel).all():
+        raise RuntimeError(f"{name}: the synthetic mel has non-finite values")
+    gpt = "bf16" if m.half else "fp32"
+    rows.append(Row(name, f"2.5 synthesis s (gpt {gpt} 3 beams + codec + s2mel)", t_syn, "s", f"{n} codes"))
+    rows.append(Row(name, "2.5 synthesis RTF", t_syn / audio_s, "x", f"{audio_s:.2f} s of audio"))
+    rows.append(Row(name, "2.5 first synthesis s", first, "s", "compiles and captures included"))
+    if peak is not None:
+        rows.append(Row(name, "2.5 peak MiB (synthesis)", peak / 2**20, "MiB"))
+    long_out, _, t_long, _ = _timed(lambda: m.generate(m.codes), dev, s.repeats)
+    short_out, _, t_short, _ = _timed(lambda: m.generate(max(s.short // 2, 1)), dev, s.repeats)
+    ms = 1000 * (t_long - t_short) / max(int(long_out.shape[1]) - int(short_out.shape[1]), 1)
+    rows.append(Row(name, f"2.5 gpt ms/token, 3 beams, {gpt}", ms, "ms",
+                    f"{long_out.shape[1]} - {short_out.shape[1]} codes"))  # fmt: skip
+    return rows
+
+
 def run(size: str = "full", device: Optional[str] = None, gpt_dtype: Optional[str] = None,
         providers=PROVIDERS) -> list[Row]:  # fmt: skip
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -253,8 +338,20 @@ def run(size: str = "full", device: Optional[str] = None, gpt_dtype: Optional[st
             rows.append(Row(name, "cfm mel max |err| vs official fp32", float((mel - ref).abs().max()), "abs",
                             f"|mel| <= {float(ref.abs().max()):.1f}"))  # fmt: skip
 
+    m25 = None
     for name in providers:
         try:
+            if name in V25:
+                m25 = m25 or Models25(size, dev)
+                with contextlib.ExitStack() as stack:
+                    if name == "ours-2.5":
+                        import indextts_fast
+
+                        tts = type("TTS25", (), {})()
+                        tts.gpt, tts.s2mel = m25.uv, m25.s2
+                        stack.enter_context(indextts_fast.enabled(tts))
+                    rows.extend(_rows25(name, m25, dev))
+                continue
             with provider(name, m) as handle:
                 one(name, handle)
         except Exception as e:  # one provider's failure (torch.compile's, say) is a row, not the end of the run
@@ -276,15 +373,15 @@ def _capture_seconds(handle) -> tuple[float, float]:
 
 
 def table(rows: list[Row], header: str = "") -> str:
-    base = {r.metric: r.value for r in rows if r.provider == "official"}
+    base = {r.metric: r.value for r in rows if r.provider in ("official", "official-2.5")}
     lower_better = lambda r: r.unit in ("ms", "s", "x", "MiB", "abs")  # noqa: E731
     lines = [header] if header else []
     w = max(len(r.metric) for r in rows)
-    lines.append(f"{'metric':<{w}}  {'provider':<9} {'value':>10} {'unit':<6} {'vs official':>11}  note")
+    lines.append(f"{'metric':<{w}}  {'provider':<12} {'value':>10} {'unit':<6} {'vs official':>11}  note")
     for r in sorted(rows, key=lambda r: (r.metric, PROVIDERS.index(r.provider))):
         b = base.get(r.metric)
         ratio = (b / r.value if lower_better(r) else r.value / b) if b and r.value else float("nan")
-        lines.append(f"{r.metric:<{w}}  {r.provider:<9} {r.value:>10.3f} {r.unit:<6} {ratio:>10.2f}x  {r.note}")
+        lines.append(f"{r.metric:<{w}}  {r.provider:<12} {r.value:>10.3f} {r.unit:<6} {ratio:>10.2f}x  {r.note}")
     return "\n".join(lines)
 
 
@@ -338,7 +435,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     dev = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     providers = tuple(args.providers.split(",")) if args.providers else \
-        (PROVIDERS if dev.type == "cuda" else ("official", "ours", "ours-bf16"))  # fmt: skip
+        (PROVIDERS if dev.type == "cuda" else ("official", "ours", "ours-bf16", *V25))  # fmt: skip
     bad = [p for p in providers if p not in PROVIDERS]
     if bad:
         print(f"bench_e2e: unknown provider {bad[0]!r}; the providers are {', '.join(PROVIDERS)}")

@@ -22,7 +22,16 @@ from dataclasses import dataclass
 
 import torch
 
-from .official import OFFICIAL_DEFAULTS, cfm_inputs, cfm_run, inference_speech, speech_inputs, teacher_forced_latents
+from .official import (
+    OFFICIAL_DEFAULTS,
+    cfm_inputs,
+    cfm_run,
+    generate25,
+    indextts25_prompt,
+    inference_speech,
+    speech_inputs,
+    teacher_forced_latents,
+)
 from .tolerance import judge
 
 GREEDY = dict(do_sample=False, num_beams=1)
@@ -88,8 +97,10 @@ def _quiet():
         yield
 
 
-def run(size: str, device: torch.device, model_dir=None, stages=("greedy", "defaults", "latent", "cfm"),
-        profile: bool = False) -> list[Row]:  # fmt: skip
+STAGES = ("greedy", "defaults", "latent", "cfm", "gpt25", "cfm25")
+
+
+def run(size: str, device: torch.device, model_dir=None, stages=STAGES, profile: bool = False) -> list[Row]:
     import indextts_fast
 
     from . import official
@@ -146,7 +157,105 @@ def run(size: str, device: torch.device, model_dir=None, stages=("greedy", "defa
         ok, msg = v.ok, str(v)
         prec = detail.split("fp32 products ")[1].split(",")[0] if "fp32 products " in detail else ""
         rows.append(Row(f"s2mel.cfm 25 steps CFG, {s.mel} frames ({prec})", backend, msg, ok, t_off, t_ours))
+    if model_dir is None:  # IndexTTS-2.5 rows: random weights (a 2.0 checkpoint directory has no 2.5 model)
+        rows += _rows25(size, device, uv, text, stages, timed_off, timed_ours, backend)
     return rows
+
+
+def _rows25(size, device, uv, text, stages, timed_off, timed_ours, backend) -> list[Row]:
+    """IndexTTS-2.5: the GPT generation on a 2.5 prompt (3 conditioning rows, the masked pad rows, the language
+    row; fp32, and on a GPU the use_bf16 prompt pass) and the 2.5 s2mel's CFM (indextts25-inference's modules)."""
+    from . import official
+
+    s, rows = SIZES[size], []
+    if "gpt25" in stages:
+        text25 = text.clone()
+        text25[0, 1] = uv.start_text_token  # an id prepare_gpt_inputs strips: a second masked row (as "!" in 2.5)
+        prompt = indextts25_prompt(uv, text25)
+        steps = s.codes_default
+        ref, t_off = timed_off(lambda: generate25(uv, prompt, steps, **OFFICIAL_DEFAULTS))
+        with indextts_fast_enabled(uv):
+            ours, t_ours = timed_ours(lambda: generate25(uv, prompt, steps, **OFFICIAL_DEFAULTS))
+        same = ours.shape == ref.shape and torch.equal(ours.cpu(), ref.cpu())
+        pad = int((prompt[2][0] == 0).sum())
+        parity = f"tokens identical ({ref.shape[1]})" if same else "TOKENS DIFFER"
+        label = f"gpt.generate 2.5 prompt ({pad} masked rows), official defaults, {steps} codes"
+        rows.append(Row(label, backend, parity, same, t_off, t_ours))
+        if device.type == "cuda":  # use_bf16: CPU autocast has no fp32 LayerNorm, the official bf16 GPT fails there
+            rows.append(_bf16_prompt_row(size, device, prompt, timed_off, timed_ours, backend))
+    if "cfm25" in stages:
+        try:
+            s2, s64 = (official.build_s2mel(size, 4, version="2.5", **_dit(size)) for _ in range(2))
+        except official.OfficialCodeMissing as e:
+            rows.append(Row("s2mel.cfm IndexTTS-2.5", "-", f"not run: {e}", True, float("nan"), float("nan")))
+            return rows
+        s2, s64 = s2.to(device), s64.to(device).double()
+        cfm, cfm64 = s2.models["cfm"], s64.models["cfm"]
+        inputs = cfm_inputs(cfm, frames=s.mel, prompt=s.prompt, device=device)
+        inputs64 = cfm_inputs(cfm, frames=s.mel, prompt=s.prompt, device=device, dtype=torch.float64)
+        low, t_off = timed_off(lambda: cfm_run(cfm, inputs))
+        high, _ = _timed(lambda: cfm_run(cfm64, inputs64), device)
+        import indextts_fast
+
+        with indextts_fast.enabled(s2):
+            out, t_ours = timed_ours(lambda: cfm_run(cfm, inputs))
+        v = judge(out, low, high)
+        rows.append(Row(f"s2mel.cfm 2.5 model, 25 steps CFG, {s.mel} frames", backend, str(v), v.ok, t_off, t_ours))
+    return rows
+
+
+def _dit(size: str) -> dict:
+    from .official import DIT_HEAD_DIM_64
+
+    return {} if size == "full" else dict(DIT_HEAD_DIM_64)
+
+
+@contextlib.contextmanager
+def indextts_fast_enabled(uv):
+    import indextts_fast
+
+    with indextts_fast.enabled(uv, s2mel=False) as h:
+        yield h
+
+
+def _bf16_prompt_row(size, device, prompt, timed_off, timed_ours, backend) -> Row:
+    """use_bf16's prompt pass (the first step's logits): the official bf16 GPT under bf16 autocast against ours,
+    both judged against the fp64 pass of the same bf16-rounded weights."""
+    from . import official
+    from .gpt.patch import build_fast_gpt
+
+    def build(dtype):
+        uv = official.build_models(size)[0].to(device=device, dtype=dtype)
+        uv.post_init_gpt2_config(use_deepspeed=False, kv_cache=True, half=dtype == torch.bfloat16)
+        return uv
+
+    def official_logits(uv, dtype):
+        prefix, ids, mask = prompt
+        im = uv.inference_model
+        im.store_mel_emb(prefix.to(device, dtype if dtype == torch.float64 else prefix.dtype))
+        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+            step = im.prepare_inputs_for_generation(ids.to(device), attention_mask=mask.to(device), use_cache=True)
+            return im(**step, return_dict=True).logits[:, -1].float()
+
+    def ours_logits(uv):
+        from .gpt.decode import Decoder
+
+        fast = build_fast_gpt(uv)
+        prefix, ids, mask = prompt
+        pad = int((mask[0] == 0).sum())
+        tail = ids[:, prefix.shape[1] :].to(device)
+        with torch.no_grad():
+            emb = torch.cat([fast.to_stream(prefix[:, pad:].to(device)),
+                             fast.embed_mel(tail, torch.arange(tail.shape[1], device=device))], dim=1)  # fmt: skip
+            dec = Decoder(fast, 1, emb.shape[1], graphs=False)
+            return fast.logits(fast.prefill(emb, dec.cache)[:, -1])
+
+    half = build(torch.bfloat16)
+    low, t_off = timed_off(lambda: official_logits(half, torch.bfloat16))
+    out, t_ours = timed_ours(lambda: ours_logits(half))
+    high = official_logits(half.double(), torch.float64)
+    v = judge(out, low, high)
+    return Row("gpt 2.5 prompt pass, bf16 (use_bf16), logits", backend, str(v), v.ok, t_off, t_ours)
 
 
 def print_table(rows: list[Row], header: str) -> None:
@@ -165,7 +274,7 @@ def main(argv=None) -> int:
     ap.add_argument("--size", choices=sorted(SIZES), help="model size (default: full on a GPU, tiny on a CPU)")
     ap.add_argument("--device", help="cuda or cpu (default: cuda when available)")
     ap.add_argument("--model-dir", help="an IndexTTS-2 checkpoint directory (config.yaml, gpt.pth, s2mel.pth)")
-    ap.add_argument("--stages", default="greedy,defaults,latent,cfm", help="comma-separated subset of the stages")
+    ap.add_argument("--stages", default=",".join(STAGES), help="comma-separated subset of the stages")
     ap.add_argument(
         "--profile",
         action="store_true",
@@ -188,9 +297,9 @@ def main(argv=None) -> int:
         return fail("demo", f"--device {args.device}: no such CUDA device on this machine")
     size = args.size or ("full" if device.type == "cuda" or args.model_dir else "tiny")
     stages = tuple(args.stages.split(","))
-    unknown = [x for x in stages if x not in ("greedy", "defaults", "latent", "cfm")]
+    unknown = [x for x in stages if x not in STAGES]
     if unknown:
-        return fail("demo", f"unknown stage {unknown[0]!r}; the stages are greedy, defaults, latent, cfm")
+        return fail("demo", f"unknown stage {unknown[0]!r}; the stages are {', '.join(STAGES)}")
     try:
         version = official.official_version() or "unknown version"
         line = official.official_line()

@@ -19,6 +19,9 @@ The harness:
   ``build_models``: the pair ``enable()`` runs fast (tiny at head_dim 64), as the demo and the benchmark build it;
 - inputs and calls as infer_v2 makes them: ``speech_inputs``, ``inference_speech``, ``teacher_forced_latents``,
   ``dit_inputs``, ``cfm_inputs``, ``cfm_run``, ``OFFICIAL_DEFAULTS``;
+- IndexTTS-2.5: ``indextts25_prompt`` and ``generate25`` (the prompt its inference_speech hands generate, and that
+  call), ``build_s2mel(version="2.5")`` (indextts25-inference's s2mel), ``seeded_by_name`` (weights drawn per name,
+  shared with tools/official25_fixtures.py);
 - ``from_model_dir``: the official modules from a model directory's config.yaml and checkpoints (real weights).
 """
 
@@ -29,6 +32,7 @@ import importlib.machinery
 import importlib.util
 import sys
 import types
+import zlib
 from pathlib import Path
 from typing import Optional
 
@@ -55,6 +59,9 @@ __all__ = [
     "build_gpt_core",
     "build_s2mel",
     "build_models",
+    "indextts25_prompt",
+    "generate25",
+    "seeded_by_name",
     "OFFICIAL_DEFAULTS",
     "speech_inputs",
     "inference_speech",
@@ -182,6 +189,45 @@ def _randomize(module: torch.nn.Module, seed: int) -> None:
             p.copy_(torch.randn(p.shape, generator=g) / fan**0.5)
 
 
+def seeded_by_name(module: torch.nn.Module, seed: int, *, stop_bias: float = 0.0, stop_token=None) -> None:
+    """Every floating parameter N(0, 1) / sqrt(fan-in), each drawn from its own generator seeded with ``seed`` and
+    the CRC-32 of its name: a parameter gets the same values in any module that names it the same, whatever else
+    the module holds (the official 2.5 UnifiedVoice of tools/official25_fixtures.py and a 2.0 one here share the
+    GPT-2 stack, the mel tables and the heads). LayerNorm gains are 1 + N(0, 0.1^2). ``stop_bias`` is added to the
+    mel head's bias at ``stop_token``."""
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if not p.is_floating_point():
+                continue
+            g = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
+            if _is_norm_gain(name, p):
+                p.copy_(1 + 0.1 * torch.randn(p.shape, generator=g))
+            else:
+                fan = p.shape[-1] if p.dim() > 1 else 1
+                p.copy_(torch.randn(p.shape, generator=g) / fan**0.5)
+        if stop_bias:
+            module.mel_head.bias[stop_token] += stop_bias
+
+
+def _is_norm_gain(name: str, p: torch.Tensor) -> bool:
+    leaf = name.rsplit(".", 2)
+    return p.dim() == 1 and leaf[-1] == "weight" and any(k in leaf[-2] for k in ("ln", "norm"))
+
+
+def _randomize_fan_in(module: torch.nn.Module, seed: int) -> None:
+    """As ``_randomize``, with a convolution's fan-in its input channels times its taps. indextts25-inference folds
+    weight norm at load, so its convolutions hold plain weights: drawn with ``_randomize``'s last-dimension fan-in
+    (the taps) they would be sqrt(channels) too large, and its WaveNet chaotic (fp32 and fp64 apart by the size of
+    the output), where the official weight-normed ones are normalized per output channel."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in list(module.named_parameters()) + list(module.named_buffers()):
+            if not p.is_floating_point() or name.endswith("freqs") or name.endswith("pos_enc.pe"):
+                continue
+            fan = (p.shape[-1] if p.dim() == 2 else p[0].numel()) if p.dim() > 1 else 1
+            p.copy_(torch.randn(p.shape, generator=g) / fan**0.5)
+
+
 def _perturb_defaults(module: torch.nn.Module, seed: int) -> None:
     """The default init kept, but weight-norm gains (``weight_g``, equal to |v| at init: the norm a no-op) scaled by
     1 + N(0, 0.1^2), and every parameter the init leaves constant (norm gains 1, biases 0, zeroed embeddings such as
@@ -282,23 +328,53 @@ def build_gpt_core(size: str = "tiny", seed: int = 0, **sizes) -> tuple[GPTCore,
 
 
 def build_s2mel(size: str = "tiny", seed: int = 0, *, setup_caches: bool = True, wavenet: Optional[dict] = None,
-                length_regulator: Optional[dict] = None, **dit):  # fmt: skip
+                length_regulator: Optional[dict] = None, version: str = "2.0", **dit):  # fmt: skip
     """The official s2mel MyModel(use_gpt_latent=True) = {cfm, length_regulator, gpt_layer} with random weights, in
     eval mode. ``dit`` overrides entries of the config's DiT section (e.g. ``**DIT_HEAD_DIM_64``, depth=3),
     ``wavenet`` and ``length_regulator`` entries of those sections. ``setup_caches``: the DiT's ``setup_caches`` done
     (its RoPE table, in the model's dtype: pass False to set them up after a cast; the causal mask it also builds,
-    max_seq_length squared, is unused by IndexTTS-2's non-causal DiT, hence a small max_seq_length)."""
-    commons = import_official("s2mel.modules.commons")
+    max_seq_length squared, is unused by IndexTTS-2's non-causal DiT, hence a small max_seq_length).
+    ``version`` "2.5": IndexTTS-2.5's MyModel = {cfm, length_regulator} (no gpt_layer) from ``indextts25-inference``
+    (derived from the official ee40fa7: the same s2mel code and config dims as 2.0)."""
     cfg = s2mel_config(size)
     cfg["DiT"].update(dit)
     cfg["wavenet"].update(wavenet or {})
     cfg["length_regulator"].update(length_regulator or {})
     torch.manual_seed(seed)
-    m = commons.MyModel(commons.recursive_munch(cfg), use_gpt_latent=True).eval()
-    _random_weights(m, size, seed)
+    if version == "2.5":
+        commons = _import_indextts25("s2mel.modules.commons")
+        m = commons.MyModel(_attrs(cfg)).eval()
+    elif version == "2.0":
+        commons = import_official("s2mel.modules.commons")
+        m = commons.MyModel(commons.recursive_munch(cfg), use_gpt_latent=True).eval()
+    else:
+        raise ValueError(f"version must be '2.0' or '2.5', not {version!r}")
+    if version == "2.5" and size == "tiny":
+        _randomize_fan_in(m, seed)
+    else:
+        _random_weights(m, size, seed)
     if setup_caches:
         m.models["cfm"].estimator.setup_caches(max_batch_size=2, max_seq_length=512)
     return m
+
+
+class _Attrs(dict):
+    """A config section read by attribute (as the official code reads its munched config.yaml)."""
+
+    __getattr__ = dict.__getitem__
+
+
+def _attrs(d):
+    return _Attrs({k: _attrs(v) for k, v in d.items()}) if isinstance(d, dict) else d
+
+
+def _import_indextts25(module: str):
+    try:
+        return importlib.import_module(f"indextts25.{module}")
+    except ImportError as e:
+        raise OfficialCodeMissing(
+            f"IndexTTS-2.5's module code is not installed ({e}); pip install --no-deps indextts25-inference==0.2.0"
+        ) from e
 
 
 def build_models(size: str = "tiny", seed: int = 0, *, half: bool = False):
@@ -320,6 +396,47 @@ def build_models(size: str = "tiny", seed: int = 0, *, half: bool = False):
 # the official infer_v2 defaults (generation_kwargs of IndexTTS2.infer), as inference_speech receives them
 OFFICIAL_DEFAULTS = dict(do_sample=True, top_p=0.8, top_k=30, temperature=0.8, num_return_sequences=1,
                          length_penalty=0.0, num_beams=3, repetition_penalty=10.0)  # fmt: skip
+
+
+def indextts25_prompt(uv, text: torch.Tensor, *, seed: int = 3, lang: bool = True):
+    """The prompt IndexTTS-2.5's ``inference_speech`` hands generate, built on ``uv`` (any UnifiedVoice: the GPT-2
+    stack, its tables and the generate are the same in 2.0 and 2.5): (prefix [1, S, C], ids [1, S + 1], mask).
+
+    The layout of the official ``prepare_gpt_inputs`` in campplus mode: one conditioning row (the CAMPPlus
+    projection plus the emotion vector: here a seeded random row), two zero rows, the text rows (start id, the
+    text without its start/stop ids, stop id; embedding + text position, plus a language row when ``lang``), one
+    masked zero row on the left per stripped id. ``text`` [1, L] is used as infer_v2_5 passes it: with its stop
+    id appended. The prefix comes from this line's own ``prepare_gpt_inputs`` (which 2.5 shares); the language row
+    (``lang_embedding[lang]``, here seeded random) is added to the text rows after it, as the official adds it to
+    ``text_embedding + text_pos``."""
+    w = uv.mel_embedding.weight
+    g = torch.Generator().manual_seed(seed)
+    C = w.shape[1]
+    cond = (torch.randn(1, 1, C, generator=g) * 0.5).to(w.device, w.dtype)
+    conds = torch.cat([cond, torch.zeros(1, 2, C, dtype=w.dtype, device=w.device)], dim=1)
+    text = torch.nn.functional.pad(text, (0, 1), value=uv.stop_text_token)
+    with torch.no_grad():
+        ids, prefix, mask = uv.prepare_gpt_inputs(conds, text.to(w.device))
+        if lang:
+            pad = int((mask[0] == 0).sum())
+            prefix[:, pad + 3 :] += (torch.randn(C, generator=g) * 0.5).to(prefix.device, prefix.dtype)
+    return prefix, ids, mask
+
+
+def generate25(uv, prompt, steps: int, *, seed: int = 7, **gen):
+    """``inference_model.generate`` on an IndexTTS-2.5 prompt (``indextts25_prompt``) as ``inference_speech`` calls
+    it (bos/pad/eos the mel start/stop, at most ``steps`` codes), under ``torch.manual_seed(seed)``: the codes."""
+    from transformers import LogitsProcessorList
+
+    prefix, ids, mask = prompt
+    im = uv.inference_model
+    im.store_mel_emb(prefix)
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        out = im.generate(ids, bos_token_id=uv.start_mel_token, pad_token_id=uv.stop_mel_token,
+                          eos_token_id=uv.stop_mel_token, attention_mask=mask, max_length=ids.shape[1] + steps,
+                          logits_processor=LogitsProcessorList(), **gen)  # fmt: skip
+    return out[:, ids.shape[1] :]
 
 
 def speech_inputs(seed: int = 1, frames: int = 37, text_len: int = 9, device="cpu"):

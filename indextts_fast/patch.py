@@ -205,10 +205,6 @@ def _install(patch, note: str) -> None:
 def _gpt_part(uv, strict: bool, graphs: Optional[bool]) -> _Part:
     from .gpt import patch as gp
 
-    if gp.is_indextts25(uv):
-        raise UnsupportedModel(
-            "IndexTTS-2.5 is not supported yet (this UnifiedVoice uses spk_cond_mode='campplus'); nothing was patched"
-        )
     reason = gp.unsupported_reason(uv)
     if reason is not None:
         if strict:
@@ -219,8 +215,8 @@ def _gpt_part(uv, strict: bool, graphs: Optional[bool]) -> _Part:
     backend = backend_for(fast.device)
     dtype = str(fast.dtype).replace("torch.", "")
     _install(patch, f"(indextts_fast: generate and latent pass on {backend}, {dtype} operands, fp32 stream)")
-    return _Part("gpt", uv, "fast", f"decode loop + latent pass, {fast.n_layers} layers, {dtype}, on {backend}",
-                 patch)  # fmt: skip
+    what = "IndexTTS-2.5 decode loop" if gp.is_indextts25(uv) else "decode loop + latent pass"
+    return _Part("gpt", uv, "fast", f"{what}, {fast.n_layers} layers, {dtype}, on {backend}", patch)
 
 
 def _s2mel_part(obj, strict: bool, precision: Optional[str], graphs: Optional[bool]) -> _Part:
@@ -249,7 +245,7 @@ def enable(target, *, gpt: bool = True, s2mel: bool = True, strict: bool = True,
     """Run ``target``'s GPT generation, its teacher-forced latent pass and its CFM/DiT on indextts_fast.
 
     ``strict``: a part of a variant the fast backend does not implement raises UnsupportedModel (else it is skipped
-    and the report says why; if no part is left, enable raises). IndexTTS-2.5 is always refused. ``dit_precision``
+    and the report says why; if no part is left, enable raises). IndexTTS-2 and IndexTTS-2.5. ``dit_precision``
     overrides the DiT's fp32 product precision ("ieee" exact, "tf32x3", "tf32"; default: the s2mel module's
     documented default, tf32x3; "bf16" / "fp16": the estimator in that dtype, opt-in). ``graphs``: replay the GPT's
     per-token tick and the CFM loop as CUDA graphs (default: on CUDA; False runs the same loops eagerly, the same

@@ -41,10 +41,10 @@ DIT_FP32_PRECISIONS = ("ieee", "tf32x3", "tf32")
 
 # The GEMMs of the hot path: (tag, N, K, bias, residual, activation, dtypes, rows, fp32 precisions). Weights
 # [N, K]; SwiGLU's N is the hidden I of the packed w13 [2I, K]. A dtype "fp16+r32" is fp16 operands with an fp32
-# residual stream and output (the use_fp16 GPT's residual adds). GPT-2: fp16 under use_fp16, else fp32. DiT: fp32
-# as the official code, bf16 opt-in.
-_GPT, _DIT = ("fp16", "fp32"), ("fp32", "bf16")
-_GPT_RES = ("fp16+r32", "fp16", "fp32")
+# residual stream and output (the use_fp16 GPT's residual adds; "bf16+r32" IndexTTS-2.5's use_bf16). GPT-2: fp16
+# under use_fp16, bf16 under 2.5's use_bf16, else fp32. DiT: fp32 as the official code, bf16 opt-in.
+_GPT, _DIT = ("fp16", "bf16", "fp32"), ("fp32", "bf16")
+_GPT_RES = ("fp16+r32", "bf16+r32", "fp16", "bf16", "fp32")
 GEMMS = (
     ("gpt/c_attn+bias", 3 * GPT_DIM, GPT_DIM, True, False, None, _GPT, GPT_ROWS, GPT_FP32_PRECISIONS),
     ("gpt/attn_c_proj+bias+res", GPT_DIM, GPT_DIM, True, True, None, _GPT_RES, GPT_ROWS, GPT_FP32_PRECISIONS),
@@ -58,10 +58,11 @@ GEMMS = (
     ("dit/adaln_project+bias", 2 * DIT_DIM, DIT_DIM, True, False, None, _DIT, DIT_COND_ROWS, DIT_FP32_PRECISIONS),
 )
 # The decode GEMVs with the LayerNorm prologue (ln_1 + c_attn, ln_2 + c_fc + gelu_new): (tag, N, K, bias, activation,
-# dtypes); x is the residual stream, fp32 under fp16 autocast ("fp16+x32"), the operand and output the weight's dtype
+# dtypes); x is the residual stream, fp32 under half autocast ("fp16+x32", "bf16+x32"), the operand and output the
+# weight's dtype
 LN_GEMMS = (
-    ("gpt/ln_1+c_attn+bias", 3 * GPT_DIM, GPT_DIM, True, None, ("fp16+x32", "fp32")),
-    ("gpt/ln_2+c_fc+bias+gelu", GPT_FFN, GPT_DIM, True, "gelu_new", ("fp16+x32", "fp32")),
+    ("gpt/ln_1+c_attn+bias", 3 * GPT_DIM, GPT_DIM, True, None, ("fp16+x32", "bf16+x32", "fp32")),
+    ("gpt/ln_2+c_fc+bias+gelu", GPT_FFN, GPT_DIM, True, "gelu_new", ("fp16+x32", "bf16+x32", "fp32")),
 )
 
 # Normalized widths -> a representative row count: the DiT's 512 (2 x 1721 rows), the w2v features' 1024, the

@@ -1,9 +1,10 @@
-"""IndexTTS2's ``use_fp16`` numerics as a test reference, on CUDA and on a CPU-only machine.
+"""IndexTTS2's ``use_fp16`` (and IndexTTS-2.5's ``use_bf16``) numerics as a test reference, on CUDA and on a
+CPU-only machine (bf16: the same mechanism, the same lists, with bf16 for fp16).
 
 ``use_fp16`` halves UnifiedVoice and runs it under ``torch.amp.autocast("cuda", dtype=torch.float16)``. CUDA
 autocast casts the inputs of matmul-like ops (addmm, linear, bmm, SDPA, ...) to fp16 and those of its fp32 list
 (layer_norm, pow, softmax, ...) to fp32. CPU autocast has no layer_norm entry: a halved GPT-2 with its fp32
-residual stream does not even run under it (``mixed dtype (CPU)`` at ln_1). :func:`official_fp16_autocast`
+residual stream does not even run under it (``mixed dtype (CPU)`` at ln_1). :func:`official_autocast`
 therefore uses the real CUDA autocast on CUDA tensors and, on CPU, CPU autocast (the same fp16 list for the ops
 IndexTTS2 uses) plus a torch-function mode that casts the inputs of CUDA autocast's fp32-list ops to fp32,
 following the list in PyTorch's autocast documentation ("CUDA Ops that can autocast to float32"). Like real
@@ -50,11 +51,12 @@ class _CudaFp32List(TorchFunctionMode):
 
 
 @contextlib.contextmanager
-def official_fp16_autocast(device):
-    """The autocast IndexTTS2's use_fp16 runs its GPT under, for tensors on ``device``."""
+def official_autocast(device, dtype=torch.float16):
+    """The autocast IndexTTS2's use_fp16 (``dtype`` fp16) or IndexTTS-2.5's use_bf16 (bf16) runs its GPT under,
+    for tensors on ``device``."""
     if torch.device(device).type == "cuda":
-        with torch.autocast("cuda", dtype=torch.float16):
+        with torch.autocast("cuda", dtype=dtype):
             yield
         return
-    with torch.autocast("cpu", dtype=torch.float16), _CudaFp32List():
+    with torch.autocast("cpu", dtype=dtype), _CudaFp32List():
         yield

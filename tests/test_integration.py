@@ -75,18 +75,22 @@ def test_dit_transformer_block_matches_official(with_skip):
     assert_close_rel(final_ours, final_low, final_high, "DiT block + final AdaLN from our ops")
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["float32", "float16"])
+_GPT_DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+
+
+@pytest.mark.parametrize("dtype", _GPT_DTYPES, ids=["float32", "float16", "bfloat16"])
 def test_gpt2_model_prefill_and_decode_match_hf(dtype, device):
     """Two HF GPT2Blocks + ln_f: a 9-token prefill, then two cached decode steps, from our ops (the Triton kernels;
-    the interpreter on CPU). fp16 runs as IndexTTS2's use_fp16 does: halved weights under fp16 autocast, with the
-    fp32 residual stream that the null position embedding's fp32 zeros start (see gpt_stack.official_gpt2)."""
+    the interpreter on CPU). fp16 runs as IndexTTS2's use_fp16 does (bf16 as IndexTTS-2.5's use_bf16): halved
+    weights under half autocast, with the fp32 residual stream that the null position embedding's fp32 zeros start
+    (see gpt_stack.official_gpt2)."""
     hf = gs.official_gpt2(n_layer=2, n_embd=DIM, n_head=HEADS, dtype=dtype, device=device, seed=1)
     hf64 = copy.deepcopy(hf).double()
     B, T, steps = 2, 9, 2
     xs = randn(B, T + steps, DIM, dtype=dtype, device=device)
     with torch.no_grad():
         ours = gs.ours_prefill_decode(hf, xs, T, steps)
-        low = gs.official_prefill_decode(hf, xs, T, steps, fp16_autocast=dtype == torch.float16)
+        low = gs.official_prefill_decode(hf, xs, T, steps, autocast=dtype if dtype != torch.float32 else None)
         high = gs.official_prefill_decode(hf64, xs.double(), T, steps)
     assert ours.dtype == low.dtype == torch.float32  # the stream and ln_f's output are fp32 in both cases
     assert_close_rel(ours, low, high, f"GPT-2 prefill + decode from our ops ({dtype})")

@@ -20,13 +20,13 @@ quiet_pip() { "$PY" -m pip "$@" 2> >(grep -v "is ignored: it is neither a file n
 VENV_REPO=${VENV_REPO:-.venv-tf452}
 REPO_LINE_TESTS=(tests/gpt/test_gpt_enable.py tests/s2mel/test_s2mel_fast.py tests/test_integration.py
     tests/test_official_norm.py tests/test_official_attention.py tests/test_official_ffn.py tests/test_cli.py
-    tests/test_enable_hostile.py tests/gpt/test_generation_args.py)
+    tests/test_enable_hostile.py tests/gpt/test_generation_args.py tests/gpt/test_indextts25.py)
 setup_repository_line() {
     [ -x "$VENV_REPO/bin/python" ] || python3 -m venv "$VENV_REPO"
     "$VENV_REPO/bin/python" -m pip install -q --disable-pip-version-check -c constraints-cpu.txt \
         'transformers==4.52.1' -e '.[test]' 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
     "$VENV_REPO/bin/python" -m pip install -q --disable-pip-version-check --no-deps 'tts-webui-index-tts==2.0.1' \
-        2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+        'indextts25-inference==0.2.0' 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
 }
 
 setup() {
@@ -35,6 +35,11 @@ setup() {
     # The official IndexTTS2 module code, a test-only fidelity reference. --no-deps: its own requirements
     # (torchaudio, librosa, ...) are not needed for the modules the tests import.
     quiet_pip install -q --disable-pip-version-check --no-deps 'indextts2-inference==2.1.1'
+    # IndexTTS-2.5's codec, length regulator, DiT/CFM and infer_v2_5 (indextts25-inference, derived from the
+    # official ee40fa7; its GPT departs from the official one, so the GPT's 2.5 reference is the fixtures under
+    # tests/fixtures/official25, made by tools/official25_fixtures.py). Its GPT module imports tiktoken.
+    quiet_pip install -q --disable-pip-version-check --no-deps 'indextts25-inference==0.2.0'
+    quiet_pip install -q --disable-pip-version-check -c constraints-cpu.txt 'tiktoken==0.14.0'
     if ! command -v nvidia-smi >/dev/null 2>&1; then
         "$PY" - <<'PYEOF'
 import sys, torch

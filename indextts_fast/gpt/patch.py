@@ -22,6 +22,7 @@ caller's autocast disabled: their numerics are those of the official run (model.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import threading
 import warnings
@@ -40,9 +41,9 @@ from .decode import generate
 from .model import FastGPT
 from .sampling import UnsupportedGeneration, resolve_generation_args
 
-__all__ = ["unsupported_reason", "is_indextts25", "build_fast_gpt", "GPTPatch", "MAX_DECODERS"]
+__all__ = ["unsupported_reason", "is_indextts25", "build_fast_gpt", "masked_rows", "GPTPatch", "MAX_DECODERS"]
 
-_SUPPORTED_DTYPES = (torch.float32, torch.float16)
+_SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 MAX_DECODERS = 2  # decoders (KV caches) kept per model: one per row count (batch 1 and a beam count), LRU
 
 
@@ -53,8 +54,6 @@ def is_indextts25(uv) -> bool:
 
 def unsupported_reason(uv) -> Optional[str]:
     """None when ``uv`` is the UnifiedVoice variant the fast GPT implements, else what differs (one line)."""
-    if is_indextts25(uv):
-        return "IndexTTS-2.5 (spk_cond_mode='campplus') is not supported yet"
     gpt = getattr(uv, "gpt", None)
     if gpt is None or type(gpt).__name__ != "GPT2Model" or not hasattr(gpt, "h"):
         return f"UnifiedVoice.gpt is {type(gpt).__name__}, not a GPT-2 (GPT2Model) stack"
@@ -90,7 +89,10 @@ def unsupported_reason(uv) -> Optional[str]:
     dtypes = {p.dtype for p in gpt.parameters()} | {uv.mel_head.weight.dtype, uv.final_norm.weight.dtype}
     if len(dtypes) != 1 or next(iter(dtypes)) not in _SUPPORTED_DTYPES:
         found = sorted(str(d).replace("torch.", "") for d in dtypes)
-        return f"GPT weights of dtype {found} (supported: all float32, or all float16 as use_fp16 halves them)"
+        return (
+            f"GPT weights of dtype {found} (supported: all float32, or all float16 / all bfloat16 as use_fp16 / "
+            "use_bf16 halve them)"
+        )
     devices = {p.device for p in gpt.parameters()} | {uv.mel_head.weight.device, uv.mel_embedding.weight.device}
     if len(devices) != 1:
         return f"the GPT's weights are spread over {sorted(map(str, devices))}"
@@ -166,6 +168,47 @@ def official_position_offset(uv, use_cache=True) -> int:
     return fallback if len(fed) < 2 else (0 if fed[1] == 1 else -1)
 
 
+def masked_rows(mask: Optional[torch.Tensor], length: int, prefix_len: int, args) -> int:
+    """How many leading prompt rows the attention mask hides (0: none), checked to be what the fast loop can drop.
+
+    IndexTTS-2.5's ``prepare_gpt_inputs`` (and 2.0's where the text holds start/stop ids) puts one zero row on the
+    left of the stored prefix for each text id it strips, and masks it out. A masked key gets exactly zero weight
+    in every query's softmax, the positions are null (``wpe`` is zeros) and the mel positions are counted from the
+    prefix's end, so the official result is the one of the prompt without those rows: the fast loop generates from
+    the rows after them (``max_length`` and ``min_length`` shortened by as many) and puts their ids back in front.
+    Any other mask (holes after the first attended row, a masked start token) raises."""
+    if mask is None:
+        return 0
+    if not isinstance(mask, torch.Tensor) or mask.shape != (1, length):
+        got = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
+        raise UnsupportedGeneration(f"attention_mask of shape {got} for a prompt of shape (1, {length})")
+    keep = mask[0].to(torch.bool)
+    pad = int((~keep).cumprod(0).sum())  # the leading masked rows (one host read per generation)
+    if not bool(keep[pad:].all()):
+        raise UnsupportedGeneration("attention_mask with masked rows after the first attended one: only left "
+                                    "padding (IndexTTS2's masked pad rows before the prompt) is supported")  # fmt: skip
+    if pad >= prefix_len:
+        raise UnsupportedGeneration(f"attention_mask hides {pad} leading rows of a {prefix_len}-row prompt prefix: "
+                                    "nothing of the conditioning is attended")  # fmt: skip
+    if pad and any(not _reads_scores_only(p) for p in args.custom_processors):
+        names = ", ".join(type(p).__name__ for p in args.custom_processors)
+        raise UnsupportedGeneration(f"logits processors ({names}) with a padded prompt: the fast loop drops the "
+                                    "masked rows, so a processor reading input_ids would see other ids")  # fmt: skip
+    return pad
+
+
+def _reads_scores_only(processor) -> bool:
+    """Processors whose output depends on the scores alone (typical sampling), not on input_ids."""
+    return type(processor).__name__ == "TypicalLogitsWarper"
+
+
+def _without_rows(args, pad: int):
+    """``args`` for the prompt without its ``pad`` leading masked rows (lengths counted from the prompt's start)."""
+    if not pad:
+        return args
+    return dataclasses.replace(args, max_length=args.max_length - pad, min_length=max(0, args.min_length - pad))
+
+
 def _autocast_off(device: torch.device):
     return torch.autocast(device.type, enabled=False)
 
@@ -215,8 +258,6 @@ class GPTPatch(AttrPatch):
         if inputs.shape[0] != 1:
             raise UnsupportedGeneration(f"batch {inputs.shape[0]}: the fast decode loop generates one prompt at a time")
         mask = kwargs.pop("attention_mask", None)
-        if mask is not None and not bool(mask.all()):
-            raise UnsupportedGeneration("attention_mask with padding (zeros): left-padded prompts are not supported")
         processors = kwargs.pop("logits_processor", None)
         if kwargs.pop("stopping_criteria", None):
             raise UnsupportedGeneration("stopping_criteria: custom stopping criteria are not supported")
@@ -224,16 +265,20 @@ class GPTPatch(AttrPatch):
         prefix = getattr(im, "cached_mel_emb", None)
         if prefix is None or prefix.dim() != 3 or prefix.shape[0] != 1:
             raise UnsupportedGeneration("no stored prompt embeddings (inference_model.store_mel_emb was not called)")
+        pad = masked_rows(mask, inputs.shape[1], prefix.shape[1], args)
         fast = self.current()
         self._check_autocast(inputs.device, fast)
         offset = self._position_offset(im, args.use_cache)
         with torch.no_grad(), _autocast_off(fast.device):
             decoder = self.decoders.pop(args.num_beams, None)  # popped: a decoder that no longer fits is freed
-            seqs, decoder = generate(fast, args, inputs, prefix, decoder, position_offset=offset, graphs=self.graphs)
+            seqs, decoder = generate(fast, _without_rows(args, pad), inputs[:, pad:], prefix[:, pad:], decoder,
+                                     position_offset=offset, graphs=self.graphs)  # fmt: skip
             self.decoders[args.num_beams] = decoder
             while len(self.decoders) > MAX_DECODERS:
                 self.decoders.popitem(last=False)
         self.calls["generate"] += 1
+        if pad:
+            seqs = torch.cat([inputs[:, :pad].to(seqs.device, seqs.dtype).expand(seqs.shape[0], pad), seqs], dim=1)
         return seqs.to(inputs.device)
 
     def get_logits(self, speech_conditioning_inputs, first_inputs, first_head, second_inputs=None, second_head=None,
@@ -276,10 +321,18 @@ class GPTPatch(AttrPatch):
     def _check_autocast(self, device, fast: FastGPT) -> None:
         dev = torch.device(device)
         on = torch.is_autocast_enabled(dev.type)
-        if on and fast.dtype == torch.float32 and torch.get_autocast_dtype(dev.type) != torch.float32:
+        if not on:
+            return
+        auto = torch.get_autocast_dtype(dev.type)
+        if fast.dtype == torch.float32 and auto != torch.float32:
             raise UnsupportedGeneration(
-                f"fp32 GPT weights under {torch.get_autocast_dtype(dev.type)} autocast: IndexTTS2 halves the GPT "
-                "when it runs it under fp16 autocast (use_fp16); this mix is not implemented"
+                f"fp32 GPT weights under {auto} autocast: IndexTTS2 halves the GPT when it runs it under half "
+                "autocast (use_fp16 / use_bf16); this mix is not implemented"
+            )
+        if fast.dtype != torch.float32 and auto != fast.dtype:
+            raise UnsupportedGeneration(
+                f"{fast.dtype} GPT weights under {auto} autocast: the official GEMMs would run in {auto}, the fast "
+                f"path runs the weights' dtype; cast the GPT to {auto} (or run it under {fast.dtype} autocast)"
             )
 
     # --- install / undo ------------------------------------------------------------------------------------------

@@ -45,11 +45,20 @@ def bucket_frames(T: int, granule: int = 64) -> int:
     return -(-int(T) // step) * step
 
 
-def _check(n_timesteps, prompt, T):
+def _check(n_timesteps, prompt, T, positions=None):
+    if positions is not None and T > positions:
+        raise ValueError(f"cfm inference: {T} frames exceed the {positions} positions of the DiT (its RoPE table and "
+                         "input_pos, block_size; the official estimator fails there too): a shorter text segment, a "
+                         "shorter reference or a smaller duration_factor")  # fmt: skip
     if int(n_timesteps) < 1:
         raise ValueError(f"cfm inference: n_timesteps must be at least 1, got {n_timesteps}")
     if prompt.size(-1) > T:
         raise ValueError(f"cfm inference: the prompt has {prompt.size(-1)} frames, more than the {T} of mu")
+
+
+def _positions(estimator) -> Optional[int]:
+    table = getattr(estimator, "freqs_cis", None)
+    return table.shape[0] if isinstance(table, torch.Tensor) else None
 
 
 def _solve(estimator, x, prompt_x, x_lens, style, mu, t_span, keep, rate: float, valid_len=None):
@@ -130,7 +139,7 @@ def cfm_inference(cfm, estimator, mu, x_lens, prompt, style, f0, n_timesteps, te
     ``pad_to`` (eager): run on frames zero-padded to that length with the estimator told the true length (FastDiT's
     ``valid_len``); the result is the [B, F, T] of the unpadded run. T must exceed the WaveNet's half kernel."""
     T = mu.size(1)
-    _check(n_timesteps, prompt, T)
+    _check(n_timesteps, prompt, T, _positions(estimator))
     z = _noise(cfm, mu, prompt, temperature)
     t_span = torch.linspace(0, 1, int(n_timesteps) + 1, device=mu.device)
     rate = float(inference_cfg_rate)
@@ -178,10 +187,10 @@ class CFMLoop:
 
     def __call__(self, mu, x_lens, prompt, style, f0, n_timesteps, temperature=1.0, inference_cfg_rate=0.5):
         B, T = mu.size(0), mu.size(1)
+        _check(n_timesteps, prompt, T, _positions(self.fast))
         if not self.graphs or T <= self.fast.wavenet_kernel // 2:
             return cfm_inference(self.cfm, self.fast, mu, x_lens, prompt, style, f0, n_timesteps,
                                  temperature=temperature, inference_cfg_rate=inference_cfg_rate)  # fmt: skip
-        _check(n_timesteps, prompt, T)
         rate = float(inference_cfg_rate)
         Tb = min(self.bucket(T), self.fast.freqs_cis.shape[0])
         key = (Tb, B, int(n_timesteps), rate, torch.as_tensor(x_lens).numel(), tuple(style.shape), mu.size(2))

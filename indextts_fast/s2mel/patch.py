@@ -21,10 +21,10 @@ from .._watch import ModuleWatch
 from ..errors import UnsupportedModel
 from ..profiling import nvtx_range
 from .cfm import CFMLoop
-from .dit import DEFAULT_PRECISION, PRECISIONS, FastDiT
+from .dit import DEFAULT_PRECISION, PRECISIONS, ROPE_POSITIONS, FastDiT
 from .dit import unsupported_reason as dit_unsupported_reason
 
-__all__ = ["unsupported_reason", "S2MelPatch", "build_fast_dit"]
+__all__ = ["unsupported_reason", "S2MelPatch", "build_fast_dit", "official_positions"]
 
 
 def _estimator(obj):
@@ -47,7 +47,21 @@ def build_fast_dit(obj, precision: str) -> FastDiT:
         tensors = {k: v.detach() for k, v in tensors.items()}
         weights = loader.dit_weights(tensors, report.dims, stack_adaln=True)
     eps = dict(rms_eps=dit.transformer.norm.eps, final_eps=dit.final_layer.norm_final.eps)
-    return FastDiT(weights, report.dims, precision=precision, **eps)
+    return FastDiT(weights, report.dims, precision=precision, rope_positions=official_positions(dit), **eps)
+
+
+def official_positions(dit) -> int:
+    """The longest sequence the official DiT runs: its ``input_pos`` buffer and its RoPE table ``freqs_cis`` (both
+    ``block_size`` = 16384 positions, whatever ``setup_caches``' max_seq_length says: that only decides whether the
+    table is rebuilt); beyond it the official forward fails on a shape mismatch."""
+    n = [ROPE_POSITIONS]
+    pos = getattr(dit, "input_pos", None)
+    if isinstance(pos, torch.Tensor):
+        n.append(pos.numel())
+    table = getattr(getattr(dit, "transformer", None), "freqs_cis", None)
+    if isinstance(table, torch.Tensor):
+        n.append(table.shape[0])
+    return min(n)
 
 
 class S2MelPatch(AttrPatch):

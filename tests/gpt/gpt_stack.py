@@ -14,7 +14,7 @@ import torch
 
 import indextts_fast as F
 
-from ..autocast_ref import official_fp16_autocast
+from ..autocast_ref import official_autocast
 from ..helpers import official
 
 
@@ -34,11 +34,12 @@ def official_gpt2(n_layer, n_embd, n_head, *, dtype=torch.float32, device="cpu",
     return gpt.eval().to(device=device, dtype=dtype)
 
 
-def official_prefill_decode(gpt, xs, T, steps, *, fp16_autocast=False):
-    """``gpt.ln_f`` outputs of a T-token prefill and ``steps`` cached decode steps, the official way (HF cache)."""
+def official_prefill_decode(gpt, xs, T, steps, *, autocast=None):
+    """``gpt.ln_f`` outputs of a T-token prefill and ``steps`` cached decode steps, the official way (HF cache);
+    ``autocast``: None, or the half dtype of use_fp16 / use_bf16 (the model halved to it, run under its autocast)."""
     from transformers import DynamicCache
 
-    ctx = official_fp16_autocast(xs.device) if fp16_autocast else torch.autocast(xs.device.type, enabled=False)
+    ctx = official_autocast(xs.device, autocast) if autocast else torch.autocast(xs.device.type, enabled=False)
     with ctx:
         kv = DynamicCache()
         res = [gpt(inputs_embeds=xs[:, :T], past_key_values=kv, use_cache=True).last_hidden_state]
