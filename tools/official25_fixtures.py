@@ -14,6 +14,10 @@ official bf16 path runs here, in bf16.
 Run it in the environment with the transformers the official repository pins (4.52.1: .venv-tf452):
 
     .venv-tf452/bin/python tools/official25_fixtures.py --official /path/to/index-tts [--out tests/fixtures/official25]
+    .venv-tf452/bin/python tools/official25_fixtures.py --official /path/to/index-tts --check
+
+``--check`` writes nothing: it runs every case on the official 2.5 UnifiedVoice itself, then again after
+``indextts_fast.enable`` on it, and exits 1 unless the sequences are identical.
 
 The checkout's ``indextts.utils.tokenizer`` imports ``whisper`` (and ``tiktoken``) for the text tokenizer, which the
 GPT does not use: where they are not installed, empty stand-in modules take their place (the GPT module only reads
@@ -154,12 +158,32 @@ def prompt_outputs(uv, seen: dict, dtype=None):
     return got
 
 
+def check(mv) -> int:
+    import indextts_fast
+
+    uv = build(mv)
+    uv.post_init_gpt2_config(use_deepspeed=False, kv_cache=True, half=False)
+    bad = 0
+    for name, gen, text, lang, seed in CASES:
+        official = run_case(uv, gen, text, lang, seed)["out"]
+        with indextts_fast.enabled(uv) as h:
+            ours = run_case(uv, gen, text, lang, seed)["out"]
+            calls = h.parts[0].patch.calls["generate"]
+        same = torch.equal(official, ours) and calls == 1
+        bad += not same
+        print(f"{name}: {'identical' if same else 'DIFFERENT'} ({official.shape[1]} positions, fast calls {calls})")
+    return 1 if bad else 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--official", type=Path, required=True, help="checkout of github.com/index-tts/index-tts")
     ap.add_argument("--out", type=Path, default=ROOT / "tests" / "fixtures" / "official25")
+    ap.add_argument("--check", action="store_true", help="compare enable() on the official model; write nothing")
     a = ap.parse_args()
     mv = _import_official(a.official)
+    if a.check:
+        return check(mv)
     import transformers
 
     try:
