@@ -1,20 +1,25 @@
 #!/usr/bin/env python3
-"""Inspect an IndexTTS2 checkpoint (gpt.pth / s2mel.pth / .safetensors export) or an indextts_fast fast pack.
+"""Inspect an IndexTTS2 checkpoint (gpt.pth / s2mel.pth / IndexTTS-2.5's codec.pth / .safetensors export), a
+model directory holding them, or an indextts_fast fast pack.
 
-For a checkpoint: the container, the detected model and version (2.0 / 2.5), the dimensions read from the
-shapes, and for every key its shape, dtype and what the loader would do with it (mapped by which transform into
-which pack tensor, carried, ignored and why, or refused: unknown / wrong shape / wrong dtype), plus the missing
-keys; then the verdict of the converter's own checks (coverage, shapes, dtypes, and every value after its
-transform and dtype cast), with the same config.yaml and GPT dtype as a conversion would use. For a fast pack:
-its metadata and tensors, checked as load_pack checks them.
+For a checkpoint: the container, the detected model and version (IndexTTS-2.0 / 2.5, read from the structure, with
+what shows it: e.g. "spk_emb_proj present, text_embedding 60510 rows"), the dimensions read from the shapes, and for
+every key its shape, dtype and what the loader would do with it (mapped by which transform into which pack tensor,
+carried, ignored and why, or refused: unknown / wrong shape / wrong dtype), plus the missing keys; then the verdict
+of the converter's own checks (coverage, shapes, dtypes, and every value after its transform and dtype cast), with
+the same config.yaml and GPT dtype as a conversion would use. For a fast pack: its metadata and tensors, checked as
+load_pack checks them. For a model directory: the version of each of its gpt.pth / s2mel.pth / codec.pth and whether
+they agree (files of two versions are refused), then each file as above, the s2mel.pth taken as the directory's
+version (2.5: gpt_layer ignored).
 
     python tools/inspect_checkpoint.py checkpoints/s2mel.pth            # summary + refused keys
     python tools/inspect_checkpoint.py checkpoints/s2mel.pth --keys     # every key
     python tools/inspect_checkpoint.py checkpoints/gpt.pth --config checkpoints/config.yaml --gpt-dtype float32
+    python tools/inspect_checkpoint.py checkpoints/                    # a model directory
 
-Exit status 0 when the converter (or load_pack) would accept the file, 1 when it would refuse the checkpoint, 2
-when an argument is wrong, the file or the config cannot be read or is refused as such, or the pack is refused (one
-`error:` line on stderr), 130 on Ctrl-C.
+Exit status 0 when the converter (or load_pack) would accept the file (every file of a directory), 1 when it would
+refuse a checkpoint, 2 when an argument is wrong, the file or the config cannot be read or is refused as such, a
+model directory mixes versions, or the pack is refused (one `error:` line on stderr), 130 on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -34,10 +39,12 @@ try:
         CheckpointError,
         CheckpointWarning,
         check_checkpoint,
+        check_model_dir,
         check_pack,
         config_dims,
         gpt_policy,
         load_config,
+        model_dir_files,
         plan_checkpoint,
         read_checkpoint,
         read_pack,
@@ -80,31 +87,36 @@ def inspect_pack(path: Path, keys: bool) -> int:
     return 0
 
 
-def verdict(sd, kind: str, config, gpt_dtype, split_adaln: bool) -> tuple[str | None, list[str]]:
+def verdict(sd, kind: str, config, gpt_dtype, split_adaln: bool, version=None) -> tuple[str | None, list[str]]:
     """(the converter's refusal message, or None if it would convert; the warnings it would give)."""
     policy = gpt_policy(gpt_dtype) if gpt_dtype and kind == "gpt" else None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", CheckpointWarning)
         try:
-            check_checkpoint(sd, kind, config=config, policy=policy, stack_adaln=not split_adaln)
+            check_checkpoint(sd, kind, config=config, policy=policy, stack_adaln=not split_adaln, version=version)
             refusal = None
         except CheckpointError as e:
             refusal = str(e)
     return refusal, [str(w.message) for w in caught if issubclass(w.category, CheckpointWarning)]
 
 
-def inspect_checkpoint(path: Path, a, config) -> int:
+def inspect_checkpoint(path: Path, a, config, version=None) -> int:
     kind, sd = read_checkpoint(path)
     if config is not None:
         config_dims(kind, config)  # a config refused as such (not YAML, no gpt section, ...) is an error, not a verdict
-    plan = plan_checkpoint(sd, kind, stack_adaln=not a.split_adaln)
-    refusal, notes = verdict(sd, kind, config, a.gpt_dtype, a.split_adaln)
+    plan = plan_checkpoint(sd, kind, stack_adaln=not a.split_adaln, version=version)
+    refusal, notes = verdict(sd, kind, config, a.gpt_dtype, a.split_adaln, version)
     if a.json:
         plan["shapes"] = {k: [list(t.shape), _dt(t)] for k, t in sd.items()}
         plan.update(accepted=refusal is None, refusal=refusal, warnings=notes)
         print(json.dumps(plan, indent=1))
         return 0 if refusal is None else 1
     print(f"{path}: {kind} checkpoint, IndexTTS {plan['version']}, {len(sd)} keys")
+    if plan["version"] == "mixed":
+        print(f"  version: IndexTTS-2.0 and IndexTTS-2.5 mixed: {plan['version_reason']}")
+    else:
+        why = f" ({plan['version_reason']})" if plan["version_reason"] else ""
+        print(f"  version: IndexTTS-{plan['version']}{why}")
     if plan["error"]:
         print(f"  dimensions: cannot be read: {plan['error']}")
     else:
@@ -144,6 +156,13 @@ def main(argv=None) -> int:
         help="the GPT dtype to check the values in, as convert_checkpoint.py --gpt-dtype (default float16)",
     )
     ap.add_argument("--json", action="store_true", help="print the plan and the verdict as JSON (checkpoints only)")
+    ap.add_argument(
+        "--version",
+        choices=["2.0", "2.5"],
+        default=None,
+        help="the IndexTTS version the checkpoint must be (gpt.pth, codec.pth) or is taken as (s2mel.pth: 2.5 ignores "
+        "gpt_layer), as convert_checkpoint.py --version; default: read from the structure",
+    )
     a = ap.parse_args(argv)
     return run(lambda: _inspect(a), "error:")
 
@@ -151,7 +170,22 @@ def main(argv=None) -> int:
 def _inspect(a) -> int:
     if _is_pack(a.path):
         return inspect_pack(a.path, a.keys)
-    return inspect_checkpoint(a.path, a, load_config(a.config))
+    if os.path.isdir(a.path) and model_dir_files(a.path):
+        return inspect_model_dir(a.path, a)
+    return inspect_checkpoint(a.path, a, load_config(a.config), a.version)
+
+
+def inspect_model_dir(d: Path, a) -> int:
+    """Each checkpoint of a model directory, at the version its files agree on (files of two versions: refused)."""
+    if a.json:
+        raise CheckpointError(f"{d}: --json takes one checkpoint file, not a model directory")
+    version, files = check_model_dir(d, a.version)
+    cfg = a.config or (d / "config.yaml" if (d / "config.yaml").is_file() else None)
+    config = load_config(cfg)
+    print(f"{d}: model directory, IndexTTS-{version or '2.0 or 2.5'}" + (f", config {cfg}" if cfg else ""))
+    for name, why in files.items():
+        print(f"  {name}: {why}")
+    return max(inspect_checkpoint(path, a, config, version) for path in model_dir_files(d).values())
 
 
 if __name__ == "__main__":

@@ -71,13 +71,15 @@ CARRY_GROUPS: dict[str, tuple[dict[str, str], str, str]] = {
 
 
 def _check_carried(
-    sd: Mapping[str, torch.Tensor], carried: list[str], dims: dict[str, int], config: Optional[dict]
-) -> tuple[list[str], list[str], list[str]]:
+    sd: Mapping[str, torch.Tensor], carried: list[str], dims: dict[str, int], config: Optional[dict],
+    version: str = "2.0",
+) -> tuple[list[str], list[str], list[str]]:  # fmt: skip
     """(missing, wrong shape, unknown) among the carried conditioning-encoder keys (CARRY_*).
 
     Each encoder present must be complete (every block 0..n-1 with all its tensors) with shapes consistent with the
     widths read from its own anchors, the perceivers must match the GPT / emotion widths and their conformers'
-    widths, and config.yaml (when given) fixes the conformer sizes, block counts and latent count."""
+    widths, and config.yaml (when given) fixes the conformer sizes, block counts and latent count. IndexTTS-2.5
+    has the emotion encoders only (both required); its config's condition_type, if any, is ignored."""
     from .config import _cond_config  # config.py reads the tables above
 
     missing: list[str] = []
@@ -91,7 +93,10 @@ def _check_carried(
         else:  # pragma: no cover - GPT_CARRY only admits these prefixes
             unknown.append(k)
     required, cfg_sizes = _cond_config(config)
-    if required:
+    if version == "2.5":
+        missing += [f"{p}.* (IndexTTS-2.5 emotion encoder)" for p in CARRY_GROUPS if p.startswith("emo_")
+                    and p not in groups]  # fmt: skip
+    elif required:
         missing += [f"{p}.* (config: conformer_perceiver)" for p in CARRY_GROUPS if p not in groups]
     widths: dict[str, dict[str, int]] = {}
     for prefix, rest in groups.items():

@@ -10,6 +10,7 @@ from typing import Any, Optional
 
 from ..loader.dims import HEADS_FIELD, settle_heads
 from ..loader.errors import CheckpointError
+from ..loader.tables import TEXT_ROWS
 from .conditioning import CARRY_CONFORMER, CARRY_GROUPS
 from .containers import PathLike, _check_regular_file, _is_int
 
@@ -131,8 +132,22 @@ def _cond_config(cfg: Optional[Mapping]) -> tuple[bool, dict[str, dict[str, Opti
 
 def config_dims(kind: str, cfg: Mapping) -> dict[str, Any]:
     """The dimensions (same letters as model_dims) that config.yaml states; refuses the structural variants the
-    fast path does not implement and wrong-typed fields."""
+    fast path does not implement and wrong-typed fields. The codec's are its semantic_codec section (IndexTTS-2.5's
+    EnhancedCodec arguments; 2.0's config has the same section for MaskGCT's codec)."""
     root = _Section.root(cfg)
+    if kind == "codec":
+        c = root.section("semantic_codec")
+        unsupported = {
+            "semantic_codec.num_quantizers": (c.get("num_quantizers", "int", 1), 1),
+            "semantic_codec.downsample_scale": (c.get("downsample_scale", "int", 2), 2),  # decode upsamples x2
+        }
+        bad = {k: v for k, (v, ok) in unsupported.items() if v != ok}
+        if bad:
+            raise CheckpointError(f"{root.source} selects codec variants the fast path does not implement: {bad}")
+        want = {"V": c.get("codebook_size", "int"), "Q": c.get("codebook_dim", "int"), "H": c.get("hidden_size", "int"),
+                "D": c.get("vocos_dim", "int"), "I": c.get("vocos_intermediate_dim", "int"),
+                "L": c.get("vocos_num_layers", "int")}  # fmt: skip
+        return {k: v for k, v in want.items() if v is not None}
     if kind == "gpt":
         g = root.section("gpt", required=True)
         _cond_config(cfg)  # the conditioning-encoder fields are type-checked here too, before any other message
@@ -199,14 +214,22 @@ def check_config(
         raise CheckpointError(f"{src}: field {HEADS_FIELD[kind]} = {cfg_heads}, but the module has {heads} heads")
     diff = {k: (dims[k], v) for k, v in want.items() if k in dims and dims[k] != v}
     if diff:
+        rows = {n: f"IndexTTS-{v}'s" for v, n in TEXT_ROWS.items()}
+        hint = ""
+        if kind == "gpt" and "Vt" in diff and any(n in rows for n in diff["Vt"]):
+            a, b = diff["Vt"]
+            hint = f" (text_embedding rows: checkpoint {rows.get(a, a)}, config {rows.get(b, b)})"
         raise CheckpointError(
             f"checkpoint shapes disagree with {src}: "
             + ", ".join(f"{k}: checkpoint {a} vs config {b}" for k, (a, b) in diff.items())
+            + hint
         )
     return settle_heads(kind, dims, heads or cfg_heads, config=None if cfg is None else src, stacklevel=stacklevel + 1)
 
 
 def heads_source(kind: str, cfg: Optional[Mapping], heads: Optional[int] = None) -> str:
-    """Where check_config took the head count from: 'module', 'config.yaml' or 'width // 64'."""
+    """Where check_config took the head count from: 'module', 'config.yaml' or 'width // 64' ('none': the codec)."""
+    if kind == "codec":
+        return "none"
     from_config = cfg is not None and "heads" in config_dims(kind, cfg)
     return "module" if heads else "config.yaml" if from_config else "width // 64"

@@ -1,5 +1,5 @@
-"""Reading the official containers: gpt.pth / s2mel.pth (torch.save zips, checked record by record) and their
-.safetensors exports, into one flat state dict."""
+"""Reading the official containers: gpt.pth / s2mel.pth / IndexTTS-2.5's codec.pth (torch.save zips, checked
+record by record) and their .safetensors exports, into one flat state dict."""
 
 from __future__ import annotations
 
@@ -64,8 +64,10 @@ def _why(e: BaseException) -> str:
     return f"{type(e).__name__}: {next((ln for ln in lines if ln), '')}"
 
 
-def _load_flat(path: Path) -> dict[str, Any]:
-    """torch.load (weights_only, mmap) or safetensors; any reading failure becomes a CheckpointError."""
+def _load_flat(path: Path, verify: bool = True) -> dict[str, Any]:
+    """torch.load (weights_only, mmap) or safetensors; any reading failure becomes a CheckpointError. ``verify``:
+    every zip record checked (_check_zip_records); without, only what torch.load reads (the pickle), as a look at
+    the keys and shapes needs."""
     if _check_regular_file(path) == 0:
         raise CheckpointError(f"{path}: {_CANNOT_READ}: the file is empty (0 bytes)")
     try:
@@ -80,7 +82,8 @@ def _load_flat(path: Path) -> dict[str, Any]:
 
             return dict(load_file(str(path), device="cpu"))
         obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
-        _check_zip_records(path)
+        if verify:
+            _check_zip_records(path)
         return obj
     except CheckpointError:
         raise
@@ -217,16 +220,19 @@ def _strip_module(sd: dict[str, torch.Tensor], path: Path, where: str) -> dict[s
     return out
 
 
-def read_checkpoint(path: PathLike) -> tuple[str, dict[str, torch.Tensor]]:
-    """Read gpt.pth / s2mel.pth (or a .safetensors export) into ('gpt' | 's2mel', flat state dict).
+def read_checkpoint(path: PathLike, *, verify: bool = True) -> tuple[str, dict[str, torch.Tensor]]:
+    """Read gpt.pth / s2mel.pth / codec.pth (or a .safetensors export) into ('gpt' | 's2mel' | 'codec', flat state
+    dict).
 
-    gpt.pth: a flat state dict, or one under 'model'. s2mel.pth: state['net'] = {'cfm', 'length_regulator',
-    'gpt_layer'}, each a flat state dict (a leading 'module.' is stripped); other top-level entries (optimizer,
-    epoch, ...) are ignored. The s2mel result is flattened as '<module>.<key>'; a .safetensors export uses those
-    flattened names directly. Tensors stay memory-mapped (torch.load mmap=True) until the remap touches them.
+    gpt.pth: a flat state dict, or one under 'model'; codec.pth (IndexTTS-2.5): {'model': state dict, ...}.
+    s2mel.pth: state['net'] = {'cfm', 'length_regulator', 'gpt_layer'}, each a flat state dict (a leading 'module.'
+    is stripped); other top-level entries (optimizer, epoch, ...) are ignored. The s2mel result is flattened as
+    '<module>.<key>'; a .safetensors export uses those flattened names directly. Tensors stay memory-mapped
+    (torch.load mmap=True) until the remap touches them. ``verify=False`` skips the record-by-record check (for a
+    look at the keys and shapes only).
     """
     path = Path(path)
-    obj = _load_flat(path)
+    obj = _load_flat(path, verify)
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{path}: wrong container: top level is a {type(obj).__name__}, expected a dict")
     if "net" in obj:
@@ -252,8 +258,9 @@ def read_checkpoint(path: PathLike) -> tuple[str, dict[str, torch.Tensor]]:
     kind = detect_kind(sd)
     if kind is None:
         raise CheckpointError(
-            f"{path}: wrong container: neither a gpt.pth (no 'gpt.h.*' keys) nor an s2mel.pth (no state['net'] and "
-            f"no 'cfm.estimator.*' keys); first keys: {sorted(sd)[:6]}"
+            f"{path}: wrong container: neither a gpt.pth (no 'gpt.h.*' keys), nor an s2mel.pth (no state['net'] and "
+            f"no 'cfm.estimator.*' keys), nor a codec.pth (no 'quantizer.quantizers.*' keys); first keys: "
+            f"{sorted(sd)[:6]}"
         )
     return kind, sd
 

@@ -1,5 +1,6 @@
 """The fast pack: written once from a checkpoint (atomically, never over its source), read back in one piece, its
-untrusted header and metadata validated against its tensors, and built into the Fast*Weights (load_pack)."""
+untrusted header and metadata validated against its tensors, and built into the Fast*Weights (load_pack): the GPT
+and s2mel of IndexTTS-2.0 and 2.5, and 2.5's codec."""
 
 from __future__ import annotations
 
@@ -16,9 +17,17 @@ from typing import Optional, Union
 import torch
 
 from ..loader import tables
+from ..loader.dims import VERSIONS
 from ..loader.errors import CheckpointError
 from ..loader.remap import RemapReport, expand_rules, fmt_keys, select_parts
-from ..loader.weights import FastGPTWeights, FastS2MelWeights, _build_s2mel, gpt_weights
+from ..loader.weights import (
+    FastCodecWeights,
+    FastGPTWeights,
+    FastS2MelWeights,
+    _build_s2mel,
+    codec_weights,
+    gpt_weights,
+)
 from .config import load_config
 from .containers import PathLike, _check_regular_file, _is_int, file_sha256, read_checkpoint
 from .policy import DEFAULT_POLICY, _policy
@@ -67,6 +76,7 @@ def convert_checkpoint(
     stack_adaln: bool = True,
     allow_nonfinite: bool = False,
     progress: Optional[Callable[[int, int, str], None]] = None,
+    version: Optional[str] = None,
 ) -> RemapReport:
     """Convert one official checkpoint to a fast-pack .safetensors file; returns the remap report.
 
@@ -75,7 +85,9 @@ def convert_checkpoint(
     fails (disk full, ...) is a CheckpointError; SIGTERM / SIGHUP during the write (in the main thread) removes the
     temporary file and raises ConversionInterrupted. ``config`` is the path of config.yaml. ``policy`` overrides
     dtype classes of DEFAULT_POLICY, either flat ({'gemm_w': 'bfloat16', ...}, ``gpt_policy("float32")``) or per
-    model kind ({'gpt': {...}}).
+    model kind ({'gpt': {...}}). ``version`` ('2.0' / '2.5'): what the checkpoint must be (a gpt.pth or codec.pth
+    of another version is refused), or is taken as (an s2mel.pth: 2.5 leaves gpt_layer out of the pack, ignored
+    and reported); None: the structure's version (an s2mel.pth keeps its gpt_layer).
     """
     from safetensors import SafetensorError
     from safetensors.torch import save_file
@@ -99,11 +111,11 @@ def convert_checkpoint(
         raise CheckpointError(f"output directory {out.parent} does not exist")
     cfg = load_config(config)
     kind, sd = read_checkpoint(src)
-    if policy and set(policy) <= {"gpt", "s2mel"}:  # a policy per model kind
+    if policy and set(policy) <= {"gpt", "s2mel", "codec"}:  # a policy per model kind
         policy = policy.get(kind)
     tensors, report = remap_state_dict(
         sd, kind, config=cfg, policy=policy, stack_adaln=stack_adaln, allow_nonfinite=allow_nonfinite,
-        progress=progress,
+        progress=progress, version=version,
     )  # fmt: skip
     del sd
     meta = {
@@ -114,11 +126,11 @@ def convert_checkpoint(
         "source_name": src.name,
         "source_sha256": file_sha256(src),
         "config": json.dumps(report.dims, sort_keys=True),
-        "dtype_policy": json.dumps(_policy(kind, policy), sort_keys=True),
+        "dtype_policy": json.dumps(_policy(kind, policy, report.version), sort_keys=True),
         "layout": json.dumps({"stack_adaln": bool(stack_adaln), "conv_taps": "tap-major", "gemm": "[N,K] row-major"}),
         "package": f"indextts_fast {__version__}",
         "nonfinite": json.dumps(report.nonfinite),
-        "heads_from": "config.yaml" if report.heads_from == "config.yaml" else
+        "heads_from": report.heads_from if report.heads_from in ("config.yaml", "none") else
                       "width // 64 (IndexTTS2's head_dim; no head count in config.yaml)",
     }  # fmt: skip
     exists = f"output {out} already exists; pass overwrite=True (--overwrite) to replace it"
@@ -311,15 +323,19 @@ def read_pack(path: PathLike, device: Union[str, torch.device] = "cpu") -> tuple
 
 
 _PACK_DIMS = {"gpt": ("C", "L", "Vt", "Vm", "Pt", "Pm", "E", "heads"),
-              "s2mel": ("C", "D", "F", "H", "S", "L", "I", "W", "K", "R", "Q", "N", "heads")}  # fmt: skip
+              "s2mel": ("C", "D", "F", "H", "S", "L", "I", "W", "K", "R", "Q", "N", "heads"),
+              "codec": ("V", "Q", "H", "D", "I", "L")}  # fmt: skip
 
 
 def check_pack(path: PathLike, tensors: dict[str, torch.Tensor], meta: dict) -> tuple[str, dict, dict, bool]:
     """What read_pack returned, checked as load_pack checks it: the metadata (untrusted: validated before use)
     against the tensors, every name, shape and dtype. Returns (kind, dims, dtype policy, stack_adaln)."""
     kind = meta.get("model")
-    if kind not in ("gpt", "s2mel"):
+    if kind not in _PACK_DIMS:
         raise CheckpointError(f"{path}: pack metadata names an unknown model {kind!r}")
+    version = meta.get("indextts_version", "2.0")
+    if kind == "gpt" and version not in VERSIONS:
+        raise CheckpointError(f"{path}: corrupt pack metadata: indextts_version {version[:40]!r} (expected 2.0 or 2.5)")
     try:
         dims = json.loads(meta["config"])
         pol = json.loads(meta["dtype_policy"])
@@ -331,8 +347,7 @@ def check_pack(path: PathLike, tensors: dict[str, torch.Tensor], meta: dict) -> 
         not isinstance(dims, dict)
         or set(dims) != set(need)
         or not all(_is_int(v) and 0 <= v < 2**31 for v in dims.values())
-        or dims["heads"] < 1
-        or dims["C"] % dims["heads"]
+        or ("heads" in need and (dims["heads"] < 1 or dims["C"] % dims["heads"]))
     ):
         raise CheckpointError(
             f"{path}: corrupt pack metadata: config {meta['config'][:200]!r} is not the integer dimensions {need}"
@@ -348,12 +363,13 @@ def check_pack(path: PathLike, tensors: dict[str, torch.Tensor], meta: dict) -> 
     if not isinstance(layout, dict) or not isinstance(layout.get("stack_adaln", False), bool):
         raise CheckpointError(f"{path}: corrupt pack metadata: layout {meta.get('layout', '')[:200]!r}")
     stack = layout.get("stack_adaln", False)
-    entries = expand_rules(kind, dims, parts=select_parts(kind, None, tensors), stack_adaln=stack)
+    parts = select_parts(kind, None, tensors)
+    entries = expand_rules(kind, dims, parts=parts, stack_adaln=stack, version=version if kind == "gpt" else "2.0")
     want = {e.dst: (dst_shape(e), getattr(torch, pol[e.cls])) for e in entries}
     missing = [k for k in want if k not in tensors]
     cond = {k for k in tensors if kind == "gpt" and k.startswith("cond.")}
     extra = [k for k in tensors if k not in want and k not in cond]
-    extra += [k for k in cond if not tables.full_match(tables.GPT_CARRY, k[len("cond.") :])]
+    extra += [k for k in cond if not tables.full_match(tables.gpt_carry(version), k[len("cond.") :])]
     bad = [
         f"{k} {list(t.shape)} {t.dtype} (expected {list(want[k][0])} {want[k][1]})"
         for k, t in tensors.items()
@@ -370,11 +386,16 @@ def check_pack(path: PathLike, tensors: dict[str, torch.Tensor], meta: dict) -> 
     return kind, dims, pol, stack
 
 
-def load_pack(path: PathLike, device: Union[str, torch.device] = "cpu") -> Union[FastGPTWeights, FastS2MelWeights]:
-    """A fast pack -> FastGPTWeights / FastS2MelWeights with every tensor resident on ``device``."""
+def load_pack(
+    path: PathLike, device: Union[str, torch.device] = "cpu"
+) -> Union[FastGPTWeights, FastS2MelWeights, FastCodecWeights]:
+    """A fast pack -> FastGPTWeights / FastS2MelWeights / FastCodecWeights with every tensor resident on
+    ``device``."""
     path = Path(path)
     tensors, meta = read_pack(path, device)
     kind, dims, _, stack = check_pack(path, tensors, meta)
     if kind == "gpt":
         return gpt_weights(tensors, dims, meta)
+    if kind == "codec":
+        return codec_weights(tensors, dims, meta)
     return _build_s2mel(tensors, dims, meta, stack)

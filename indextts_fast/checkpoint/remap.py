@@ -1,6 +1,8 @@
-"""The file remap: a checkpoint's state dict -> fast-pack tensors in the dtype policy, the GPT's conditioning
-encoders carried, checked against config.yaml (remap_state_dict, check_checkpoint); the live remap checked against
-config.yaml too (remap_live); the plan for inspection; the exact inverse of the transforms (inverse_remap)."""
+"""The file remap: a checkpoint's state dict (gpt.pth, s2mel.pth, IndexTTS-2.5's codec.pth) -> fast-pack tensors
+in the dtype policy, the GPT's conditioning encoders carried, checked against config.yaml (remap_state_dict,
+check_checkpoint); the live remap checked against config.yaml too (remap_live); the plan for inspection; the
+exact inverse of the transforms (inverse_remap). The IndexTTS version is the structure's (loader.dims), which must
+be ``version`` when that is given; an s2mel.pth takes ``version`` (2.5: its gpt_layer is ignored)."""
 
 from __future__ import annotations
 
@@ -11,9 +13,17 @@ import torch
 
 from ..loader import remap as core
 from ..loader import tables
-from ..loader.dims import detect_kind, detect_version, model_dims
+from ..loader.dims import detect_kind, model_dims, resolve_version, version_evidence, version_note, version_reason
 from ..loader.errors import CheckpointError
-from ..loader.remap import FLOAT_DTYPES, Entry, ModuleOrStateDict, RemapReport, expand_rules, select_parts
+from ..loader.remap import (
+    FLOAT_DTYPES,
+    Entry,
+    ModuleOrStateDict,
+    RemapReport,
+    expand_rules,
+    resolve_folded,
+    select_parts,
+)
 from .conditioning import _check_carried
 from .config import check_config, heads_source
 from .policy import _policy
@@ -28,15 +38,17 @@ def remap_state_dict(
     stack_adaln: bool = True,
     allow_nonfinite: bool = False,
     progress: Optional[Callable[[int, int, str], None]] = None,
+    version: Optional[str] = None,
 ) -> tuple[dict[str, torch.Tensor], RemapReport]:
     """Official flat state dict -> {pack name: tensor in kernel layout}, strictly validated.
 
     Raises CheckpointError naming every missing key, unknown key, wrong shape, wrong dtype and (unless
     allow_nonfinite) every tensor holding NaN or inf after its transform and dtype cast (a weight_v of zero norm
-    folds to NaN; 1e6 overflows fp16).
+    folds to NaN; 1e6 overflows fp16); and the version: a gpt.pth with structure of both IndexTTS-2.0 and 2.5,
+    or of another version than ``version`` ('2.0' / '2.5'), a codec.pth where 2.0 is expected.
     """
     return _remap(sd, kind, config=config, policy=policy, stack_adaln=stack_adaln, allow_nonfinite=allow_nonfinite,
-                  progress=progress)  # fmt: skip
+                  progress=progress, version=version)  # fmt: skip
 
 
 def check_checkpoint(
@@ -47,31 +59,39 @@ def check_checkpoint(
     policy: Optional[Mapping[str, str]] = None,
     stack_adaln: bool = True,
     allow_nonfinite: bool = False,
+    version: Optional[str] = None,
 ) -> RemapReport:
     """Every check of remap_state_dict, the values after transform and cast included, one tensor at a time and
     nothing kept: the report if the checkpoint would convert, else the CheckpointError conversion raises."""
     return _remap(sd, kind, config=config, policy=policy, stack_adaln=stack_adaln, allow_nonfinite=allow_nonfinite,
-                  keep=False)[1]  # fmt: skip
+                  keep=False, version=version)[1]  # fmt: skip
 
 
 def _remap(
     sd: Mapping[str, torch.Tensor], kind: Optional[str], *, config: Optional[dict], policy: Optional[Mapping[str, str]],
     stack_adaln: bool, allow_nonfinite: bool, progress: Optional[Callable[[int, int, str], None]] = None,
-    keep: bool = True,
+    keep: bool = True, version: Optional[str] = None,
 ) -> tuple[dict[str, torch.Tensor], RemapReport]:  # fmt: skip
     """The file remap: the live remap's steps, plus config.yaml, the dtype policy and the carried encoders."""
     kind = kind or detect_kind(sd)
-    if kind not in ("gpt", "s2mel"):
-        raise CheckpointError("cannot tell a gpt.pth from an s2mel.pth: no 'gpt.h.*' and no 'cfm.estimator.*' keys")
-    core.refuse_unsupported(kind, sd)
+    if kind not in ("gpt", "s2mel", "codec"):
+        raise CheckpointError(
+            "cannot tell a gpt.pth from an s2mel.pth or a codec.pth: no 'gpt.h.*', no 'cfm.estimator.*' and no "
+            "'quantizer.quantizers.*' keys"
+        )
+    version = resolve_version(kind, sd, version)
     dims = check_config(kind, model_dims(kind, sd), config, stacklevel=3)
-    pol = _policy(kind, policy)
-    parts = select_parts(kind, None, sd)
-    entries = expand_rules(kind, dims, parts=parts, stack_adaln=stack_adaln)
-    missing, carried, ignored, unknown = core.classify(sd, kind, entries, dims, parts, carry=True)
-    c_missing, carry_wrong, c_unknown = _check_carried(sd, carried, dims, config) if kind == "gpt" else ([], [], [])
-    core.reject(kind, sd, entries, missing + c_missing, unknown + c_unknown, carried, carry_wrong)
-    report = RemapReport(kind, detect_version(kind, sd), dims, ignored=ignored, heads_from=heads_source(kind, config))
+    pol = _policy(kind, policy, version)
+    parts = select_parts(kind, None, sd, version)
+    entries = resolve_folded(expand_rules(kind, dims, parts=parts, stack_adaln=stack_adaln, version=version), sd)
+    missing, carried, ignored, unknown = core.classify(sd, kind, entries, dims, parts, carry=True, version=version)
+    c_missing, carry_wrong, c_unknown = (
+        _check_carried(sd, carried, dims, config, version) if kind == "gpt" else ([], [], [])
+    )
+    core.reject(kind + version_note(kind, sd), sd, entries, missing + c_missing, unknown + c_unknown, carried,
+                carry_wrong)  # fmt: skip
+    report = RemapReport(kind, version, dims, ignored=ignored, heads_from=heads_source(kind, config),
+                         version_reason=version_reason(kind, sd, version))  # fmt: skip
     out: dict[str, torch.Tensor] = {}
     flags: list[tuple[str, torch.Tensor]] = []
     total = len(entries) + len(carried)
@@ -105,32 +125,45 @@ def remap_live(
     parts: Optional[tuple[str, ...]] = None,
     stack_adaln: bool = True,
     allow_nonfinite: bool = False,
+    version: Optional[str] = None,
 ) -> tuple[dict[str, torch.Tensor], RemapReport]:
     """indextts_fast.loader.remap_live, with the dimensions also checked against config.yaml (``config``, as
     load_config returns it), which gives a state dict its head count (a module's own must agree with it)."""
-    sd, parts, heads = core.live_source(module_or_state_dict, kind, parts)
+    sd, parts, heads, version = core.live_source(module_or_state_dict, kind, parts, version)
     dims = check_config(kind, model_dims(kind, sd, heads, parts=parts), config, heads=heads, stacklevel=2)
     heads_from = heads_source(kind, config, heads)
     return core.remap_live_at(
-        sd, kind, dims, parts, heads_from, stack_adaln=stack_adaln, allow_nonfinite=allow_nonfinite
+        sd, kind, dims, parts, heads_from, stack_adaln=stack_adaln, allow_nonfinite=allow_nonfinite, version=version
     )
 
 
 def plan_checkpoint(
-    sd: Mapping[str, torch.Tensor], kind: Optional[str] = None, *, stack_adaln: bool = True
+    sd: Mapping[str, torch.Tensor],
+    kind: Optional[str] = None,
+    *,
+    stack_adaln: bool = True,
+    version: Optional[str] = None,
 ) -> dict[str, Any]:
     """What remap_state_dict would do with each key, without transforming or raising (for inspection).
 
-    Returns {'kind', 'version', 'dims' (or None), 'error' (why dims could not be read, or None),
+    Returns {'kind', 'version', 'version_reason', 'dims' (or None), 'error' (why dims could not be read, or None),
     'actions': {key: (action, target)}, 'missing': [...], 'problems': [...] (width mismatches between the
     conditioning encoders)}; action is one of mapped:<op>, carried, ignored, unknown, wrong-shape, wrong-dtype.
+    The keys are planned against the table of the version the structure shows (a gpt.pth showing both: 'mixed',
+    planned as 2.5); ``version`` is what an s2mel.pth is taken as.
     """
     kind = kind or detect_kind(sd)
-    res: dict[str, Any] = {"kind": kind, "version": None, "dims": None, "error": None, "actions": {}, "missing": []}
+    res: dict[str, Any] = {"kind": kind, "version": None, "version_reason": None, "dims": None, "error": None,
+                           "actions": {}, "missing": []}  # fmt: skip
     if kind is None:
-        res["error"] = "neither a gpt.pth nor an s2mel.pth"
+        res["error"] = "neither a gpt.pth, nor an s2mel.pth, nor a codec.pth"
         return res
-    res["version"] = detect_version(kind, sd)
+    evidence = version_evidence(kind, sd)
+    try:
+        version = resolve_version(kind, sd, version if kind == "s2mel" else None)
+        res["version"], res["version_reason"] = version, version_reason(kind, sd, version)
+    except CheckpointError as e:  # both versions' structure
+        version, res["version"], res["version_reason"] = "2.5", "mixed", str(e)
     try:
         dims = model_dims(kind, sd)
     except CheckpointError as e:
@@ -138,10 +171,14 @@ def plan_checkpoint(
         dims = None
     res["dims"] = dims
     used: dict[str, tuple[str, str, tuple[int, ...]]] = {}
+    gpt_layer_ignored = kind == "s2mel" and version == "2.5"
     if dims is not None:
-        for e in expand_rules(kind, dims, parts=select_parts(kind, None, sd), stack_adaln=stack_adaln):
+        parts = select_parts(kind, None, sd, version)
+        for e in resolve_folded(expand_rules(kind, dims, parts=parts, stack_adaln=stack_adaln, version=version), sd):
             for s, shp in zip(e.srcs, e.src_shapes, strict=True):
                 used[s] = (e.op, e.dst, shp)
+    carry = tables.gpt_carry(version)
+    other = {"2.0": ("2.5", tables.GPT_25_MARKERS), "2.5": ("2.0", tables.GPT_20_MARKERS)}.get(version)
     res["missing"] = [s for s in used if s not in sd]
     for k, v in sd.items():
         if k in used:
@@ -152,18 +189,20 @@ def plan_checkpoint(
                 res["actions"][k] = ("wrong-dtype", str(v.dtype))
             else:
                 res["actions"][k] = (f"mapped:{op}", dst)
-        elif kind == "gpt" and tables.full_match(tables.GPT_CARRY, k):
+        elif kind == "gpt" and tables.full_match(carry, k):
             res["actions"][k] = ("carried", "cond." + k) if v.dtype in FLOAT_DTYPES else ("wrong-dtype", str(v.dtype))
+        elif gpt_layer_ignored and k.startswith("gpt_layer."):
+            res["actions"][k] = ("ignored", tables.S2MEL_25_IGNORE)
         elif (why := core.ignored_why(kind, k, None if dims is None else dims["L"])) is not None:
             res["actions"][k] = ("ignored", why)
-        elif kind == "gpt" and tables.full_match(tables.GPT_25_MARKERS, k):
-            res["actions"][k] = ("unknown", "IndexTTS-2.5 key: no verified table")
+        elif kind == "gpt" and other and other[0] in evidence and tables.full_match(other[1], k):
+            res["actions"][k] = ("unknown", f"an IndexTTS-{other[0]} key in an IndexTTS-{version} gpt.pth")
         else:
             res["actions"][k] = ("unknown", "")
     res["problems"] = []
     if kind == "gpt" and dims is not None:  # the conditioning encoders' completeness and shapes
         carried = [k for k, (a, _) in res["actions"].items() if a == "carried"]
-        c_missing, c_wrong, c_unknown = _check_carried(sd, carried, dims, None)
+        c_missing, c_wrong, c_unknown = _check_carried(sd, carried, dims, None, version)
         res["missing"] += c_missing
         for k in c_unknown:
             res["actions"][k] = ("unknown", "")
@@ -203,7 +242,7 @@ def _inverse_op(op: str, w: torch.Tensor, shapes: tuple[tuple[int, ...], ...]) -
         return [_wn_norms(v, shapes[0]), v.contiguous()]
     if op == "taps":
         return [_untaps(w, shapes[0])]
-    if op == "k1":
+    if op in ("k1", "dw"):
         return [w.reshape(shapes[0])]
     raise ValueError(f"unknown op {op!r}")
 
@@ -224,6 +263,8 @@ def dst_shape(e: Entry) -> tuple[int, ...]:
         return (v[0], v[1] * v[2])
     if e.op == "k1":
         return s[0][:2]
+    if e.op == "dw":
+        return (s[0][0], s[0][2])
     raise ValueError(e.op)
 
 
@@ -234,11 +275,14 @@ def inverse_remap(
     *,
     stack_adaln: bool = True,
     dtype: torch.dtype = torch.float32,
+    version: str = "2.0",
 ) -> dict[str, torch.Tensor]:
     """Fast-pack tensors -> official flat state dict (ignored keys are not recreated; weight-norm pairs come back
-    as (g = ||w||, v = w), which fold to w again bit-exactly; values are cast to ``dtype``)."""
+    as (g = ||w||, v = w), which fold to w again bit-exactly; values are cast to ``dtype``). ``version``: the GPT
+    table (2.0 or 2.5)."""
     out: dict[str, torch.Tensor] = {}
-    for e in expand_rules(kind, dims, parts=select_parts(kind, None, pack), stack_adaln=stack_adaln):
+    parts = select_parts(kind, None, pack, version)
+    for e in expand_rules(kind, dims, parts=parts, stack_adaln=stack_adaln, version=version):
         w = pack[e.dst]
         if e.op.startswith("wn"):
             w = w.float()

@@ -5,8 +5,11 @@ Every name and shape here is read off the official module code (indextts2-infere
 ``indextts/s2mel/modules/commons.py::MyModel`` = {'cfm': CFM -> ``estimator`` = ``diffusion_transformer.DiT``
 (``gpt_fast/model.py::Transformer``, ``wavenet.py::WN`` built from ``encodec.py::SConv1d``),
 'length_regulator': ``length_regulator.py::InterpolateRegulator``, 'gpt_layer': Sequential of 3 Linear}.
-tests/loader/test_loader.py enumerates the official modules' state dicts and checks that these tables cover every key
-exactly once (mapped, carried or ignored), with the shapes given here.
+IndexTTS-2.5 (module code of indextts25-inference 0.2.0): the campplus-only ``gpt/model_v2.py::UnifiedVoice``
+(GPT_RULES_25) and ``codec/models.py::EnhancedCodec``, whose decoding half is CODEC_RULES; its s2mel is the 2.0
+code without gpt_layer. tests/loader/test_loader.py and test_loader_25.py enumerate the official modules' state
+dicts and check that these tables cover every key exactly once (mapped, carried or ignored), with the shapes
+given here.
 
 A rule is ``Rule(dst, srcs, op, cls, shapes, over)``:
     dst     fast-pack name template ({i}: layer index)
@@ -23,6 +26,7 @@ A rule is ``Rule(dst, srcs, op, cls, shapes, over)``:
                           activations [B, T, C])
               taps        Conv1d [out, in, k] -> [out, k*in], same order as wn_taps
               k1          Conv1d [out, in, 1] -> [out, in]
+              dw          depthwise Conv1d [C, 1, k] -> [C, k]
     cls     dtype class, looked up in the dtype policy: gemm_w, gemm_b, norm, embed, other
     shapes  the source shapes as expressions over the model dimensions (see ``dims.model_dims``)
     over    the index set {i} runs over (None: a single tensor); for ``cat0`` with ``each``, srcs are expanded
@@ -40,7 +44,16 @@ __all__ = [
     "GPT_RULES",
     "GPT_IGNORE",
     "GPT_CARRY",
+    "GPT_RULES_25",
+    "GPT_CARRY_25",
     "GPT_25_MARKERS",
+    "GPT_20_MARKERS",
+    "TEXT_ROWS",
+    "CODEC_RULES",
+    "CODEC_IGNORE",
+    "S2MEL_25_IGNORE",
+    "gpt_rules",
+    "gpt_carry",
     "DIT_RULES",
     "DIT_ADALN_SPLIT",
     "DIT_ADALN_STACKED",
@@ -72,12 +85,14 @@ class Rule:
 # Vm mel vocab (number_mel_codes), Pt text positions (max_text_tokens+2), Pm mel positions (max_mel_tokens+3),
 # E emotion input (1024).
 # ----------------------------------------------------------------------------------------------------------------------
-GPT_RULES: tuple[Rule, ...] = (
+_GPT_EMBED: tuple[Rule, ...] = (
     Rule("text_embedding", ("text_embedding.weight",), "copy", "embed", ("Vt,C",)),
     Rule("mel_embedding", ("mel_embedding.weight",), "copy", "embed", ("Vm,C",)),
     Rule("text_pos", ("text_pos_embedding.emb.weight",), "copy", "embed", ("Pt,C",)),
     Rule("mel_pos", ("mel_pos_embedding.emb.weight",), "copy", "embed", ("Pm,C",)),
     Rule("speed_emb", ("speed_emb.weight",), "copy", "embed", ("2,C",)),
+)
+_GPT_STACK: tuple[Rule, ...] = (
     Rule("emovec.w", ("emovec_layer.weight",), "copy", "gemm_w", ("C,E",)),
     Rule("emovec.b", ("emovec_layer.bias",), "copy", "gemm_b", ("C",)),
     Rule("emo.w", ("emo_layer.weight",), "copy", "gemm_w", ("C,C",)),
@@ -101,6 +116,18 @@ GPT_RULES: tuple[Rule, ...] = (
     Rule("final_norm.b", ("final_norm.bias",), "copy", "norm", ("C",)),
     Rule("mel_head.w", ("mel_head.weight",), "copy", "gemm_w", ("Vm,C",)),
     Rule("mel_head.b", ("mel_head.bias",), "copy", "gemm_b", ("Vm",)),
+)
+
+GPT_RULES: tuple[Rule, ...] = _GPT_EMBED + _GPT_STACK  # IndexTTS-2.0
+
+# IndexTTS-2.5 (spk_cond_mode "campplus"): no speed_emb; the CAMPPlus style projection (nn.Linear(192, model_dim),
+# 192 literal in UnifiedVoice) and the language table (len(LANGUAGE_DICT) + 1 = 107 rows, a tokenizer constant).
+GPT_RULES_25: tuple[Rule, ...] = (
+    *(r for r in _GPT_EMBED if r.dst != "speed_emb"),
+    Rule("spk_emb_proj.w", ("spk_emb_proj.weight",), "copy", "gemm_w", ("C,192",)),
+    Rule("spk_emb_proj.b", ("spk_emb_proj.bias",), "copy", "gemm_b", ("C",)),
+    Rule("lang_embedding", ("lang_embedding.weight",), "copy", "embed", ("107,C",)),
+    *_GPT_STACK,
 )
 
 # Keys present in (some) gpt.pth files that the fast path must not use. Full-match regexes.
@@ -129,9 +156,23 @@ GPT_CARRY: tuple[str, ...] = (
     r"(emo_)?perceiver_encoder\.layers\.\d+\.1\.[02]\.(weight|bias)",
 )
 
-# Keys that only an IndexTTS-2.5 gpt.pth has (indextts2-hot-path.md section 5). The reference package has no
-# 2.5 module code, so no table for it is derived here; such files are detected and refused.
+# IndexTTS-2.5 carries the emotion encoders only (no speaker conformer / perceiver).
+GPT_CARRY_25: tuple[str, ...] = tuple(p.replace("(emo_)?", "emo_") for p in GPT_CARRY)
+
+# What tells the versions' gpt.pth apart, by structure (config.yaml's version field and condition_type do not):
+# keys only one of them has (full-match regexes), and text_embedding's row count at the released sizes.
 GPT_25_MARKERS: tuple[str, ...] = (r"spk_emb_proj\..*", r"lang_embedding\..*")
+GPT_20_MARKERS: tuple[str, ...] = (r"conditioning_encoder\..*", r"perceiver_encoder\..*", r"speed_emb\..*")
+TEXT_ROWS: dict[str, int] = {"2.0": 12001, "2.5": 60510}
+
+
+def gpt_rules(version: str) -> tuple[Rule, ...]:
+    return GPT_RULES_25 if version == "2.5" else GPT_RULES
+
+
+def gpt_carry(version: str) -> tuple[str, ...]:
+    return GPT_CARRY_25 if version == "2.5" else GPT_CARRY
+
 
 # ----------------------------------------------------------------------------------------------------------------------
 # s2mel.pth: state['net'] -> {'cfm', 'length_regulator', 'gpt_layer'}; flattened here as '<module>.<key>'.
@@ -326,7 +367,7 @@ DIT_ADALN_STACKED: tuple[Rule, ...] = (
 )
 
 S2MEL_IGNORE: tuple[tuple[str, str], ...] = (
-    (r"cfm\.estimator\.x_embedder\.(weight_g|weight_v|bias)", "DiT.x_embedder: constructed, never called"),
+    (r"cfm\.estimator\.x_embedder\.(weight_g|weight_v|weight|bias)", "DiT.x_embedder: constructed, never called"),
     (r"cfm\.estimator\.cond_embedder\.weight", "DiT.cond_embedder: discrete content path, unused"),
     (r"cfm\.estimator\.content_mask_embedder\.weight", "DiT.content_mask_embedder: unused"),
     (r"cfm\.estimator\.input_pos", "buffer arange(16384); positions are 0..T-1"),
@@ -338,9 +379,66 @@ S2MEL_IGNORE: tuple[tuple[str, str], ...] = (
     (r"length_regulator\.mask_token", "unused parameter"),
 )
 
+# IndexTTS-2.5's s2mel.pth still holds gpt_layer; its s2mel model has none and never loads it.
+S2MEL_25_IGNORE = "gpt_layer: IndexTTS-2.5 never loads it (its s2mel model has no gpt_layer)"
+
 # s2mel.pth 'net' entries, in order, and whether each one is required.
 S2MEL_GROUPS: tuple[tuple[str, bool], ...] = (("cfm", True), ("length_regulator", True), ("gpt_layer", False))
 S2MEL_PARTS: tuple[str, ...] = tuple(g for g, _ in S2MEL_GROUPS)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# codec.pth (IndexTTS-2.5): {'model': state dict, ...}; EnhancedCodec, of which decode reads the quantizer's codebook
+# and out_project, decoder = [VocosBackbone, Linear] and up. Dimensions: V codebook_size, Q codebook_dim,
+# H hidden_size, D vocos_dim, I vocos_intermediate_dim, L vocos_num_layers (ConvNeXt blocks). The kernel sizes
+# (embed 7, dwconv 7, up 3) are literals of the module code.
+# ----------------------------------------------------------------------------------------------------------------------
+_Q = "quantizer.quantizers.0."
+_V = "decoder.0."
+
+CODEC_RULES: tuple[Rule, ...] = (
+    Rule("codec.codebook", (_Q + "codebook.weight",), "copy", "embed", ("V,Q",)),
+    # out_project: weight-normed Conv1d Q -> H, k1, applied to the raw codebook rows
+    Rule(
+        "codec.out_proj.w",
+        (_Q + "out_project.weight_g", _Q + "out_project.weight_v"),
+        "wn",
+        "gemm_w",
+        ("H,1,1", "H,Q,1"),
+    ),
+    Rule("codec.out_proj.b", (_Q + "out_project.bias",), "copy", "gemm_b", ("H",)),
+    # VocosBackbone: embed Conv1d H -> D k7 (zero pad 3), LayerNorm (eps 1e-6), L ConvNeXt blocks, final LayerNorm
+    Rule("codec.embed.w", (_V + "embed.weight",), "taps", "gemm_w", ("D,H,7",)),
+    Rule("codec.embed.b", (_V + "embed.bias",), "copy", "gemm_b", ("D",)),
+    Rule("codec.norm.w", (_V + "norm.weight",), "copy", "norm", ("D",)),
+    Rule("codec.norm.b", (_V + "norm.bias",), "copy", "norm", ("D",)),
+    Rule("codec.blocks.{i}.dw.w", (_V + "convnext.{i}.dwconv.weight",), "dw", "other", ("D,1,7",), over="L"),
+    Rule("codec.blocks.{i}.dw.b", (_V + "convnext.{i}.dwconv.bias",), "copy", "other", ("D",), over="L"),
+    Rule("codec.blocks.{i}.norm.w", (_V + "convnext.{i}.norm.weight",), "copy", "norm", ("D",), over="L"),
+    Rule("codec.blocks.{i}.norm.b", (_V + "convnext.{i}.norm.bias",), "copy", "norm", ("D",), over="L"),
+    Rule("codec.blocks.{i}.pw1.w", (_V + "convnext.{i}.pwconv1.weight",), "copy", "gemm_w", ("I,D",), over="L"),
+    Rule("codec.blocks.{i}.pw1.b", (_V + "convnext.{i}.pwconv1.bias",), "copy", "gemm_b", ("I",), over="L"),
+    Rule("codec.blocks.{i}.pw2.w", (_V + "convnext.{i}.pwconv2.weight",), "copy", "gemm_w", ("D,I",), over="L"),
+    Rule("codec.blocks.{i}.pw2.b", (_V + "convnext.{i}.pwconv2.bias",), "copy", "gemm_b", ("D",), over="L"),
+    Rule("codec.blocks.{i}.gamma", (_V + "convnext.{i}.gamma",), "copy", "other", ("D",), over="L"),
+    Rule("codec.final_norm.w", (_V + "final_layer_norm.weight",), "copy", "norm", ("D",)),
+    Rule("codec.final_norm.b", (_V + "final_layer_norm.bias",), "copy", "norm", ("D",)),
+    # decoder.1: Linear D -> H; then nearest x2 in time and up: Conv1d H -> H, k3 (zero pad 1)
+    Rule("codec.proj.w", ("decoder.1.weight",), "copy", "gemm_w", ("H,D",)),
+    Rule("codec.proj.b", ("decoder.1.bias",), "copy", "gemm_b", ("H",)),
+    Rule("codec.up.w", ("up.weight",), "taps", "gemm_w", ("H,H,3",)),
+    Rule("codec.up.b", ("up.bias",), "copy", "gemm_b", ("H",)),
+)
+
+# The encoding half, which inference never runs.
+CODEC_IGNORE: tuple[tuple[str, str], ...] = (
+    (r"encoder\..*", "encoder: the encoding half, never run at inference"),
+    (r"down\.(weight|bias|weight_g|weight_v)", "down: the encoder's downsampling conv, never run at inference"),
+    (
+        r"quantizer\.quantizers\.0\.in_project\.(weight_g|weight_v|weight|bias)",
+        "quantizer in_project: encoding only (decode reads codebook rows)",
+    ),
+)
 
 
 def s2mel_rules(parts: tuple[str, ...], stack_adaln: bool = True) -> tuple[Rule, ...]:

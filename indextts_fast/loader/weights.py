@@ -1,5 +1,6 @@
-"""Kernel-layout weights: the Fast*Weights dataclasses over pack tensors (remap_live's of a live module, or a fast
-pack's: indextts_fast.checkpoint.load_pack), every tensor taken as it is."""
+"""Kernel-layout weights: the Fast*Weights dataclasses (GPT, s2mel, IndexTTS-2.5 codec) over pack tensors
+(remap_live's of a live module, or a fast pack's: indextts_fast.checkpoint.load_pack), every tensor taken as it
+is."""
 
 from __future__ import annotations
 
@@ -27,7 +28,8 @@ class FastGPTLayer:
 
 @dataclass
 class FastGPTWeights:
-    """UnifiedVoice's GPT-2 in kernel layout. logits = mel_head(final_norm(ln_f(h))); see the module docstring."""
+    """UnifiedVoice's GPT-2 in kernel layout. logits = mel_head(final_norm(ln_f(h))); see the module docstring.
+    IndexTTS-2.0 has speed_emb; IndexTTS-2.5 has none, but spk_emb_proj_w / _b and lang_embedding."""
 
     config: dict
     meta: dict
@@ -35,7 +37,7 @@ class FastGPTWeights:
     mel_embedding: torch.Tensor
     text_pos: torch.Tensor
     mel_pos: torch.Tensor
-    speed_emb: torch.Tensor
+    speed_emb: Optional[torch.Tensor]  # None in IndexTTS-2.5
     emovec_w: torch.Tensor
     emovec_b: torch.Tensor
     emo_w: torch.Tensor
@@ -48,6 +50,10 @@ class FastGPTWeights:
     mel_head_w: torch.Tensor
     mel_head_b: torch.Tensor
     cond: dict[str, torch.Tensor]  # conditioning encoders, official names, verbatim
+    spk_emb_proj_w: Optional[torch.Tensor] = None  # IndexTTS-2.5: [C, 192] (CAMPPlus style -> width)
+    spk_emb_proj_b: Optional[torch.Tensor] = None
+    lang_embedding: Optional[torch.Tensor] = None  # IndexTTS-2.5: [107, C]
+    version: str = "2.0"
 
 
 @dataclass
@@ -113,6 +119,43 @@ class FastLengthRegulatorWeights:
 
 
 @dataclass
+class FastCodecBlock:
+    dw_w: torch.Tensor  # [D, 7] depthwise taps
+    dw_b: torch.Tensor
+    norm_w: torch.Tensor  # LayerNorm, eps 1e-6
+    norm_b: torch.Tensor
+    pw1_w: torch.Tensor  # [I, D]
+    pw1_b: torch.Tensor
+    pw2_w: torch.Tensor  # [D, I]
+    pw2_b: torch.Tensor
+    gamma: torch.Tensor  # [D] layer scale
+
+
+@dataclass
+class FastCodecWeights:
+    """IndexTTS-2.5's EnhancedCodec decoding half in kernel layout: codebook [V, Q] -> out_proj (weight norm folded)
+    [H, Q] -> embed [D, 7H] (tap-major) -> LayerNorm -> ConvNeXt blocks (erf-GELU) -> LayerNorm -> proj [H, D] ->
+    nearest x2 in time -> up [H, 3H] (tap-major)."""
+
+    config: dict
+    meta: dict
+    codebook: torch.Tensor
+    out_proj_w: torch.Tensor
+    out_proj_b: torch.Tensor
+    embed_w: torch.Tensor
+    embed_b: torch.Tensor
+    norm_w: torch.Tensor
+    norm_b: torch.Tensor
+    blocks: list[FastCodecBlock]
+    final_norm_w: torch.Tensor
+    final_norm_b: torch.Tensor
+    proj_w: torch.Tensor
+    proj_b: torch.Tensor
+    up_w: torch.Tensor
+    up_b: torch.Tensor
+
+
+@dataclass
 class FastS2MelWeights:
     config: dict
     meta: dict
@@ -145,16 +188,32 @@ def _build_gpt(t: dict[str, torch.Tensor], dims: dict, meta: dict) -> FastGPTWei
         for i in range(dims["L"])
     ]
     return FastGPTWeights(
-        dims, meta, t["text_embedding"], t["mel_embedding"], t["text_pos"], t["mel_pos"], t["speed_emb"],
+        dims, meta, t["text_embedding"], t["mel_embedding"], t["text_pos"], t["mel_pos"], t.get("speed_emb"),
         t["emovec.w"], t["emovec.b"], t["emo.w"], t["emo.b"], layers, t["ln_f.w"], t["ln_f.b"], t["final_norm.w"],
         t["final_norm.b"], t["mel_head.w"], t["mel_head.b"],
         {k[len("cond.") :]: v for k, v in t.items() if k.startswith("cond.")},
+        t.get("spk_emb_proj.w"), t.get("spk_emb_proj.b"), t.get("lang_embedding"),
+        "2.5" if "spk_emb_proj.w" in t else "2.0",
     )  # fmt: skip
 
 
 def gpt_weights(t: dict[str, torch.Tensor], dims: dict, meta: Optional[dict] = None) -> FastGPTWeights:
-    """FastGPTWeights over pack tensors (load_pack's, or remap_live's of a live UnifiedVoice)."""
+    """FastGPTWeights over pack tensors (load_pack's, or remap_live's of a live UnifiedVoice, 2.0 or 2.5)."""
     return _build_gpt(t, dims, meta or {})
+
+
+def codec_weights(t: dict[str, torch.Tensor], dims: dict, meta: Optional[dict] = None) -> FastCodecWeights:
+    """FastCodecWeights over the ``codec.*`` pack tensors (load_pack's, or remap_live's of a live EnhancedCodec)."""
+    blocks = [
+        FastCodecBlock(*(t[f"codec.blocks.{i}.{n}"] for n in ("dw.w", "dw.b", "norm.w", "norm.b", "pw1.w", "pw1.b",
+                                                                "pw2.w", "pw2.b", "gamma")))
+        for i in range(dims["L"])
+    ]  # fmt: skip
+    return FastCodecWeights(
+        dims, meta or {}, t["codec.codebook"], t["codec.out_proj.w"], t["codec.out_proj.b"], t["codec.embed.w"],
+        t["codec.embed.b"], t["codec.norm.w"], t["codec.norm.b"], blocks, t["codec.final_norm.w"],
+        t["codec.final_norm.b"], t["codec.proj.w"], t["codec.proj.b"], t["codec.up.w"], t["codec.up.b"],
+    )  # fmt: skip
 
 
 def dit_weights(t: dict[str, torch.Tensor], dims: dict, stack_adaln: bool) -> FastDiTWeights:

@@ -131,6 +131,20 @@ def gpt_layer_forward(s, x):
     return x
 
 
+def codec_decode(c, codes: torch.Tensor) -> torch.Tensor:
+    """IndexTTS-2.5's codec decode from FastCodecWeights: codes [B, M] -> features [B, 2M, H] (channel-last)."""
+    x = _lin(F.embedding(codes, c.codebook), c.out_proj_w, c.out_proj_b)  # out_project on the raw codebook rows
+    x = _ln(_conv_taps(x, c.embed_w, c.embed_b, 7, "constant"), c.norm_w, c.norm_b, 1e-6)
+    T = x.shape[1]
+    for b in c.blocks:
+        xp = F.pad(x, (0, 0, 3, 3))  # depthwise k7, zero pad 3: y[t, d] = sum_j x[t + j - 3, d] * dw[d, j]
+        y = sum(xp[:, j : j + T] * b.dw_w[:, j].to(x.dtype) for j in range(7)) + b.dw_b.to(x.dtype)
+        y = _lin(F.gelu(_lin(_ln(y, b.norm_w, b.norm_b, 1e-6), b.pw1_w, b.pw1_b)), b.pw2_w, b.pw2_b)
+        x = x + b.gamma.to(x.dtype) * y
+    x = _lin(_ln(x, c.final_norm_w, c.final_norm_b, 1e-6), c.proj_w, c.proj_b)
+    return _conv_taps(x.repeat_interleave(2, dim=1), c.up_w, c.up_b, 3, "constant")  # nearest x2, then up
+
+
 def upcast_weights(obj):
     """A copy of a Fast*Weights dataclass tree with every floating tensor in fp64 (the oracle's weights)."""
     import dataclasses
