@@ -308,9 +308,14 @@ def main(argv=None) -> int:
     if args.model_dir is not None:
         from pathlib import Path
 
+        from .synth import model_version
+
         gone = [n for n in ("config.yaml", "gpt.pth", "s2mel.pth") if not (Path(args.model_dir) / n).is_file()]
         if gone:
             return fail("demo", f"--model-dir {args.model_dir} lacks {', '.join(gone)}")
+        if model_version(Path(args.model_dir)) == "2.5":
+            why = "the demo's real-weight stages are IndexTTS-2's; its 2.5 rows run on random weights (synth runs it)"
+            return fail("demo", f"--model-dir {args.model_dir} is IndexTTS-2.5 (codec.pth): {why}")
     card = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     models = f"real weights {args.model_dir}" if args.model_dir else f"{size} models"
     header = (f"indextts_fast {indextts_fast.__version__} on {card}: official {version} ({line} line), torch "

@@ -83,12 +83,15 @@ def test_bad_arguments_and_environment(capsys, monkeypatch, argv, env, names):
 
 
 def _model_dir(tmp_path, case):
-    """A model directory (config.yaml, gpt.pth, s2mel.pth) of the tiny official models, one file spoilt."""
+    """A model directory (config.yaml, gpt.pth, s2mel.pth) of the tiny official models, one file spoilt (case
+    None: none)."""
     cond = dict(official.TINY_COND)
     gpt = dict(official.gpt_config()["gpt"], condition_module=cond, emo_condition_module=cond)
     (tmp_path / "config.yaml").write_text(yaml.safe_dump({"gpt": gpt, "s2mel": official.s2mel_config()}))
     torch.save(official.build_unified_voice("tiny", 0, post_init=False).state_dict(), tmp_path / "gpt.pth")
     torch.save(s2mel_container(official.build_s2mel()), tmp_path / "s2mel.pth")
+    if case is None:
+        return tmp_path, None
     spoilt = {
         "config_garbage": ("config.yaml", lambda p: p.write_text("gpt: [unclosed\n")),
         "config_list": ("config.yaml", lambda p: p.write_text("- 1\n- 2\n")),
@@ -125,9 +128,28 @@ def test_synth_names_what_is_missing(tmp_path):
     (tmp_path / "v.wav").write_bytes(b"RIFF")
     res = _run("synth", "--model-dir", str(tmp_path), *args[:4], "--out", str(tmp_path / "no" / "o.wav"))
     _refused(res.returncode, res.stderr, "not a file path in an existing directory")
+    res = _run("synth", "--model-dir", str(tmp_path), *args)  # the checkpoints are read for their keys first
+    _refused(res.returncode, res.stderr, tmp_path / "gpt.pth")
+    _model_dir(tmp_path, None)  # the tiny official models' checkpoints
     # the official package is here without its own requirements (librosa, ...): infer_v2 cannot be imported
     res = _run("synth", "--model-dir", str(tmp_path), *args)
-    _refused(res.returncode, res.stderr, "the official IndexTTS2 package cannot be imported")
+    _refused(res.returncode, res.stderr, "the official IndexTTS2 package (indextts.infer_v2) cannot be imported")
+
+
+def test_synth_tells_2_5_from_its_files(tmp_path):
+    """A codec.pth or the tiktoken vocabulary makes the directory IndexTTS-2.5's: its files are named, its
+    checkpoints must all be 2.5 (a 2.0 gpt.pth beside a codec.pth is refused by name), --fp16 is 2.0's option."""
+    args = ["--voice", str(tmp_path / "v.wav"), "--text", "hi", "--out", str(tmp_path / "o.wav")]
+    _model_dir(tmp_path, None)
+    (tmp_path / "v.wav").write_bytes(b"RIFF")
+    torch.save({"model": {"quantizer.quantizers.0.codebook.weight": torch.ones(8, 8)}}, tmp_path / "codec.pth")
+    res = _run("synth", "--model-dir", str(tmp_path), *args)
+    _refused(res.returncode, res.stderr, "lacks multilingual_zh_ja_yue_char_del.tiktoken", "IndexTTS-2.5")
+    (tmp_path / "multilingual_zh_ja_yue_char_del.tiktoken").write_text("IQ== 0\n")
+    res = _run("synth", "--model-dir", str(tmp_path), *args, "--fp16")
+    _refused(res.returncode, res.stderr, "--fp16", "IndexTTS-2.5", "--bf16")
+    res = _run("synth", "--model-dir", str(tmp_path), *args)
+    _refused(res.returncode, res.stderr, "gpt.pth is IndexTTS-2.0")
 
 
 def test_ops_demo_runs_every_op_on_the_interpreter():

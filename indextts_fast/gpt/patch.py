@@ -44,6 +44,9 @@ from .sampling import UnsupportedGeneration, resolve_generation_args
 __all__ = ["unsupported_reason", "is_indextts25", "build_fast_gpt", "masked_rows", "GPTPatch", "MAX_DECODERS"]
 
 _SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+# the tanh GELU the fused MLP computes, by the names transformers gives it (indextts25-inference's 2.5 GPT-2 config
+# says gelu_pytorch_tanh: the same formula)
+_GELU_TANH = ("gelu_new", "gelu_pytorch_tanh")
 MAX_DECODERS = 2  # decoders (KV caches) kept per model: one per row count (batch 1 and a beam count), LRU
 
 
@@ -65,8 +68,10 @@ def unsupported_reason(uv) -> Optional[str]:
     if getattr(uv, "accel_engine", None) is not None:
         return "the accel engine (use_accel=True) generates instead of inference_model.generate"
     cfg = gpt.config
+    act = getattr(cfg, "activation_function", None)
+    if act not in _GELU_TANH:
+        return f"GPT-2 config: activation_function={act!r} (expected one of {', '.join(map(repr, _GELU_TANH))})"
     checks = {
-        "activation_function": (getattr(cfg, "activation_function", None), "gelu_new"),
         "add_cross_attention": (getattr(cfg, "add_cross_attention", False), False),
         "scale_attn_weights": (getattr(cfg, "scale_attn_weights", True), True),
         "scale_attn_by_inverse_layer_idx": (getattr(cfg, "scale_attn_by_inverse_layer_idx", False), False),
