@@ -239,7 +239,8 @@ class Models25:
         self.prompt_cond, _, self.ref_mel, self.style = official.cfm_inputs(
             self.s2.models["cfm"], frames=s.prompt, prompt=s.prompt, seed=seed + 2, device=device
         )
-        self.codes = max(s.codes // 2, 2)  # 25 codes per second of audio
+        # 25 codes per second of audio: half of 2.0's codes for the same audio (tiny: the same few codes)
+        self.codes, self.short = (s.codes // 2, s.short // 2) if size == "full" else (s.codes, s.short)
 
     def generate(self, codes: int, seed: int = 7) -> torch.Tensor:
         from indextts_fast.official import OFFICIAL_DEFAULTS, generate25
@@ -278,7 +279,7 @@ def _rows25(name: str, m: Models25, dev) -> list[Row]:
     if peak is not None:
         rows.append(Row(name, "2.5 peak MiB (synthesis)", peak / 2**20, "MiB"))
     long_out, _, t_long, _ = _timed(lambda: m.generate(m.codes), dev, s.repeats)
-    short_out, _, t_short, _ = _timed(lambda: m.generate(max(s.short // 2, 1)), dev, s.repeats)
+    short_out, _, t_short, _ = _timed(lambda: m.generate(m.short), dev, s.repeats)
     ms = 1000 * (t_long - t_short) / max(int(long_out.shape[1]) - int(short_out.shape[1]), 1)
     rows.append(Row(name, f"2.5 gpt ms/token, 3 beams, {gpt}", ms, "ms",
                     f"{long_out.shape[1]} - {short_out.shape[1]} codes"))  # fmt: skip
