@@ -20,11 +20,14 @@ quiet_pip() { "$PY" -m pip "$@" 2> >(grep -v "is ignored: it is neither a file n
 VENV_REPO=${VENV_REPO:-.venv-tf452}
 REPO_LINE_TESTS=(tests/gpt/test_gpt_enable.py tests/s2mel/test_s2mel_fast.py tests/test_integration.py
     tests/test_official_norm.py tests/test_official_attention.py tests/test_official_ffn.py tests/test_cli.py
-    tests/test_enable_hostile.py tests/gpt/test_generation_args.py tests/gpt/test_indextts25.py)
+    tests/test_enable_hostile.py tests/gpt/test_generation_args.py tests/gpt/test_indextts25.py
+    tests/e2e/test_infer_v2.py)
 setup_repository_line() {
     [ -x "$VENV_REPO/bin/python" ] || python3 -m venv "$VENV_REPO"
+    # omegaconf, json5: what importing the official infer_v2 needs beyond the modules (tests/e2e)
     "$VENV_REPO/bin/python" -m pip install -q --disable-pip-version-check -c constraints-cpu.txt \
-        'transformers==4.52.1' -e '.[test]' 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+        'transformers==4.52.1' 'omegaconf==2.4.0' 'json5==0.17.3' -e '.[test]' \
+        2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
     "$VENV_REPO/bin/python" -m pip install -q --disable-pip-version-check --no-deps 'tts-webui-index-tts==2.0.1' \
         'indextts25-inference==0.2.0' 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
 }
@@ -39,7 +42,7 @@ setup() {
     # official ee40fa7; its GPT departs from the official one, so the GPT's 2.5 reference is the fixtures under
     # tests/fixtures/official25, made by tools/official25_fixtures.py). Its GPT module imports tiktoken.
     quiet_pip install -q --disable-pip-version-check --no-deps 'indextts25-inference==0.2.0'
-    quiet_pip install -q --disable-pip-version-check -c constraints-cpu.txt 'tiktoken==0.14.0'
+    quiet_pip install -q --disable-pip-version-check -c constraints-cpu.txt 'tiktoken==0.14.0' 'omegaconf==2.4.0'
     if ! command -v nvidia-smi >/dev/null 2>&1; then
         "$PY" - <<'PYEOF'
 import sys, torch

@@ -214,6 +214,9 @@ def _without_rows(args, pad: int):
     return dataclasses.replace(args, max_length=args.max_length - pad, min_length=max(0, args.min_length - pad))
 
 
+_WRAPPED = ("get_logits", "inference_speech", "post_init_gpt2_config")
+
+
 def _autocast_off(device: torch.device):
     return torch.autocast(device.type, enabled=False)
 
@@ -232,7 +235,8 @@ class GPTPatch(AttrPatch):
         self.status, self.detail = "fast", ""
         self._gen = AttrPatch()  # the generate attribute of the current inference model
         self._offsets: dict = {}
-        self._official = {n: getattr(uv, n) for n in ("get_logits", "inference_speech", "post_init_gpt2_config")}
+        # the methods this UnifiedVoice has (a 2.5 one may have no get_logits: it makes no teacher-forced pass)
+        self._official = {n: getattr(uv, n) for n in _WRAPPED if callable(getattr(uv, n, None))}
 
     # --- each call: the part's current fast weights, or a clear error --------------------------------------------
     def current(self) -> FastGPT:
@@ -353,7 +357,7 @@ class GPTPatch(AttrPatch):
     def install(self, note: str) -> None:
         uv = self.uv
         self._target_inference_model()
-        for name in ("get_logits", "inference_speech", "post_init_gpt2_config"):
+        for name in self._official:
             self._set(uv, name, getattr(self, name))
         self._note_in_repr(uv, note)
 
