@@ -231,15 +231,11 @@ def _bf16_prompt_row(size, device, prompt, timed_off, timed_ours, backend) -> Ro
 
     def official_logits(uv, dtype):
         prefix, ids, mask = prompt
-        im = uv.inference_model
-        im.store_mel_emb(prefix.to(device, dtype if dtype == torch.float64 else prefix.dtype))
-        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
-            step = im.prepare_inputs_for_generation(ids.to(device), attention_mask=mask.to(device), use_cache=True)
-            return im(**step, return_dict=True).logits[:, -1].float()
+        prefix = prefix.to(device, dtype if dtype == torch.float64 else prefix.dtype)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+            return official.prompt_pass(uv, prefix, ids.to(device), mask.to(device))[1].float()
 
     def ours_logits(uv):
-        from .gpt.decode import Decoder
-
         fast = build_fast_gpt(uv)
         prefix, ids, mask = prompt
         pad = int((mask[0] == 0).sum())
@@ -247,8 +243,7 @@ def _bf16_prompt_row(size, device, prompt, timed_off, timed_ours, backend) -> Ro
         with torch.no_grad():
             emb = torch.cat([fast.to_stream(prefix[:, pad:].to(device)),
                              fast.embed_mel(tail, torch.arange(tail.shape[1], device=device))], dim=1)  # fmt: skip
-            dec = Decoder(fast, 1, emb.shape[1], graphs=False)
-            return fast.logits(fast.prefill(emb, dec.cache)[:, -1])
+            return fast.logits(fast.causal(emb)[:, -1])
 
     half = build(torch.bfloat16)
     low, t_off = timed_off(lambda: official_logits(half, torch.bfloat16))

@@ -20,8 +20,9 @@ The harness:
 - inputs and calls as infer_v2 makes them: ``speech_inputs``, ``inference_speech``, ``teacher_forced_latents``,
   ``dit_inputs``, ``cfm_inputs``, ``cfm_run``, ``OFFICIAL_DEFAULTS``;
 - IndexTTS-2.5: ``indextts25_prompt`` and ``generate25`` (the prompt its inference_speech hands generate, and that
-  call), ``build_s2mel(version="2.5")`` (indextts25-inference's s2mel), ``seeded_by_name`` (weights drawn per name,
-  shared with tools/official25_fixtures.py);
+  call), ``prompt_pass`` (generate's first forward on such a prompt), ``build_s2mel(version="2.5")``
+  (indextts25-inference's s2mel), ``seeded_by_name`` (weights drawn per name, shared with
+  tools/official25_fixtures.py);
 - ``from_model_dir``: the official modules from a model directory's config.yaml and checkpoints (real weights).
 """
 
@@ -61,6 +62,7 @@ __all__ = [
     "build_models",
     "indextts25_prompt",
     "generate25",
+    "prompt_pass",
     "seeded_by_name",
     "OFFICIAL_DEFAULTS",
     "speech_inputs",
@@ -177,15 +179,19 @@ def _size(size: str) -> str:
 # the official default init (drawn from torch's global generator, seeded with ``seed`` before the constructors run),
 # with what it leaves constant perturbed so that no norm is an identity and no bias a zero.
 # ----------------------------------------------------------------------------------------------------------------------
-def _randomize(module: torch.nn.Module, seed: int) -> None:
+def _randomize(module: torch.nn.Module, seed: int, *, conv_fan_in: bool = False) -> None:
     """Every floating parameter and buffer N(0, 1) / sqrt(fan-in) (never zeros, never the init's ones and zeros),
-    save the fixed tables (RoPE ``freqs``, the conformer's ``pos_enc.pe``)."""
+    save the fixed tables (RoPE ``freqs``, the conformer's ``pos_enc.pe``). The fan-in is the last dimension;
+    ``conv_fan_in``: a convolution's is its input channels times its taps. indextts25-inference folds weight norm
+    at load, so its convolutions hold plain weights: drawn with the taps as fan-in they would be sqrt(channels)
+    too large and its WaveNet chaotic (fp32 and fp64 apart by the size of the output), where the official
+    weight-normed ones are normalized per output channel."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in list(module.named_parameters()) + list(module.named_buffers()):
             if not p.is_floating_point() or name.endswith("freqs") or name.endswith("pos_enc.pe"):
                 continue
-            fan = p.shape[-1] if p.dim() > 1 else 1
+            fan = (p[0].numel() if conv_fan_in and p.dim() > 2 else p.shape[-1]) if p.dim() > 1 else 1
             p.copy_(torch.randn(p.shape, generator=g) / fan**0.5)
 
 
@@ -212,20 +218,6 @@ def seeded_by_name(module: torch.nn.Module, seed: int, *, stop_bias: float = 0.0
 def _is_norm_gain(name: str, p: torch.Tensor) -> bool:
     leaf = name.rsplit(".", 2)
     return p.dim() == 1 and leaf[-1] == "weight" and any(k in leaf[-2] for k in ("ln", "norm"))
-
-
-def _randomize_fan_in(module: torch.nn.Module, seed: int) -> None:
-    """As ``_randomize``, with a convolution's fan-in its input channels times its taps. indextts25-inference folds
-    weight norm at load, so its convolutions hold plain weights: drawn with ``_randomize``'s last-dimension fan-in
-    (the taps) they would be sqrt(channels) too large, and its WaveNet chaotic (fp32 and fp64 apart by the size of
-    the output), where the official weight-normed ones are normalized per output channel."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in list(module.named_parameters()) + list(module.named_buffers()):
-            if not p.is_floating_point() or name.endswith("freqs") or name.endswith("pos_enc.pe"):
-                continue
-            fan = (p.shape[-1] if p.dim() == 2 else p[0].numel()) if p.dim() > 1 else 1
-            p.copy_(torch.randn(p.shape, generator=g) / fan**0.5)
 
 
 def _perturb_defaults(module: torch.nn.Module, seed: int) -> None:
@@ -350,7 +342,7 @@ def build_s2mel(size: str = "tiny", seed: int = 0, *, setup_caches: bool = True,
     else:
         raise ValueError(f"version must be '2.0' or '2.5', not {version!r}")
     if version == "2.5" and size == "tiny":
-        _randomize_fan_in(m, seed)
+        _randomize(m, seed, conv_fan_in=True)
     else:
         _random_weights(m, size, seed)
     if setup_caches:
@@ -437,6 +429,25 @@ def generate25(uv, prompt, steps: int, *, seed: int = 7, **gen):
                           eos_token_id=uv.stop_mel_token, attention_mask=mask, max_length=ids.shape[1] + steps,
                           logits_processor=LogitsProcessorList(), **gen)  # fmt: skip
     return out[:, ids.shape[1] :]
+
+
+def prompt_pass(uv, prefix: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor):
+    """The official inference model's first forward of a generation on a stored prompt (the prefill generate
+    makes, under whatever autocast the caller holds): (``gpt.ln_f`` output, logits) at the last position."""
+    im, got = uv.inference_model, {}
+
+    def keep(module, args, out):
+        got.setdefault("hidden", out[0][:, -1])
+
+    hook = im.transformer.register_forward_hook(keep)
+    try:
+        im.store_mel_emb(prefix)
+        with torch.no_grad():
+            step = im.prepare_inputs_for_generation(ids, attention_mask=mask, use_cache=True)
+            out = im(**step, return_dict=True)
+    finally:
+        hook.remove()
+    return got["hidden"], out.logits[:, -1]
 
 
 def speech_inputs(seed: int = 1, frames: int = 37, text_len: int = 9, device="cpu"):

@@ -41,7 +41,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from indextts_fast.official import seeded_by_name  # noqa: E402
+from indextts_fast.official import prompt_pass, seeded_by_name  # noqa: E402
 
 # head_dim 64 (the fast GPT's attention kernels take 64 and 128), vocabularies of a few dozen codes
 CONFIG = dict(layers=2, model_dim=128, heads=2, max_text_tokens=32, max_mel_tokens=48, number_text_tokens=100,
@@ -135,27 +135,14 @@ def run_case(uv, gen: dict, text: list, lang, seed: int) -> dict:
     return seen
 
 
-def prompt_outputs(uv, seen: dict, dtype=None):
-    """The official inference model's first forward on the stored prompt: its last hidden state and logits."""
-    im = uv.inference_model
-    got = {}
-
-    def keep(module, args, out):
-        got.setdefault("hidden", out[0][:, -1].float())
-
-    hook = im.transformer.register_forward_hook(keep)
-    try:
-        with torch.no_grad(), contextlib.ExitStack() as stack:
-            if dtype is not None:
-                stack.enter_context(torch.autocast("cpu", dtype=dtype))
-            im.store_mel_emb(seen["prefix"])
-            mask = seen["kwargs"]["attention_mask"]
-            step = im.prepare_inputs_for_generation(seen["inputs"], attention_mask=mask, use_cache=True)
-            out = im(**step, return_dict=True)  # the forward generate makes first
-        got["logits"] = out.logits[:, -1].float()
-    finally:
-        hook.remove()
-    return got
+def prompt_outputs(uv, seen: dict, dtype=None) -> dict:
+    """The official inference model's first forward on the stored prompt (``official.prompt_pass``), under CPU
+    autocast at ``dtype`` (None: none): its last hidden state and logits, as fp32."""
+    with contextlib.ExitStack() as stack:
+        if dtype is not None:
+            stack.enter_context(torch.autocast("cpu", dtype=dtype))
+        hidden, logits = prompt_pass(uv, seen["prefix"], seen["inputs"], seen["kwargs"]["attention_mask"])
+    return {"hidden": hidden.float(), "logits": logits.float()}
 
 
 def check(mv) -> int:

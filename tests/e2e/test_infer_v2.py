@@ -30,6 +30,8 @@ from indextts_fast.official import official_line
 
 from . import harness as H
 
+VERSION = "2.0"  # the offline object conftest.py builds
+
 TEXT = "The fox runs away. A dog sleeps here! Then the cat comes back."
 SEGMENT_TOKENS = 12  # three segments of 7, 7 and 9 tokens
 CASES = {
@@ -39,24 +41,6 @@ CASES = {
     "sample_one_beam": dict(seed=1, max_mel_tokens=20, num_beams=1),
 }
 RUNS_OUT = dict(seed=0, max_mel_tokens=12)  # the first generation runs out of max_mel_tokens
-
-
-@pytest.fixture(autouse=True)
-def _torch_ops(monkeypatch):
-    monkeypatch.setenv("INDEXTTS_FAST_BACKEND", "torch")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    with H.one_thread():
-        yield
-
-
-@pytest.fixture(scope="module")
-def offline(tmp_path_factory):
-    """(the fp32 object, the same weights in fp64)."""
-    d = tmp_path_factory.mktemp("infer_v2")
-    return H.build("2.0", d / "fp32"), H.build("2.0", d / "fp64", dtype=torch.float64)
 
 
 def _infer(o, path, case):

@@ -20,6 +20,8 @@ import indextts_fast
 
 from . import harness as H
 
+VERSION = "2.5"  # the offline object conftest.py builds
+
 TEXT = "The fox runs. A dog sleeps!"
 SEGMENT_TOKENS = 16  # "the fox runs." and " a dog sleeps!" after the language prefix
 CASES = {
@@ -31,24 +33,6 @@ CASES = {
     "greedy": dict(seed=0, max_mel_tokens=12, do_sample=False, num_beams=1),
 }
 STOPS = {"beam_sample_defaults": [True, False], "sample_one_beam": [False, True], "greedy": [False, False]}
-
-
-@pytest.fixture(autouse=True)
-def _torch_ops(monkeypatch):
-    monkeypatch.setenv("INDEXTTS_FAST_BACKEND", "torch")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    with H.one_thread():
-        yield
-
-
-@pytest.fixture(scope="module")
-def offline(tmp_path_factory):
-    """(the fp32 object, the same weights in fp64)."""
-    d = tmp_path_factory.mktemp("infer_v2_5")
-    return H.build("2.5", d / "fp32"), H.build("2.5", d / "fp64", dtype=torch.float64)
 
 
 def _infer(o, path, case):

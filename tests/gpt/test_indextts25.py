@@ -26,7 +26,7 @@ import indextts_fast
 from indextts_fast import ops
 from indextts_fast.gpt.patch import build_fast_gpt
 from indextts_fast.gpt.sampling import UnsupportedGeneration
-from indextts_fast.official import import_official, official_line, seeded_by_name
+from indextts_fast.official import import_official, official_line, prompt_pass, seeded_by_name
 
 from ..autocast_ref import official_autocast
 from ..helpers import assert_close_rel
@@ -89,24 +89,11 @@ def test_tokens_are_the_official_25(uv, tensors, name):
 
 
 def _prompt_pass_official(uv, case, tensors, dtype=torch.float32, half=False):
-    """The official inference model's first forward on the stored prompt, at ``dtype`` (the prompt too):
-    (ln_f output, logits) at the last position."""
-    im, got = uv.inference_model, {}
-
-    def keep(module, args, out):
-        got.setdefault("h", out[0][:, -1])
-
-    hook = im.transformer.register_forward_hook(keep)
-    try:
-        im.store_mel_emb(tensors[f"{case['name']}.prefix"].to(dtype))
-        ids, mask = torch.tensor(case["input_ids"]), torch.tensor(case["attention_mask"])
-        ctx = official_autocast("cpu", torch.bfloat16) if half else torch.autocast("cpu", enabled=False)
-        with torch.no_grad(), ctx:
-            step = im.prepare_inputs_for_generation(ids, attention_mask=mask, use_cache=True)
-            out = im(**step, return_dict=True)
-    finally:
-        hook.remove()
-    return got["h"], out.logits[:, -1]
+    """``official.prompt_pass`` on the case's stored prompt at ``dtype`` (half: under use_bf16's autocast)."""
+    ids, mask = torch.tensor(case["input_ids"]), torch.tensor(case["attention_mask"])
+    ctx = official_autocast("cpu", torch.bfloat16) if half else torch.autocast("cpu", enabled=False)
+    with ctx:
+        return prompt_pass(uv, tensors[f"{case['name']}.prefix"].to(dtype), ids, mask)
 
 
 def _prompt_pass_ours(uv, case, tensors):
