@@ -24,6 +24,7 @@ from indextts_kernels._validate import (
 )
 
 from ._dispatch import TORCH, backend_for
+from .nodes import launcher
 from .profiling import op_range
 
 __all__ = [
@@ -43,7 +44,7 @@ __all__ = [
 
 def _run(name: str, *args, **kwargs):
     """The Triton launcher ``name``, inside an NVTX range when per-op ranges are on (profiling.op_range)."""
-    with op_range(name):
+    with op_range(name), launcher():
         return getattr(indextts_kernels, name)(*args, **kwargs)
 
 

@@ -35,7 +35,7 @@ import torch
 from .._graphs import Graphed, MemoryPool, graphs_wanted
 from ..profiling import nvtx_range
 
-__all__ = ["cfm_inference", "CFMLoop", "bucket_frames"]
+__all__ = ["cfm_inference", "cfm_step", "CFMLoop", "bucket_frames"]
 
 
 def bucket_frames(T: int, granule: int = 64) -> int:
@@ -61,27 +61,32 @@ def _positions(estimator) -> Optional[int]:
     return table.shape[0] if isinstance(table, torch.Tensor) else None
 
 
+def cfm_step(estimator, x, t, dt, prompt_x, x_lens, style, mu, keep, rate: float, kw: dict):
+    """One Euler step: the estimator (at CFG batch 2 when ``rate`` > 0), the CFG combine, the update, the prompt
+    frames re-zeroed. Returns (x, t)."""
+    if rate > 0:
+        stacked_t = torch.cat([t.unsqueeze(0), t.unsqueeze(0)], dim=0)
+        v = estimator(torch.cat([x, x], dim=0), prompt_x, x_lens, stacked_t, style, mu, **kw)
+        v_cond, v_uncond = v.chunk(2, dim=0)
+        v = (1.0 + rate) * v_cond - rate * v_uncond
+    else:
+        v = estimator(x, prompt_x, x_lens, t.unsqueeze(0), style, mu, **kw)
+    x = x + dt * v
+    t = t + dt
+    return torch.where(keep, x, 0.0), t
+
+
 def _solve(estimator, x, prompt_x, x_lens, style, mu, t_span, keep, rate: float, valid_len=None):
     """The Euler loop from x (prompt frames zero) over t_span; ``keep`` [1 or B, 1, T] bool: frames x keeps."""
     kw = {} if valid_len is None else {"valid_len": valid_len}
-    cfg = rate > 0
-    if cfg:
+    if rate > 0:  # the CFG batch's constant halves, once
         prompt_x = torch.cat([prompt_x, torch.zeros_like(prompt_x)], dim=0)
         style = torch.cat([style, torch.zeros_like(style)], dim=0)
         mu = torch.cat([mu, torch.zeros_like(mu)], dim=0)
     t = t_span[0]
     for step in range(1, t_span.shape[0]):
         dt = t_span[step] - t_span[step - 1]
-        if cfg:
-            stacked_t = torch.cat([t.unsqueeze(0), t.unsqueeze(0)], dim=0)
-            v = estimator(torch.cat([x, x], dim=0), prompt_x, x_lens, stacked_t, style, mu, **kw)
-            v_cond, v_uncond = v.chunk(2, dim=0)
-            v = (1.0 + rate) * v_cond - rate * v_uncond
-        else:
-            v = estimator(x, prompt_x, x_lens, t.unsqueeze(0), style, mu, **kw)
-        x = x + dt * v
-        t = t + dt
-        x = torch.where(keep, x, 0.0)
+        x, t = cfm_step(estimator, x, t, dt, prompt_x, x_lens, style, mu, keep, rate, kw)
     return x
 
 
