@@ -125,17 +125,20 @@ def gpt_decode_attention(
     v_cache: torch.Tensor,
     lengths: torch.Tensor,
     row_table: Optional[torch.Tensor] = None,
+    tickets: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """One decode step [B, 1, 3*H*D] -> [B, 1, H*D]: appends k, v at ``lengths`` and attends positions 0..lengths.
 
     The caller advances ``lengths += 1`` afterwards. With ``row_table`` (int32 [B, S_max]) beams are reordered
-    by permuting the table (``gpt.cache.KVCache.reorder``) instead of copying the cache.
+    by permuting the table (``gpt.cache.KVCache.reorder``) instead of copying the cache. ``tickets`` (int32 zeros,
+    >= B * H, owned by the caller): the split-K reduction folded into the one launch (the torch path needs none).
     """
     if backend_for(qkv.device) == TORCH:
         q, _, _ = qkv_heads("qkv", qkv, n_heads)
         decode_attention_args("gpt_decode_attention", q, k_cache, v_cache, lengths, row_table=row_table)
         return reference.gpt_decode_attention_ref(qkv, n_heads, k_cache, v_cache, lengths, row_table)
-    return _run("gpt_decode_attention_fwd", qkv, n_heads, k_cache, v_cache, lengths, row_table=row_table)
+    return _run("gpt_decode_attention_fwd", qkv, n_heads, k_cache, v_cache, lengths, row_table=row_table,
+                tickets=tickets)  # fmt: skip
 
 
 def linear(

@@ -2,7 +2,8 @@
 
 Layout (the decode kernel's): ``buf`` [layers, 2, rows, heads, max_len, head_dim]; layer l reads ``buf[l, 0]`` as
 k and ``buf[l, 1]`` as v. ``table`` int32 [rows, max_len]: the physical row that holds position s of logical row
-r. ``lengths`` int32 [rows]: tokens cached per row (the next token goes to that position).
+r. ``lengths`` int32 [rows]: tokens cached per row (the next token goes to that position). ``tickets`` int32
+[layers, rows * heads]: the decode attention's split counters (``gpt_decode_attention(tickets=)``).
 
 The prompt is prefilled once, at batch 1, into physical row 0; ``share_prompt`` points every logical row's prompt
 positions at it (the official code prefills ``num_beams`` identical rows). A beam reorder permutes the table and
@@ -22,6 +23,9 @@ class KVCache:
         self.buf = torch.zeros((layers, 2, rows, heads, max_len, head_dim), dtype=dtype, device=device)
         self.table = torch.empty((rows, max_len), dtype=torch.int32, device=device)
         self.lengths = torch.zeros((rows,), dtype=torch.int32, device=device)
+        # per layer, the decode attention's arrival counters (its split merge folded into its one launch): zero
+        # between launches, each launch leaves them zero
+        self.tickets = torch.zeros((layers, rows * heads), dtype=torch.int32, device=device)
         self._rows = torch.arange(rows, dtype=torch.int32, device=device)
         self.reset()
 

@@ -58,8 +58,8 @@ class FastGPT:
     # --- the blocks -----------------------------------------------------------------------------------------------
     def _block(self, L, h, attend):
         """One GPT-2 block. Kernels per decode step (rows <= 8): ln_1 + c_attn (the LayerNorm in the GEMV's
-        prologue), attention (split-K + its reduce), c_proj + residual, ln_2 + c_fc + gelu_new, c_proj + residual:
-        6. Longer rows (prefill) run each LayerNorm as its own kernel."""
+        prologue), attention (split-K, its merge folded in), c_proj + residual, ln_2 + c_fc + gelu_new, c_proj +
+        residual: 5. Longer rows (prefill) run each LayerNorm as its own kernel."""
         o = attend(F.ln_linear(h, L.ln1_w, L.ln1_b, self.ln_eps, L.qkv_w, L.qkv_b))
         h = F.linear(o, L.attn_out_w, L.attn_out_b, residual=h)
         y = F.ln_linear(h, L.ln2_w, L.ln2_b, self.ln_eps, L.fc_w, L.fc_b, activation="gelu_new")
@@ -86,9 +86,8 @@ class FastGPT:
         them after the step) and attends through the row table."""
         for i, L in enumerate(self.w.layers):
             k, v = cache.layer(i)
-            h = self._block(
-                L, h, lambda qkv, k=k, v=v: F.gpt_decode_attention(qkv, self.n_heads, k, v, cache.lengths, cache.table)
-            )
+            h = self._block(L, h, lambda qkv, k=k, v=v, i=i: F.gpt_decode_attention(
+                qkv, self.n_heads, k, v, cache.lengths, cache.table, tickets=cache.tickets[i]))  # fmt: skip
         return h
 
     # --- the head ---------------------------------------------------------------------------------------------------

@@ -7,7 +7,9 @@ Two Triton kernels do the attention; constexpr flags select the variant, the mat
                           WRITE_CACHE: store this block's k and v into the KV cache in the same pass.
     _attn_decode_kernel   one new query per (row, head) against one split of the cached keys, plus (split 0)
                           the new key, which it also appends to the cache: one launch per step, then
-    _attn_decode_reduce_kernel   merges the splits' (max, sum, acc) partials into the output.
+    _attn_decode_reduce_kernel   merges the splits' (max, sum, acc) partials into the output; or, with a tickets
+                          buffer (FOLD), no second launch: the last split of each (row, head) to finish merges them
+                          (an acq_rel atomic ticket, the partials read from L2), one graph node per layer.
 
 Math:       o_i = sum_j softmax_j(s_ij) v_j,  s_ij = scale * <q_i, k_j>, scale = 1/sqrt(D) by default.
             Keys j < x_lens[b] only (HAS_LENS); j <= i (CAUSAL, query and key positions both start at 0).
@@ -77,7 +79,7 @@ import triton
 import triton.language as tl
 
 from ._jit import cast_to, dot
-from ._utils import cdiv, check_launchable, is_interpreting, next_pow2, note_launch
+from ._utils import cdiv, check_launchable, check_tensor, is_interpreting, next_pow2, note_launch
 from ._validate import (  # noqa: F401
     FP32_PRECISIONS,
     attention_args,
@@ -263,6 +265,8 @@ def _attn_decode_kernel(
     PM,  # pointer to fp32 partial maxima [B * H, NUM_SPLITS] (log2 units)
     PL,  # pointer to fp32 partial sums [B * H, NUM_SPLITS]
     PACC,  # pointer to fp32 partial outputs [B * H, NUM_SPLITS, D] (unnormalized)
+    TICKETS,  # pointer to int32 [B * H] arrival counters, zero between launches (FOLD)
+    O,  # pointer to the output [B, H, D] (FOLD: the last split to finish merges the partials into it)
     H,
     S,  # cache capacity: a row with LENS[b] >= S (or < 0) writes nothing and gets a NaN output
     NROWS,  # physical cache rows: a table entry outside [0, NROWS) is not read and makes the row's output NaN
@@ -272,11 +276,13 @@ def _attn_decode_kernel(
     skc_b, skc_h, skc_t,
     svc_b, svc_h, svc_t,
     stab_b,
+    so_b, so_h,
     sm_scale,
     HEAD_DIM: tl.constexpr,
     HAS_TABLE: tl.constexpr,
     NUM_SPLITS: tl.constexpr,
     BLOCK_N: tl.constexpr,
+    FOLD: tl.constexpr,
 ):  # fmt: skip
     pid_bh = tl.program_id(0)
     split = tl.program_id(1)
@@ -342,6 +348,31 @@ def _attn_decode_kernel(
     tl.store(PM + part, m_i)
     tl.store(PL + part, l_i)
     tl.store(PACC + part * HEAD_DIM + d, acc)
+    if FOLD:
+        # The last split of this (row, head) to arrive merges the partials: every thread's stores are done
+        # (barrier) before the acq_rel ticket, and the merge reads L2 (.cg), never a stale L1 line.
+        tl.debug_barrier()
+        ticket = tl.atomic_add(TICKETS + pid_bh, 1, sem="acq_rel", scope="gpu")
+        if ticket == NUM_SPLITS - 1:
+            _merge_splits(PM, PL, PACC, O, pid_bh, b, h, so_b, so_h, HEAD_DIM, NUM_SPLITS, ".cg")
+            tl.atomic_xchg(TICKETS + pid_bh, 0, sem="relaxed", scope="gpu")  # zero again for the next launch
+
+
+@triton.jit
+def _merge_splits(PM, PL, PACC, O, pid_bh, b, h, so_b, so_h, HEAD_DIM: tl.constexpr, NUM_SPLITS: tl.constexpr,
+                  CACHE: tl.constexpr):  # fmt: skip
+    """Merge the NUM_SPLITS (max, sum, acc) partials of one (row, head) into its output."""
+    sp = tl.arange(0, NUM_SPLITS)
+    d = tl.arange(0, HEAD_DIM)
+    base = pid_bh.to(tl.int64) * NUM_SPLITS
+    m = tl.load(PM + base + sp, cache_modifier=CACHE)
+    l = tl.load(PL + base + sp, cache_modifier=CACHE)
+    acc = tl.load(PACC + (base + sp)[:, None] * HEAD_DIM + d[None, :], cache_modifier=CACHE)
+    m_all = tl.max(m, axis=0)
+    w = tl.exp2(m - m_all)  # empty splits hold m = -1e30, l = 0, acc = 0: weight 0
+    den = tl.sum(w * l, axis=0)
+    out = tl.sum(w[:, None] * acc, axis=0) / den
+    tl.store(O + b * so_b + h * so_h + d, cast_to(out, O.dtype.element_ty))
 
 
 @triton.jit
@@ -358,17 +389,7 @@ def _attn_decode_reduce_kernel(
     pid_bh = tl.program_id(0)
     b = (pid_bh // H).to(tl.int64)
     h = (pid_bh % H).to(tl.int64)
-    sp = tl.arange(0, NUM_SPLITS)
-    d = tl.arange(0, HEAD_DIM)
-    base = pid_bh.to(tl.int64) * NUM_SPLITS
-    m = tl.load(PM + base + sp)
-    l = tl.load(PL + base + sp)
-    acc = tl.load(PACC + (base + sp)[:, None] * HEAD_DIM + d[None, :])
-    m_all = tl.max(m, axis=0)
-    w = tl.exp2(m - m_all)  # empty splits hold m = -1e30, l = 0, acc = 0: weight 0
-    den = tl.sum(w * l, axis=0)
-    out = tl.sum(w[:, None] * acc, axis=0) / den
-    tl.store(O + b * so_b + h * so_h + d, cast_to(out, O.dtype.element_ty))
+    _merge_splits(PM, PL, PACC, O, pid_bh, b, h, so_b, so_h, HEAD_DIM, NUM_SPLITS, "")
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -573,14 +594,19 @@ def gpt_decode_attention_fwd(
     row_table: Optional[torch.Tensor] = None,
     num_splits: Optional[int] = None,
     sm_scale: Optional[float] = None,
+    tickets: Optional[torch.Tensor] = None,
     out: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """One decode step: ``c_attn`` output [B, 1, 3*H*D] of the new tokens -> [B, 1, H*D].
 
     Appends the new k, v of row b at cache position ``lengths[b]`` (and, with ``row_table``, records
     ``row_table[b, lengths[b]] = b``) and attends over positions 0..lengths[b] of that row, in one split-K launch
-    plus a reduction launch. The caller then advances ``lengths += 1``. See the module docstring for the
-    row-table beam reordering.
+    plus a reduction launch. With ``tickets`` (int32, at least B * H elements, zero; the caller allocates them once
+    and never touches them again) the reduction is folded into the split-K launch: each program takes a ticket
+    after storing its partial, and the last split of a (row, head) merges them, then zeroes its ticket again; one
+    launch per step (one graph node instead of two), the same arithmetic. Launches sharing one tickets buffer must
+    not run concurrently (one buffer per stream). The caller then advances ``lengths += 1``. See the module
+    docstring for the row-table beam reordering.
     """
     op = "gpt_decode_attention_fwd"
     q, k, v = qkv_heads("qkv", qkv, n_heads)
@@ -595,6 +621,11 @@ def gpt_decode_attention_fwd(
     splits = decode_num_splits(S) if num_splits is None else int(num_splits)
     if splits < 1 or splits & (splits - 1):
         raise ValueError(f"{op}: num_splits must be a power of two >= 1, got {num_splits}")
+    if tickets is not None:
+        check_tensor("tickets", tickets, dtypes=(torch.int32,), device=qkv.device)
+        if not tickets.is_contiguous() or tickets.numel() < B * H:
+            raise ValueError(f"{op}: tickets must be a contiguous int32 tensor of at least B * H = {B * H} elements, "
+                             f"got shape {tuple(tickets.shape)}")  # fmt: skip
     pm = torch.empty((B * H, splits), dtype=torch.float32, device=qkv.device)
     pl = torch.empty_like(pm)
     pacc = torch.empty((B * H, splits, D), dtype=torch.float32, device=qkv.device)
@@ -605,15 +636,17 @@ def gpt_decode_attention_fwd(
     with _device_ctx(qkv):
         note_launch("decode_attention")
         _attn_decode_kernel[(B * H, splits)](
-            q, k, v, k_cache, v_cache, lengths, table, pm, pl, pacc,
+            q, k, v, k_cache, v_cache, lengths, table, pm, pl, pacc, lengths if tickets is None else tickets, o3,
             H, S, k_cache.shape[0],
             q.stride(0), q.stride(2), k.stride(0), k.stride(2), v.stride(0), v.stride(2),
             k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
             v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
-            stab, scale,
+            stab, o3.stride(0), o3.stride(1), scale,
             HEAD_DIM=D, HAS_TABLE=row_table is not None, NUM_SPLITS=splits, BLOCK_N=decode_block_n(D, qkv.dtype),
-            num_warps=DECODE_WARPS,
+            FOLD=tickets is not None, num_warps=DECODE_WARPS,
         )  # fmt: skip
+        if tickets is not None:
+            return out
         note_launch("decode_attention_reduce")
         _attn_decode_reduce_kernel[(B * H,)](
             pm, pl, pacc, o3, H, o3.stride(0), o3.stride(1), HEAD_DIM=D, NUM_SPLITS=splits, num_warps=1,
@@ -662,18 +695,20 @@ def compile_variants(fwd=(), decode=()):
             yield f"attn/{name}/{tname}/D{D}/{bm}x{bn}", _attn_fwd_kernel, sig, const, nw, div
     dstrides = ("sq_b", "sq_h", "skn_b", "skn_h", "svn_b", "svn_h", "skc_b", "skc_h", "skc_t", "svc_b", "svc_h",
                 "svc_t")  # fmt: skip
-    for tname, D, s_max, has_table in ((*case, tab) for case in decode for tab in (True, False)):
+    cases = ((*case, tab, fold) for case in decode for tab in (True, False) for fold in (True, False))
+    for tname, D, s_max, has_table, fold in cases:
         splits = decode_num_splits(s_max, interpret=False)
         p = f"*{tname}"
         sig = {"Q": p, "KN": p, "VN": p, "KC": p, "VC": p, "LENS": "*i32", "TABLE": "*i32", "PM": "*fp32",
-               "PL": "*fp32", "PACC": "*fp32", "H": "i32", "S": "i32", "NROWS": "i32", **{s: "i32" for s in dstrides},
-               "stab_b": "i32", "sm_scale": "fp32"}  # fmt: skip
-        const = dict(
-            HEAD_DIM=D, HAS_TABLE=has_table, NUM_SPLITS=splits, BLOCK_N=decode_block_n(D, tdt[tname], interpret=False)
-        )
+               "PL": "*fp32", "PACC": "*fp32", "TICKETS": "*i32", "O": p, "H": "i32", "S": "i32", "NROWS": "i32",
+               **{s: "i32" for s in dstrides}, "stab_b": "i32", "so_b": "i32", "so_h": "i32",
+               "sm_scale": "fp32"}  # fmt: skip
+        const = dict(HEAD_DIM=D, HAS_TABLE=has_table, NUM_SPLITS=splits,
+                     BLOCK_N=decode_block_n(D, tdt[tname], interpret=False), FOLD=fold)  # fmt: skip
         sig.update({k: "constexpr" for k in const})
-        div = ["Q", "KN", "VN", "KC", "VC", "LENS", "TABLE", "PM", "PL", "PACC", *dstrides, "stab_b"]
-        tab = "+table" if has_table else ""
+        div = ["Q", "KN", "VN", "KC", "VC", "LENS", "TABLE", "PM", "PL", "PACC", "TICKETS", "O", *dstrides, "stab_b",
+               "so_b", "so_h"]  # fmt: skip
+        tab = ("+table" if has_table else "") + ("+fold" if fold else "")
         yield f"attn/decode{tab}/{tname}/D{D}/S{splits}", _attn_decode_kernel, sig, const, DECODE_WARPS, div
     for tname, D, s_max in decode:
         splits = decode_num_splits(s_max, interpret=False)

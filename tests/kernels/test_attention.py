@@ -373,3 +373,39 @@ def test_strided_lengths_raise(backend, device, monkeypatch):
         decode(_qkv(B, 1, torch.float32, device), H, kc, vc, pairs[:, 0])
     with pytest.raises(ValueError, match="lengths"):
         decode(_qkv(B, 1, torch.float32, device), H, kc, vc, torch.tensor([4], dtype=torch.int32).expand(B))
+
+
+@pytest.mark.parametrize("with_table", [False, True], ids=["no-table", "table"])
+@pytest.mark.parametrize("num_splits", [1, 4])
+def test_gpt_decode_folded_reduce(num_splits, with_table, device):
+    """``tickets``: the split merge folded into the decode launch (the last split of each (row, head) merges)
+    gives bit for bit the two-launch result, launch after launch (the tickets are zero again after each)."""
+    dtype, B, S = torch.float16, 3, 150
+    kc, vc = _filled_cache(B, S, dtype, device)
+    kr, vr = kc.clone(), vc.clone()
+    table = torch.arange(B, dtype=torch.int32, device=device)[:, None].expand(B, S).contiguous() if with_table else None
+    tr = None if table is None else table.clone()
+    lengths = torch.tensor([0, 77, S - 4], dtype=torch.int32, device=device)
+    tickets = torch.zeros(B * H + 1, dtype=torch.int32, device=device)  # one spare: more than B * H is fine
+    for step in range(3):
+        qkv = _qkv(B, 1, dtype, device)
+        with K.count_launches() as launches:
+            y = K.gpt_decode_attention_fwd(qkv, H, kc, vc, lengths, row_table=table, num_splits=num_splits,
+                                           tickets=tickets, out=poisoned((B, 1, H * D), dtype, device))  # fmt: skip
+        assert dict(launches) == {"decode_attention": 1}, launches
+        two = K.gpt_decode_attention_fwd(qkv, H, kr, vr, lengths, row_table=tr, num_splits=num_splits)
+        assert torch.equal(y, two), f"step {step}: the folded merge differs from the reduction launch"
+        assert torch.equal(kc, kr) and torch.equal(vc, vr)
+        assert not tickets.any(), f"step {step}: tickets left at {tickets.tolist()}"
+        lengths += 1
+
+
+def test_gpt_decode_tickets_refused_when_too_few(device):
+    B, S = 2, 40
+    kc, vc = _filled_cache(B, S, torch.float16, device)
+    lengths = torch.tensor([3, 5], dtype=torch.int32, device=device)
+    qkv = _qkv(B, 1, torch.float16, device)
+    for bad in (torch.zeros(B * H - 1, dtype=torch.int32, device=device),
+                torch.zeros(B * H, dtype=torch.int64, device=device)):  # fmt: skip
+        with pytest.raises((ValueError, TypeError), match="tickets"):
+            K.gpt_decode_attention_fwd(qkv, H, kc, vc, lengths, tickets=bad)
