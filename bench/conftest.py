@@ -82,6 +82,11 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.section("end to end")
         for line in text.splitlines():
             terminalreporter.write_line(line)
+    decode = sys.modules.get("bench.bench_decode")
+    if getattr(decode, "RESULTS", None):
+        terminalreporter.section(f"ms per GPT token and per CFM step ({decode.RESULTS[0]['gpu']})")
+        for line in decode.table().splitlines():
+            terminalreporter.write_line(line)
     if not _ROWS:
         return
     base = {r["group"]: r["device_ms"] for r in _ROWS if r["provider"] == "torch"}
