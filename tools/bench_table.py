@@ -5,7 +5,8 @@
 
 One row per (group, provider): device time (triton.testing.do_bench median), GB/s and % of the copy
 bandwidth measured in the same run, TFLOP/s where the benchmark states FLOPs, and the speed-up over the
-`torch` and `compile` providers of the same group (same shape, same run, same card).
+`torch` and `compile` providers of the same group (same shape, same run, same card). Then the per-token and
+per-step rows of bench/bench_decode.py (ms per GPT token, ms per CFM step) with their ratio to the official row.
 """
 
 import json
@@ -15,9 +16,22 @@ import sys
 def main(path: str) -> int:
     data = json.load(open(path))
     rows = [b["extra_info"] for b in data.get("benchmarks", []) if b.get("extra_info", {}).get("device_ms")]
-    if not rows:
+    decode = [b["extra_info"] for b in data.get("benchmarks", []) if b.get("extra_info", {}).get("unit")]
+    if not rows and not decode:
         print("no benchmark rows with device times")
         return 1
+    if decode:
+        base = {r["group"]: r["ms"] for r in decode if r["provider"] == "official"}
+        print(f"Card: {decode[0]['gpu']}; torch {decode[0]['torch']}, triton {decode[0]['triton']}\n")
+        print("| group | provider | ms | unit | vs official | note |")
+        print("|---|---|---:|---|---:|---|")
+        for r in decode:
+            ratio = base[r["group"]] / r["ms"] if r["group"] in base and r["ms"] > 0 else None
+            print(f"| {r['group']} | {r['provider']} | {r['ms']:.3f} | {r['unit']} | "
+                  f"{'' if ratio is None else format(ratio, '.2f')} | {r['note']} |")  # fmt: skip
+        print()
+    if not rows:
+        return 0
     by_group: dict[str, dict[str, float]] = {}
     for r in rows:
         by_group.setdefault(r["group"], {})[r["provider"]] = r["device_ms"]
