@@ -26,7 +26,9 @@ def requests() -> dict:
     return {
         "norm": dict(widths={**S.NORMS, **_ODD_NORM}),
         "attention": dict(fwd=S.ATTENTION_FWD, decode=S.ATTENTION_DECODE),
-        "gemm": dict(gemms=S.GEMMS, ln_gemms=S.LN_GEMMS),
+        "gemm": dict(gemms=S.GEMMS, ln_gemms=S.LN_GEMMS, wavenets=S.WAVENETS),
+        "euler": dict(eulers=S.CFM_EULERS),
+        "sampling": dict(S.SAMPLING),
     }
 
 

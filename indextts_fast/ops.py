@@ -39,6 +39,11 @@ __all__ = [
     "swiglu_linear",
     "swiglu_feed_forward",
     "gpt2_mlp",
+    "wavenet_gate",
+    "wavenet_res_skip",
+    "cfm_euler",
+    "logits_process",
+    "decode_select",
 ]
 
 
@@ -70,12 +75,16 @@ def adaptive_rms_norm(
     scale: Optional[torch.Tensor] = None,
     shift: Optional[torch.Tensor] = None,
     eps: float = 1e-5,
+    *,
+    out: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
-    """DiT AdaptiveLayerNorm: ``scale * (RMSNorm(x) * weight) + shift`` (plain RMSNorm without scale/shift)."""
+    """DiT AdaptiveLayerNorm: ``scale * (RMSNorm(x) * weight) + shift`` (plain RMSNorm without scale/shift).
+    ``out``: a buffer to write (any row stride, e.g. one half of a concatenation's buffer)."""
     if backend_for(x.device) == TORCH:
         norm_args("adaptive_rms_norm", x, weight=weight, scale=scale, shift=shift, eps=eps)
-        return reference.adaptive_rms_norm_ref(x, weight, scale, shift, eps)
-    return _run("adaptive_rms_norm_fwd", x, weight, scale, shift, eps)
+        y = reference.adaptive_rms_norm_ref(x, weight, scale, shift, eps)
+        return y if out is None else out.copy_(y)
+    return _run("adaptive_rms_norm_fwd", x, weight, scale, shift, eps, out=out)
 
 
 def final_layer_modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -195,12 +204,15 @@ def swiglu_feed_forward(
     *,
     residual: Optional[torch.Tensor] = None,
     precision: Optional[str] = None,
+    out: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
-    """DiT FeedForward plus the block's residual: ``residual + w2(silu(w1 x) * w3 x)``."""
+    """DiT FeedForward plus the block's residual: ``residual + w2(silu(w1 x) * w3 x)``. ``out``: a buffer to
+    write (any row stride, e.g. one half of a concatenation's buffer)."""
     if backend_for(x.device) == TORCH:
         ffn_args("swiglu_feed_forward", x, w13, w2, residual=residual, swiglu=True, precision=precision)
-        return reference.swiglu_feed_forward_ref(x, w13, w2, residual=residual)
-    return _run("swiglu_feed_forward_fwd", x, w13, w2, residual=residual, precision=precision)
+        y = reference.swiglu_feed_forward_ref(x, w13, w2, residual=residual)
+        return y if out is None else out.copy_(y)
+    return _run("swiglu_feed_forward_fwd", x, w13, w2, residual=residual, precision=precision, out=out)
 
 
 def gpt2_mlp(
@@ -223,3 +235,85 @@ def gpt2_mlp(
     return _run(
         "gpt2_mlp_fwd", x, c_fc_weight, c_fc_bias, c_proj_weight, c_proj_bias, residual=residual, precision=precision
     )
+
+
+def wavenet_gate(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    cond: torch.Tensor,
+    *,
+    taps: int,
+    valid_len: Optional[torch.Tensor] = None,
+    precision: Optional[str] = None,
+) -> torch.Tensor:
+    """WaveNet in-layer: ``tanh(a[:H] + cond[:H]) * sigmoid(a[H:] + cond[H:])``, a the REFLECT-padded k-tap conv
+    of x [B, T, C] (tap-major weight [2H, k*C]) plus bias, reflected at ``valid_len`` (default T); one GEMM."""
+    if backend_for(x.device) == TORCH:
+        from indextts_kernels._validate import wavenet_gate_args
+
+        wavenet_gate_args("wavenet_gate", x, weight, bias, cond, taps=taps, valid_len=valid_len, precision=precision)
+        return reference.wavenet_gate_ref(x, weight, bias, cond, taps=taps, valid_len=valid_len)
+    return _run("wavenet_gate_fwd", x, weight, bias, cond, taps=taps, valid_len=valid_len, precision=precision)
+
+
+def wavenet_res_skip(
+    acts: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    x: torch.Tensor,
+    skip: torch.Tensor,
+    lens: torch.Tensor,
+    *,
+    first: bool,
+    last: bool,
+    precision: Optional[str] = None,
+) -> None:
+    """WaveNet res_skip conv and its updates, in place: x = (x + rs[:H]) * mask, skip += rs[H:] (the last layer:
+    skip = (skip + rs) * mask); ``first``: the skip sum starts at rs. One GEMM."""
+    if backend_for(acts.device) == TORCH:
+        from indextts_kernels._validate import wavenet_res_skip_args
+
+        wavenet_res_skip_args("wavenet_res_skip", acts, weight, bias, x, skip, lens, last=last, precision=precision)
+        return reference.wavenet_res_skip_ref(acts, weight, bias, x, skip, lens, first=first, last=last)
+    return _run("wavenet_res_skip_fwd", acts, weight, bias, x, skip, lens, first=first, last=last,
+                precision=precision)  # fmt: skip
+
+
+def cfm_euler(v: torch.Tensor, x: torch.Tensor, dt: torch.Tensor, keep: torch.Tensor, xin: torch.Tensor, *,
+              rate: float) -> None:  # fmt: skip
+    """One CFM Euler step in place: CFG combine of v [R*B, T, F], x = where(keep, x + dt * v, 0) on x [B, F, T],
+    and x^T into each half of the estimator's next input xin [R*B, T, F]. One launch."""
+    if backend_for(x.device) == TORCH:
+        from indextts_kernels._validate import cfm_euler_args
+
+        cfm_euler_args("cfm_euler", v, x, dt, keep, xin, rate=float(rate))
+        return reference.cfm_euler_ref(v, x, dt, keep, xin, rate=float(rate))
+    return _run("cfm_euler_fwd", v, x, dt, keep, xin, rate=rate)
+
+
+def logits_process(
+    logits: torch.Tensor,
+    cfg: reference.ProcessConfig,
+    seen: Optional[torch.Tensor] = None,
+    cur: Optional[torch.Tensor] = None,
+    prompt_len: Optional[torch.Tensor] = None,
+    beam_scores: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """The official logits-processor chain on ``logits`` [rows, V] fp32 (one launch; see ``logits_process_ref``)."""
+    if backend_for(logits.device) == TORCH:
+        return reference.logits_process_ref(logits, cfg, seen, cur, prompt_len, beam_scores)
+    return _run("logits_process_fwd", logits, cfg, seen, cur, prompt_len, beam_scores)
+
+
+def decode_select(
+    scores: torch.Tensor,
+    noise: Optional[torch.Tensor],
+    state: dict,
+    cfg: reference.SelectConfig,
+    process: Optional[reference.ProcessConfig] = None,
+) -> None:
+    """One decode step's choice and bookkeeping, in place on ``state`` (one launch; see ``decode_select_ref``)."""
+    if backend_for(scores.device) == TORCH:
+        return reference.decode_select_ref(scores, noise, state, cfg, process)
+    return _run("decode_select_fwd", scores, noise, state, cfg, process)

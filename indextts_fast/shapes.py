@@ -28,11 +28,12 @@ DIT_B, DIT_T = 2, 1721
 
 # Rows (the GEMMs' M) per regime. GPT-2: 1-8 per decode step, 3 x ~87 at the prefill, up to ~1600 in the
 # teacher-forced pass. DiT: 2 x T with T <= ~3870 (max_mel_tokens 1500 -> 2580 generated frames + a <= 15 s
-# reference); its AdaLN projection maps the time embedding c [B = 2, 1, C] (M = B).
+# reference); its AdaLN projection maps the time embedding c [B = 2, 1, C] (M = B, a direct DiT call), or a CFM
+# call's every step at once (M = the 25 steps, FastDiT.prepare).
 GPT_DECODE_ROWS = range(1, 9)
 GPT_ROWS = range(1, 4097)
 DIT_ROWS = range(9, 8193)
-DIT_COND_ROWS = range(1, 9)
+DIT_COND_ROWS = range(1, 26)
 
 # fp32 product precisions per model part: the fp32 GPT at the launchers' default (None = "ieee"); the fp32 DiT at
 # every mode enable(dit_precision=...) offers (its default, "tf32x3": bench/NOTES.md)
@@ -57,6 +58,14 @@ GEMMS = (
     ("dit/skip_in+bias", DIT_DIM, 2 * DIT_DIM, True, False, None, _DIT, DIT_ROWS, DIT_FP32_PRECISIONS),
     ("dit/adaln_project+bias", 2 * DIT_DIM, DIT_DIM, True, False, None, _DIT, DIT_COND_ROWS, DIT_FP32_PRECISIONS),
 )
+# The WaveNet head's layer GEMMs (gemm.wavenet_gate_fwd: the 5-tap REFLECT conv gathered in the A load, the gated
+# tanh * sigmoid epilogue; gemm.wavenet_res_skip_fwd: the in-place residual / skip updates): (tag, H, C, taps, dtypes,
+# fp32 precisions)
+DIT_MELS, WAVENET_TAPS = 80, 5
+WAVENETS = (("dit/wavenet", DIT_WAVENET, DIT_WAVENET, WAVENET_TAPS, _DIT, DIT_FP32_PRECISIONS),)
+# The CFM Euler step (euler.cfm_euler_fwd): (tag, mel channels, the row stride of the estimator input it writes (a
+# slice of the long skip's [B, T, C + F] input), dtypes of the estimator's output and input)
+CFM_EULERS = (("cfm", DIT_MELS, DIT_DIM + DIT_MELS, _DIT),)
 # The decode GEMVs with the LayerNorm prologue (ln_1 + c_attn, ln_2 + c_fc + gelu_new): (tag, N, K, bias, activation,
 # dtypes); x is the residual stream, fp32 under half autocast ("fp16+x32", "bf16+x32"), the operand and output the
 # weight's dtype
@@ -85,3 +94,7 @@ ATTENTION_FWD = (
 )
 # Decode over the static cache: (cache dtype, head_dim, capacity)
 ATTENTION_DECODE = tuple((t, D, GPT_CACHE_LEN) for t in ("fp16", "bf16", "fp32") for D in (GPT_HEAD_DIM, 128))
+# The decode loop's sampling kernels (sampling.logits_process_fwd, sampling.decode_select_fwd): the mel-code logits
+# width, the beam counts (1: greedy / multinomial, always compiled; 3: the official default), the sequences'
+# capacity and the embedding width (the block sizes of the row reorders and the next tokens' embedding)
+SAMPLING = dict(vocab=GPT_MEL_VOCAB, beams=(GPT_BEAMS,), capacity=GPT_CACHE_LEN, width=GPT_DIM)

@@ -53,6 +53,20 @@ def test_every_norm_variant_compiles_for_every_target_without_spills(aot_rows):
     assert not bad, f"compile errors or spills: {bad}"
 
 
+def test_every_sampling_variant_compiles_for_every_target_without_spills(aot_rows):
+    """The decode loop's processors and its select (greedy, multinomial, beam search and beam-sample at every
+    early-stopping rule, fp32 / fp16 / bf16 embedding tables) on every target, without spills."""
+    from indextts_fast.aot import requests
+    from indextts_kernels import sampling as sampling_mod
+
+    expected = {name for name, *_ in sampling_mod.compile_variants(**requests()["sampling"])}
+    rows = [r for r in aot_rows if r["variant"].startswith("sampling/")]
+    for arch in ARCHS:
+        assert {r["variant"] for r in rows if r["arch"] == arch} == expected, f"missing variants on {arch}"
+    bad = [(r["variant"], r["arch"], r.get("error") or r["spills"]) for r in rows if "error" in r or r["spills"]]
+    assert not bad, f"compile errors or spills: {bad}"
+
+
 def test_no_variant_fails_or_spills(aot_rows):
     bad = [(r["variant"], r["arch"], r.get("error") or r["spills"]) for r in aot_rows if "error" in r or r["spills"]]
     assert not bad, f"compile errors or spills: {bad}"
@@ -73,6 +87,18 @@ def test_every_gemm_variant_compiles_with_tensor_cores_where_expected(aot_rows):
         tensor_cores = "/mma/" in r["variant"] and "/ieee/" not in r["variant"]
         want = ("wgmma" if r["arch"] == "sm_90" else "mma") if tensor_cores else "-"
         assert r["mma"] == want, f"{r['variant']} {r['arch']}: {r['mma']}, expected {want}"
+
+
+def test_cfm_step_kernels_are_audited(aot_rows):
+    """The CFM step's own kernels are in the table on every target: the WaveNet layer GEMMs (the gate with and
+    without a valid length, res_skip in its four first / last forms; tensor-core tiles except "ieee") and the Euler
+    step (with and without CFG)."""
+    for arch in ARCHS:
+        names = {r["variant"] for r in aot_rows if r["arch"] == arch}
+        for part in ("wavenet_gate+taps5/", "wavenet_gate+taps5+valid/", "wavenet_res_skip+mid/",
+                     "wavenet_res_skip+last/", "wavenet_res_skip+first+mid/", "wavenet_res_skip+first+last/",
+                     "cfm_euler/cfm/fp32/cfg/", "cfm_euler/cfm/fp32/nocfg/"):  # fmt: skip
+            assert any(part in n for n in names), (arch, part)
 
 
 def test_memory_audit_reads_the_sass(aot_rows):

@@ -22,7 +22,12 @@ Per tick, on the device only: the processors, the draw or the beam step, the app
 model step on the new tokens (embedding at their mel position, the blocks, the head); every update is gated by
 the running flag, so a tick after the stop changes nothing (its model step rewrites the cache slot past the last
 token, which nothing reads). That is what lets the host read the flag only every ``CHECK_EVERY`` ticks, and what
-makes the tick one CUDA graph replay on CUDA (``_graphs.Graphed``: first tick eager, second captured). With
+makes the tick one CUDA graph replay on CUDA (``_graphs.Graphed``: first tick eager, second captured). Around the
+model step a tick is two launches (``ops.logits_process``, then ``ops.decode_select``: the choice, the beam step and
+its hypotheses, the row reorders of the sequences, the seen mask and the KV cache's table and lengths, the append,
+the stop condition, the next tokens' embedding) with the official draw's ``exponential_`` between them (greedy: one
+launch), plus the copy of the new logits: 3 graph nodes (greedy 2) besides the model's. The cache lengths of a
+step advance at the next tick's select (``pending``). With
 sampling an extra tick still draws random numbers, which would shift the stream later draws (s2mel's noise) read:
 the host keeps the generator's state before each tick (host values: a CUDA generator's seed and offset, which a
 replay advances on the host) and after the stop puts back the one from before the first extra tick, so the
@@ -43,6 +48,9 @@ from typing import Optional
 
 import torch
 
+from indextts_kernels.reference import SAMPLING_MAX_ROWS, SAMPLING_MAX_VOCAB, ProcessConfig, SelectConfig
+
+from .. import ops
 from .._graphs import Graphed, MemoryPool, graphs_wanted
 from ..profiling import nvtx_range
 from .cache import KVCache
@@ -77,7 +85,8 @@ def needed_positions(fast: FastGPT, prompt_len: int, max_length: int) -> int:
 
 
 class DecodeState:
-    def __init__(self, args: GenerationArgs, capacity: int, vocab: int, device, *, pos_limit: int):
+    def __init__(self, args: GenerationArgs, capacity: int, vocab: int, device, *, pos_limit: int,
+                 decoder: Optional[Decoder] = None):  # fmt: skip
         K = args.num_beams
         self.args, self.K, self.L, self.V, self.pos_limit = args, K, int(capacity), int(vocab), int(pos_limit)
         dev = torch.device(device)
@@ -96,6 +105,22 @@ class DecodeState:
         self.prompt_host = self.max_length_host = 0  # the host's copies for this generation
         self.tick_graph: Optional[Graphed] = None  # the Decoder's graphed tick of this state
         self.ticks = 0  # ticks the last generation executed (with the no-op ones after the stop)
+        # the fused tick (a decoder's state without custom processors, at sizes the kernels take): two sampling
+        # launches around the draw
+        fits = K <= SAMPLING_MAX_ROWS and self.V <= SAMPLING_MAX_VOCAB
+        self.decoder = decoder if decoder is not None and not args.custom_processors and fits else None
+        if self.decoder is not None:
+            fast = self.decoder.fast
+            self.pending = torch.zeros((), dtype=torch.int32, device=dev)  # the last step's cache length advance
+            self.emb = torch.zeros((K, 1, fast.width), dtype=fast.stream_dtype, device=dev)  # the next tokens' input
+            self.process_cfg = ProcessConfig(
+                log_softmax=K > 1, penalty=args.repetition_penalty, min_length=args.min_length,
+                min_new_tokens=args.min_new_tokens, eos=args.eos_token_id, temperature=args.temperature,
+                top_k=args.top_k, top_p=args.top_p, min_keep=args.min_tokens_to_keep, do_sample=args.do_sample,
+            )  # fmt: skip
+            self.select_cfg = SelectConfig(num_beams=K, do_sample=args.do_sample, eos=args.eos_token_id,
+                                           pos_limit=self.pos_limit, early_stopping=args.early_stopping,
+                                           length_penalty=args.length_penalty)  # fmt: skip
 
     def reset(self, input_ids: torch.Tensor, logits: torch.Tensor, *, prefix_len: int, max_length: int,
               position_offset: int = 0) -> None:  # fmt: skip
@@ -114,6 +139,8 @@ class DecodeState:
         self.running.fill_(P < max_length)
         self.overflow.zero_()
         self.valid.fill_(True)
+        if self.decoder is not None:
+            self.pending.zero_()
         self.logits.copy_(logits.expand(K, self.V))
         if self.seen is not None:
             self.seen.zero_()
@@ -142,10 +169,46 @@ class DecodeState:
         self.tokens.copy_(tokens)
         self.logits.copy_(step(self.tokens, self.pos, live))
 
+    def _select_state(self) -> dict:
+        """The tensors the fused select updates in place (``indextts_kernels.reference.decode_select_ref``)."""
+        cache, w = self.decoder.cache, self.decoder.fast.w
+        t = dict(ids=self.ids, cur=self.cur, max_length=self.max_length, prompt_len=self.prompt_len,
+                 pos_base=self.pos_base, running=self.running, overflow=self.overflow, valid=self.valid,
+                 tokens=self.tokens, pos=self.pos, seen=self.seen, lengths=cache.lengths, table=cache.table,
+                 pending=self.pending, emb=self.emb, tok_emb=w.mel_embedding, pos_emb=w.mel_pos)  # fmt: skip
+        if self.K > 1:
+            sc = self.scorer
+            t.update(beam_scores=self.beam_scores, hyp_scores=sc.hyp_scores, hyp_seq=sc.hyp_seq, hyp_len=sc.hyp_len,
+                     hyp_ids=sc.hyp_ids, count=sc.count, inserted=sc.inserted, done=sc.done, powers=sc.powers,
+                     never_power=sc.never_power)  # fmt: skip
+        return t
+
+    def _tick_fused(self) -> None:
+        """The tick as two launches around the draw (greedy: one), then the model step on the embedded tokens:
+        the processors (``ops.logits_process``), the official draw's random numbers (the same torch call on the
+        same shape: ``exponential_`` on [1, rows * V]), the choice with everything after it (``ops.decode_select``:
+        argmax or the exponential race, the beam step and its hypotheses, the row reorders of the sequences, the
+        seen mask and the KV cache's table and lengths, the append, the stop condition, the next embedding, the
+        previous step's cache length advance)."""
+        t, K, V = self._select_state(), self.K, self.V
+        if K == 1 and not self.args.do_sample:
+            ops.decode_select(self.logits, None, t, self.select_cfg, self.process_cfg)
+        else:
+            scores = ops.logits_process(self.logits, self.process_cfg, self.seen, self.cur, self.prompt_len,
+                                        self.beam_scores)  # fmt: skip
+            noise = None
+            if self.args.do_sample:  # torch.multinomial's draw on probs [1, rows * V]: the official stream
+                noise = torch.empty((1, K * V), dtype=torch.float32, device=scores.device).exponential_(1)
+            ops.decode_select(scores, noise, t, self.select_cfg)
+        self.logits.copy_(self.decoder.step_emb(self.emb))
+
     def tick(self, step, reorder=None, input_ids: Optional[torch.Tensor] = None) -> None:
         """One iteration of the official loop, then ``step(tokens, pos, live) -> logits`` on its tokens.
         ``reorder(rows)`` follows every beam reorder; ``input_ids`` (the sequences at the current length) is read
-        by custom processors only."""
+        by custom processors only. A decoder's state without custom processors runs the fused tick instead (its
+        own model step; ``step`` and ``reorder`` unused)."""
+        if self.decoder is not None:
+            return self._tick_fused()
         args, run = self.args, self.running  # the flag itself: read before the tick rewrites it
         if self.K == 1:
             scores = process_scores(args, self.seen, self.logits, input_ids, self.cur, self.prompt_len)
@@ -211,12 +274,19 @@ class Decoder:
         cache.lengths += 1 if live is None else live.to(torch.int32)
         return logits
 
+    def step_emb(self, emb: torch.Tensor) -> torch.Tensor:
+        """The head's logits [rows, V] (the weights' dtype; the caller's copy casts) of the embedded tokens
+        ``emb`` [rows, 1, C] (the stream), appended to the cache at ``cache.lengths``, which the caller advances."""
+        fast = self.fast
+        return fast.logits(fast.decode(emb, self.cache)[:, 0], fp32=False)
+
     def state(self, args: GenerationArgs, vocab: int) -> DecodeState:
         """The decode state for ``args`` (max_length is per generation, not part of the key), built on first use."""
         key = (dataclasses.replace(args, max_length=0, use_cache=True), int(vocab))
         st = self.states.pop(key, None)
         if st is None:
-            st = DecodeState(args, self.capacity, vocab, self.fast.device, pos_limit=self.fast.w.mel_pos.shape[0])
+            st = DecodeState(args, self.capacity, vocab, self.fast.device, pos_limit=self.fast.w.mel_pos.shape[0],
+                             decoder=self)  # fmt: skip
             reorder = self.cache.reorder if args.num_beams > 1 else None
             st.tick_graph = Graphed(lambda: st.tick(self.step, reorder), self.fast.device,
                                     enabled=self.graphs and not args.custom_processors, pool=self.pool)  # fmt: skip

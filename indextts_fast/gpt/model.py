@@ -97,9 +97,10 @@ class FastGPT:
         return F.layer_norm(h, self.w.final_norm_w, self.w.final_norm_b, self.final_norm_eps,
                             out_dtype=self.stream_dtype)  # fmt: skip
 
-    def logits(self, h: torch.Tensor) -> torch.Tensor:
-        """``mel_head(final_norm(ln_f(h)))`` as fp32, h [rows, C] (the stream). final_norm writes the head's
-        operand dtype directly (autocast's fp32 LayerNorm followed by its cast)."""
+    def logits(self, h: torch.Tensor, *, fp32: bool = True) -> torch.Tensor:
+        """``mel_head(final_norm(ln_f(h)))`` as fp32 (``fp32=False``: the head's dtype), h [rows, C] (the stream).
+        final_norm writes the head's operand dtype directly (autocast's fp32 LayerNorm followed by its cast)."""
         h = F.layer_norm(h, self.w.ln_f_w, self.w.ln_f_b, self.ln_eps, out_dtype=self.stream_dtype)
         y = F.layer_norm(h, self.w.final_norm_w, self.w.final_norm_b, self.final_norm_eps, out_dtype=self.dtype)
-        return F.linear(y, self.w.mel_head_w, self.w.mel_head_b).float()
+        y = F.linear(y, self.w.mel_head_w, self.w.mel_head_b)
+        return y.float() if fp32 else y

@@ -9,7 +9,11 @@ Step for step what the official code computes, in the same order and with the sa
               v = (1 + r) * v_c - r * v_u                     (r = inference_cfg_rate; r = 0: batch 1, no CFG)
               x = x + dt * v; t = t + dt; x[..., :P] = 0       (dt = t_span[step] - t_span[step - 1])
 What differs is only what repeats for nothing: the constant halves of the CFG batch are built once, not per step,
-and ``x[..., :P] = 0`` is ``where(keep, x, 0)`` with a frame mask (the same values), so that P can be data.
+and ``x[..., :P] = 0`` is ``where(keep, x, 0)`` with a frame mask (the same values), so that P can be data. With
+FastDiT (``prepare`` / ``step``) everything that does not depend on x is computed once a call, before the steps
+(every step's t and dt, in the official order of operations, and the estimator's constants), and a step is the
+estimator plus one launch (``ops.cfm_euler``: the CFG combine, the update, the re-zeroing, x written channel-last
+into both halves of the estimator's next input): no concatenation, no other op.
 
 Padding (``pad_to``, and every graphed run): the frames are padded with zeros to a bucket Tb >= T, and FastDiT is
 told the unpadded length (``valid_len``): keys and WaveNet frames are masked at min(x_lens, T) and the WaveNet taps
@@ -32,6 +36,7 @@ from typing import Optional
 
 import torch
 
+from .. import ops
 from .._graphs import Graphed, MemoryPool, graphs_wanted
 from ..profiling import nvtx_range
 
@@ -61,9 +66,16 @@ def _positions(estimator) -> Optional[int]:
     return table.shape[0] if isinstance(table, torch.Tensor) else None
 
 
-def cfm_step(estimator, x, t, dt, prompt_x, x_lens, style, mu, keep, rate: float, kw: dict):
-    """One Euler step: the estimator (at CFG batch 2 when ``rate`` > 0), the CFG combine, the update, the prompt
-    frames re-zeroed. Returns (x, t)."""
+def cfm_step(estimator, call, x, step: int, dts, keep, rate: float) -> None:
+    """One Euler step, in place on x: the estimator at step ``step`` of ``call`` (at CFG batch 2 when ``rate`` >
+    0; its input is ``call.xin``, x channel-last in both halves), then one launch for the CFG combine, the update,
+    the prompt frames re-zeroed and x written into ``call.xin`` for the next step."""
+    v = estimator.step(call, step)
+    ops.cfm_euler(v, x, dts[step], keep, call.xin, rate=rate)
+
+
+def _generic_step(estimator, x, t, dt, prompt_x, x_lens, style, mu, keep, rate: float, kw: dict):
+    """One Euler step with an estimator of the official signature only (no ``prepare`` / ``step``)."""
     if rate > 0:
         stacked_t = torch.cat([t.unsqueeze(0), t.unsqueeze(0)], dim=0)
         v = estimator(torch.cat([x, x], dim=0), prompt_x, x_lens, stacked_t, style, mu, **kw)
@@ -77,16 +89,34 @@ def cfm_step(estimator, x, t, dt, prompt_x, x_lens, style, mu, keep, rate: float
 
 
 def _solve(estimator, x, prompt_x, x_lens, style, mu, t_span, keep, rate: float, valid_len=None):
-    """The Euler loop from x (prompt frames zero) over t_span; ``keep`` [1 or B, 1, T] bool: frames x keeps."""
-    kw = {} if valid_len is None else {"valid_len": valid_len}
+    """The Euler loop from x (prompt frames zero; FastDiT: updated in place) over t_span; ``keep`` [1 or B, 1, T]
+    bool: frames x keeps."""
     if rate > 0:  # the CFG batch's constant halves, once
         prompt_x = torch.cat([prompt_x, torch.zeros_like(prompt_x)], dim=0)
         style = torch.cat([style, torch.zeros_like(style)], dim=0)
         mu = torch.cat([mu, torch.zeros_like(mu)], dim=0)
-    t = t_span[0]
-    for step in range(1, t_span.shape[0]):
-        dt = t_span[step] - t_span[step - 1]
-        x, t = cfm_step(estimator, x, t, dt, prompt_x, x_lens, style, mu, keep, rate, kw)
+    n = t_span.shape[0] - 1
+    if not hasattr(estimator, "prepare"):
+        kw = {} if valid_len is None else {"valid_len": valid_len}
+        t = t_span[0]
+        for step in range(1, n + 1):
+            x, t = _generic_step(estimator, x, t, t_span[step] - t_span[step - 1], prompt_x, x_lens, style, mu, keep,
+                                 rate, kw)  # fmt: skip
+        return x
+    # once a call: every step's dt (t_span[step] - t_span[step - 1], as the official loop subtracts) and t (the
+    # official running sum t = t + dt, in its order), so the estimator's time embeddings and everything else that
+    # does not depend on x are computed before the first step (FastDiT.prepare)
+    dts = t_span[1:] - t_span[:-1]
+    ts = [t_span[0]]
+    for step in range(1, n):
+        ts.append(ts[-1] + dts[step - 1])
+    call = estimator.prepare(prompt_x, x_lens, torch.stack(ts).reshape(n, 1), style, mu, valid_len=valid_len)
+    xt = x.transpose(1, 2)
+    B = x.shape[0]
+    for i in range(call.xin.shape[0] // B):
+        call.xin[i * B : (i + 1) * B].copy_(xt)
+    for step in range(n):
+        cfm_step(estimator, call, x, step, dts, keep, rate)
     return x
 
 

@@ -4,17 +4,25 @@ Called exactly as the official module, ``(x [B,F,T], prompt_x [B,F,T], x_lens, t
 -> ``[B,F,T]``, and computing the same thing (../shared/docs/indextts2-hot-path.md section 2.5):
 
     time embeddings t1, t2      torch (two [B, 256] MLPs; cos first, 1000 * t * freqs)
-    cond_projection, merge      our GEMM over cat(x^T, prompt_x^T, cond, style repeated over T)
+    cond_projection, merge      our GEMM over cat(x^T, prompt_x^T, cond, style repeated over T), split by columns:
+                                the constant inputs' part (and the bias) once, x^T's per step with it as residual
     AdaLN modulation            one GEMM for all 2L+1 AdaptiveLayerNorms (the loader's stacked adaln weight)
     13 blocks                   adaptive RMSNorm -> wqkv -> RoPE attention (keys < x_lens) -> wo + residual ->
                                 adaptive RMSNorm -> SwiGLU feed-forward + residual; UViT skips 7<-5 ... 12<-0
-    final transformer.norm      adaptive RMSNorm
+                                (skip_in_linear reads one [B, T, 2C] buffer both producers wrote their halves of)
+    final transformer.norm      adaptive RMSNorm, written into the long skip's cat(h, x^T) buffer
     long skip, conv1            our GEMMs
-    WaveNet head                REFLECT-padded k-tap convs as im2col GEMMs (channel-last, tap-major weights), the
-                                gated tanh*sigmoid and the masks in torch; res_projection with the WN output as its
-                                residual epilogue
+    WaveNet head                two GEMMs per layer: the REFLECT-padded k-tap conv with its taps gathered in the A
+                                load (channel-last, tap-major weights; reflected at the valid length), the bias, the
+                                condition g and the gated tanh * sigmoid in its epilogue; res_skip updating x and the
+                                skip sum in place (masked); res_projection with the WN output as its residual
     FinalLayer                  LayerNorm(no affine, eps 1e-6) * (1 + scale) + shift (shift first), weight-normed
                                 linear (folded by the loader), conv2 (k1) as a GEMM
+
+Split in two for the CFM loop (``prepare`` once a call, ``step`` per Euler step; ``forward`` is one of each): what
+depends only on t or on the call's constant inputs (both time embeddings of every step at once, the AdaLN, FinalLayer
+and WaveNet-condition GEMMs, cond_projection and the merge of the constant inputs, the lengths) is computed once,
+before the steps; a step is 121 launches of ours and no other op (13 depth, 8 WaveNet layers).
 
 The official s2mel runs in fp32, and so does this module. ``precision`` selects the fp32 products of our GEMMs and
 attention: "tf32x3" (three TF32 tensor-core products, about fp32 accuracy: what the official fp32 SDPA computes
@@ -44,7 +52,14 @@ from indextts_kernels.reference import rope_table_ref
 from .. import ops
 from ..loader import FastDiTWeights
 
-__all__ = ["FastDiT", "PRECISIONS", "LOW_PRECISIONS", "DEFAULT_PRECISION", "unsupported_reason", "reflect_index"]
+__all__ = [
+    "FastDiT",
+    "DiTCall",
+    "PRECISIONS",
+    "LOW_PRECISIONS",
+    "DEFAULT_PRECISION",
+    "unsupported_reason",
+]
 
 PRECISIONS = ("tf32x3", "ieee", "tf32", "bf16", "fp16")
 LOW_PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -58,46 +73,6 @@ def _t_embedding(te: dict, t: torch.Tensor, precision: str) -> torch.Tensor:
     emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
     h = F.silu(ops.linear(emb, te["w0"], te["b0"], precision=precision))
     return ops.linear(h, te["w2"], te["b2"], precision=precision)
-
-
-def _reflect_pad_time(x: torch.Tensor, left: int, right: int) -> torch.Tensor:
-    """Reflect padding of x [B, C, T] along T, as the official SConv1d's pad1d (zeros first when T <= the pad)."""
-    length = x.shape[-1]
-    extra = 0
-    if length <= max(left, right):
-        extra = max(left, right) - length + 1
-        x = F.pad(x, (0, extra))
-    padded = F.pad(x, (left, right), mode="reflect")
-    return padded[..., : padded.shape[-1] - extra]
-
-
-def _taps(x: torch.Tensor, k: int, index: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """im2col of a channel-last x [B, T, C] for a k-tap, dilation-1, same-length conv: [B, T, k*C], tap-major.
-
-    With ``index`` (:func:`reflect_index`) the taps are gathered at frames reflected at the unpadded length instead
-    of at T: the same values for every frame below that length, whatever the padding beyond it holds."""
-    B, T, C = x.shape
-    if index is not None:
-        return x.gather(1, index.expand(B, T * k, C)).reshape(B, T, k * C)
-    total = k - 1
-    right = total // 2
-    xp = _reflect_pad_time(x.transpose(1, 2), total - right, right)  # [B, C, T + k - 1]
-    return xp.unfold(2, k, 1).permute(0, 2, 3, 1).reshape(B, T, k * C)
-
-
-def reflect_index(valid_len: torch.Tensor, T: int, k: int) -> torch.Tensor:
-    """Frame indices [1, T*k, 1] (int64) of the k taps of each frame of a batch padded to T frames beyond its
-    ``valid_len`` (a device int tensor [1]): ``SConv1d``'s reflect padding at valid_len, computed on the device (a
-    CUDA graph replays it for any valid_len). Exact for valid_len > k // 2; frames at or beyond valid_len get
-    in-range indices whose values nothing valid reads."""
-    right = (k - 1) // 2
-    left = k - 1 - right
-    dev = valid_len.device
-    pos = torch.arange(T, device=dev)[:, None] + torch.arange(k, device=dev)[None, :] - left  # [T, k]
-    last = valid_len.reshape(1, 1).long() - 1
-    p = pos.abs()  # reflect at frame 0
-    p = torch.where(p > last, 2 * last - p, p)  # reflect at the last valid frame
-    return p.clamp(0, T - 1).reshape(1, T * k, 1)
 
 
 def _cast(v, dtype: torch.dtype):
@@ -149,8 +124,19 @@ class FastDiT:
             self.adaln_w, self.adaln_b = torch.cat(parts_w).contiguous(), torch.cat(parts_b).contiguous()
         # built here, never inside a forward: nothing is allocated lazily on the first call (CUDA-graph friendly)
         self.freqs_cis = rope_table_ref(rope_positions, self.width // self.heads, device=self.device)
+        # cond_x_merge_linear split by its input columns: x^T's (every step) and the constant inputs' (once a call)
+        self.merge_x_w = w.merge_w[:, : self.mel_channels].contiguous()
+        self.merge_rest_w = w.merge_w[:, self.mel_channels :].contiguous()
         self.emit = set(range(self.depth // 2))  # UViT: the first half's outputs are pushed, the second half pops
         self.receive = set(range(self.depth // 2 + 1, self.depth))
+        # no concatenation in a step: skip_in_linear of layer j reads one [B, T, 2C] buffer whose halves the
+        # producers wrote, layer j - 1's output (left) and the popped layer's (right, ``popped_by``: the stack)
+        stack, self.popped_by = [], {}
+        for i in range(self.depth):
+            if i in self.receive:
+                self.popped_by[stack.pop()] = i
+            if i in self.emit:
+                stack.append(i)
 
     def _lin(self, x, w, b=None, **kw):
         return ops.linear(x, w, b, precision=self.gemm_precision, **kw)
@@ -179,76 +165,127 @@ class FastDiT:
         """``valid_len`` (a device int tensor [1], default None): the batch is padded beyond its first valid_len
         frames; every frame below it is computed as for the unpadded batch (keys and WaveNet frames masked at
         min(x_lens, valid_len), the WaveNet taps reflected at valid_len). The caller keeps valid_len above half the
-        WaveNet kernel."""
-        w, C, hidden = self.w, self.width, self.wavenet_width
+        WaveNet kernel. One :meth:`prepare` and one :meth:`step`."""
         B, mels, T = x.shape
         if mels != self.mel_channels:
             raise ValueError(f"FastDiT: x has {mels} mel channels, the model {self.mel_channels}")
+        t = t.reshape(1, -1)
+        if t.shape[1] not in (1, B):
+            raise ValueError(f"FastDiT: t holds {t.shape[1]} times for a batch of {B}")
+        call = self.prepare(prompt_x, x_lens, t, style, cond, valid_len=valid_len)
+        call.xin.copy_(x.transpose(1, 2))
+        return self.step(call, 0).transpose(1, 2).to(torch.float32).contiguous()
+
+    def prepare(self, prompt_x, x_lens, t, style, cond, *, valid_len: Optional[torch.Tensor] = None) -> DiTCall:
+        """Everything of a forward that does not depend on x, for S steps at once (a CFM call's constants): ``t``
+        [S, 1] (one time per step, every batch row) or [S, B]. Returns the :class:`DiTCall` that :meth:`step` reads;
+        its ``xin`` [B, T, F] (x channel-last, the estimator's dtype) is the caller's to fill before each step."""
+        w, C = self.w, self.width
+        B, mels, T = prompt_x.shape
+        if mels != self.mel_channels:
+            raise ValueError(f"FastDiT: prompt_x has {mels} mel channels, the model {self.mel_channels}")
         if T > self.freqs_cis.shape[0]:
             raise ValueError(f"FastDiT: {T} frames exceed the {self.freqs_cis.shape[0]} RoPE positions of the model")
         lens = self._lens(x_lens, B, T)
         low = self.act_dtype
+        act = low if low is not None else torch.float32
         if low is not None:
-            x, prompt_x, style, cond = (a.to(low) for a in (x, prompt_x, style, cond))
-        index = None
+            prompt_x, style, cond = (a.to(low) for a in (prompt_x, style, cond))
         if valid_len is not None:
             lens = torch.minimum(lens, valid_len.to(lens.dtype))
-            index = reflect_index(valid_len, T, self.wavenet_kernel)
         prec = self.gemm_precision
-        t = t.reshape(-1).expand(B) if t.numel() == 1 else t
-        t1 = _t_embedding(w.t_embed, t, prec or DEFAULT_PRECISION)  # [B, C], fp32
+        S, rows = t.shape
+        tt = t.reshape(-1)
+        t1 = _t_embedding(w.t_embed, tt, prec or DEFAULT_PRECISION)  # [S * rows, C], fp32
+        t2 = _t_embedding(w.t_embed2, tt, prec or DEFAULT_PRECISION)
         if low is not None:
-            t1 = t1.to(low)
+            t1, t2 = t1.to(low), t2.to(low)
+        mod = self._lin(t1, self.adaln_w, self.adaln_b)  # [S * rows, (2L+1) * 2C]: per norm (scale | shift)
+        fm = self._lin(F.silu(t1), w.final_adaln_w, w.final_adaln_b)  # [S * rows, 2 * hidden]: shift | scale
+        g = self._lin(t2, w.wn_cond_w, w.wn_cond_b)  # [S * rows, 2 * hidden * layers]
         cond_p = self._lin(cond, w.cond_proj_w, w.cond_proj_b)  # [B, T, C]
-        xt = x.transpose(1, 2)
-        x_in = torch.cat([xt, prompt_x.transpose(1, 2), cond_p, style[:, None, :].expand(B, T, style.shape[-1])], -1)
-        h = self._lin(x_in, w.merge_w, w.merge_b)  # [B, T, C]
-        mod = self._lin(t1, self.adaln_w, self.adaln_b)  # [B, (2L+1) * 2C]: per norm (scale | shift)
-        skips = []
+        # cond_x_merge_linear over cat(x^T, prompt_x^T, cond, style): the constant columns' product (and the bias)
+        # here, once; each step adds x^T's (the GEMM's K split in two, a reordered sum)
+        rest = torch.cat([prompt_x.transpose(1, 2), cond_p, style[:, None, :].expand(B, T, style.shape[-1])], -1)
+        base = self._lin(rest, self.merge_rest_w, w.merge_b)  # [B, T, C]
+        # the long skip's input cat(h, x^T) as one buffer: the final norm writes h, the caller x^T (``xin``)
+        xcat = torch.empty((B, T, C + mels), dtype=act, device=prompt_x.device)
+        return DiTCall(
+            lens=lens, valid_len=valid_len, mod=mod.reshape(S, rows, -1), fm=fm.reshape(S, rows, -1),
+            g=g.reshape(S, rows, -1), base=base, xcat=xcat, xin=xcat[..., C:],
+        )  # fmt: skip
+
+    def step(self, call: DiTCall, s: int) -> torch.Tensor:
+        """The estimator at step ``s`` of ``call`` on x = ``call.xin``: the velocity [B, T, F], channel-last, in the
+        estimator's dtype."""
+        w, C, hidden = self.w, self.width, self.wavenet_width
+        prec = self.gemm_precision
+        B = call.xin.shape[0]
+        mod, lens = call.mod[s], call.lens
+
+        def per_row(m):  # [rows, N] -> [B, N] (a stride-0 view when one row serves the batch)
+            return m.expand(B, m.shape[-1])
+
+        def norm(h, gain, r):
+            return ops.adaptive_rms_norm(h, gain, per_row(mod[:, r : r + C]), per_row(mod[:, r + C : r + 2 * C]),
+                                         self.rms_eps)  # fmt: skip
+
+        T = call.xin.shape[1]
+        cats = {j: torch.empty((B, T, 2 * C), dtype=call.xin.dtype, device=call.xin.device) for j in self.receive}
+        h = self._lin(call.xin, self.merge_x_w, residual=call.base)  # [B, T, C]
         for i, lw in enumerate(w.layers):
-            if i in self.receive:
-                h = self._lin(torch.cat([h, skips.pop()], -1), lw.skip_in_w, lw.skip_in_b)
+            if i in self.receive:  # skip_in_linear(cat(h, popped skip)): both halves written by their producers
+                h = self._lin(cats[i], lw.skip_in_w, lw.skip_in_b)
             r = 4 * C * i
-            n = ops.adaptive_rms_norm(h, lw.attn_norm_g, mod[:, r : r + C], mod[:, r + C : r + 2 * C], self.rms_eps)
-            qkv = self._lin(n, lw.wqkv)
+            qkv = self._lin(norm(h, lw.attn_norm_g, r), lw.wqkv)
             a = ops.dit_attention(qkv, self.heads, lens, self.freqs_cis, fp32_precision=prec or "ieee")
             h = self._lin(a, lw.wo, residual=h)
-            n = ops.adaptive_rms_norm(
-                h, lw.ffn_norm_g, mod[:, r + 2 * C : r + 3 * C], mod[:, r + 3 * C : r + 4 * C], self.rms_eps
-            )
-            h = ops.swiglu_feed_forward(n, lw.w13, lw.w2, residual=h, precision=prec)
-            if i in self.emit:
-                skips.append(h)
+            out = None
+            if i in self.popped_by:
+                out = cats[self.popped_by[i]][..., C:]
+            elif i + 1 in self.receive:
+                out = cats[i + 1][..., :C]
+            h = ops.swiglu_feed_forward(norm(h, lw.ffn_norm_g, r + 2 * C), lw.w13, lw.w2, residual=h, precision=prec,
+                                        out=out)  # fmt: skip
         r = 4 * C * self.depth
-        h = ops.adaptive_rms_norm(h, w.norm_g, mod[:, r : r + C], mod[:, r + C : r + 2 * C], self.rms_eps)
-        x_res = self._lin(torch.cat([h, xt], -1), w.skip_linear_w, w.skip_linear_b)  # long skip
-        y = self._wavenet(self._lin(x_res, w.conv1_w, w.conv1_b), lens, t, prec, index)
+        ops.adaptive_rms_norm(h, w.norm_g, per_row(mod[:, r : r + C]), per_row(mod[:, r + C : r + 2 * C]),
+                              self.rms_eps, out=call.xcat[..., :C])  # fmt: skip
+        x_res = self._lin(call.xcat, w.skip_linear_w, w.skip_linear_b)  # long skip over cat(h, x^T)
+        y = self._wavenet(self._lin(x_res, w.conv1_w, w.conv1_b), call, s, prec)
         y = self._lin(x_res, w.res_proj_w, w.res_proj_b, residual=y)
-        fm = self._lin(F.silu(t1), w.final_adaln_w, w.final_adaln_b)  # [B, 2 * hidden]: shift | scale
-        y = ops.final_layer_modulate(y, fm[:, :hidden], fm[:, hidden:], self.final_eps)
+        fm = call.fm[s]
+        y = ops.final_layer_modulate(y, per_row(fm[:, :hidden]), per_row(fm[:, hidden:]), self.final_eps)
         y = self._lin(y, w.final_linear_w, w.final_linear_b)
-        y = self._lin(y, w.conv2_w, w.conv2_b)  # [B, T, F]
-        return y.transpose(1, 2).to(torch.float32).contiguous()
+        return self._lin(y, w.conv2_w, w.conv2_b)  # [B, T, F]
 
-    def _wavenet(self, x: torch.Tensor, lens: torch.Tensor, t: torch.Tensor, prec: str, index=None) -> torch.Tensor:
-        """WN(x, mask, g = t_embedder2(t)) in channel-last layout [B, T, hidden]."""
+    def _wavenet(self, x: torch.Tensor, call: DiTCall, s: int, prec) -> torch.Tensor:
+        """WN(x, mask, g) in channel-last layout [B, T, hidden], two GEMMs per layer: the k-tap conv gathering
+        its taps (reflected at the valid length) with the condition and the gated tanh * sigmoid in its epilogue,
+        then res_skip updating x and the skip sum in place (masked as the official code masks them)."""
         w, hidden, layers = self.w, self.wavenet_width, self.wavenet_layers
-        B, T, _ = x.shape
-        mask = (torch.arange(T, device=x.device)[None, :] < lens[:, None]).to(x.dtype)[..., None]  # [B, T, 1]
-        t2 = _t_embedding(w.t_embed2, t, prec or DEFAULT_PRECISION).to(x.dtype)  # fp32, then the stream's dtype
-        g = self._lin(t2, w.wn_cond_w, w.wn_cond_b)  # [B, 2 * hidden * layers]
-        out = torch.zeros_like(x)
+        g = call.g[s]  # [rows, 2 * hidden * layers]
+        skip = torch.empty_like(x)
         for i in range(layers):
-            a = self._lin(_taps(x, self.wavenet_kernel, index), w.wn_in_w[i], w.wn_in_b[i])  # [B, T, 2 * hidden]
-            a = a + g[:, None, 2 * hidden * i : 2 * hidden * (i + 1)]
-            acts = torch.tanh(a[..., :hidden]) * torch.sigmoid(a[..., hidden:])
-            rs = self._lin(acts, w.wn_res_skip_w[i], w.wn_res_skip_b[i])
-            if i < layers - 1:
-                x = (x + rs[..., :hidden]) * mask
-                out = out + rs[..., hidden:]
-            else:
-                out = out + rs
-        return out * mask
+            acts = ops.wavenet_gate(x, w.wn_in_w[i], w.wn_in_b[i], g[:, 2 * hidden * i : 2 * hidden * (i + 1)],
+                                    taps=self.wavenet_kernel, valid_len=call.valid_len, precision=prec)  # fmt: skip
+            ops.wavenet_res_skip(acts, w.wn_res_skip_w[i], w.wn_res_skip_b[i], x, skip, call.lens, first=i == 0,
+                                 last=i == layers - 1, precision=prec)  # fmt: skip
+        return skip
+
+
+@dataclasses.dataclass
+class DiTCall:
+    """A forward's constants (:meth:`FastDiT.prepare`), for its S steps: what depends on t or the call's inputs,
+    not on x. ``mod``, ``fm``, ``g`` are [S, rows, N] (rows 1: every batch row); ``xin`` is the step's input."""
+
+    lens: torch.Tensor  # int32 [B]: key and WaveNet frame lengths (min(x_lens, valid_len))
+    valid_len: Optional[torch.Tensor]  # int [1]: where the WaveNet taps reflect (None: T)
+    mod: torch.Tensor  # the 2L+1 AdaptiveLayerNorms' (scale | shift)
+    fm: torch.Tensor  # the FinalLayer's (shift | scale)
+    g: torch.Tensor  # the WaveNet condition, every layer's
+    base: torch.Tensor  # [B, T, C]: cond_x_merge_linear of the constant inputs, bias included
+    xcat: torch.Tensor  # [B, T, C + F]: the long skip's input, cat(h, x^T)
+    xin: torch.Tensor  # [B, T, F]: x channel-last (the view xcat[..., C:]), the caller's to fill
 
 
 def unsupported_reason(dit) -> Optional[str]:

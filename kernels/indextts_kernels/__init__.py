@@ -33,10 +33,15 @@ _LAUNCHERS = {
     "swiglu_feed_forward_fwd": "gemm",
     "gpt2_mlp_fwd": "gemm",
     "pack_w13": "gemm",
+    "wavenet_gate_fwd": "gemm",
+    "wavenet_res_skip_fwd": "gemm",
+    "cfm_euler_fwd": "euler",
+    "logits_process_fwd": "sampling",
+    "decode_select_fwd": "sampling",
 }
 
 # kernel modules, for tools that walk every kernel (the AOT compile check)
-KERNEL_MODULES = ("norm", "attention", "gemm")
+KERNEL_MODULES = ("norm", "attention", "gemm", "euler", "sampling")
 
 __all__ = ["HAS_TRITON", "KERNEL_MODULES", "reference", "load_kernel_module", "count_launches", *_LAUNCHERS]
 

@@ -341,3 +341,78 @@ def ffn_args(op: str, x, w_in, w_out, *, b_in=None, b_out=None, residual=None, s
         gemm_args(op, probe, w_out, bias=b_out, residual=residual, precision=precision)
     except ValueError as e:
         raise ValueError(f"{e} (the second projection reads the {hidden}-wide hidden)") from None
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# WaveNet layer GEMMs and the CFM Euler update
+# ----------------------------------------------------------------------------------------------------------------------
+def _check_precision(op: str, precision) -> None:
+    if precision is not None and precision not in GEMM_PRECISIONS:
+        raise ValueError(f"{op}: precision must be None or one of {GEMM_PRECISIONS}, got {precision!r}")
+
+
+def wavenet_gate_args(op: str, x, weight, bias, cond, *, taps, valid_len=None, precision=None, out=None) -> None:
+    """x [B, T, C] (rows contiguous), weight [2H, taps*C] contiguous, bias [2H], cond [B or 1, 2H] (last dim
+    contiguous), one float dtype; valid_len an int tensor [1]; taps an odd positive int."""
+    check_tensor("x", x)
+    if x.dim() != 3:
+        raise ValueError(f"{op}: x must be [B, T, C], got shape {tuple(x.shape)}")
+    B, T, C = x.shape
+    if isinstance(taps, bool) or not isinstance(taps, int) or taps < 1 or taps % 2 == 0:
+        raise ValueError(f"{op}: taps must be an odd positive int, got {taps!r}")
+    check_tensor("weight", weight, dtypes=(x.dtype,), device=x.device, min_dim=2)
+    if weight.dim() != 2 or weight.shape[1] != taps * C or weight.shape[0] % 2 or not weight.is_contiguous():
+        raise ValueError(f"{op}: weight must be contiguous [2H, taps * C = {taps * C}], got {tuple(weight.shape)}")
+    H2 = weight.shape[0]
+    check_tensor("bias", bias, dtypes=(x.dtype,), device=x.device, shape=(H2,))
+    check_tensor("cond", cond, dtypes=(x.dtype,), device=x.device)
+    if cond.dim() != 2 or cond.shape[0] not in (1, B) or cond.shape[1] != H2:
+        raise ValueError(f"{op}: cond must be [B = {B} or 1, {H2}], got {tuple(cond.shape)}")
+    if valid_len is not None:
+        check_tensor("valid_len", valid_len, dtypes=INDEX_DTYPES, device=x.device, shape=(1,))
+    _check_precision(op, precision)
+    if out is not None:
+        check_tensor("out", out, dtypes=(x.dtype,), device=x.device, shape=(B, T, H2 // 2))
+    check_inference(op, x, weight, bias, cond)
+
+
+def wavenet_res_skip_args(op: str, acts, weight, bias, x, skip, lens, *, last, precision=None) -> None:
+    """acts, x, skip [B, T, H] of one float dtype (x and skip rows contiguous: written in place), weight [2H, H]
+    ([H, H] when last) contiguous, bias [2H] ([H]), lens int [B]."""
+    check_tensor("acts", acts)
+    if acts.dim() != 3:
+        raise ValueError(f"{op}: acts must be [B, T, H], got shape {tuple(acts.shape)}")
+    B, T, H = acts.shape
+    n = H if last else 2 * H
+    check_tensor("weight", weight, dtypes=(acts.dtype,), device=acts.device, shape=(n, H))
+    if not weight.is_contiguous():
+        raise ValueError(f"{op}: weight must be contiguous")
+    check_tensor("bias", bias, dtypes=(acts.dtype,), device=acts.device, shape=(n,))
+    for name, t in (("x", x), ("skip", skip)):
+        check_tensor(name, t, dtypes=(acts.dtype,), device=acts.device, shape=(B, T, H))
+        if t.stride(-1) != 1 or (T > 1 and t.stride(1) != H) or (B > 1 and t.stride(0) != T * H):
+            raise ValueError(f"{op}: {name} is updated in place and must be contiguous")
+    if x.data_ptr() == skip.data_ptr():
+        raise ValueError(f"{op}: x and skip must be different buffers")
+    check_tensor("lens", lens, dtypes=INDEX_DTYPES, device=acts.device, shape=(B,))
+    _check_precision(op, precision)
+    check_inference(op, acts, weight, bias, x, skip)
+
+
+def cfm_euler_args(op: str, v, x, dt, keep, xin, *, rate) -> None:
+    """v [R*B, T, F] (R = 2 with CFG, 1 without; rows contiguous), x [B, F, T] fp32 contiguous, dt a 1-element
+    fp32 tensor, keep bool [1 or B, 1, T], xin [R*B, T, F] rows (the estimator's next input; any row stride)."""
+    check_tensor("x", x, dtypes=(torch.float32,))
+    if x.dim() != 3 or not x.is_contiguous():
+        raise ValueError(f"{op}: x must be a contiguous [B, F, T], got {tuple(x.shape)}")
+    B, F, T = x.shape
+    R = 2 if rate > 0 else 1
+    check_tensor("v", v, device=x.device, shape=(R * B, T, F))
+    check_tensor("xin", xin, device=x.device, shape=(R * B, T, F))
+    check_tensor("dt", dt, dtypes=(torch.float32,), device=x.device, min_dim=0)
+    if dt.numel() != 1:
+        raise ValueError(f"{op}: dt must hold one value, got shape {tuple(dt.shape)}")
+    check_tensor("keep", keep, dtypes=(torch.bool,), device=x.device)
+    if keep.dim() != 3 or keep.shape[0] not in (1, B) or keep.shape[1] != 1 or keep.shape[2] != T:
+        raise ValueError(f"{op}: keep must be [1 or B, 1, T = {T}], got {tuple(keep.shape)}")
+    check_inference(op, v, x, xin)

@@ -41,6 +41,9 @@ Regimes:    M > 8: tensor-core tiles (tl.dot), grouped tile order for L2 reuse, 
             workspace or second pass, so the nonlinear epilogue (gelu_new) stays in the kernel.
 In place:   out=residual (the very same view) is allowed; any other overlap of out with an input is refused.
 Matches:    indextts_kernels.reference.{linear_ref, swiglu_linear_ref, swiglu_feed_forward_ref, gpt2_mlp_ref}
+WaveNet:    two more tensor-core kernels on the same tiles (section at the end): the s2mel WaveNet layer as two GEMMs,
+            the k-tap REFLECT conv gathered in the A load with the gated tanh * sigmoid epilogue, and res_skip with the
+            in-place residual / skip updates (reference.wavenet_gate_ref, reference.wavenet_res_skip_ref).
 Limits:     forward only; K >= 1; no split-K (K <= 5120 here); no .item() or host sync (CUDA-graph safe).
 """
 
@@ -75,6 +78,8 @@ __all__ = [
     "gpt2_mlp_fwd",
     "pack_w13",
     "gemm_launch_config",
+    "wavenet_gate_fwd",
+    "wavenet_res_skip_fwd",
 ]
 
 ACT_NONE, ACT_GELU_NEW, ACT_SWIGLU = 0, 1, 2
@@ -587,7 +592,7 @@ def _representative_rows(rows: range) -> list[int]:
     return sorted({m for m in rows if m <= DECODE_MAX_M} | {rows[-1]})
 
 
-def compile_variants(gemms=(), ln_gemms=()):
+def compile_variants(gemms=(), ln_gemms=(), wavenets=()):
     """Every kernel specialization the launchers produce for the requested GEMMs, for the AOT compile check.
 
     ``gemms``: (tag, N, K, bias, residual, activation, dtypes, rows, precisions) per linear_fwd /
@@ -632,3 +637,338 @@ def compile_variants(gemms=(), ln_gemms=()):
                             regime = f"{dtype_tag}{pname}/mma/{bm}x{bn}x{bk}"
                         grid = cdiv(M, bm) * cdiv(N, bn)
                         yield f"gemm/{tag}/{regime}", kernel, sig, const, nw, divisible, grid
+    yield from compile_wavenet_variants(wavenets)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# WaveNet layer (WN of the s2mel DiT's head): two GEMMs per layer, nothing else
+#
+#   gate      acts = tanh(a[:H] + g[:H]) * sigmoid(a[H:] + g[H:]),  a = conv_k(x) + bias    (x [B, T, C] channel-last)
+#             the k-tap, dilation-1 conv as a GEMM whose A tile is gathered in the load (implicit im2col, tap-major
+#             weight [2H, k*C]) at frames reflected at the valid length (the official SConv1d's REFLECT padding);
+#             both halves in one tile (two accumulators over weight rows j and H + j, as SwiGLU's), the per-batch
+#             condition g [B, 2H] and the gated tanh * sigmoid in the epilogue
+#   res_skip  rs = acts @ W^T + bias;  x = (x + rs[:H]) * mask  and  skip = skip + rs[H:]  (in place), or for the
+#             last layer skip = (skip + rs) * mask; the first layer's skip is rs (the official zeros + rs)
+# ----------------------------------------------------------------------------------------------------------------------
+@triton.jit
+def _tanh(x):
+    """tanh through the sigmoid (no libdevice): 2 sigmoid(2x) - 1."""
+    return 2.0 * tl.sigmoid(2.0 * x) - 1.0
+
+
+@triton.jit(do_not_specialize=["M", "T"])
+def _wavenet_gate_kernel(
+    X,  # pointer to the layer input rows [B*T, C] (channel-last)
+    W,  # pointer to the weight [2H, TAPS*C], tap-major (column j*C + c reads tap j of channel c)
+    BIAS,  # pointer to the bias [2H]
+    G,  # pointer to the per-batch condition [B, 2H] (row stride stride_gb, 0: one row for every batch row)
+    VALID,  # pointer to the valid length (int [1], HAS_VALID): taps reflect there; frames at or past it read zero
+    OUT,  # pointer to the gated activations [B*T, H]
+    M,  # B*T
+    T,
+    H,
+    C,
+    stride_xm,
+    stride_wn,
+    stride_gb,
+    stride_om,
+    TAPS: tl.constexpr,
+    HAS_VALID: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
+    EVEN_C: tl.constexpr,  # C % BLOCK_K == 0: a K slab lies in one tap (its frame index is per row, its loads unmasked)
+):
+    rm, rn = _tile(M, H, BLOCK_M, BLOCK_N, GROUP_M)
+    rk = tl.arange(0, BLOCK_K)
+    m_ok = rm < M
+    n_ok = rn < H
+    rows = rm % M
+    b = rows // T
+    t = rows % T
+    if HAS_VALID:
+        V = tl.load(VALID).to(tl.int32)
+    else:
+        V = T
+    LEFT: tl.constexpr = TAPS - 1 - (TAPS - 1) // 2
+    # reflect about frame 0 and about the last frame; a sequence shorter than the pad is zero-extended to LEFT + 1
+    # frames first (the official pad1d), and those extra frames read zero
+    last = tl.maximum(V - 1, LEFT)
+    _am, wn, w3_off = _operand_rows(rm, rn, M, H, stride_wn)
+    w_ptrs = W + wn[None, :] * stride_wn + rk[:, None]  # [BK, BN]
+    x_row0 = (b * T).to(tl.int64)
+    K = TAPS * C
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    gate = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    if EVEN_C:
+        # the implicit GEMM's natural nest: per tap the rows' source frames once, then its C channels in
+        # BLOCK_K slabs (a slab never spans two taps, its loads need no K mask)
+        for j in range(TAPS):
+            p = tl.abs(t + j - LEFT)
+            p = tl.where(p > last, 2 * last - p, p)
+            p_ok = p < V  # past the sequence (zero-extended) reads zero
+            p = tl.minimum(tl.maximum(p, 0), T - 1)
+            a_ptrs = X + (x_row0 + p)[:, None] * stride_xm + rk[None, :]
+            for _c in range(0, C, BLOCK_K):
+                a = tl.load(a_ptrs, mask=p_ok[:, None], other=0.0)
+                w = tl.load(w_ptrs)
+                w3 = tl.load(w_ptrs + w3_off)
+                acc = dot_prec(a, w, acc, INPUT_PRECISION)
+                gate = dot_prec(a, w3, gate, INPUT_PRECISION)
+                a_ptrs += BLOCK_K
+                w_ptrs += BLOCK_K
+    else:
+        for k in range(0, K, BLOCK_K):
+            kk = k + rk
+            k_ok = kk < K
+            p = tl.abs(t[:, None] + (kk // C)[None, :] - LEFT)  # [BM, BK]: a slab may span taps
+            p = tl.where(p > last, 2 * last - p, p)
+            a_ok = k_ok[None, :] & (p < V)  # past the sequence (zero-extended) reads zero
+            p = tl.minimum(tl.maximum(p, 0), T - 1)
+            a = tl.load(X + (x_row0[:, None] + p) * stride_xm + (kk % C)[None, :], mask=a_ok, other=0.0)
+            w = tl.load(w_ptrs, mask=k_ok[:, None], other=0.0)
+            w3 = tl.load(w_ptrs + w3_off, mask=k_ok[:, None], other=0.0)
+            acc = dot_prec(a, w, acc, INPUT_PRECISION)
+            gate = dot_prec(a, w3, gate, INPUT_PRECISION)
+            w_ptrs += BLOCK_K
+    # a = conv(x) + bias (the conv's own output), then + g, in the official order
+    acc += tl.load(BIAS + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+    gate += tl.load(BIAS + H + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+    mask = m_ok[:, None] & n_ok[None, :]
+    g_ptrs = G + b.to(tl.int64)[:, None] * stride_gb + rn[None, :]
+    acc += tl.load(g_ptrs, mask=mask, other=0.0).to(tl.float32)
+    gate += tl.load(g_ptrs + H, mask=mask, other=0.0).to(tl.float32)
+    y = _tanh(acc) * tl.sigmoid(gate)
+    tl.store(OUT + rm.to(tl.int64)[:, None] * stride_om + rn[None, :], cast_to(y, OUT.dtype.element_ty), mask=mask)
+
+
+@triton.jit(do_not_specialize=["M", "T"])
+def _wavenet_res_skip_kernel(
+    A,  # pointer to the gated activations [B*T, H]
+    W,  # pointer to the weight [2H, H] (rows j: residual, H + j: skip), the last layer's [H, H] (skip)
+    BIAS,  # pointer to the bias [2H] (last layer [H])
+    X,  # pointer to the residual stream [B*T, H], updated in place (not LAST)
+    S,  # pointer to the skip sum [B*T, H], updated in place (written, not read, when FIRST)
+    LENS,  # pointer to the per-row lengths [B] (int): frames t < LENS[b] are kept by the mask
+    M,
+    T,
+    H,
+    stride_am,
+    stride_wn,
+    stride_xm,
+    stride_sm,
+    FIRST: tl.constexpr,
+    LAST: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
+    EVEN_K: tl.constexpr,
+):
+    rm, rn = _tile(M, H, BLOCK_M, BLOCK_N, GROUP_M)
+    rk = tl.arange(0, BLOCK_K)
+    m_ok = rm < M
+    n_ok = rn < H
+    am, wn, w3_off = _operand_rows(rm, rn, M, H, stride_wn)
+    a_ptrs = A + am[:, None] * stride_am + rk[None, :]
+    w_ptrs = W + wn[None, :] * stride_wn + rk[:, None]
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    sk = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for k in range(0, H, BLOCK_K):
+        if EVEN_K:
+            a = tl.load(a_ptrs)
+            w = tl.load(w_ptrs)
+        else:
+            k_ok = (k + rk) < H
+            a = tl.load(a_ptrs, mask=k_ok[None, :], other=0.0)
+            w = tl.load(w_ptrs, mask=k_ok[:, None], other=0.0)
+        acc = dot_prec(a, w, acc, INPUT_PRECISION)
+        if not LAST:
+            if EVEN_K:
+                w3 = tl.load(w_ptrs + w3_off)
+            else:
+                w3 = tl.load(w_ptrs + w3_off, mask=k_ok[:, None], other=0.0)
+            sk = dot_prec(a, w3, sk, INPUT_PRECISION)
+        a_ptrs += BLOCK_K
+        w_ptrs += BLOCK_K
+    rows = rm % M
+    keep = (rows % T) < tl.load(LENS + rows // T, mask=m_ok, other=0)
+    fmask = keep.to(tl.float32)[:, None]  # the official float mask, multiplied
+    mask = m_ok[:, None] & n_ok[None, :]
+    r64 = rm.to(tl.int64)[:, None]
+    s_ptrs = S + r64 * stride_sm + rn[None, :]
+    acc += tl.load(BIAS + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+    if LAST:
+        s = acc
+        if not FIRST:
+            s = tl.load(s_ptrs, mask=mask, other=0.0).to(tl.float32) + s
+        tl.store(s_ptrs, cast_to(s * fmask, S.dtype.element_ty), mask=mask)
+    else:
+        sk += tl.load(BIAS + H + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+        x_ptrs = X + r64 * stride_xm + rn[None, :]
+        xv = (tl.load(x_ptrs, mask=mask, other=0.0).to(tl.float32) + acc) * fmask
+        tl.store(x_ptrs, cast_to(xv, X.dtype.element_ty), mask=mask)
+        if not FIRST:
+            sk = tl.load(s_ptrs, mask=mask, other=0.0).to(tl.float32) + sk
+        tl.store(s_ptrs, cast_to(sk, S.dtype.element_ty), mask=mask)
+
+
+def _wavenet_config(M: int, N: int, K: int, dtype: torch.dtype, precision, num_sms: int, interpret=None) -> tuple:
+    """(BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages, precision): the tensor-core regime's SwiGLU
+    config (two accumulators) at any M (no GEMV regime: these GEMMs have B*T rows)."""
+    prec = (precision or "ieee") if dtype == torch.float32 else "tf32"
+    _, BM, BN, BK, GM, warps, stages = gemm_launch_config(
+        max(M, DECODE_MAX_M + 1), N, K, dtype, swiglu=True, residual=True, precision=prec, num_sms=num_sms,
+        interpret=interpret,
+    )  # fmt: skip
+    return BM, BN, BK, GM, warps, stages, prec
+
+
+def _wavenet_gate_spec(M, H, C, taps, dtype, *, precision, has_valid, num_sms, interpret=None):
+    BM, BN, BK, GM, warps, stages, prec = _wavenet_config(M, H, taps * C, dtype, precision, num_sms, interpret)
+    if dtype == torch.float32 and prec != "tf32" and warps < 8:
+        # the gathered A tile's row offsets on top of two fp32 accumulators (and tf32x3's split operands): at 4
+        # warps the 64 x 64 x 16 tile spills 24-48 bytes on sm_86/89 (tf32x3), at 8 none; "tf32" is the other way
+        # round (4 warps: none; 8: ptxas caps the registers at 128 and spills 8 bytes). The AOT table checks both.
+        warps = 8
+    const = dict(TAPS=taps, HAS_VALID=has_valid, INPUT_PRECISION=prec, BLOCK_M=BM, BLOCK_N=BN, BLOCK_K=BK,
+                 GROUP_M=GM, EVEN_C=C % BK == 0)  # fmt: skip
+    return _wavenet_gate_kernel, const, warps, stages
+
+
+def _wavenet_res_skip_spec(M, H, dtype, *, precision, first, last, num_sms, interpret=None):
+    BM, BN, BK, GM, warps, stages, prec = _wavenet_config(M, H, H, dtype, precision, num_sms, interpret)
+    const = dict(FIRST=first, LAST=last, INPUT_PRECISION=prec, BLOCK_M=BM, BLOCK_N=BN, BLOCK_K=BK, GROUP_M=GM,
+                 EVEN_K=H % BK == 0)  # fmt: skip
+    return _wavenet_res_skip_kernel, const, warps, stages
+
+
+def _sms_of(x: torch.Tensor) -> int:
+    return _num_sms(x.device.index if x.device.index is not None else torch.cuda.current_device()) if x.is_cuda else 1
+
+
+def wavenet_gate_fwd(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    cond: torch.Tensor,
+    *,
+    taps: int,
+    valid_len: Optional[torch.Tensor] = None,
+    precision: Optional[str] = None,
+    out: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """``tanh(a[..., :H] + cond[:, :H]) * sigmoid(a[..., H:] + cond[:, H:])`` with ``a`` the ``taps``-tap,
+    dilation-1, same-length conv of x [B, T, C] (channel-last) with REFLECT padding (``weight`` [2H, taps*C]
+    tap-major, ``bias`` [2H]); ``cond`` [B, 2H] (or [1, 2H]: every batch row) per batch row. ``valid_len`` (int
+    tensor [1]): the taps reflect at that length instead of T (frames beyond it are padding). Returns [B, T, H]."""
+    from ._validate import wavenet_gate_args
+
+    validate_once(wavenet_gate_args, "wavenet_gate_fwd", x, weight, bias, cond, taps=taps, valid_len=valid_len,
+                  precision=precision, out=out)  # fmt: skip
+    check_launchable(x, "wavenet_gate_fwd")
+    B, T, C = x.shape
+    H = weight.shape[0] // 2
+    y = _prepare_out("wavenet_gate_fwd", out, (B, T, H), x.dtype, x, weight, bias, None)
+    M = B * T
+    if M == 0 or H == 0:
+        return y
+    x2 = rows_view("x", x, C, copy_ok=True)
+    y2 = rows_view("out", y, H)
+    kernel, const, warps, stages = _wavenet_gate_spec(
+        M, H, C, taps, x.dtype, precision=precision, has_valid=valid_len is not None, num_sms=_sms_of(x)
+    )
+    grid = (cdiv(M, const["BLOCK_M"]) * cdiv(H, const["BLOCK_N"]),)
+    gstride = cond.stride(0) if cond.shape[0] > 1 else 0
+    with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
+        note_launch("gemm")
+        kernel[grid](
+            x2, weight, bias, cond, valid_len if valid_len is not None else bias, y2,
+            M, T, H, C, x2.stride(0), weight.stride(0), gstride, y2.stride(0),
+            **const, num_warps=warps, num_stages=stages,
+        )  # fmt: skip
+    return y
+
+
+def wavenet_res_skip_fwd(
+    acts: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    x: torch.Tensor,
+    skip: torch.Tensor,
+    lens: torch.Tensor,
+    *,
+    first: bool,
+    last: bool,
+    precision: Optional[str] = None,
+) -> None:
+    """One WaveNet layer's res_skip conv (k1) and its updates, in place: ``rs = acts @ weight.T + bias``; not
+    ``last``: ``x = (x + rs[..., :H]) * mask``, ``skip = skip + rs[..., H:]`` (``first``: ``skip = rs[..., H:]``,
+    skip's old content unread); ``last`` (weight [H, H]): ``skip = (skip + rs) * mask``, x untouched. acts, x,
+    skip [B, T, H]; mask[b, t] = t < lens[b] (lens int [B])."""
+    from ._validate import wavenet_res_skip_args
+
+    validate_once(wavenet_res_skip_args, "wavenet_res_skip_fwd", acts, weight, bias, x, skip, lens, last=last,
+                  precision=precision)  # fmt: skip
+    check_launchable(acts, "wavenet_res_skip_fwd")
+    B, T, H = acts.shape
+    M = B * T
+    if M == 0 or H == 0:
+        return
+    a2 = rows_view("acts", acts, H, copy_ok=True)
+    x2 = rows_view("x", x, H)
+    s2 = rows_view("skip", skip, H)
+    kernel, const, warps, stages = _wavenet_res_skip_spec(
+        M, H, acts.dtype, precision=precision, first=bool(first), last=bool(last), num_sms=_sms_of(acts)
+    )
+    grid = (cdiv(M, const["BLOCK_M"]) * cdiv(H, const["BLOCK_N"]),)
+    with torch.cuda.device(acts.device) if acts.is_cuda else contextlib.nullcontext():
+        note_launch("gemm")
+        kernel[grid](
+            a2, weight, bias, x2, s2, lens, M, T, H,
+            a2.stride(0), weight.stride(0), x2.stride(0), s2.stride(0),
+            **const, num_warps=warps, num_stages=stages,
+        )  # fmt: skip
+
+
+def compile_wavenet_variants(wavenets=()):
+    """The WaveNet layer kernels' specializations: ``wavenets`` = (tag, H, C, taps, dtypes, precisions) per WN."""
+    seen = set()
+    for tag, H, C, taps, dtypes, precisions in wavenets:
+        for dtype_tag in dtypes:
+            dt = _TORCH_DT[dtype_tag]
+            for prec, sms in ((p, n) for p in (precisions if dtype_tag == "fp32" else (None,)) for n in (1, 1 << 30)):
+                # the tile choice is made against the SM count: 1 and an unbounded count give both
+                specs = [("gate", _wavenet_gate_spec(4096, H, C, taps, dt, precision=prec, has_valid=v, num_sms=sms,
+                                                     interpret=False)) for v in (False, True)]  # fmt: skip
+                specs += [("res_skip", _wavenet_res_skip_spec(4096, H, dt, precision=prec, first=f, last=la,
+                                                              num_sms=sms, interpret=False))
+                          for f in (False, True) for la in (False, True)]  # fmt: skip
+                for part, (kernel, const, nw, _stages) in specs:
+                    key = (dtype_tag, kernel.__name__, tuple(const.items()), nw)
+                    if key in seen:
+                        continue
+                    seen.add(key)
+                    if part == "gate":
+                        types = {"X": dtype_tag, "W": dtype_tag, "BIAS": dtype_tag, "G": dtype_tag, "VALID": "i64",
+                                 "OUT": dtype_tag}  # fmt: skip
+                        by16 = {"H": H, "C": C, "stride_xm": C, "stride_wn": taps * C, "stride_gb": 2 * H,
+                                "stride_om": H}  # fmt: skip
+                        flags = f"taps{taps}" + ("+valid" if const["HAS_VALID"] else "")
+                    else:
+                        types = {"A": dtype_tag, "W": dtype_tag, "BIAS": dtype_tag, "X": dtype_tag, "S": dtype_tag,
+                                 "LENS": "i32"}  # fmt: skip
+                        by16 = {"H": H, "stride_am": H, "stride_wn": H, "stride_xm": H, "stride_sm": H}
+                        flags = ("first+" if const["FIRST"] else "") + ("last" if const["LAST"] else "mid")
+                    sig = {a: "constexpr" if a in const else (f"*{types[a]}" if a in types else "i32")
+                           for a in kernel.arg_names}  # fmt: skip
+                    divisible = [a for a, ty in sig.items() if ty.startswith("*") or (a in by16 and by16[a] % 16 == 0)]
+                    bm, bn, bk = const["BLOCK_M"], const["BLOCK_N"], const["BLOCK_K"]
+                    pname = f"/{const['INPUT_PRECISION']}" if dtype_tag == "fp32" else ""
+                    grid = cdiv(4096, bm) * cdiv(H, bn)
+                    yield (f"gemm/{tag}_{part}+{flags}/{dtype_tag}{pname}/mma/{bm}x{bn}x{bk}", kernel, sig, const, nw,
+                           divisible, grid)  # fmt: skip

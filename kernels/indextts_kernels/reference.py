@@ -32,6 +32,13 @@ __all__ = [
     "swiglu_linear_ref",
     "swiglu_feed_forward_ref",
     "gpt2_mlp_ref",
+    "ProcessConfig",
+    "SelectConfig",
+    "logits_process_ref",
+    "decode_select_ref",
+    "wavenet_gate_ref",
+    "wavenet_res_skip_ref",
+    "cfm_euler_ref",
 ]
 
 
@@ -342,3 +349,273 @@ def gpt2_mlp_ref(
     """HF ``GPT2MLP`` plus the block's residual: ``residual + c_proj(gelu_new(c_fc(x)))``; weights [out, in]."""
     h = linear_ref(x, c_fc_weight, c_fc_bias, activation="gelu_new")
     return linear_ref(h, c_proj_weight, c_proj_bias, residual=residual)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Decode-loop sampling: logits processors, token selection, the beam step (the torch ops of the official generate)
+# ----------------------------------------------------------------------------------------------------------------------
+SAMPLING_MAX_ROWS, SAMPLING_MAX_VOCAB = 16, 65536  # what the sampling kernels take (rows = beams)
+
+
+class ProcessConfig(tuple):
+    """The logits-processor chain's settings (hashable: the kernels specialize on which processors run).
+
+    Fields: log_softmax (beam methods process log-probs), penalty (repetition penalty, 1.0: off), min_length,
+    min_new_tokens, eos, temperature (1.0: off; applied only with do_sample), top_k (0: off), top_p (1.0: off),
+    min_keep, do_sample (temperature / top-k / top-p run only when sampling)."""
+
+    __slots__ = ()
+    _fields = ("log_softmax", "penalty", "min_length", "min_new_tokens", "eos", "temperature", "top_k", "top_p",
+               "min_keep", "do_sample")  # fmt: skip
+
+    def __new__(cls, *, log_softmax=False, penalty=1.0, min_length=0, min_new_tokens=0, eos=0, temperature=1.0,
+                top_k=0, top_p=1.0, min_keep=1, do_sample=False):  # fmt: skip
+        return tuple.__new__(cls, (bool(log_softmax), float(penalty), int(min_length), int(min_new_tokens), int(eos),
+                                   float(temperature), int(top_k), float(top_p), int(min_keep), bool(do_sample)))  # fmt: skip
+
+    def __getattr__(self, name):
+        try:
+            return self[ProcessConfig._fields.index(name)]
+        except ValueError:
+            raise AttributeError(name) from None
+
+
+class SelectConfig(tuple):
+    """The token selection's settings: num_beams (1: greedy / multinomial), do_sample, eos, pos_limit (the mel
+    position table's rows), early_stopping (True, False or "never"), length_penalty."""
+
+    __slots__ = ()
+    _fields = ("num_beams", "do_sample", "eos", "pos_limit", "early_stopping", "length_penalty")
+
+    def __new__(cls, *, num_beams=1, do_sample=False, eos=0, pos_limit=1, early_stopping=False, length_penalty=1.0):
+        es = True if early_stopping is True else False if early_stopping is False else "never"
+        vals = (int(num_beams), bool(do_sample), int(eos), int(pos_limit), es, float(length_penalty))
+        return tuple.__new__(cls, vals)
+
+    def __getattr__(self, name):
+        try:
+            return self[SelectConfig._fields.index(name)]
+        except ValueError:
+            raise AttributeError(name) from None
+
+
+def logits_process_ref(logits: torch.Tensor, cfg: ProcessConfig, seen: Optional[torch.Tensor] = None,
+                       cur: Optional[torch.Tensor] = None, prompt_len: Optional[torch.Tensor] = None,
+                       beam_scores: Optional[torch.Tensor] = None) -> torch.Tensor:  # fmt: skip
+    """The official logits-processor chain on ``logits`` [rows, V] fp32 (transformers 4.52's processors, op for op):
+    log_softmax (beam methods), the repetition penalty over the ids ``seen`` [rows, V] bool marks, the minimum
+    lengths (``cur``, ``prompt_len``: device int64 scalars), then (sampling) temperature, top-k, top-p with
+    ``min_keep``; plus ``beam_scores`` [rows] (beam methods). Returns the scores [rows, V] fp32."""
+    scores = torch.log_softmax(logits, dim=-1) if cfg.log_softmax else logits
+    if cfg.penalty != 1.0:
+        p = cfg.penalty
+        scores = torch.where(seen, torch.where(scores < 0, scores * p, scores / p), scores)
+    if cfg.min_length > 0 or cfg.min_new_tokens > 0:
+        short = (cur < cfg.min_length) | (cur - prompt_len < cfg.min_new_tokens)
+        eos = torch.arange(scores.shape[-1], device=scores.device) == cfg.eos
+        scores = torch.where(short & eos, -float("inf"), scores)
+    if cfg.do_sample:
+        if cfg.temperature != 1.0:
+            scores = scores / cfg.temperature
+        keep = cfg.min_keep
+        if cfg.top_k != 0:
+            k = min(max(cfg.top_k, keep), scores.size(-1))
+            kth = torch.topk(scores, k)[0][..., -1, None]
+            scores = scores.masked_fill(scores < kth, -float("inf"))
+        if cfg.top_p < 1.0:
+            ascending, order = torch.sort(scores, descending=False)
+            cumulative = ascending.softmax(dim=-1).cumsum(dim=-1)
+            drop = cumulative <= (1 - cfg.top_p)
+            drop[..., -keep:] = 0
+            scores = scores.masked_fill(drop.scatter(1, order, drop), -float("inf"))
+    if beam_scores is not None:
+        scores = scores + beam_scores[:, None]
+    return scores
+
+
+def _multinomial_ref(probs: torch.Tensor, noise: torch.Tensor, n: int):
+    """``torch.multinomial(probs, n)`` on the exponential race with ``noise`` (Exp(1), probs' shape), its host
+    checks as a device bool."""
+    valid = (probs.max() < float("inf")) & (probs.min() >= 0) & (probs.sum(-1) != 0).all()
+    q = torch.div(probs, noise)
+    if n == 1:
+        return torch.argmax(q, dim=-1, keepdim=True), valid
+    return torch.topk(q, n)[1], valid
+
+
+def _hyp_worst_ref(t: dict) -> torch.Tensor:
+    filled = t["hyp_seq"] >= 0
+    return torch.where(filled.any(), torch.where(filled, t["hyp_scores"], float("inf")).min(),
+                       torch.full((), 1e9, dtype=torch.float64, device=t["hyp_scores"].device))  # fmt: skip
+
+
+def _hyp_add_ref(t: dict, seq, seq_len, score, allowed) -> None:
+    """Offer hypothesis ``seq`` with fp64 ``score``: room, or better than the worst kept (which then leaves: the
+    lowest score, then the earliest inserted)."""
+    K = t["hyp_seq"].shape[0]
+    slots = torch.arange(K, device=seq.device)
+    filled = t["hyp_seq"] >= 0
+    full = t["count"] >= K
+    accept = allowed & (~full | (score > _hyp_worst_ref(t)))
+    free_slot = torch.argmin(filled.to(torch.int8))
+    key = torch.where(filled, t["hyp_scores"], float("inf"))
+    tied = filled & (key == key.min())
+    worst_slot = torch.argmin(torch.where(tied, t["hyp_seq"], torch.iinfo(torch.int64).max))
+    slot = torch.where(full, worst_slot, free_slot)
+    onehot = (slots == slot) & accept
+    t["hyp_scores"].copy_(torch.where(onehot, score, t["hyp_scores"]))
+    t["hyp_seq"].copy_(torch.where(onehot, t["inserted"], t["hyp_seq"]))
+    t["hyp_len"].copy_(torch.where(onehot, seq_len, t["hyp_len"]))
+    t["hyp_ids"].copy_(torch.where(onehot[:, None], seq[None, :], t["hyp_ids"]))
+    t["count"].add_((accept & ~full).to(torch.int64))
+    t["inserted"].add_(1)
+
+
+def decode_select_ref(scores: torch.Tensor, noise: Optional[torch.Tensor], t: dict, cfg: SelectConfig,
+                      process: Optional[ProcessConfig] = None) -> None:  # fmt: skip
+    """One decode step after the processors, in place on the state tensors ``t`` (a dict; see
+    ``indextts_kernels.sampling``): the choice (argmax, the exponential race with ``noise``, or the beam step with
+    its hypotheses), the append, the stop condition, the next tokens' embedding and position, the row reorders.
+
+    ``scores`` [rows, V] (processed; with ``process``, raw logits processed here first: one row, no noise).
+    State: ids [rows, L] i64, cur / max_length / prompt_len / pos_base i64 [], running / overflow / valid bool [],
+    tokens [rows] i64, pos [1] i64, seen [rows, V] bool or None, lengths / table int32 (the KV cache's, advanced by
+    the previous step's ``pending`` int32 [] first), emb [rows, 1, C] out, tok_emb [Vt, C] and pos_emb [P, C] (the
+    embedding tables); beams also beam_scores [rows] fp32 and the hypotheses (hyp_scores f64, hyp_seq / hyp_len
+    i64 [rows], hyp_ids [rows, L], count / inserted i64 [], done bool [], powers f64 [L + 1], never_power f64 [])."""
+    if process is not None:
+        scores = logits_process_ref(scores, process, t["seen"], t["cur"], t["prompt_len"])
+    K, L = t["ids"].shape
+    V = scores.shape[-1]
+    run = t["running"].clone()
+    t["lengths"].add_(t["pending"])
+    if K == 1:
+        if cfg.do_sample:
+            tok, ok = _multinomial_ref(torch.softmax(scores, dim=-1), noise, 1)
+            tok = tok.squeeze(1)
+            t["valid"].copy_(t["valid"] & (ok | ~run))
+        else:
+            tok = torch.argmax(scores, dim=-1)
+        _append_ref(t, tok, run, L)
+        still = run & (t["cur"] < t["max_length"]) & (tok[0] != cfg.eos)
+        _feed_ref(t, tok, still, cfg)
+        return
+    flat = scores.reshape(1, -1)
+    if cfg.do_sample:
+        cand, ok = _multinomial_ref(torch.softmax(flat, dim=-1), noise.view(1, -1), 2 * K)
+        cand_scores = torch.gather(flat, -1, cand)
+        cand_scores, order = torch.sort(cand_scores, descending=True, dim=1)
+        cand = torch.gather(cand, -1, order)
+        t["valid"].copy_(t["valid"] & (ok | ~run))
+    else:
+        cand_scores, cand = torch.topk(flat, 2 * K, dim=1, largest=True, sorted=True)
+    cand_scores, cand = cand_scores[0], cand[0]
+    beam = torch.div(cand, V, rounding_mode="floor")
+    token = cand % V
+    is_eos = token == cfg.eos
+    pick = torch.argsort(is_eos.to(torch.int64) * (2 * K) + torch.arange(2 * K, device=scores.device))[:K]
+    nscores, ntok, nrows = cand_scores[pick], token[pick], beam[pick]
+    cur, done = t["cur"], t["done"]
+    denom = t["powers"].gather(0, (cur + 1 - t["prompt_len"]).reshape(1))[0]
+    for r in range(K):
+        seq = t["ids"].index_select(0, beam[r : r + 1])[0]
+        _hyp_add_ref(t, seq, cur, cand_scores[r].double() / denom, is_eos[r] & ~done & run)
+    best = cand_scores[0].double()
+    if cfg.early_stopping is True:
+        finished = torch.ones((), dtype=torch.bool, device=best.device)
+    else:
+        if cfg.early_stopping == "never" and cfg.length_penalty > 0.0:
+            attainable = best / t["never_power"]
+        else:
+            attainable = best / denom
+        finished = _hyp_worst_ref(t) >= attainable
+    done.copy_(done | (run & (t["count"] >= K) & finished))
+    rows = torch.where(run, nrows, torch.arange(K, device=scores.device))
+    t["ids"].copy_(t["ids"].index_select(0, rows))
+    if t["seen"] is not None:
+        t["seen"].copy_(t["seen"].index_select(0, rows))
+    t["beam_scores"].copy_(torch.where(run, nscores, t["beam_scores"]))
+    _append_ref(t, ntok, run, L)
+    t["table"].copy_(t["table"].index_select(0, rows))
+    t["lengths"].copy_(t["lengths"].index_select(0, rows))
+    _feed_ref(t, ntok, run & (t["cur"] < t["max_length"]) & ~done, cfg)
+
+
+def _append_ref(t: dict, tokens, run, L) -> None:
+    K = tokens.shape[0]
+    idx = t["cur"].clamp(max=L - 1).view(1, 1).expand(K, 1)
+    t["ids"].scatter_(1, idx, torch.where(run, tokens[:, None], t["ids"].gather(1, idx)))
+    if t["seen"] is not None:
+        s = tokens[:, None]
+        t["seen"].scatter_(1, s, t["seen"].gather(1, s) | run)
+    t["cur"].add_(run.to(torch.int64))
+
+
+def _feed_ref(t: dict, tokens, still, cfg: SelectConfig) -> None:
+    pos = t["cur"] - t["pos_base"]
+    over = still & (pos >= cfg.pos_limit)
+    t["overflow"].copy_(t["overflow"] | over)
+    live = still & ~over
+    t["running"].copy_(live)
+    t["pos"].copy_(pos.clamp(0, cfg.pos_limit - 1).view(1))
+    t["tokens"].copy_(tokens)
+    t["pending"].copy_(live.to(torch.int32))
+    e = F.embedding(t["tokens"][:, None], t["tok_emb"])
+    p = F.embedding(t["pos"], t["pos_emb"])
+    t["emb"].copy_(e + p)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# WaveNet layer (the s2mel DiT's WN head) and the CFM Euler step
+# ----------------------------------------------------------------------------------------------------------------------
+def reflect_taps_index(T: int, taps: int, valid_len: Optional[torch.Tensor], device=None):
+    """(frame index [T, taps] int64, readable [T, taps] bool) of a ``taps``-tap same-length conv's inputs with REFLECT
+    padding at ``valid_len`` (int tensor [1]; None: T): the official pad1d, which zero-extends a sequence shorter
+    than the pad to pad + 1 frames first (those frames read zero: ``readable`` False)."""
+    left = taps - 1 - (taps - 1) // 2
+    pos = torch.arange(T, device=device)[:, None] + torch.arange(taps, device=device)[None, :] - left
+    V = torch.full((1, 1), T, device=device) if valid_len is None else valid_len.reshape(1, 1).long()
+    last = torch.clamp(V - 1, min=left)
+    p = pos.abs()
+    p = torch.where(p > last, 2 * last - p, p)
+    return p.clamp(0, T - 1), p < V
+
+
+def wavenet_gate_ref(x, weight, bias, cond, *, taps: int, valid_len=None):
+    """``tanh(a[..., :H] + cond[:, :H]) * sigmoid(a[..., H:] + cond[:, H:])``, a = conv(x) + bias: the taps-tap
+    REFLECT-padded conv of x [B, T, C] (channel-last) with the tap-major weight [2H, taps*C]; cond [B or 1, 2H]."""
+    B, T, C = x.shape
+    H = weight.shape[0] // 2
+    p, ok = reflect_taps_index(T, taps, valid_len, x.device)
+    cols = x[:, p.reshape(-1)] * ok.reshape(1, -1, 1).to(x.dtype)  # [B, T*taps, C]
+    a = cols.reshape(B, T, taps * C) @ weight.t() + bias
+    a = a + cond[:, None, :]
+    return torch.tanh(a[..., :H]) * torch.sigmoid(a[..., H:])
+
+
+def wavenet_res_skip_ref(acts, weight, bias, x, skip, lens, *, first: bool, last: bool) -> None:
+    """In place: rs = acts @ weight.T + bias; not last: x = (x + rs[..., :H]) * mask, skip = skip + rs[..., H:]
+    (first: rs[..., H:]); last: skip = (skip + rs) * mask (first: rs * mask). mask[b, t] = t < lens[b]."""
+    B, T, H = acts.shape
+    rs = acts @ weight.t() + bias
+    mask = (torch.arange(T, device=acts.device)[None, :] < lens[:, None]).to(acts.dtype)[..., None]
+    if last:
+        s = rs if first else skip + rs
+        skip.copy_(s * mask)
+        return
+    x.copy_((x + rs[..., :H]) * mask)
+    skip.copy_(rs[..., H:] if first else skip + rs[..., H:])
+
+
+def cfm_euler_ref(v, x, dt, keep, xin, *, rate: float) -> None:
+    """In place: one CFM Euler step (indextts_kernels.euler): x = where(keep, x + dt * cfg(v), 0) with v
+    [R*B, T, F] channel-last, x [B, F, T]; xin [R*B, T, F] = x^T in each of its R halves."""
+    B = x.shape[0]
+    vt = v.transpose(1, 2).to(torch.float32)
+    if rate > 0:
+        v_c, v_u = vt[:B], vt[B:]
+        vt = (1.0 + rate) * v_c - rate * v_u
+    x.copy_(torch.where(keep, x + dt.reshape(()) * vt, 0.0))
+    xt = x.transpose(1, 2)
+    for i in range(xin.shape[0] // B):
+        xin[i * B : (i + 1) * B].copy_(xt)

@@ -212,20 +212,25 @@ def test_lazy_rope_table_refused_during_capture(monkeypatch):
 
 # --- length buckets: padding with the key mask and the reflected WaveNet taps changes nothing ---------------------
 @pytest.mark.parametrize("k", [3, 5, 7])
-def test_reflect_index_gives_the_unpadded_taps(k):
-    """The taps gathered at frames reflected at the true length equal the reflect-padded taps of the unpadded
-    sequence for every frame below it, whatever the padding holds (here noise, not zeros)."""
-    from indextts_fast.s2mel.dit import _taps, reflect_index
+def test_reflected_taps_are_the_official_padding(k):
+    """The WaveNet gate's tap frames (``reference.reflect_taps_index``, which its kernel computes in its A load) are
+    the official SConv1d's REFLECT padding (``pad1d``, with its zero extension of a sequence shorter than the pad),
+    unpadded; and reflected at the true length of a padded sequence, the unpadded ones for every frame below it,
+    whatever the padding holds (here noise, not zeros)."""
+    from indextts_kernels.reference import reflect_taps_index
 
+    from ..helpers import official
+
+    pad1d = official("s2mel.modules.encodec").pad1d
+    right = (k - 1) // 2
     g = torch.Generator().manual_seed(k)
-    L, Tb, C = 23, 41, 6
-    x = torch.randn(2, Tb, C, generator=g)
-    want = _taps(x[:, :L].contiguous(), k)
-    got = _taps(x, k, reflect_index(torch.tensor([L]), Tb, k))
-    assert got.shape == (2, Tb, k * C)
-    assert torch.equal(got[:, :L], want)
-    naive = _taps(x, k)  # reflected at Tb: the last k // 2 valid frames would read the padding
-    assert not torch.equal(naive[:, :L], want)
+    for L in (1, 2, 3, 23):
+        x = torch.randn(2, 41, 6, generator=g)  # [B, Tb, C] channel-last
+        want = pad1d(x[:, :L].transpose(1, 2), (k - 1 - right, right), mode="reflect").unfold(2, k, 1)  # [B, C, L, k]
+        for T, valid in ((L, None), (41, torch.tensor([L]))):
+            p, ok = reflect_taps_index(T, k, valid)
+            got = x[:, :T][:, p] * ok[None, :, :, None]  # [B, T, k, C]
+            assert torch.equal(got[:, :L].permute(0, 3, 1, 2), want), (k, L, T)
 
 
 def test_dit_padded_frames_change_nothing(model):
@@ -273,6 +278,28 @@ def test_cfm_bucketed_mel_equals_unpadded(model, model64, rate):
     assert torch.all(runs[Tb][..., :P] == 0)
     torch.testing.assert_close(runs[Tb], runs[None], rtol=1e-5, atol=1e-5)
     assert_close_rel(runs[Tb], low, high, f"bucketed 3-step CFM mel (cfg rate {rate})")
+
+
+@pytest.mark.parametrize("rate", [0.7, 0.0], ids=["cfg", "no_cfg"])
+def test_cfm_torch_backend_matches_official(model, model64, rate, monkeypatch):
+    """The same loop on the torch references (no Triton): FastDiT.prepare / step, the WaveNet layer ops and the
+    Euler step as torch code, padded and unpadded, within the rule of the official loop."""
+    from indextts_fast.s2mel import bucket_frames, cfm_inference
+
+    monkeypatch.setenv("INDEXTTS_FAST_BACKEND", "torch")
+    cfm = model.models["cfm"]
+    inputs = cfm_inputs(cfm)
+    with torch.no_grad():
+        low = cfm_run(cfm, inputs, steps=3, rate=rate)
+        high = cfm_run(model64.models["cfm"], _dbl(inputs), steps=3, rate=rate)
+        with indextts_fast.enabled(model) as h:
+            fast = h.parts[0].patch.fast
+            for pad_to in (None, bucket_frames(T)):
+                mu, x_lens, prompt, style = inputs
+                torch.manual_seed(21)
+                ours = cfm_inference(cfm, fast, mu, x_lens, prompt, style, None, 3, inference_cfg_rate=rate,
+                                     pad_to=pad_to)  # fmt: skip
+                assert_close_rel(ours, low, high, f"torch-backend 3-step CFM mel (cfg rate {rate}, pad_to {pad_to})")
 
 
 def test_cfm_loop_refuses_bad_lengths(model):
