@@ -55,3 +55,13 @@ def _seed():
 def device():
     """Where kernel tests run: CUDA when present, else CPU tensors under the Triton interpreter."""
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+NODE_REPORTS: list = []  # tests/test_node_budget.py's per-kernel breakdowns, printed in the terminal summary
+
+
+def pytest_terminal_summary(terminalreporter):
+    if NODE_REPORTS:
+        terminalreporter.section("graph nodes per decode token / CFM step")
+        for line in NODE_REPORTS:
+            terminalreporter.write_line(line)
