@@ -343,13 +343,15 @@ def test_compile_variants_cover_the_launch_configs():
         if prec == "ieee":
             splits = A.decode_num_splits(GPT_CACHE_LEN, interpret=False)
             for table in (False, True):
-                const = dict(
-                    HEAD_DIM=D,
-                    HAS_TABLE=table,
-                    NUM_SPLITS=splits,
-                    BLOCK_N=A.decode_block_n(D, tdt[tname], interpret=False),
-                )
-                launched.append(key(A._attn_decode_kernel, ptr, const))
+                for fold in (False, True):  # the merge folded in (tickets) or its own launch
+                    const = dict(
+                        HEAD_DIM=D,
+                        HAS_TABLE=table,
+                        NUM_SPLITS=splits,
+                        BLOCK_N=A.decode_block_n(D, tdt[tname], interpret=False),
+                        FOLD=fold,
+                    )
+                    launched.append(key(A._attn_decode_kernel, ptr, const))
             launched.append(key(A._attn_decode_reduce_kernel, ptr, dict(HEAD_DIM=D, NUM_SPLITS=splits)))
     missing = [k for k in launched if k not in listed]
     assert not missing, f"launch configs missing from compile_variants(): {missing}"
