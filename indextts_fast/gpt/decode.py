@@ -48,14 +48,14 @@ from typing import Optional
 
 import torch
 
-from indextts_kernels.reference import SAMPLING_MAX_ROWS, SAMPLING_MAX_VOCAB, ProcessConfig, SelectConfig
+from indextts_kernels.reference import SAMPLING_MAX_ROWS, SAMPLING_MAX_VOCAB, SelectConfig
 
 from .. import ops
 from .._graphs import Graphed, MemoryPool, graphs_wanted
 from ..profiling import nvtx_range
 from .cache import KVCache
 from .model import FastGPT
-from .sampling import BeamScorer, GenerationArgs, draw, process_scores
+from .sampling import BeamScorer, GenerationArgs, draw, process_config, process_scores
 
 __all__ = ["Decoder", "DecodeState", "generate", "CHECK_EVERY", "CAPACITY_STEP", "MAX_STATES", "position_error"]
 
@@ -113,11 +113,7 @@ class DecodeState:
             fast = self.decoder.fast
             self.pending = torch.zeros((), dtype=torch.int32, device=dev)  # the last step's cache length advance
             self.emb = torch.zeros((K, 1, fast.width), dtype=fast.stream_dtype, device=dev)  # the next tokens' input
-            self.process_cfg = ProcessConfig(
-                log_softmax=K > 1, penalty=args.repetition_penalty, min_length=args.min_length,
-                min_new_tokens=args.min_new_tokens, eos=args.eos_token_id, temperature=args.temperature,
-                top_k=args.top_k, top_p=args.top_p, min_keep=args.min_tokens_to_keep, do_sample=args.do_sample,
-            )  # fmt: skip
+            self.process_cfg = process_config(args, log_softmax=K > 1)
             self.select_cfg = SelectConfig(num_beams=K, do_sample=args.do_sample, eos=args.eos_token_id,
                                            pos_limit=self.pos_limit, early_stopping=args.early_stopping,
                                            length_penalty=args.length_penalty)  # fmt: skip

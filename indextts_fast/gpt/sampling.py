@@ -39,11 +39,23 @@ from typing import Any, Optional, Union
 
 import torch
 
+from indextts_kernels.reference import (
+    ProcessConfig,
+    SelectConfig,
+    beam_step_ref,
+    hypothesis_add_ref,
+    hypothesis_worst_ref,
+    multinomial_race_ref,
+    penalty_min_length_ref,
+    sampling_warpers_ref,
+)
+
 __all__ = [
     "GenerationArgs",
     "UnsupportedGeneration",
     "resolve_generation_args",
     "process_scores",
+    "process_config",
     "draw",
     "length_powers",
     "BeamScorer",
@@ -271,31 +283,19 @@ def process_scores(args: GenerationArgs, seen: Optional[torch.Tensor], scores: t
     at a shape that does not grow (a CUDA graph replays it). ``input_ids`` [rows, L], the prefixes themselves, are
     needed only by custom processors; ``cur`` and ``prompt_len`` (device scalars: the sequences' length and the
     prompt's) only by the minimum lengths, which set the stop token's score to -inf while the length is short."""
-    if args.repetition_penalty != 1.0:
-        p = args.repetition_penalty
-        scores = torch.where(seen, torch.where(scores < 0, scores * p, scores / p), scores)
-    if args.min_length > 0 or args.min_new_tokens > 0:
-        short = (cur < args.min_length) | (cur - prompt_len < args.min_new_tokens)
-        eos = torch.arange(scores.shape[-1], device=scores.device) == args.eos_token_id
-        scores = torch.where(short & eos, -float("inf"), scores)
+    cfg = process_config(args)
+    scores = penalty_min_length_ref(scores, cfg, seen, cur, prompt_len)
     for proc in args.custom_processors:
         scores = proc(input_ids, scores)
-    if not args.do_sample:
-        return scores
-    if args.temperature != 1.0:
-        scores = scores / args.temperature
-    keep = args.min_tokens_to_keep
-    if args.top_k != 0:
-        k = min(max(args.top_k, keep), scores.size(-1))
-        kth = torch.topk(scores, k)[0][..., -1, None]
-        scores = scores.masked_fill(scores < kth, -float("inf"))
-    if args.top_p < 1.0:
-        ascending, order = torch.sort(scores, descending=False)
-        cumulative = ascending.softmax(dim=-1).cumsum(dim=-1)
-        drop = cumulative <= (1 - args.top_p)
-        drop[..., -keep:] = 0
-        scores = scores.masked_fill(drop.scatter(1, order, drop), -float("inf"))
-    return scores
+    return sampling_warpers_ref(scores, cfg)
+
+
+def process_config(args: GenerationArgs, *, log_softmax: bool = False) -> ProcessConfig:
+    """The processor chain's settings of ``args`` (the fused kernels' and the references' ``ProcessConfig``)."""
+    return ProcessConfig(log_softmax=log_softmax, penalty=args.repetition_penalty, min_length=args.min_length,
+                         min_new_tokens=args.min_new_tokens, eos=args.eos_token_id, temperature=args.temperature,
+                         top_k=args.top_k, top_p=args.top_p, min_keep=args.min_tokens_to_keep,
+                         do_sample=args.do_sample)  # fmt: skip
 
 
 def draw(probs: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -303,12 +303,7 @@ def draw(probs: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     algorithm on the same random numbers (the exponential race its fast path runs: argmax / top-n of
     probs / Exp(1)), so the same samples from the same generator state, at no host sync (a CUDA graph replays
     it). Returns (samples [rows, n], valid: the multinomial's own validity condition as a device bool)."""
-    q = torch.empty_like(probs).exponential_(1)
-    valid = (probs.max() < float("inf")) & (probs.min() >= 0) & (probs.sum(-1) != 0).all()
-    q = torch.div(probs, q)
-    if n == 1:
-        return torch.argmax(q, dim=-1, keepdim=True), valid
-    return torch.topk(q, n)[1], valid
+    return multinomial_race_ref(probs, torch.empty_like(probs).exponential_(1), n)
 
 
 def length_powers(length_penalty: float, n: int, device) -> torch.Tensor:
@@ -342,8 +337,8 @@ class BeamScorer:
         self.powers = length_powers(args.length_penalty, capacity, device)
         # early_stopping="never": float((max_length - prompt_len) ** length_penalty), one value per generation
         self.never_power = torch.ones((), dtype=torch.float64, device=device)
-        self._ranks = torch.arange(2 * K, device=device)
-        self._slots = torch.arange(K, device=device)
+        self.select = SelectConfig(num_beams=K, do_sample=args.do_sample, eos=args.eos_token_id,
+                                   early_stopping=args.early_stopping, length_penalty=args.length_penalty)  # fmt: skip
         self.reset(0, 0)
 
     def reset(self, prompt_len: int, max_length: int) -> None:
@@ -357,35 +352,18 @@ class BeamScorer:
         self.inserted.zero_()
         self.done.zero_()
 
-    def _power(self, n: torch.Tensor) -> torch.Tensor:
-        return self.powers.gather(0, n.reshape(1))[0]
+    def _hyps(self) -> dict:
+        return dict(hyp_scores=self.hyp_scores, hyp_seq=self.hyp_seq, hyp_len=self.hyp_len, hyp_ids=self.hyp_ids,
+                    count=self.count, inserted=self.inserted)  # fmt: skip
 
     def _worst(self) -> torch.Tensor:
-        filled = self.hyp_seq >= 0
-        return torch.where(filled.any(), torch.where(filled, self.hyp_scores, float("inf")).min(),
-                           torch.full((), 1e9, dtype=torch.float64, device=self.hyp_scores.device))  # fmt: skip
+        return hypothesis_worst_ref(self._hyps())
 
     def _add(self, seq: torch.Tensor, seq_len: torch.Tensor, score: torch.Tensor, allowed: torch.Tensor) -> None:
-        """Offer hypothesis ``seq`` [capacity] (its first ``seq_len`` tokens) with fp64 ``score`` when ``allowed``."""
-        K = self.K
-        filled = self.hyp_seq >= 0
-        full = self.count >= K
-        accept = allowed & (~full | (score > self._worst()))
-        # the slot: the first free one, else the worst (lowest score, then the earliest inserted)
-        free_slot = torch.argmin(filled.to(torch.int8))
-        # the lexicographic (score, insertion order) minimum among the filled slots
-        key = torch.where(filled, self.hyp_scores, float("inf"))
-        min_score = key.min()
-        tied = filled & (key == min_score)
-        worst_slot = torch.argmin(torch.where(tied, self.hyp_seq, torch.iinfo(torch.int64).max))
-        slot = torch.where(full, worst_slot, free_slot)
-        onehot = (self._slots == slot) & accept
-        self.hyp_scores.copy_(torch.where(onehot, score, self.hyp_scores))
-        self.hyp_seq.copy_(torch.where(onehot, self.inserted, self.hyp_seq))
-        self.hyp_len.copy_(torch.where(onehot, seq_len, self.hyp_len))
-        self.hyp_ids.copy_(torch.where(onehot[:, None], seq[None, :], self.hyp_ids))
-        self.count.add_((accept & ~full).to(torch.int64))
-        self.inserted.add_(1)
+        """Offer hypothesis ``seq`` [capacity] (its first ``seq_len`` tokens) with fp64 ``score`` when ``allowed``:
+        kept if there is room or it beats the worst kept (which then leaves: the lowest score, then the earliest
+        inserted)."""
+        hypothesis_add_ref(self._hyps(), seq, seq_len, score, allowed)
 
     def step(
         self,
@@ -398,42 +376,11 @@ class BeamScorer:
         """One beam step. ``scores`` [1, K * V] (processed log-probs + beam scores); ``input_ids`` [K, capacity]
         holding the K running sequences (first ``cur`` tokens valid). Returns (beam_scores [K] fp32, tokens [K],
         source rows [K], the draw's validity (a device bool; True without sampling))."""
-        K, args = self.K, self.args
-        V = scores.shape[-1] // K
-        valid = torch.ones((), dtype=torch.bool, device=scores.device)
-        if args.do_sample:
-            cand, valid = draw(torch.softmax(scores, dim=-1), 2 * K)
-            cand_scores = torch.gather(scores, -1, cand)
-            cand_scores, order = torch.sort(cand_scores, descending=True, dim=1)
-            cand = torch.gather(cand, -1, order)
-        else:
-            cand_scores, cand = torch.topk(scores, 2 * K, dim=1, largest=True, sorted=True)
-        cand_scores, cand = cand_scores[0], cand[0]
-        beam = torch.div(cand, V, rounding_mode="floor")
-        token = cand % V
-        is_eos = token == args.eos_token_id
-        # the first K non-eos candidates continue, in rank order
-        pick = torch.argsort(is_eos.to(torch.int64) * (2 * K) + self._ranks)[:K]
-        next_scores, next_tokens, next_beams = cand_scores[pick], token[pick], beam[pick]
-        # eos candidates within the first K ranks close hypotheses, in rank order
-        # float(gen_len ** length_penalty), gen_len = cur + 1 - P. Indexing with a 0-dim device tensor would read
-        # it on the host (a sync, refused in a capture): gather / index_select take it as a device index.
-        denom = self._power(cur + 1 - prompt_len)
-        for r in range(K):
-            seq = input_ids.index_select(0, beam[r : r + 1])[0]
-            self._add(seq, cur, cand_scores[r].double() / denom, is_eos[r] & ~self.done & run)
-        # done?
-        best = cand_scores[0].double()
-        if args.early_stopping is True:
-            finished = torch.ones((), dtype=torch.bool, device=best.device)
-        else:
-            if args.early_stopping == "never" and args.length_penalty > 0.0:
-                attainable = best / self.never_power
-            else:
-                attainable = best / denom
-            finished = self._worst() >= attainable
-        self.done.copy_(self.done | (run & (self.count >= K) & finished))
-        return next_scores, next_tokens, next_beams, valid
+        args = self.args
+        noise = torch.empty_like(scores).exponential_(1) if args.do_sample else None  # torch.multinomial's draw
+        t = dict(self._hyps(), ids=input_ids, cur=cur, prompt_len=prompt_len, done=self.done, powers=self.powers,
+                 never_power=self.never_power)  # fmt: skip
+        return beam_step_ref(scores, noise, t, self.select, run)
 
     def finalize(self, beam_scores: torch.Tensor, input_ids: torch.Tensor, cur_len: int, prompt_len: int,
                  max_length: int) -> torch.Tensor:  # fmt: skip

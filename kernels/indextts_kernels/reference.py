@@ -35,6 +35,12 @@ __all__ = [
     "ProcessConfig",
     "SelectConfig",
     "logits_process_ref",
+    "penalty_min_length_ref",
+    "sampling_warpers_ref",
+    "multinomial_race_ref",
+    "hypothesis_add_ref",
+    "beam_step_ref",
+    "hypothesis_worst_ref",
     "decode_select_ref",
     "wavenet_gate_ref",
     "wavenet_res_skip_ref",
@@ -399,14 +405,12 @@ class SelectConfig(tuple):
             raise AttributeError(name) from None
 
 
-def logits_process_ref(logits: torch.Tensor, cfg: ProcessConfig, seen: Optional[torch.Tensor] = None,
-                       cur: Optional[torch.Tensor] = None, prompt_len: Optional[torch.Tensor] = None,
-                       beam_scores: Optional[torch.Tensor] = None) -> torch.Tensor:  # fmt: skip
-    """The official logits-processor chain on ``logits`` [rows, V] fp32 (transformers 4.52's processors, op for op):
-    log_softmax (beam methods), the repetition penalty over the ids ``seen`` [rows, V] bool marks, the minimum
-    lengths (``cur``, ``prompt_len``: device int64 scalars), then (sampling) temperature, top-k, top-p with
-    ``min_keep``; plus ``beam_scores`` [rows] (beam methods). Returns the scores [rows, V] fp32."""
-    scores = torch.log_softmax(logits, dim=-1) if cfg.log_softmax else logits
+def penalty_min_length_ref(scores: torch.Tensor, cfg: ProcessConfig, seen: Optional[torch.Tensor] = None,
+                           cur: Optional[torch.Tensor] = None,
+                           prompt_len: Optional[torch.Tensor] = None) -> torch.Tensor:  # fmt: skip
+    """The chain's first processors on ``scores`` [rows, V] fp32: the repetition penalty over the ids ``seen``
+    [rows, V] bool marks (s < 0 ? s * p : s / p), then the minimum lengths (``cur``, ``prompt_len``: device int64
+    scalars; the eos score -inf while short)."""
     if cfg.penalty != 1.0:
         p = cfg.penalty
         scores = torch.where(seen, torch.where(scores < 0, scores * p, scores / p), scores)
@@ -414,28 +418,48 @@ def logits_process_ref(logits: torch.Tensor, cfg: ProcessConfig, seen: Optional[
         short = (cur < cfg.min_length) | (cur - prompt_len < cfg.min_new_tokens)
         eos = torch.arange(scores.shape[-1], device=scores.device) == cfg.eos
         scores = torch.where(short & eos, -float("inf"), scores)
-    if cfg.do_sample:
-        if cfg.temperature != 1.0:
-            scores = scores / cfg.temperature
-        keep = cfg.min_keep
-        if cfg.top_k != 0:
-            k = min(max(cfg.top_k, keep), scores.size(-1))
-            kth = torch.topk(scores, k)[0][..., -1, None]
-            scores = scores.masked_fill(scores < kth, -float("inf"))
-        if cfg.top_p < 1.0:
-            ascending, order = torch.sort(scores, descending=False)
-            cumulative = ascending.softmax(dim=-1).cumsum(dim=-1)
-            drop = cumulative <= (1 - cfg.top_p)
-            drop[..., -keep:] = 0
-            scores = scores.masked_fill(drop.scatter(1, order, drop), -float("inf"))
+    return scores
+
+
+def sampling_warpers_ref(scores: torch.Tensor, cfg: ProcessConfig) -> torch.Tensor:
+    """The chain's sampling warpers on ``scores`` [rows, V] fp32 (nothing without ``do_sample``): temperature,
+    top-k (k = max(top_k, min_keep)), top-p (ascending sort, softmax, cumsum <= 1 - top_p dropped, the last
+    ``min_keep`` kept)."""
+    if not cfg.do_sample:
+        return scores
+    if cfg.temperature != 1.0:
+        scores = scores / cfg.temperature
+    keep = cfg.min_keep
+    if cfg.top_k != 0:
+        k = min(max(cfg.top_k, keep), scores.size(-1))
+        kth = torch.topk(scores, k)[0][..., -1, None]
+        scores = scores.masked_fill(scores < kth, -float("inf"))
+    if cfg.top_p < 1.0:
+        ascending, order = torch.sort(scores, descending=False)
+        cumulative = ascending.softmax(dim=-1).cumsum(dim=-1)
+        drop = cumulative <= (1 - cfg.top_p)
+        drop[..., -keep:] = 0
+        scores = scores.masked_fill(drop.scatter(1, order, drop), -float("inf"))
+    return scores
+
+
+def logits_process_ref(logits: torch.Tensor, cfg: ProcessConfig, seen: Optional[torch.Tensor] = None,
+                       cur: Optional[torch.Tensor] = None, prompt_len: Optional[torch.Tensor] = None,
+                       beam_scores: Optional[torch.Tensor] = None) -> torch.Tensor:  # fmt: skip
+    """The official logits-processor chain on ``logits`` [rows, V] fp32 (transformers 4.52's processors, op for op):
+    log_softmax (beam methods), ``penalty_min_length_ref``, ``sampling_warpers_ref``; plus ``beam_scores`` [rows]
+    (beam methods). Returns the scores [rows, V] fp32."""
+    scores = torch.log_softmax(logits, dim=-1) if cfg.log_softmax else logits
+    scores = sampling_warpers_ref(penalty_min_length_ref(scores, cfg, seen, cur, prompt_len), cfg)
     if beam_scores is not None:
         scores = scores + beam_scores[:, None]
     return scores
 
 
-def _multinomial_ref(probs: torch.Tensor, noise: torch.Tensor, n: int):
-    """``torch.multinomial(probs, n)`` on the exponential race with ``noise`` (Exp(1), probs' shape), its host
-    checks as a device bool."""
+def multinomial_race_ref(probs: torch.Tensor, noise: torch.Tensor, n: int):
+    """``torch.multinomial(probs, n)`` (n = 1, or without replacement) as its fast path computes it: argmax /
+    top-n of probs / ``noise`` (Exp(1) draws of probs' shape), with its host-side validity checks as a device
+    bool. Returns (samples [rows, n], valid)."""
     valid = (probs.max() < float("inf")) & (probs.min() >= 0) & (probs.sum(-1) != 0).all()
     q = torch.div(probs, noise)
     if n == 1:
@@ -443,20 +467,21 @@ def _multinomial_ref(probs: torch.Tensor, noise: torch.Tensor, n: int):
     return torch.topk(q, n)[1], valid
 
 
-def _hyp_worst_ref(t: dict) -> torch.Tensor:
+def hypothesis_worst_ref(t: dict) -> torch.Tensor:
+    """The lowest kept hypothesis score (fp64), 1e9 while none is kept (``t``: the hyp_* state tensors)."""
     filled = t["hyp_seq"] >= 0
     return torch.where(filled.any(), torch.where(filled, t["hyp_scores"], float("inf")).min(),
                        torch.full((), 1e9, dtype=torch.float64, device=t["hyp_scores"].device))  # fmt: skip
 
 
-def _hyp_add_ref(t: dict, seq, seq_len, score, allowed) -> None:
+def hypothesis_add_ref(t: dict, seq, seq_len, score, allowed) -> None:
     """Offer hypothesis ``seq`` with fp64 ``score``: room, or better than the worst kept (which then leaves: the
     lowest score, then the earliest inserted)."""
     K = t["hyp_seq"].shape[0]
     slots = torch.arange(K, device=seq.device)
     filled = t["hyp_seq"] >= 0
     full = t["count"] >= K
-    accept = allowed & (~full | (score > _hyp_worst_ref(t)))
+    accept = allowed & (~full | (score > hypothesis_worst_ref(t)))
     free_slot = torch.argmin(filled.to(torch.int8))
     key = torch.where(filled, t["hyp_scores"], float("inf"))
     tied = filled & (key == key.min())
@@ -469,6 +494,51 @@ def _hyp_add_ref(t: dict, seq, seq_len, score, allowed) -> None:
     t["hyp_ids"].copy_(torch.where(onehot[:, None], seq[None, :], t["hyp_ids"]))
     t["count"].add_((accept & ~full).to(torch.int64))
     t["inserted"].add_(1)
+
+
+def beam_step_ref(flat: torch.Tensor, noise: Optional[torch.Tensor], t: dict, cfg: SelectConfig, run: torch.Tensor):
+    """The beam step of transformers 4.52's beam search / beam sample, in place on the hypotheses of ``t``.
+
+    ``flat`` [1, K * V]: the processed log-probs plus the beam scores; ``noise`` (beam sample): Exp(1) draws of that
+    shape. 2K candidates (top-k, or sampled by the exponential race without replacement, then sorted by score);
+    the first K non-eos continue; eos candidates within the first K ranks are offered as hypotheses (score / gen_len
+    ** length_penalty, fp64: ``t["powers"]``), while ``run``. ``t``: ids [K, L] (the sequences, first ``cur``
+    tokens valid), cur / prompt_len i64 [], the hyp_* tensors, count / inserted i64 [], done bool [] (updated),
+    powers f64 [L + 1], never_power f64 []. Returns (next scores [K] fp32, next tokens [K], source rows [K], the
+    draw's validity: a device bool)."""
+    K = t["ids"].shape[0]
+    V = flat.shape[-1] // K
+    ok = torch.ones((), dtype=torch.bool, device=flat.device)
+    if cfg.do_sample:
+        cand, ok = multinomial_race_ref(torch.softmax(flat, dim=-1), noise.view(1, -1), 2 * K)
+        cand_scores = torch.gather(flat, -1, cand)
+        cand_scores, order = torch.sort(cand_scores, descending=True, dim=1)
+        cand = torch.gather(cand, -1, order)
+    else:
+        cand_scores, cand = torch.topk(flat, 2 * K, dim=1, largest=True, sorted=True)
+    cand_scores, cand = cand_scores[0], cand[0]
+    beam = torch.div(cand, V, rounding_mode="floor")
+    token = cand % V
+    is_eos = token == cfg.eos
+    # the first K non-eos candidates continue, in rank order
+    pick = torch.argsort(is_eos.to(torch.int64) * (2 * K) + torch.arange(2 * K, device=flat.device))[:K]
+    cur, done = t["cur"], t["done"]
+    # float(gen_len ** length_penalty), gen_len = cur + 1 - P, looked up with a device index (no host sync)
+    denom = t["powers"].gather(0, (cur + 1 - t["prompt_len"]).reshape(1))[0]
+    for r in range(K):  # eos candidates within the first K ranks close hypotheses, in rank order
+        seq = t["ids"].index_select(0, beam[r : r + 1])[0]
+        hypothesis_add_ref(t, seq, cur, cand_scores[r].double() / denom, is_eos[r] & ~done & run)
+    best = cand_scores[0].double()
+    if cfg.early_stopping is True:
+        finished = torch.ones((), dtype=torch.bool, device=best.device)
+    else:
+        if cfg.early_stopping == "never" and cfg.length_penalty > 0.0:
+            attainable = best / t["never_power"]
+        else:
+            attainable = best / denom
+        finished = hypothesis_worst_ref(t) >= attainable
+    done.copy_(done | (run & (t["count"] >= K) & finished))
+    return cand_scores[pick], token[pick], beam[pick], ok
 
 
 def decode_select_ref(scores: torch.Tensor, noise: Optional[torch.Tensor], t: dict, cfg: SelectConfig,
@@ -486,12 +556,11 @@ def decode_select_ref(scores: torch.Tensor, noise: Optional[torch.Tensor], t: di
     if process is not None:
         scores = logits_process_ref(scores, process, t["seen"], t["cur"], t["prompt_len"])
     K, L = t["ids"].shape
-    V = scores.shape[-1]
     run = t["running"].clone()
     t["lengths"].add_(t["pending"])
     if K == 1:
         if cfg.do_sample:
-            tok, ok = _multinomial_ref(torch.softmax(scores, dim=-1), noise, 1)
+            tok, ok = multinomial_race_ref(torch.softmax(scores, dim=-1), noise, 1)
             tok = tok.squeeze(1)
             t["valid"].copy_(t["valid"] & (ok | ~run))
         else:
@@ -500,36 +569,9 @@ def decode_select_ref(scores: torch.Tensor, noise: Optional[torch.Tensor], t: di
         still = run & (t["cur"] < t["max_length"]) & (tok[0] != cfg.eos)
         _feed_ref(t, tok, still, cfg)
         return
-    flat = scores.reshape(1, -1)
-    if cfg.do_sample:
-        cand, ok = _multinomial_ref(torch.softmax(flat, dim=-1), noise.view(1, -1), 2 * K)
-        cand_scores = torch.gather(flat, -1, cand)
-        cand_scores, order = torch.sort(cand_scores, descending=True, dim=1)
-        cand = torch.gather(cand, -1, order)
-        t["valid"].copy_(t["valid"] & (ok | ~run))
-    else:
-        cand_scores, cand = torch.topk(flat, 2 * K, dim=1, largest=True, sorted=True)
-    cand_scores, cand = cand_scores[0], cand[0]
-    beam = torch.div(cand, V, rounding_mode="floor")
-    token = cand % V
-    is_eos = token == cfg.eos
-    pick = torch.argsort(is_eos.to(torch.int64) * (2 * K) + torch.arange(2 * K, device=scores.device))[:K]
-    nscores, ntok, nrows = cand_scores[pick], token[pick], beam[pick]
-    cur, done = t["cur"], t["done"]
-    denom = t["powers"].gather(0, (cur + 1 - t["prompt_len"]).reshape(1))[0]
-    for r in range(K):
-        seq = t["ids"].index_select(0, beam[r : r + 1])[0]
-        _hyp_add_ref(t, seq, cur, cand_scores[r].double() / denom, is_eos[r] & ~done & run)
-    best = cand_scores[0].double()
-    if cfg.early_stopping is True:
-        finished = torch.ones((), dtype=torch.bool, device=best.device)
-    else:
-        if cfg.early_stopping == "never" and cfg.length_penalty > 0.0:
-            attainable = best / t["never_power"]
-        else:
-            attainable = best / denom
-        finished = _hyp_worst_ref(t) >= attainable
-    done.copy_(done | (run & (t["count"] >= K) & finished))
+    nscores, ntok, nrows, ok = beam_step_ref(scores.reshape(1, -1), noise, t, cfg, run)
+    t["valid"].copy_(t["valid"] & (ok | ~run))
+    done = t["done"]
     rows = torch.where(run, nrows, torch.arange(K, device=scores.device))
     t["ids"].copy_(t["ids"].index_select(0, rows))
     if t["seen"] is not None:
