@@ -29,6 +29,7 @@ def requests() -> dict:
         "gemm": dict(gemms=S.GEMMS, ln_gemms=S.LN_GEMMS, wavenets=S.WAVENETS),
         "euler": dict(eulers=S.CFM_EULERS),
         "sampling": dict(S.SAMPLING),
+        "alias_free": dict(snakes=S.VOCODER_SNAKES, merges=S.VOCODER_MERGES),
     }
 
 

@@ -42,6 +42,8 @@ __all__ = [
     "wavenet_gate",
     "wavenet_res_skip",
     "cfm_euler",
+    "anti_alias_snake",
+    "amp_merge",
     "logits_process",
     "decode_select",
 ]
@@ -290,6 +292,32 @@ def cfm_euler(v: torch.Tensor, x: torch.Tensor, dt: torch.Tensor, keep: torch.Te
         cfm_euler_args("cfm_euler", v, x, dt, keep, xin, rate=float(rate))
         return reference.cfm_euler_ref(v, x, dt, keep, xin, rate=float(rate))
     return _run("cfm_euler_fwd", v, x, dt, keep, xin, rate=rate)
+
+
+def anti_alias_snake(x: torch.Tensor, up_filter: torch.Tensor, down_filter: torch.Tensor, alpha: torch.Tensor,
+                     inv_beta: torch.Tensor, *, lengths: Optional[torch.Tensor] = None,
+                     out: Optional[torch.Tensor] = None) -> torch.Tensor:  # fmt: skip
+    """BigVGAN's anti-aliased Snake/SnakeBeta of x [B, C, T] (indextts_kernels.alias_free): x2 up, activation,
+    x2 down, rows treated as ``lengths[b]`` long (zeros past them)."""
+    if backend_for(x.device) == TORCH:
+        from indextts_kernels._validate import anti_alias_snake_args
+
+        anti_alias_snake_args("anti_alias_snake", x, up_filter, down_filter, alpha, inv_beta, lengths=lengths, out=out)
+        y = reference.anti_alias_snake_ref(x, up_filter, down_filter, alpha, inv_beta, lengths=lengths)
+        return y if out is None else out.copy_(y)
+    return _run("anti_alias_snake_fwd", x, up_filter, down_filter, alpha, inv_beta, lengths=lengths, out=out)
+
+
+def amp_merge(parts, *, divisor: float = 1.0, lengths: Optional[torch.Tensor] = None,
+              out: Optional[torch.Tensor] = None) -> torch.Tensor:  # fmt: skip
+    """((parts[0] + parts[1]) + parts[2]) / divisor, zero at t >= lengths[b] (``out`` may be parts[0])."""
+    if backend_for(parts[0].device) == TORCH:
+        from indextts_kernels._validate import amp_merge_args
+
+        amp_merge_args("amp_merge", list(parts), divisor=float(divisor), lengths=lengths, out=out)
+        y = reference.amp_merge_ref(list(parts), divisor=divisor, lengths=lengths)
+        return y if out is None else out.copy_(y)
+    return _run("amp_merge_fwd", list(parts), divisor=divisor, lengths=lengths, out=out)
 
 
 def logits_process(

@@ -6,8 +6,9 @@
     with indextts_fast.enabled(tts): ...
 
 Targets, recognized by class and structure (never by a version string): an IndexTTS2 object (``.gpt`` a
-UnifiedVoice, ``.s2mel`` a MyModel), a UnifiedVoice, the s2mel MyModel, its CFM, or the DiT estimator.
-What changes is a handful of instance attributes (see ``gpt/patch.py`` and ``s2mel/patch.py``): no module is
+UnifiedVoice, ``.s2mel`` a MyModel, ``.bigvgan`` a BigVGAN), a UnifiedVoice, the s2mel MyModel, its CFM, the DiT
+estimator, or the BigVGAN vocoder. What changes is a handful of instance attributes (see ``gpt/patch.py``,
+``s2mel/patch.py`` and ``vocoder/patch.py``): no module is
 swapped and no parameter touched, so ``state_dict()`` keys and values are unchanged while enabled. Each enabled
 part has a lock (concurrent calls run one at a time, each with its own official result) and checks its watched
 modules at each call: weights reloaded, edited, cast or moved after ``enable`` are followed (the fast weights
@@ -86,25 +87,35 @@ def _is_s2mel(m) -> bool:
     return isinstance(m, nn.Module) and isinstance(models, (nn.ModuleDict, dict)) and "cfm" in models
 
 
+def _is_bigvgan(m) -> bool:
+    from .vocoder.bigvgan import is_bigvgan
+
+    return is_bigvgan(m)
+
+
 def _resolve(target) -> dict[str, object]:
-    """{'gpt': UnifiedVoice, 's2mel': CFM or DiT} of whatever the target holds."""
+    """{'gpt': UnifiedVoice, 's2mel': CFM or DiT, 'vocoder': BigVGAN} of whatever the target holds."""
     if _is_unified_voice(target):
         return {"gpt": target}
     if _is_s2mel(target):
         return {"s2mel": target.models["cfm"]}
     if _is_cfm(target) or _is_dit(target):
         return {"s2mel": target}
-    gpt, s2mel = getattr(target, "gpt", None), getattr(target, "s2mel", None)
-    if _is_unified_voice(gpt) or _is_s2mel(s2mel):
+    if _is_bigvgan(target):
+        return {"vocoder": target}
+    gpt, s2mel, voc = getattr(target, "gpt", None), getattr(target, "s2mel", None), getattr(target, "bigvgan", None)
+    if _is_unified_voice(gpt) or _is_s2mel(s2mel) or _is_bigvgan(voc):
         parts = {}
         if _is_unified_voice(gpt):
             parts["gpt"] = gpt
         if _is_s2mel(s2mel):
             parts["s2mel"] = s2mel.models["cfm"]
+        if _is_bigvgan(voc):
+            parts["vocoder"] = voc
         return parts
     raise TypeError(
         f"enable: target must be an IndexTTS2 object or one of its parts (UnifiedVoice, the s2mel MyModel, its CFM, "
-        f"the DiT); got {type(target).__module__}.{type(target).__qualname__}"
+        f"the DiT, the BigVGAN vocoder); got {type(target).__module__}.{type(target).__qualname__}"
     )
 
 
@@ -136,7 +147,7 @@ class FastHandle:
         lines = [f"indextts_fast on {self._name}" + ("" if self.live else " (reverted)")]
         for p in self.parts:
             status, detail = p.state()
-            lines.append(f"  {p.name:<6} {status:<8} {detail}")
+            lines.append(f"  {p.name:<7} {status:<8} {detail}")
         return "\n".join(lines)
 
     def __repr__(self) -> str:
@@ -233,28 +244,44 @@ def _s2mel_part(obj, strict: bool, precision: Optional[str], graphs: Optional[bo
     return _Part("s2mel", obj, "fast", f"{patch.what}, {patch.precision_note}, on {backend}", patch)
 
 
-def _options(gpt, s2mel, strict, dit_precision, graphs) -> dict:
+def _vocoder_part(net, strict: bool, graphs: Optional[bool]) -> _Part:
+    from .vocoder import patch as vp
+
+    reason = vp.unsupported_reason(net)
+    if reason is not None:
+        if strict:
+            raise UnsupportedModel(f"vocoder: {reason}")
+        return _Part("vocoder", net, "skipped", reason)
+    patch = vp.VocoderPatch(net, graphs=graphs)
+    backend = backend_for(_device_of(net))
+    _install(patch, f"(indextts_fast: the forward on {backend}, anti-aliased activations fused)")
+    return _Part("vocoder", net, "fast", f"{patch.what}, on {backend}", patch)
+
+
+def _options(gpt, s2mel, vocoder, strict, dit_precision, graphs) -> dict:
     from .s2mel.dit import DEFAULT_PRECISION
 
-    return dict(gpt=bool(gpt), s2mel=bool(s2mel), strict=bool(strict), dit_precision=dit_precision or DEFAULT_PRECISION,
-                graphs=graphs)  # fmt: skip
+    return dict(gpt=bool(gpt), s2mel=bool(s2mel), vocoder=bool(vocoder), strict=bool(strict),
+                dit_precision=dit_precision or DEFAULT_PRECISION, graphs=graphs)  # fmt: skip
 
 
-def enable(target, *, gpt: bool = True, s2mel: bool = True, strict: bool = True,
+def enable(target, *, gpt: bool = True, s2mel: bool = True, vocoder: bool = True, strict: bool = True,
            dit_precision: Optional[str] = None, graphs: Optional[bool] = None) -> FastHandle:  # fmt: skip
-    """Run ``target``'s GPT generation, its teacher-forced latent pass and its CFM/DiT on indextts_fast.
+    """Run ``target``'s GPT generation, its teacher-forced latent pass, its CFM/DiT and its BigVGAN vocoder on
+    indextts_fast.
 
     ``strict``: a part of a variant the fast backend does not implement raises UnsupportedModel (else it is skipped
     and the report says why; if no part is left, enable raises). IndexTTS-2 and IndexTTS-2.5. ``dit_precision``
     overrides the DiT's fp32 product precision ("ieee" exact, "tf32x3", "tf32"; default: the s2mel module's
     documented default, tf32x3; "bf16" / "fp16": the estimator in that dtype, opt-in). ``graphs``: replay the GPT's
-    per-token tick and the CFM loop as CUDA graphs (default: on CUDA; False runs the same loops eagerly, the same
-    results).
+    per-token tick, the CFM loop and the vocoder (per length bucket) as CUDA graphs (default: on CUDA; False runs
+    the same loops eagerly, the same results). ``vocoder``: the BigVGAN forward on the fused anti-aliased
+    activation (no CUDA extension built or called).
 
     On a target already enabled: the same options return its live handle; other options raise ValueError (revert
     it first). Nothing is changed when enable raises.
     """
-    options = _options(gpt, s2mel, strict, dit_precision, graphs)
+    options = _options(gpt, s2mel, vocoder, strict, dit_precision, graphs)
     with _LOCK:
         live = _handle_of(target)
         if live is not None:
@@ -265,10 +292,10 @@ def enable(target, *, gpt: bool = True, s2mel: bool = True, strict: bool = True,
                                  "revert() its handle first")  # fmt: skip
             return live
         found = _resolve(target)
-        wanted = {"gpt": gpt, "s2mel": s2mel}
+        wanted = {"gpt": gpt, "s2mel": s2mel, "vocoder": vocoder}
         parts: list[_Part] = []
         try:
-            for name in ("gpt", "s2mel"):
+            for name in ("gpt", "s2mel", "vocoder"):
                 obj = found.get(name)
                 if obj is None:
                     continue
@@ -279,8 +306,12 @@ def enable(target, *, gpt: bool = True, s2mel: bool = True, strict: bool = True,
                     raise ValueError(
                         f"enable: the {name} part is already enabled through another handle; revert it first"
                     )
-                part = (_gpt_part(obj, strict, graphs) if name == "gpt" else
-                        _s2mel_part(obj, strict, dit_precision, graphs))  # fmt: skip
+                if name == "gpt":
+                    part = _gpt_part(obj, strict, graphs)
+                elif name == "s2mel":
+                    part = _s2mel_part(obj, strict, dit_precision, graphs)
+                else:
+                    part = _vocoder_part(obj, strict, graphs)
                 parts.append(part)
             if not any(p.patch is not None for p in parts):
                 why = "; ".join(f"{p.name}: {p.detail}" for p in parts) or "no part"

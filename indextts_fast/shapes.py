@@ -98,3 +98,13 @@ ATTENTION_DECODE = tuple((t, D, GPT_CACHE_LEN) for t in ("fp16", "bf16", "fp32")
 # width, the beam counts (1: greedy / multinomial, always compiled; 3: the official default), the sequences'
 # capacity and the embedding width (the block sizes of the row reorders and the next tokens' embedding)
 SAMPLING = dict(vocab=GPT_MEL_VOCAB, beams=(GPT_BEAMS,), capacity=GPT_CACHE_LEN, width=GPT_DIM)
+
+# BigVGAN v2 (22.05 kHz, 80 bands, 256x: upsampling 4, 4, 2, 2, 2, 2 from 1536 channels, three AMP blocks per stage
+# of kernel sizes 3, 7, 11 and dilations 1, 3, 5): the anti-aliased SnakeBeta (alias_free.anti_alias_snake_fwd) with
+# the 12-tap filters of every v2 checkpoint, and the merges (alias_free.amp_merge_fwd): a stage's three resblock
+# outputs averaged, the pre-convolution's output (one part, the zero tail of a padded batch alone). 10 s of audio is
+# 861 mel frames, 220,416 samples.
+VOCODER_TAPS = 12
+VOCODER_SNAKES = (("bigvgan", VOCODER_TAPS),)
+VOCODER_MERGES = (("bigvgan/stage", 3, True), ("bigvgan/pre", 1, False))
+VOCODER_FRAMES_10S = 861

@@ -329,14 +329,14 @@ def test_post_init_gpt2_config_again_is_patched_again():
     with indextts_fast.enabled(uv) as h:
         uv.post_init_gpt2_config(use_deepspeed=False, kv_cache=True, half=False)
         assert torch.equal(inference_speech(uv, spk, text, steps=8, **MODES["beam_search"])[0], official)
-        assert h.parts[0].patch.calls["generate"] == 1 and "gpt    fast" in h.report()
+        assert h.parts[0].patch.calls["generate"] == 1 and "gpt     fast" in h.report()
         uv.accel_engine = object()  # as use_accel=True sets it: the official accel engine generates
         uv.post_init_gpt2_config(use_deepspeed=False, kv_cache=True, half=False)
         assert "gpt    skipped  after post_init_gpt2_config: the accel engine" in h.report(), h.report()
         assert "generate" not in uv.inference_model.__dict__
         uv.accel_engine = None
         uv.post_init_gpt2_config(use_deepspeed=False, kv_cache=False, half=False)  # the official k + 1 positions
-        assert "gpt    fast" in h.report(), h.report()
+        assert "gpt     fast" in h.report(), h.report()
         off_no_cache = inference_speech(uv, spk, text, steps=8, **VARIED)[0]
         assert h.parts[0].patch.calls["generate"] == 2
     assert torch.equal(inference_speech(uv, spk, text, steps=8, **VARIED)[0], off_no_cache)

@@ -36,12 +36,14 @@ _LAUNCHERS = {
     "wavenet_gate_fwd": "gemm",
     "wavenet_res_skip_fwd": "gemm",
     "cfm_euler_fwd": "euler",
+    "anti_alias_snake_fwd": "alias_free",
+    "amp_merge_fwd": "alias_free",
     "logits_process_fwd": "sampling",
     "decode_select_fwd": "sampling",
 }
 
 # kernel modules, for tools that walk every kernel (the AOT compile check)
-KERNEL_MODULES = ("norm", "attention", "gemm", "euler", "sampling")
+KERNEL_MODULES = ("norm", "attention", "gemm", "euler", "sampling", "alias_free")
 
 __all__ = ["HAS_TRITON", "KERNEL_MODULES", "reference", "load_kernel_module", "count_launches", *_LAUNCHERS]
 

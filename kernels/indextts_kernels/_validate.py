@@ -416,3 +416,58 @@ def cfm_euler_args(op: str, v, x, dt, keep, xin, *, rate) -> None:
     if keep.dim() != 3 or keep.shape[0] not in (1, B) or keep.shape[1] != 1 or keep.shape[2] != T:
         raise ValueError(f"{op}: keep must be [1 or B, 1, T = {T}], got {tuple(keep.shape)}")
     check_inference(op, v, x, xin)
+
+
+def _check_lengths(op: str, lengths, B: int, device) -> None:
+    if lengths is not None:
+        check_tensor("lengths", lengths, dtypes=INDEX_DTYPES, device=device, shape=(B,))
+
+
+def anti_alias_snake_args(op: str, x, up_filter, down_filter, alpha, inv_beta, *, lengths=None, out=None) -> None:
+    """x [B, C, T] fp32 (last dim contiguous); up_filter and down_filter fp32 with K elements (K even, >= 2, any
+    [1, 1, K] view); alpha and inv_beta fp32 with C elements; lengths int [B]; out [B, C, T] fp32 (last dim
+    contiguous), not overlapping x."""
+    check_tensor("x", x, dtypes=(torch.float32,))
+    if x.dim() != 3:
+        raise ValueError(f"{op}: x must be [B, C, T], got shape {tuple(x.shape)}")
+    B, C, T = x.shape
+    for name, f in (("up_filter", up_filter), ("down_filter", down_filter)):
+        check_tensor(name, f, dtypes=(torch.float32,), device=x.device)
+        if not f.is_contiguous():
+            raise ValueError(f"{op}: {name} must be contiguous, got strides {tuple(f.stride())}")
+    K = up_filter.numel()
+    if K < 2 or K % 2:
+        raise ValueError(f"{op}: the filters must have an even number of taps (ratio 2), got {K}")
+    if down_filter.numel() != K:
+        raise ValueError(f"{op}: up_filter has {K} taps and down_filter {down_filter.numel()}; both must match")
+    for name, p in (("alpha", alpha), ("inv_beta", inv_beta)):
+        check_tensor(name, p, dtypes=(torch.float32,), device=x.device)
+        if p.numel() != C or not p.is_contiguous():
+            raise ValueError(f"{op}: {name} must be contiguous with C = {C} elements, got shape {tuple(p.shape)}")
+    _check_lengths(op, lengths, B, x.device)
+    if out is not None:
+        check_tensor("out", out, dtypes=(torch.float32,), device=x.device, shape=(B, C, T))
+        check_out_buffer(op, "out", out, [("x", x)])  # programs read x around their own outputs
+    check_inference(op, x, up_filter, down_filter, alpha, inv_beta)
+
+
+def amp_merge_args(op: str, parts, *, divisor, lengths=None, out=None) -> None:
+    """1 to 3 parts of one shape [B, C, T], fp32, last dim contiguous; divisor a positive finite float; lengths
+    int [B]; out [B, C, T] fp32 (last dim contiguous): a separate buffer or parts[0] itself."""
+    if not isinstance(parts, (list, tuple)) or not 1 <= len(parts) <= 3:
+        raise ValueError(f"{op}: parts must be a list of 1 to 3 tensors, got {type(parts).__name__}")
+    a = parts[0]
+    check_tensor("parts[0]", a, dtypes=(torch.float32,))
+    if a.dim() != 3:
+        raise ValueError(f"{op}: parts must be [B, C, T], got shape {tuple(a.shape)}")
+    for i, p in enumerate(parts[1:], 1):
+        check_tensor(f"parts[{i}]", p, dtypes=(torch.float32,), device=a.device, shape=tuple(a.shape))
+    if not (divisor > 0 and divisor != float("inf")):
+        raise ValueError(f"{op}: divisor must be a positive finite number, got {divisor!r}")
+    _check_lengths(op, lengths, a.shape[0], a.device)
+    if out is not None:
+        check_tensor("out", out, dtypes=(torch.float32,), device=a.device, shape=tuple(a.shape))
+        # elementwise: each element is read, then written, by the same program
+        check_out_buffer(op, "out", out, [(f"parts[{i}]", p) for i, p in enumerate(parts)],
+                         in_place_ok=tuple(f"parts[{i}]" for i in range(len(parts))))  # fmt: skip
+    check_inference(op, *parts)

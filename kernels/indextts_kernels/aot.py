@@ -142,6 +142,29 @@ def _resource_usage(cubin: bytes) -> dict:
     return {"regs": reg, "stack": stack, "static_shared": shared, "local": local}
 
 
+_SPILL = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
+
+
+def _ptxas_spills(ptx: str, arch: int) -> dict:
+    """ptxas's own account of the kernel (``ptxas -v`` on Triton's PTX): ``spills`` = bytes of register spill
+    stores + loads, ``stack`` = the stack frame. The two differ where a kernel keeps a local array that is no spill:
+    libdevice's sinf/cosf (tl.sin, tl.cos) reserve 32 bytes for the Payne-Hanek range reduction they take only for
+    |x| > 105615, and touch them only there."""
+    from triton.backends.nvidia.compiler import get_ptxas
+
+    with tempfile.TemporaryDirectory() as d:
+        src = Path(d) / "k.ptx"
+        src.write_text(ptx)
+        suffix = "a" if arch >= 90 else ""
+        res = subprocess.run([get_ptxas(arch).path, "-v", f"--gpu-name=sm_{arch}{suffix}", str(src), "-o",
+                              str(Path(d) / "k.o")], capture_output=True, text=True, check=True)  # fmt: skip
+    m = _SPILL.search(res.stderr + res.stdout)
+    if not m:
+        raise RuntimeError(f"cannot parse ptxas -v output:\n{res.stderr}")
+    frame, stores, loads = map(int, m.groups())
+    return {"stack": frame, "spills": stores + loads}
+
+
 def iter_variants(requests: dict, name_filter: str = ""):
     """(module name, index, variant name) of every requested variant whose name contains name_filter."""
     kernels = importlib.import_module("indextts_kernels")
@@ -181,7 +204,7 @@ def _compile_task(task) -> tuple[dict, str | None]:
         row["shared"] = int(k.metadata.shared)
         ptx = k.asm["ptx"]
         row["mma"] = "wgmma" if "wgmma" in ptx else ("mma" if "mma.sync" in ptx else "-")
-        row["spills"] = row["stack"] + row["local"]
+        row.update(_ptxas_spills(ptx, arch))
         row.update(sass_audit(_sass(k.asm["cubin"])))
         row["blocks_per_sm"] = occupancy(arch, row["regs"], row["shared"], num_warps)
         if grid is not None:
@@ -213,7 +236,7 @@ def run(archs, requests: dict, name_filter="", max_spill_bytes=None, jobs=None):
     failures = [f for _, f in results if f]
     if max_spill_bytes is not None:
         failures += [
-            f"{r['variant']} {r['arch']}: {r['spills']} bytes of stack/local (spills)"
+            f"{r['variant']} {r['arch']}: {r['spills']} bytes of register spill stores and loads"
             for r in rows
             if "error" not in r and r["spills"] > max_spill_bytes
         ]
@@ -221,14 +244,15 @@ def run(archs, requests: dict, name_filter="", max_spill_bytes=None, jobs=None):
 
 
 def format_table(rows) -> str:
-    """One row per variant and target. ld128: 128-bit global loads / all global loads in the kernel; async: cp.async
+    """One row per variant and target. spill: bytes of register spill stores + loads, as ptxas reports them; stack:
+    the stack frame (a local array, not a spill: see _ptxas_spills); ld128: 128-bit global loads / all global loads in the kernel; async: cp.async
     (LDGSTS) or TMA; loop ld/128/bar: in the hottest loop, global loads per thread per iteration (all of them are
     issued before the loop's math consumes them: the loads in flight), how many are 128-bit, and barriers;
     flight: the most global loads one thread has outstanding in that loop (issued, not yet consumed; see
     loads_in_flight); blk/SM: resident blocks per SM (registers, shared memory, threads); grid: programs of the
     variant's representative launch (at the requested shapes) and waves: grid / (SM count x blk/SM) of the
     target's part."""
-    head = (f"{'variant':<56} {'arch':<6} {'warps':>5} {'regs':>5} {'spill':>6} {'shared':>7} {'mma':>6} "
+    head = (f"{'variant':<56} {'arch':<6} {'warps':>5} {'regs':>5} {'spill':>6} {'stack':>5} {'shared':>7} {'mma':>6} "
             f"{'ld128':>7} {'async':>8} {'loop ld/128/bar':>15} {'flight':>6} {'blk/SM':>6} {'grid':>6} {'waves':>6}")  # fmt: skip
     out = [head, "-" * len(head)]
     for r in rows:
@@ -238,7 +262,7 @@ def format_table(rows) -> str:
             loop = f"{r['loop_ldg']}/{r['loop_ldg128']}/{r['loop_bar']}"
             out.append(
                 f"{r['variant']:<56} {r['arch']:<6} {r['num_warps']:>5} {r['regs']:>5} {r['spills']:>6} "
-                f"{r['shared']:>7} {r['mma']:>6} {str(r['ldg128']) + '/' + str(r['ldg']):>7} {r['async']:>8} "
+                f"{r['stack']:>5} {r['shared']:>7} {r['mma']:>6} {str(r['ldg128']) + '/' + str(r['ldg']):>7} {r['async']:>8} "
                 f"{loop:>15} {r['loop_inflight']:>6} {r['blocks_per_sm']:>6} {r.get('grid', '-'):>6} {r.get('waves', '-'):>6}"
             )
     return "\n".join(out)

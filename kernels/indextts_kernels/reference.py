@@ -45,6 +45,9 @@ __all__ = [
     "wavenet_gate_ref",
     "wavenet_res_skip_ref",
     "cfm_euler_ref",
+    "snake_params",
+    "anti_alias_snake_ref",
+    "amp_merge_ref",
 ]
 
 
@@ -661,3 +664,66 @@ def cfm_euler_ref(v, x, dt, keep, xin, *, rate: float) -> None:
     xt = x.transpose(1, 2)
     for i in range(xin.shape[0] // B):
         xin[i * B : (i + 1) * B].copy_(xt)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# BigVGAN's anti-aliased activation (indextts_kernels.alias_free)
+# ----------------------------------------------------------------------------------------------------------------------
+SNAKE_EPS = 1e-9  # BigVGAN's no_div_by_zero
+
+
+def snake_params(alpha: torch.Tensor, beta: Optional[torch.Tensor], logscale: bool):
+    """(alpha, inv_beta) per channel as the Snake / SnakeBeta forward forms them: alpha = exp(alpha) and beta =
+    exp(beta) for log-scale parameters, inv_beta = 1 / (beta + 1e-9); Snake (``beta`` None) uses alpha for both."""
+    a = alpha.detach().reshape(-1)
+    b = a if beta is None else beta.detach().reshape(-1)
+    if logscale:
+        a, b = torch.exp(a), torch.exp(b)
+    return a.contiguous(), (1.0 / (b + SNAKE_EPS)).contiguous()
+
+
+def _clamped(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """x [B, C, T] read at idx [B, N] (per row), on the last dim."""
+    B, C, _ = x.shape
+    return torch.gather(x, 2, idx[:, None, :].expand(B, C, idx.shape[1]))
+
+
+def anti_alias_snake_ref(x, up_filter, down_filter, alpha, inv_beta, *, lengths=None) -> torch.Tensor:
+    """x2 upsampling (replicate pad, transposed conv with the K-tap ``up_filter``, x2, cropped to 2n), Snake
+    ``v = u + inv_beta * sin(alpha * u)^2`` per channel, x2 downsampling (replicate pad H - 1 / H, conv with
+    ``down_filter``, stride 2) of x [B, C, T]; rows treated as ``lengths[b]`` long (clamped to [1, T]; every pad
+    at n, outputs past n zero). No host sync."""
+    B, C, T = x.shape
+    K = up_filter.numel()
+    H = K // 2
+    dev = x.device
+    n = torch.full((B,), T, device=dev) if lengths is None else lengths.to(dev).clamp(1, T)
+    n = n.to(torch.int64)[:, None]
+    # upsampling: the replicate pad of H - 1 is a clamped read at the row's end n
+    xp = _clamped(x, torch.minimum(torch.arange(-(H - 1), T + H - 1, device=dev)[None, :].clamp(min=0), n - 1))
+    f = up_filter.reshape(1, 1, K).to(x.dtype).expand(C, 1, K)
+    y = F.conv_transpose1d(xp, f, stride=2, groups=C)
+    crop = 3 * H - 3
+    u = 2 * y[..., crop : crop + 2 * T]
+    v = u + inv_beta.to(x.dtype).view(1, C, 1) * torch.sin(u * alpha.to(x.dtype).view(1, C, 1)) ** 2
+    # downsampling: replicate pad H - 1 left, H right, at 2n
+    pos = torch.arange(-(H - 1), 2 * T + H, device=dev)[None, :].clamp(min=0)
+    vp = _clamped(v, torch.minimum(pos, 2 * n - 1))
+    g = down_filter.reshape(1, 1, K).to(x.dtype).expand(C, 1, K)
+    out = F.conv1d(vp, g, stride=2, groups=C)
+    keep = torch.arange(T, device=dev)[None, None, :] < n[:, :, None]
+    return torch.where(keep, out, torch.zeros((), dtype=out.dtype, device=dev))
+
+
+def amp_merge_ref(parts, *, divisor: float = 1.0, lengths=None) -> torch.Tensor:
+    """((parts[0] + parts[1]) + parts[2]) / divisor, zero at t >= lengths[b]."""
+    s = parts[0]
+    for p in parts[1:]:
+        s = s + p
+    if float(divisor) != 1.0:
+        s = s / float(divisor)
+    if lengths is None:
+        return s.clone() if len(parts) == 1 else s
+    T = s.shape[-1]
+    keep = torch.arange(T, device=s.device)[None, None, :] < lengths.to(s.device)[:, None, None]
+    return torch.where(keep, s, torch.zeros((), dtype=s.dtype, device=s.device))

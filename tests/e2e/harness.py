@@ -21,7 +21,7 @@ Official module classes, tiny, with seeded random weights (fp32 on CPU, or fp64)
 - ``campplus_model``: CAMPPlus (80 fbank bins in, the DiT's style width out: 24 on 2.0, 192 on 2.5 where the GPT
   reads it too) with narrow dense blocks;
 - ``bigvgan``: BigVGAN v2 (AMP blocks, snakebeta, 16 mels, upsampling 4x4x4x4 = the 256 hop), weight norm removed,
-  inside ``RecordingVocoder``, which keeps each segment's mel and wave (its input cast to the model's dtype);
+  with hooks (``record_vocoder``) that keep each segment's mel and wave (its input cast to the model's dtype);
 - ``extract_features``: transformers' own SeamlessM4TFeatureExtractor at its defaults (w2v-BERT 2.0's 80 mel bins,
   stride 2), no download;
 - ``mel_fn``: the official ``mel_spectrogram`` (n_fft 1024, hop 256, 16 mels, 22.05 kHz, center False);
@@ -451,18 +451,21 @@ class CastInputs(nn.Module):
         return self.inner(*(a.to(dt) if torch.is_tensor(a) and a.is_floating_point() else a for a in args))
 
 
-class RecordingVocoder(nn.Module):
-    """BigVGAN, keeping each call's input mel and output wave in ``log`` (the input cast to the model's dtype)."""
+def record_vocoder(net: nn.Module, log: dict) -> nn.Module:
+    """BigVGAN, keeping each call's input mel and output wave in ``log`` through hooks (the module stays the BigVGAN
+    that ``enable`` patches); the input is cast to the model's dtype (the fp64 reference object)."""
+    dtype = next(net.parameters()).dtype
 
-    def __init__(self, net: nn.Module, log: dict):
-        super().__init__()
-        self.net, self.log = net, log
+    def before(module, args):
+        log["mels"].append(args[0].detach().clone())
+        return (args[0].to(dtype), *args[1:])
 
-    def forward(self, mel):
-        self.log["mels"].append(mel.detach().clone())
-        wav = self.net(mel.to(next(self.net.parameters()).dtype))
-        self.log["wavs"].append(wav.detach().clone())
-        return wav
+    def after(module, args, wav):
+        log["wavs"].append(wav.detach().clone())
+
+    net.register_forward_pre_hook(before)
+    net.register_forward_hook(after)
+    return net
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -608,7 +611,7 @@ def _common(tts, version: str, seed: int, dtype, style_dim: int, log: dict) -> N
     tts.semantic_std = (0.5 + torch.rand(W2V_DIM, generator=g)).to(dtype)
     campplus = _campplus(version, seed + 2, style_dim).to(dtype)
     tts.campplus_model = campplus if dtype == torch.float32 else CastInputs(campplus)
-    tts.bigvgan = RecordingVocoder(_bigvgan(version, seed + 3).to(dtype), log)
+    tts.bigvgan = record_vocoder(_bigvgan(version, seed + 3).to(dtype), log)
     tts.emo_num = list(EMO_NUM)
     rows = sum(EMO_NUM)
     tts.emo_matrix = torch.split(torch.randn(rows, GPT["model_dim"], generator=g).to(dtype), EMO_NUM)

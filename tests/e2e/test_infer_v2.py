@@ -53,7 +53,7 @@ def _enabled_infer(o, path, case):
     h = indextts_fast.enable(o.tts)
     try:
         parts = {p.name: p for p in h.parts}
-        assert parts["gpt"].status == parts["s2mel"].status == "fast", h.report()
+        assert parts["gpt"].status == parts["s2mel"].status == parts["vocoder"].status == "fast", h.report()
         run = _infer(o, path, case)
         calls = {name: dict(p.patch.calls) for name, p in parts.items()}
     finally:
@@ -73,6 +73,7 @@ def test_infer_enabled_matches_official(offline, case, tmp_path):
     assert n == 3, f"{n} segments: the text must split into three"
     assert all(H.stopped(official)), "every generation of this case stops before max_mel_tokens"
     assert calls["gpt"]["generate"] == calls["gpt"]["latent"] == calls["s2mel"]["inference"] == n, calls
+    assert calls["vocoder"]["forward"] == n, calls
     for run in (official, ours):
         H.assert_cut_at_stop(run)
         H.assert_joined(run)

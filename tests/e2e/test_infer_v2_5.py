@@ -62,7 +62,7 @@ def test_infer_enabled_matches_official(offline, case, tmp_path):
     h = indextts_fast.enable(o.tts)
     try:
         parts = {p.name: p for p in h.parts}
-        assert parts["gpt"].status == parts["s2mel"].status == "fast", h.report()
+        assert parts["gpt"].status == parts["s2mel"].status == parts["vocoder"].status == "fast", h.report()
         ours = _infer(o, tmp_path / "x.wav", CASES[case])
         calls = {name: dict(p.patch.calls) for name, p in parts.items()}
     finally:
@@ -72,7 +72,7 @@ def test_infer_enabled_matches_official(offline, case, tmp_path):
 
     assert H.stopped(official) == STOPS[case], H.stopped(official)
     n = len(official.codes)
-    assert calls["gpt"]["generate"] == calls["s2mel"]["inference"] == n, calls
+    assert calls["gpt"]["generate"] == calls["s2mel"]["inference"] == calls["vocoder"]["forward"] == n, calls
     assert calls["gpt"]["latent"] == 0, "2.5 makes no teacher-forced GPT pass"
     for run in (official, ours):
         H.assert_cut_at_stop(run)
