@@ -59,6 +59,8 @@ __all__ = [
     "construct_gpt_core",
     "build_gpt_core",
     "build_s2mel",
+    "BIGVGAN_V2",
+    "build_bigvgan",
     "build_models",
     "indextts25_prompt",
     "generate25",
@@ -348,6 +350,56 @@ def build_s2mel(size: str = "tiny", seed: int = 0, *, setup_caches: bool = True,
     if setup_caches:
         m.models["cfm"].estimator.setup_caches(max_batch_size=2, max_seq_length=512)
     return m
+
+
+# BigVGAN v2 (nvidia/bigvgan_v2_22khz_80band_256x, its config.json) and a tiny copy: two stages (4 and 2 channels),
+# two AMP kernel sizes, the same 256 hop
+BIGVGAN_V2 = dict(num_mels=80, upsample_initial_channel=1536, upsample_rates=[4, 4, 2, 2, 2, 2],
+                  upsample_kernel_sizes=[8, 8, 4, 4, 4, 4], resblock="1", resblock_kernel_sizes=[3, 7, 11],
+                  resblock_dilation_sizes=[[1, 3, 5], [1, 3, 5], [1, 3, 5]], activation="snakebeta",
+                  snake_logscale=True, use_tanh_at_final=False, use_bias_at_final=False)  # fmt: skip
+BIGVGAN_TINY = dict(BIGVGAN_V2, upsample_initial_channel=8, upsample_rates=[16, 16],
+                    upsample_kernel_sizes=[32, 32], resblock_kernel_sizes=[3, 5],
+                    resblock_dilation_sizes=[[1, 3, 5], [1, 3, 5]])  # fmt: skip
+
+
+def build_bigvgan(size: str = "tiny", seed: int = 0, *, version: str = "2.0", **config):
+    """The official BigVGAN with weight norm removed (as infer_v2 loads it), eval mode, seeded weights: its default
+    init (torch's generator seeded with ``seed``), every Snake alpha and beta drawn N(0, 0.3) (log scale: not the
+    init's zeros), and the output layer scaled to a wave of RMS 0.3 on a unit-std mel of 24 frames (before the
+    final clamp: the wave has a DC offset, so its std would not keep it off the clamp). ``config`` overrides
+    entries of BIGVGAN_V2 / BIGVGAN_TINY; ``version`` "2.5": indextts25-inference's copy of the same code. The CUDA activation is never built (``use_cuda_kernel=False`` where the class takes it)."""
+    import inspect
+
+    cfg = dict(BIGVGAN_V2 if _size(size) == "full" else BIGVGAN_TINY, **config)
+    if version == "2.5":
+        bv, env = _import_indextts25("s2mel.modules.bigvgan.bigvgan"), _import_indextts25("s2mel.modules.bigvgan.env")
+    elif version == "2.0":
+        bv, env = import_official("s2mel.modules.bigvgan.bigvgan"), import_official("s2mel.modules.bigvgan.env")
+    else:
+        raise ValueError(f"version must be '2.0' or '2.5', not {version!r}")
+    torch.manual_seed(seed)
+    kw = {"use_cuda_kernel": False} if "use_cuda_kernel" in inspect.signature(bv.BigVGAN).parameters else {}
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.nn.utils.weight_norm's deprecation
+        net = bv.BigVGAN(env.AttrDict(cfg), **kw)
+        if hasattr(net, "remove_weight_norm"):
+            net.remove_weight_norm()
+    net.eval()
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if name.endswith(".alpha") or name.endswith(".beta"):
+                p.copy_(0.3 * torch.randn(p.shape, generator=g))
+        mel = torch.randn(1, cfg["num_mels"], 24, generator=g)
+        seen = []
+        hook = net.conv_post.register_forward_hook(lambda m, i, out: seen.append(out))
+        net(mel)
+        hook.remove()
+        net.conv_post.weight.mul_(0.3 / float(seen[0].pow(2).mean().sqrt()))
+    return net
 
 
 class _Attrs(dict):
