@@ -368,7 +368,8 @@ def build_bigvgan(size: str = "tiny", seed: int = 0, *, version: str = "2.0", **
     init (torch's generator seeded with ``seed``), every Snake alpha and beta drawn N(0, 0.3) (log scale: not the
     init's zeros), and the output layer scaled to a wave of RMS 0.3 on a unit-std mel of 24 frames (before the
     final clamp: the wave has a DC offset, so its std would not keep it off the clamp). ``config`` overrides
-    entries of BIGVGAN_V2 / BIGVGAN_TINY; ``version`` "2.5": indextts25-inference's copy of the same code. The CUDA activation is never built (``use_cuda_kernel=False`` where the class takes it)."""
+    entries of BIGVGAN_V2 / BIGVGAN_TINY; ``version`` "2.5": indextts25-inference's copy of the same code.
+    The CUDA activation is never built (``use_cuda_kernel=False`` where the class takes it)."""
     import inspect
 
     cfg = dict(BIGVGAN_V2 if _size(size) == "full" else BIGVGAN_TINY, **config)
