@@ -332,7 +332,7 @@ def test_post_init_gpt2_config_again_is_patched_again():
         assert h.parts[0].patch.calls["generate"] == 1 and "gpt     fast" in h.report()
         uv.accel_engine = object()  # as use_accel=True sets it: the official accel engine generates
         uv.post_init_gpt2_config(use_deepspeed=False, kv_cache=True, half=False)
-        assert "gpt    skipped  after post_init_gpt2_config: the accel engine" in h.report(), h.report()
+        assert "gpt     skipped  after post_init_gpt2_config: the accel engine" in h.report(), h.report()
         assert "generate" not in uv.inference_model.__dict__
         uv.accel_engine = None
         uv.post_init_gpt2_config(use_deepspeed=False, kv_cache=False, half=False)  # the official k + 1 positions

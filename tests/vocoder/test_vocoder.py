@@ -7,7 +7,11 @@ On CPU the kernels run in the Triton interpreter.
 """
 
 import copy
+import gc
+import pickle
 import sys
+import threading
+import weakref
 
 import pytest
 import torch
@@ -192,3 +196,49 @@ def test_indextts25_vocoder_matches_its_forward():
     with indextts_fast.enabled(net), torch.no_grad():
         ours = net(mel)
     assert_close_rel(ours, low, high, "2.5 vocoder wave")
+
+
+def test_threads_on_one_enabled_vocoder_get_their_own_waves():
+    """Two threads, two calls each (different lengths) on one enabled vocoder: each wave equals the same call run
+    alone (one call at a time per model: the lock)."""
+    net = build_bigvgan("tiny", seed=8)
+    mels = [_mel(3 + 2 * i, seed=i) for i in range(4)]
+    got, errors = {}, []
+    with indextts_fast.enabled(net), torch.no_grad():
+        alone = [net(m) for m in mels]
+
+        def worker(w):
+            try:
+                for i in (w, w + 2):
+                    with torch.no_grad():
+                        got[i] = net(mels[i])
+            except Exception as e:  # reported below
+                errors.append(e)
+
+        threads = [threading.Thread(target=worker, args=(w,)) for w in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert not errors, errors
+    assert all(torch.equal(got[i], alone[i]) for i in range(4))
+
+
+def test_an_enabled_vocoder_is_freed_and_copies_are_official():
+    """del + gc frees an enabled vocoder with its fast copy; deepcopy and pickle of an enabled one give the
+    official module."""
+    net = build_bigvgan("tiny", seed=9)
+    h = indextts_fast.enable(net)
+    copied = copy.deepcopy(net)
+    pickled = pickle.loads(pickle.dumps(net))
+    assert "forward" not in copied.__dict__ and "forward" not in pickled.__dict__
+    mel = _mel(3)
+    with torch.no_grad():
+        assert torch.equal(copied(mel), pickled(mel))
+    ref = weakref.ref(net)
+    fast = weakref.ref(h.parts[0].patch.fast.conv_pre.weight)
+    del net
+    gc.collect()
+    assert ref() is None and fast() is None, "the enabled vocoder is still alive"
+    assert "freed" in h.report()
+    h.revert()
