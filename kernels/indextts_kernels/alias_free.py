@@ -68,6 +68,43 @@ def _snake(u, alpha, inv_beta):
 
 
 @triton.jit
+def _tile(x_row, UP, DOWN, alpha, inv_beta, i0, n, j, H: tl.constexpr, KP0: tl.constexpr, A0: tl.constexpr,
+          KP1: tl.constexpr, A1: tl.constexpr, KE: tl.constexpr, DE: tl.constexpr, KO: tl.constexpr,
+          DO: tl.constexpr, QOFF: tl.constexpr, BLOCK: tl.constexpr, EDGE: tl.constexpr):  # fmt: skip
+    """The outputs i0 + j of one row (j < OUT are kept). EDGE: reads clamped into [0, n) and the downsampler's
+    replicate pad applied (the first and last tiles of a row); else every read is inside the row."""
+    q = i0 + QOFF + j
+    qc = q
+    if EDGE:
+        qc = tl.minimum(tl.maximum(q, 0), n - 1)
+    # the two phases of the upsampled row at the tile's positions
+    ue = tl.zeros([BLOCK], dtype=tl.float32)
+    uo = tl.zeros([BLOCK], dtype=tl.float32)
+    for r in tl.static_range(H):
+        if EDGE:
+            xe = tl.load(x_row + tl.minimum(tl.maximum(qc + (A0 - r), 0), n - 1))
+            xo = tl.load(x_row + tl.minimum(tl.maximum(qc + (A1 - r), 0), n - 1))
+        else:
+            xe = tl.load(x_row + q + (A0 - r))
+            xo = tl.load(x_row + q + (A1 - r))
+        ue += tl.load(UP + (2 * r + KP0)) * xe
+        uo += tl.load(UP + (2 * r + KP1)) * xo
+    e = _snake(2.0 * ue, alpha, inv_beta)
+    o = _snake(2.0 * uo, alpha, inv_beta)
+    if EDGE:
+        # the downsampler's replicate pad: even positions past the end read v(2n-1) (the odd phase at n-1, which the
+        # lane clamped to n-1 holds), odd positions before the start read v(0) (the even phase at 0, likewise)
+        e, o = tl.where(q >= n, o, e), tl.where(q < 0, e, o)
+    acc = tl.zeros([BLOCK], dtype=tl.float32)
+    for s in tl.static_range(H):
+        ie = tl.minimum(j + (s + DE - QOFF), BLOCK - 1)
+        io = tl.minimum(j + (s + DO - QOFF), BLOCK - 1)
+        acc += tl.load(DOWN + (2 * s + KE)) * tl.gather(e, ie, 0)
+        acc += tl.load(DOWN + (2 * s + KO)) * tl.gather(o, io, 0)
+    return acc
+
+
+@triton.jit
 def _anti_alias_snake_kernel(
     X,  # [B, C, T] fp32 (row strides stride_xb, stride_xc; last dim contiguous)
     Y,  # [B, C, T] fp32 (row strides stride_yb, stride_yc)
@@ -105,33 +142,12 @@ def _anti_alias_snake_kernel(
     inv_beta = tl.load(INV_BETA + c)
     i0 = tl.program_id(0) * OUT
     j = tl.arange(0, BLOCK)
-    q = i0 + QOFF + j
-    qc = tl.minimum(tl.maximum(q, 0), n - 1)
-    # the two phases of the upsampled row at the tile's positions (clamped into the row)
-    ue = tl.zeros([BLOCK], dtype=tl.float32)
-    uo = tl.zeros([BLOCK], dtype=tl.float32)
     lo = i0 + QOFF + tl.minimum(A0, A1) - (H - 1)  # the first and last x the tile reads, unclamped
     hi = i0 + QOFF + BLOCK - 1 + tl.maximum(A0, A1)
-    if (lo >= 0) & (hi < n):  # an interior tile (all but the first and last of a row): no clamp
-        for r in tl.static_range(H):
-            ue += tl.load(UP + (2 * r + KP0)) * tl.load(x_row + q + (A0 - r))
-            uo += tl.load(UP + (2 * r + KP1)) * tl.load(x_row + q + (A1 - r))
+    if (lo >= 0) & (hi < n):  # an interior tile (all but the first and last of a row): no clamp, no pad
+        acc = _tile(x_row, UP, DOWN, alpha, inv_beta, i0, n, j, H, KP0, A0, KP1, A1, KE, DE, KO, DO, QOFF, BLOCK, False)
     else:
-        for r in tl.static_range(H):
-            ue += tl.load(UP + (2 * r + KP0)) * tl.load(x_row + tl.minimum(tl.maximum(qc + (A0 - r), 0), n - 1))
-            uo += tl.load(UP + (2 * r + KP1)) * tl.load(x_row + tl.minimum(tl.maximum(qc + (A1 - r), 0), n - 1))
-    ve = _snake(2.0 * ue, alpha, inv_beta)
-    vo = _snake(2.0 * uo, alpha, inv_beta)
-    # the downsampler's replicate pad: even positions past the end read v(2n-1) (the odd phase at n-1, which the
-    # lane clamped to n-1 holds), odd positions before the start read v(0) (the even phase at 0, likewise)
-    e = tl.where(q >= n, vo, ve)
-    o = tl.where(q < 0, ve, vo)
-    acc = tl.zeros([BLOCK], dtype=tl.float32)
-    for s in tl.static_range(H):
-        ie = tl.minimum(j + (s + DE - QOFF), BLOCK - 1)
-        io = tl.minimum(j + (s + DO - QOFF), BLOCK - 1)
-        acc += tl.load(DOWN + (2 * s + KE)) * tl.gather(e, ie, 0)
-        acc += tl.load(DOWN + (2 * s + KO)) * tl.gather(o, io, 0)
+        acc = _tile(x_row, UP, DOWN, alpha, inv_beta, i0, n, j, H, KP0, A0, KP1, A1, KE, DE, KO, DO, QOFF, BLOCK, True)
     i = i0 + j
     ok = (j < OUT) & (i < T)
     acc = tl.where(i < n, acc, 0.0)
