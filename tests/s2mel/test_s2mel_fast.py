@@ -335,7 +335,7 @@ def test_cuda_graph_cfm_loop_replays_the_eager_mel():
             torch.manual_seed(5)
             graphed = loop(mu.clone(), x_lens, prompt, style, None, 25)
             torch.testing.assert_close(graphed, eager, rtol=0, atol=0)
-        assert len(loop.capture_s) == 1 and list(loop._graphs.values())[0].replays == 2
+        assert len(loop.capture_s) == 1 and list(loop.runs.values())[0].graphed.replays == 2
 
 
 class _AutocastDiT(torch.nn.Module):

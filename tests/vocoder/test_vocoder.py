@@ -242,3 +242,20 @@ def test_an_enabled_vocoder_is_freed_and_copies_are_official():
     assert ref() is None and fast() is None, "the enabled vocoder is still alive"
     assert "freed" in h.report()
     h.revert()
+
+
+@pytest.mark.gpu(reason="CUDA graphs")
+def test_cuda_graph_vocoder_replays_the_padded_eager_wave():
+    """On a GPU: the graphed vocoder (first call eager, second captured, then replays at two lengths of one bucket)
+    gives the eager padded run's wave bit for bit, and the official wave within the rule."""
+    net = build_bigvgan("tiny", seed=4).cuda()
+    fast = FastBigVGAN(net)
+    graphed, padded = VocoderLoop(fast, graphs=True), VocoderLoop(fast, graphs=False, pad=True)
+    for frames in (11, 13, 11, 13):
+        mel = _mel(frames).cuda()
+        with torch.no_grad():
+            got, want = graphed(mel), padded(mel)
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+        low, high = _official(net, mel)
+        assert_close_rel(got, low, high, f"graphed vocoder wave ({frames} frames)")
+    assert len(graphed.capture_s) == 1 and list(graphed.runs.values())[0].graphed.replays == 3
