@@ -18,7 +18,7 @@ import torch
 
 import indextts_fast
 from indextts_fast.errors import UnsupportedModel
-from indextts_fast.official import build_bigvgan
+from indextts_fast.official import BIGVGAN_V2, build_bigvgan
 from indextts_fast.vocoder.bigvgan import FastBigVGAN, VocoderLoop, unsupported_reason
 
 from ..helpers import assert_close_rel, official_line
@@ -259,3 +259,20 @@ def test_cuda_graph_vocoder_replays_the_padded_eager_wave():
         low, high = _official(net, mel)
         assert_close_rel(got, low, high, f"graphed vocoder wave ({frames} frames)")
     assert len(graphed.capture_s) == 1 and list(graphed.runs.values())[0].graphed.replays == 3
+
+
+def test_the_official_structure_on_the_references(monkeypatch):
+    """BigVGAN v2's own structure (6 stages: rates 4, 4, 2, 2, 2, 2 with kernels 8, 8, 4, 4, 4, 4; three AMP kernel
+    sizes 3, 7, 11 and so three-part merges) at narrow channels, on the torch references (the kernels' part is
+    tests/kernels/test_alias_free.py): unpadded and padded within the rule."""
+    monkeypatch.setenv("INDEXTTS_FAST_BACKEND", "torch")
+    cfg = {k: BIGVGAN_V2[k] for k in ("upsample_rates", "upsample_kernel_sizes", "resblock_kernel_sizes",
+                                      "resblock_dilation_sizes")}  # fmt: skip
+    net = build_bigvgan("tiny", seed=1, upsample_initial_channel=64, **cfg)
+    fast = FastBigVGAN(net)
+    assert fast.hop == 256 and fast.n_activations == 109 and fast.num_kernels == 3
+    mel = _mel(5)
+    low, high = _official(net, mel)
+    with torch.no_grad():
+        assert_close_rel(fast(mel), low, high, "vocoder wave (official structure)")
+        assert_close_rel(VocoderLoop(fast, pad=True)(mel), low, high, "padded vocoder wave (official structure)")
