@@ -87,6 +87,11 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.section(f"ms per GPT token and per CFM step ({decode.RESULTS[0]['gpu']})")
         for line in decode.table().splitlines():
             terminalreporter.write_line(line)
+    vocoder = sys.modules.get("bench.bench_vocoder")
+    if getattr(vocoder, "RESULTS", None):
+        terminalreporter.section(f"vocoder: ms per call and peak memory, 10 s of audio ({vocoder.RESULTS[0]['gpu']})")
+        for line in vocoder.table().splitlines():
+            terminalreporter.write_line(line)
     if not _ROWS:
         return
     base = {r["group"]: r["device_ms"] for r in _ROWS if r["provider"] == "torch"}

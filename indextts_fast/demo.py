@@ -1,13 +1,15 @@
-"""The main job: IndexTTS2's GPT and s2mel, official path against ours, stage by stage, in one table.
+"""The main job: IndexTTS2's GPT, s2mel and vocoder, official path against ours, stage by stage, in one table.
 
     python -m indextts_fast demo                    # tiny random-weight models on CPU, IndexTTS-2 sizes on a GPU
     python -m indextts_fast demo --model-dir DIR    # the real weights (config.yaml, gpt.pth, s2mel.pth)
 
 The models are the official module code (the installed official package: the official repository's code or the
 transformers-5 refactor) with random weights; ``indextts_fast.enable`` then runs the same calls on our decode loop,
-our prefill and our DiT/CFM loop. Per stage: the backend, parity (tokens identical; or the max error against the
-fp64 model next to the tolerance, 2x the official fp32 path's own error plus one fp32 unit), the official time,
-ours and the speed-up. On a CPU our kernels run in the Triton interpreter: a correctness run, not a timing.
+our prefill, our DiT/CFM loop and our vocoder (BigVGAN v2, every anti-aliased activation one fused kernel; random
+weights also with ``--model-dir``, whose checkpoints hold no vocoder). Per stage: the backend, parity
+(tokens identical; or the max error against the fp64 model next to the tolerance, 2x the official fp32 path's own
+error plus one fp32 unit), the official time, ours and the speed-up. On a CPU our kernels run in the Triton
+interpreter: a correctness run, not a timing.
 """
 
 from __future__ import annotations
@@ -46,9 +48,10 @@ class Sizes:
     latent_codes: int  # codes of the teacher-forced pass
     mel: int  # CFM frames
     prompt: int  # reference-mel frames of the CFM
+    vocoder: int  # mel frames of the vocoder's input (full: 10 s of audio)
 
 
-SIZES = {"tiny": Sizes(37, 9, 12, 50, 23, 27, 9), "full": Sizes(500, 60, 250, 250, 250, 1200, 430)}
+SIZES = {"tiny": Sizes(37, 9, 12, 50, 23, 27, 9, 24), "full": Sizes(500, 60, 250, 250, 250, 1200, 430, 861)}
 
 
 @dataclass
@@ -97,7 +100,7 @@ def _quiet():
         yield
 
 
-STAGES = ("greedy", "defaults", "latent", "cfm", "gpt25", "cfm25")
+STAGES = ("greedy", "defaults", "latent", "cfm", "vocoder", "gpt25", "cfm25")
 
 
 def run(size: str, device: torch.device, model_dir=None, stages=STAGES, profile: bool = False) -> list[Row]:
@@ -157,9 +160,36 @@ def run(size: str, device: torch.device, model_dir=None, stages=STAGES, profile:
         ok, msg = v.ok, str(v)
         prec = detail.split("fp32 products ")[1].split(",")[0] if "fp32 products " in detail else ""
         rows.append(Row(f"s2mel.cfm 25 steps CFG, {s.mel} frames ({prec})", backend, msg, ok, t_off, t_ours))
+    if "vocoder" in stages:
+        rows.append(_vocoder_row(size, device, timed_off, timed_ours, backend))
     if model_dir is None:  # IndexTTS-2.5 rows: random weights (a 2.0 checkpoint directory has no 2.5 model)
         rows += _rows25(size, device, uv, text, stages, timed_off, timed_ours, backend)
     return rows
+
+
+def _vocoder_row(size, device, timed_off, timed_ours, backend) -> Row:
+    """BigVGAN (``official.build_bigvgan(size)``: v2 22 kHz 80-band 256x at full size, random weights): the official
+    forward against ``enable(bigvgan)``'s, both judged against the official module in fp64."""
+    import copy
+
+    import indextts_fast
+
+    from . import official
+
+    frames = SIZES[size].vocoder
+    with _quiet():  # the repository line prints "Removing weight norm..."
+        net = official.build_bigvgan(size, 5).to(device)
+    net64 = copy.deepcopy(net).double()
+    mel = torch.randn(1, net.conv_pre.in_channels, frames, generator=torch.Generator().manual_seed(6)).to(device)
+    with torch.no_grad():
+        low, t_off = timed_off(lambda: net(mel))
+        high, _ = _timed(lambda: net64(mel.double()), device)
+        with indextts_fast.enabled(net) as h:
+            out, t_ours = timed_ours(lambda: net(mel))
+            fused = next(p for p in h.parts if p.name == "vocoder").patch.fast.n_activations
+    v = judge(out, low, high)
+    label = f"bigvgan.forward {frames} frames -> {out.shape[-1]} samples ({fused} activations fused)"
+    return Row(label, backend, str(v), v.ok, t_off, t_ours)
 
 
 def _rows25(size, device, uv, text, stages, timed_off, timed_ours, backend) -> list[Row]:

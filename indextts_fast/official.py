@@ -28,6 +28,7 @@ The harness:
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.machinery
 import importlib.util
@@ -363,6 +364,45 @@ BIGVGAN_TINY = dict(BIGVGAN_V2, upsample_initial_channel=8, upsample_rates=[16, 
                     resblock_dilation_sizes=[[1, 3, 5], [1, 3, 5]])  # fmt: skip
 
 
+# The official repository's bigvgan/utils.py imports matplotlib and scipy (plots, wav files) and its meldataset.py
+# librosa (mel extraction): none of it runs in the forward, and tools/dev.sh installs the module code without its
+# requirements. Where one is missing, an import-only stand-in (calling anything in it raises) serves that import.
+_IMPORT_ONLY = {"matplotlib": ("pylab",), "scipy": ("io", "io.wavfile"), "librosa": ("util", "filters")}
+
+
+class _ImportOnly(types.ModuleType):
+    def __getattr__(self, name: str):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        if self.__name__ == "matplotlib" and name == "use":  # matplotlib.use("Agg") runs at the import
+            return lambda *a, **k: None
+
+        def missing(*a, **k):
+            raise RuntimeError(f"{self.__name__}.{name}: not installed (an import-only stand-in)")
+
+        return missing
+
+
+@contextlib.contextmanager
+def _import_only_stand_ins():
+    added = []
+    for root, subs in _IMPORT_ONLY.items():
+        if root in sys.modules or importlib.util.find_spec(root) is not None:
+            continue
+        for name in (root, *(f"{root}.{sub}" for sub in subs)):
+            mod = sys.modules[name] = _ImportOnly(name)
+            mod.__spec__ = importlib.machinery.ModuleSpec(name, None)
+            parent, _, leaf = name.rpartition(".")
+            if parent:
+                setattr(sys.modules[parent], leaf, mod)
+            added.append(name)
+    try:
+        yield
+    finally:
+        for name in added:
+            sys.modules.pop(name, None)
+
+
 def build_bigvgan(size: str = "tiny", seed: int = 0, *, version: str = "2.0", **config):
     """The official BigVGAN with weight norm removed (as infer_v2 loads it), eval mode, seeded weights: its default
     init (torch's generator seeded with ``seed``), every Snake alpha and beta drawn N(0, 0.3) (log scale: not the
@@ -376,7 +416,8 @@ def build_bigvgan(size: str = "tiny", seed: int = 0, *, version: str = "2.0", **
     if version == "2.5":
         bv, env = _import_indextts25("s2mel.modules.bigvgan.bigvgan"), _import_indextts25("s2mel.modules.bigvgan.env")
     elif version == "2.0":
-        bv, env = import_official("s2mel.modules.bigvgan.bigvgan"), import_official("s2mel.modules.bigvgan.env")
+        with _import_only_stand_ins():
+            bv, env = import_official("s2mel.modules.bigvgan.bigvgan"), import_official("s2mel.modules.bigvgan.env")
     else:
         raise ValueError(f"version must be '2.0' or '2.5', not {version!r}")
     torch.manual_seed(seed)

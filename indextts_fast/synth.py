@@ -8,8 +8,10 @@ gpt.pth and s2mel.pth: ``indextts.infer_v2_5``, whose infer takes ``--lang``) or
 official package with its own requirements (the official repository; for 2.0 also ``pip install
 indextts2-inference``), the checkpoint directory and, for any speed, a GPU. Prints the official run's per-stage
 times (IndexTTS2.infer's own timers: gpt_gen, gpt_forward (2.0 only), s2mel, bigvgan, total, RTF) without and with
-the fast backend. The official run's audio goes to ``<out>.official.wav`` (skip it with ``--no-baseline``). Where
-a part is missing (the package, a weight file, the voice file, a GPU) one line says which.
+the fast backend (whose report, printed first, names each part it runs: the GPT, the CFM/DiT and the vocoder, so
+the second run's bigvgan time is BigVGAN on our fused anti-aliased activation). The official run's audio goes to
+``<out>.official.wav`` (skip it with ``--no-baseline``). Where a part is missing (the package, a weight file, the
+voice file, a GPU) one line says which.
 """
 
 from __future__ import annotations
@@ -55,13 +57,15 @@ def _infer(tts, args, out_path: str, version: str) -> dict[str, float]:
 
 @contextlib.contextmanager
 def _vocoder_range(tts):
-    """An NVTX range ``vocoder`` around BigVGAN's forward (an instance attribute, removed afterwards)."""
+    """An NVTX range ``vocoder`` around BigVGAN's forward (an instance attribute, removed afterwards; inside
+    ``enable``, around the fast forward it installed, which is put back)."""
     from .profiling import nvtx_range
 
     voc = getattr(tts, "bigvgan", None)
-    if voc is None or "forward" in voc.__dict__:
+    if voc is None:
         yield
         return
+    had = "forward" in voc.__dict__  # enable()'s vocoder patch is an instance attribute
     base = voc.forward
 
     def forward(*a, **k):
@@ -72,7 +76,10 @@ def _vocoder_range(tts):
     try:
         yield
     finally:
-        del voc.forward
+        if had:
+            voc.forward = base
+        else:
+            del voc.forward
 
 
 def main(argv=None) -> int:

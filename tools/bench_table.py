@@ -6,7 +6,8 @@
 One row per (group, provider): device time (triton.testing.do_bench median), GB/s and % of the copy
 bandwidth measured in the same run, TFLOP/s where the benchmark states FLOPs, and the speed-up over the
 `torch` and `compile` providers of the same group (same shape, same run, same card). Then the per-token and
-per-step rows of bench/bench_decode.py (ms per GPT token, ms per CFM step) with their ratio to the official row.
+per-step rows of bench/bench_decode.py (ms per GPT token, ms per CFM step) with their ratio to the official row, and
+bench/bench_vocoder.py's whole-vocoder rows (ms per call on 10 s of audio, peak MiB) with theirs.
 """
 
 import json
@@ -16,8 +17,10 @@ import sys
 def main(path: str) -> int:
     data = json.load(open(path))
     rows = [b["extra_info"] for b in data.get("benchmarks", []) if b.get("extra_info", {}).get("device_ms")]
-    decode = [b["extra_info"] for b in data.get("benchmarks", []) if b.get("extra_info", {}).get("unit")]
-    if not rows and not decode:
+    timed = [b["extra_info"] for b in data.get("benchmarks", []) if b.get("extra_info", {}).get("unit")]
+    decode = [r for r in timed if "peak_mib" not in r]
+    vocoder = [r for r in timed if "peak_mib" in r]
+    if not rows and not timed:
         print("no benchmark rows with device times")
         return 1
     if decode:
@@ -28,6 +31,16 @@ def main(path: str) -> int:
         for r in decode:
             ratio = base[r["group"]] / r["ms"] if r["group"] in base and r["ms"] > 0 else None
             print(f"| {r['group']} | {r['provider']} | {r['ms']:.3f} | {r['unit']} | "
+                  f"{'' if ratio is None else format(ratio, '.2f')} | {r['note']} |")  # fmt: skip
+        print()
+    if vocoder:
+        base = {r["group"]: r["ms"] for r in vocoder if r["provider"] == "official"}
+        print(f"Card: {vocoder[0]['gpu']}; torch {vocoder[0]['torch']}, triton {vocoder[0]['triton']}\n")
+        print("| group | provider | ms | unit | peak MiB | vs official | note |")
+        print("|---|---|---:|---|---:|---:|---|")
+        for r in vocoder:
+            ratio = base[r["group"]] / r["ms"] if r["group"] in base and r["ms"] > 0 else None
+            print(f"| {r['group']} | {r['provider']} | {r['ms']:.3f} | {r['unit']} | {r['peak_mib']:.1f} | "
                   f"{'' if ratio is None else format(ratio, '.2f')} | {r['note']} |")  # fmt: skip
         print()
     if not rows:
