@@ -14,6 +14,20 @@ import json
 import sys
 
 
+def _ratio_table(rows, *, peak: bool) -> None:
+    """One card's rows (bench_decode's or bench_vocoder's), each with its ratio to its group's official row."""
+    base = {r["group"]: r["ms"] for r in rows if r["provider"] == "official"}
+    print(f"Card: {rows[0]['gpu']}; torch {rows[0]['torch']}, triton {rows[0]['triton']}\n")
+    print("| group | provider | ms | unit |" + (" peak MiB |" if peak else "") + " vs official | note |")
+    print("|---|---|---:|---|" + ("---:|" if peak else "") + "---:|---|")
+    for r in rows:
+        ratio = base[r["group"]] / r["ms"] if r["group"] in base and r["ms"] > 0 else None
+        mib = f" {r['peak_mib']:.1f} |" if peak else ""
+        print(f"| {r['group']} | {r['provider']} | {r['ms']:.3f} | {r['unit']} |{mib} "
+              f"{'' if ratio is None else format(ratio, '.2f')} | {r['note']} |")  # fmt: skip
+    print()
+
+
 def main(path: str) -> int:
     data = json.load(open(path))
     rows = [b["extra_info"] for b in data.get("benchmarks", []) if b.get("extra_info", {}).get("device_ms")]
@@ -23,26 +37,9 @@ def main(path: str) -> int:
     if not rows and not timed:
         print("no benchmark rows with device times")
         return 1
-    if decode:
-        base = {r["group"]: r["ms"] for r in decode if r["provider"] == "official"}
-        print(f"Card: {decode[0]['gpu']}; torch {decode[0]['torch']}, triton {decode[0]['triton']}\n")
-        print("| group | provider | ms | unit | vs official | note |")
-        print("|---|---|---:|---|---:|---|")
-        for r in decode:
-            ratio = base[r["group"]] / r["ms"] if r["group"] in base and r["ms"] > 0 else None
-            print(f"| {r['group']} | {r['provider']} | {r['ms']:.3f} | {r['unit']} | "
-                  f"{'' if ratio is None else format(ratio, '.2f')} | {r['note']} |")  # fmt: skip
-        print()
-    if vocoder:
-        base = {r["group"]: r["ms"] for r in vocoder if r["provider"] == "official"}
-        print(f"Card: {vocoder[0]['gpu']}; torch {vocoder[0]['torch']}, triton {vocoder[0]['triton']}\n")
-        print("| group | provider | ms | unit | peak MiB | vs official | note |")
-        print("|---|---|---:|---|---:|---:|---|")
-        for r in vocoder:
-            ratio = base[r["group"]] / r["ms"] if r["group"] in base and r["ms"] > 0 else None
-            print(f"| {r['group']} | {r['provider']} | {r['ms']:.3f} | {r['unit']} | {r['peak_mib']:.1f} | "
-                  f"{'' if ratio is None else format(ratio, '.2f')} | {r['note']} |")  # fmt: skip
-        print()
+    for group in (decode, vocoder):
+        if group:
+            _ratio_table(group, peak=group is vocoder)
     if not rows:
         return 0
     by_group: dict[str, dict[str, float]] = {}
