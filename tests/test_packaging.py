@@ -77,3 +77,15 @@ def test_reference_module_does_not_import_triton():
 
 def test_versions_agree():
     assert indextts_fast.__version__ == indextts_kernels.__version__
+
+
+def test_every_subpackage_is_distributed():
+    """Every folder of ours with an __init__.py is in pyproject's package list (an editable install would hide a
+    missing one; a wheel would lack it)."""
+    import tomllib
+
+    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {"indextts_kernels"} | {
+        ".".join(p.parent.relative_to(REPO).parts) for p in (REPO / "indextts_fast").rglob("__init__.py")
+    }
+    assert found <= listed, f"not in pyproject.toml's packages: {sorted(found - listed)}"
