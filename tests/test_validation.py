@@ -70,8 +70,8 @@ def test_out_buffer_checked():
         K.layer_norm_fwd(x, w, b, out=torch.empty(2, 5, N + 1))
 
 
-def test_inference_only():
-    x, w, b, _, _ = _args()
+def test_inference_only(device):
+    x, w, b, _, _ = (t.to(device) for t in _args())
     w.requires_grad_(True)
     with pytest.raises(RuntimeError, match="inference-only"):
         K.layer_norm_fwd(x, w, b)
@@ -86,7 +86,7 @@ def test_cpu_tensor_to_compiled_kernel_is_refused(monkeypatch):
         K.layer_norm_fwd(*_args()[:3])
 
 
-def test_validation_runs_once_per_signature():
+def test_validation_runs_once_per_signature(device):
     """The launchers validate a signature once: a repeat (the decode engine's, the CFM loop's every step) skips
     the check; another shape, stride, dtype, scalar or grad mode runs it again; a failure is never remembered;
     with an ``out`` buffer (its overlap check reads data pointers) it runs every call."""
@@ -117,7 +117,7 @@ def test_validation_runs_once_per_signature():
     validate_once(check, "op", x, eps=1e-5, out=out)
     validate_once(check, "op", x, eps=1e-5, out=out)
     assert len(calls) == 10
-    xs, w, b, _, _ = _args()
+    xs, w, b, _, _ = (t.to(device) for t in _args())
     K.layer_norm_fwd(xs, w, b)
     with pytest.raises(ValueError, match="eps must be a positive number"):
         K.layer_norm_fwd(xs, w, b, -1.0)

@@ -221,7 +221,8 @@ def plan_checkpoint(
 def _wn_norms(w: torch.Tensor, g_shape: tuple[int, ...]) -> torch.Tensor:
     """||w|| over all dims but 0, computed by the same kernel _weight_norm uses, so that folding (norms, w) gives w."""
     if hasattr(torch, "_weight_norm_interface"):
-        return torch._weight_norm_interface(w, torch.ones(g_shape, dtype=w.dtype), 0)[1].reshape(g_shape)
+        ones = torch.ones(g_shape, dtype=w.dtype, device=w.device)
+        return torch._weight_norm_interface(w, ones, 0)[1].reshape(g_shape)
     return torch.norm_except_dim(w, 2, 0).reshape(g_shape)  # pragma: no cover
 
 

@@ -214,6 +214,7 @@ def test_full_width_layer_greedy_tokens_identical():
     assert torch.equal(ours, official), f"tokens differ\nofficial {official}\nours     {ours}"
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="counted on the CPU interpreter path (the model is on the CPU)")
 @pytest.mark.parametrize("rows", [1, 3], ids=["batch1", "3beams"])
 def test_five_kernels_per_layer_per_decode_step(uv, rows):
     """The decode step's kernel launches (the decoder's model step, inside the graphed tick), counted through the
@@ -279,7 +280,7 @@ def test_cuda_graph_decode_gives_the_eager_tokens(mode):
     torch.manual_seed(3)  # a second generation on the same decoder replays the graph captured by the first
     with torch.no_grad():
         again, decoder2 = generate(fast, args, ids, prefix, decoder)
-    assert decoder2 is decoder and state.tick_graph.replays > seqs.shape[1]
+    assert decoder2 is decoder and state.tick_graph.replays > seqs.shape[1] - P  # more than one generation's ticks
     assert torch.equal(again, out[False])
 
 
