@@ -104,6 +104,7 @@ class DecodeState:
         self._rows = torch.arange(K, device=dev)
         self.prompt_host = self.max_length_host = 0  # the host's copies for this generation
         self.tick_graph: Optional[Graphed] = None  # the Decoder's graphed tick of this state
+        self.generator: Optional[torch.Generator] = None  # the draw's generator (None: the device's default)
         self.ticks = 0  # ticks the last generation executed (with the no-op ones after the stop)
         # the fused tick (a decoder's state without custom processors, at sizes the kernels take): two sampling
         # launches around the draw
@@ -186,6 +187,12 @@ class DecodeState:
         argmax or the exponential race, the beam step and its hypotheses, the row reorders of the sequences, the
         seen mask and the KV cache's table and lengths, the append, the stop condition, the next embedding, the
         previous step's cache length advance)."""
+        self.select()
+        self.logits.copy_(self.decoder.step_emb(self.emb))
+
+    def select(self) -> None:
+        """The fused tick without its model step: the processors, the draw, the choice and everything after it,
+        up to the next tokens' embedding in ``emb``."""
         t, K, V = self._select_state(), self.K, self.V
         if K == 1 and not self.args.do_sample:
             ops.decode_select(self.logits, None, t, self.select_cfg, self.process_cfg)
@@ -194,9 +201,9 @@ class DecodeState:
                                         self.beam_scores)  # fmt: skip
             noise = None
             if self.args.do_sample:  # torch.multinomial's draw on probs [1, rows * V]: the official stream
-                noise = torch.empty((1, K * V), dtype=torch.float32, device=scores.device).exponential_(1)
+                noise = torch.empty((1, K * V), dtype=torch.float32, device=scores.device)
+                noise.exponential_(1, generator=self.generator)
             ops.decode_select(scores, noise, t, self.select_cfg)
-        self.logits.copy_(self.decoder.step_emb(self.emb))
 
     def tick(self, step, reorder=None, input_ids: Optional[torch.Tensor] = None) -> None:
         """One iteration of the official loop, then ``step(tokens, pos, live) -> logits`` on its tokens.
