@@ -32,6 +32,7 @@ eagerly (a per-slot generator inside a captured graph needs registering with the
 from __future__ import annotations
 
 import dataclasses
+import threading
 from collections import deque
 from typing import Optional
 
@@ -113,6 +114,7 @@ class BatchDecoder:
             self.states.append(st)
         self.graphs = graphs_wanted(graphs, dev) and not args.do_sample
         self.tick_graph = Graphed(self._tick, dev, enabled=self.graphs, pool=MemoryPool())
+        self.lock = threading.Lock()  # one run at a time: the pool's buffers are static
         for g in range(slots):
             self._free(g)
 
@@ -174,7 +176,10 @@ class BatchDecoder:
         where a request fails (a prompt or max_length the pool cannot hold, the official errors: the mel position
         table's end, an invalid probability), its entry is the exception, and the other requests are unaffected.
         At most ``slots`` run at once; the rest wait (at most ``max_queue``) and join as slots free up."""
-        requests = list(requests)
+        with self.lock:
+            return self._run(list(requests))
+
+    def _run(self, requests: list) -> list:
         if len(requests) > self.slots + self.max_queue:
             raise PoolFull(f"batch decode: {len(requests)} requests for {self.slots} slots and a queue of "
                            f"{self.max_queue}: send fewer at a time")  # fmt: skip
