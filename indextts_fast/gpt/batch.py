@@ -1,11 +1,12 @@
 """Several GPT generations in one decode tick: continuous batching over a fixed pool of KV-cache slots.
 
-    engine = BatchDecoder(fast, args, slots=4, capacity=1024)   # args: the generation settings all requests share
-    out = engine.run([Request(input_ids, prefix_emb, max_length=..., generator=...), ...])
+    engine = BatchDecoder(fast, args, slots=4, capacity=1024)   # args: the default settings (and the beam count)
+    out = engine.run([Request(input_ids, prefix_emb, max_length=..., generator=..., args=...), ...])
 
-The pool: one KV cache of ``slots x K`` rows (K = ``args.num_beams``), each slot a request's K beam rows, and one
-decode state per slot (``decode.DecodeState``: its sequences, flags and beam hypotheses; its logits and next
-embeddings are views of the pool's [slots x K] buffers). A tick is, per slot, the fused select (processors, the
+The pool: one KV cache of ``slots x K`` rows (K = ``args.num_beams``), each slot a request's K beam rows, and per
+slot the decode state of its request's settings (``decode.DecodeState``: its sequences, flags and beam hypotheses,
+its processors' and select's configuration; its logits and next embeddings are views of the pool's [slots x K]
+buffers; a slot keeps the states of the last ``MAX_STATES`` settings it ran). A tick is, per slot, the fused select (processors, the
 draw from the slot's own generator, the choice, the beam step, the row reorders inside the slot, the append, the
 stop condition, the next embeddings), then one model step over every row of the pool: the decode attention reads
 each row through the row table at its own length, so a slot's rows only ever read its own cache rows.
@@ -25,15 +26,16 @@ request), never from another request's.
 
 Bounds: ``slots`` (the KV memory: slots x K x capacity positions x layers x 2 x width) and ``max_queue`` (requests
 waiting for a slot); a request beyond them is refused with ``PoolFull`` (the caller's back-pressure), never queued
-without bound. On CUDA without sampling the tick is one CUDA graph (``_graphs.Graphed``); with sampling it runs
-eagerly (a per-slot generator inside a captured graph needs registering with the graph: not done yet).
+without bound. On CUDA, while no slot samples, the tick is one CUDA graph (``_graphs.Graphed``); with sampling it runs
+eagerly (a per-slot generator inside a captured graph needs registering with the graph: not done yet); one graph
+per combination of the slots' settings, at most ``MAX_TICKS`` kept.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import threading
-from collections import deque
+from collections import OrderedDict, deque
 from typing import Optional
 
 import torch
@@ -41,11 +43,13 @@ import torch
 from .._graphs import Graphed, MemoryPool, graphs_wanted
 from ..profiling import nvtx_range
 from .cache import KVCache
-from .decode import CHECK_EVERY, DecodeState, needed_positions, position_error
+from .decode import CHECK_EVERY, MAX_STATES, DecodeState, needed_positions, position_error
 from .model import FastGPT
 from .sampling import GenerationArgs
 
-__all__ = ["BatchDecoder", "Request", "PoolFull"]
+__all__ = ["BatchDecoder", "Request", "PoolFull", "MAX_TICKS"]
+
+MAX_TICKS = 8  # graphed ticks (combinations of the slots' settings) a pool keeps
 
 
 class PoolFull(RuntimeError):
@@ -55,14 +59,17 @@ class PoolFull(RuntimeError):
 @dataclasses.dataclass
 class Request:
     """One generation: ``input_ids`` [1, P] (the official fake ids, then the start token), ``prefix_emb`` [1,
-    prefix_len, C] (the conditioning and text embeddings), ``max_length`` (prompt included; default: the pool's
-    settings'), ``generator`` (sampling: the request's own; None: the device's default generator)."""
+    prefix_len, C] (the conditioning and text embeddings), ``max_length`` (prompt included; default: its settings'),
+    ``generator`` (sampling: the request's own; None: the device's default generator), ``args`` (its generation
+    settings: temperature, top-k / top-p, penalties, sampling or not, with the pool's beam count; None: the
+    pool's)."""
 
     input_ids: torch.Tensor
     prefix_emb: torch.Tensor
     max_length: Optional[int] = None
     generator: Optional[torch.Generator] = None
     position_offset: int = 0
+    args: Optional[GenerationArgs] = None  # the request's own settings (the pool's beam count); None: the pool's
 
 
 class _SlotCache:
@@ -93,8 +100,6 @@ class _PrefillCache:
 class BatchDecoder:
     def __init__(self, fast: FastGPT, args: GenerationArgs, *, slots: int, capacity: int, max_queue: int = 64,
                  graphs: Optional[bool] = None):  # fmt: skip
-        if args.custom_processors:
-            raise ValueError("batch decode: custom logits processors run one generation at a time")
         if slots < 1 or capacity < 2:
             raise ValueError(f"batch decode: slots must be >= 1 and capacity >= 2, got {slots} and {capacity}")
         self.fast, self.args, self.slots, self.capacity = fast, args, int(slots), int(capacity)
@@ -104,23 +109,57 @@ class BatchDecoder:
         vocab = fast.w.mel_head_w.shape[0]
         self.emb = torch.zeros((slots * K, 1, fast.width), dtype=fast.stream_dtype, device=dev)
         self.logits = torch.zeros((slots * K, vocab), dtype=torch.float32, device=dev)
-        self.states: list[DecodeState] = []
-        for g in range(slots):
-            view = _SlotDecoder(fast, _SlotCache(self.cache, g * K, (g + 1) * K))
-            st = DecodeState(args, self.capacity, vocab, dev, pos_limit=fast.w.mel_pos.shape[0], decoder=view)
-            if st.decoder is None:
-                raise ValueError(f"batch decode: {K} beams or a vocabulary of {vocab} is beyond the fused tick")
-            st.emb, st.logits = self.emb[g * K : (g + 1) * K], self.logits[g * K : (g + 1) * K]
-            self.states.append(st)
-        self.graphs = graphs_wanted(graphs, dev) and not args.do_sample
-        self.tick_graph = Graphed(self._tick, dev, enabled=self.graphs, pool=MemoryPool())
+        self.vocab, self.pos_limit = vocab, fast.w.mel_pos.shape[0]
+        # per slot, the decode states of the settings it ran (LRU, at most MAX_STATES), and the one it runs now
+        self._slot_states: list[OrderedDict] = [OrderedDict() for _ in range(slots)]
+        self.states: list[DecodeState] = [self._state(g, args) for g in range(slots)]
+        self.graphs = graphs_wanted(graphs, dev)
+        self._ticks: OrderedDict = OrderedDict()  # the slots' states (identities) -> their graphed tick
+        self._pool = MemoryPool()
         self.lock = threading.Lock()  # one run at a time: the pool's buffers are static
         for g in range(slots):
             self._free(g)
 
+    def _state(self, g: int, args: GenerationArgs) -> DecodeState:
+        """Slot g's decode state for ``args`` (built on first use; its logits and next embeddings are the pool's)."""
+        if args.custom_processors:
+            raise ValueError("batch decode: custom logits processors run one generation at a time")
+        if args.num_beams != self.K:
+            raise ValueError(f"batch decode: a request with {args.num_beams} beams in a pool of {self.K}-beam slots")
+        key = dataclasses.replace(args, max_length=0, use_cache=True)
+        states = self._slot_states[g]
+        st = states.pop(key, None)
+        if st is None:
+            K = self.K
+            view = _SlotDecoder(self.fast, _SlotCache(self.cache, g * K, (g + 1) * K))
+            st = DecodeState(args, self.capacity, self.vocab, self.fast.device, pos_limit=self.pos_limit, decoder=view)
+            if st.decoder is None:
+                raise ValueError(f"batch decode: {K} beams or a vocabulary of {self.vocab} is beyond the fused tick")
+            st.emb, st.logits = self.emb[g * K : (g + 1) * K], self.logits[g * K : (g + 1) * K]
+        states[key] = st
+        while len(states) > MAX_STATES:
+            states.popitem(last=False)
+        return st
+
+    @property
+    def tick_graph(self) -> Graphed:
+        """The tick of the slots' current states: one CUDA graph per combination (at most ``MAX_TICKS`` kept),
+        eager where a slot samples (its generator would have to be registered with the graph)."""
+        key = tuple(id(st) for st in self.states)
+        g = self._ticks.pop(key, None)
+        if g is None:
+            states = list(self.states)
+            sampling = any(st.args.do_sample for st in states)
+            g = Graphed(lambda: self._tick(states), self.fast.device, enabled=self.graphs and not sampling,
+                        pool=self._pool)  # fmt: skip
+        self._ticks[key] = g
+        while len(self._ticks) > MAX_TICKS:
+            self._ticks.popitem(last=False)
+        return g
+
     # --- the tick ----------------------------------------------------------------------------------------------
-    def _tick(self) -> None:
-        for st in self.states:
+    def _tick(self, states: list) -> None:
+        for st in states:
             st.select()
         fast = self.fast
         self.logits.copy_(fast.logits(fast.decode(self.emb, self.cache)[:, 0], fp32=False))
@@ -146,7 +185,8 @@ class BatchDecoder:
         """Prefill ``r`` into slot g and reset its state; returns its prompt length."""
         fast, dev, args = self.fast, self.fast.device, self.args
         prefix_len, P = r.prefix_emb.shape[1], r.input_ids.shape[1]
-        max_length = int(args.max_length if r.max_length is None else r.max_length)
+        own = args if r.args is None else r.args
+        max_length = int(own.max_length if r.max_length is None else r.max_length)
         if P >= max_length:
             raise ValueError(f"batch decode: a prompt of {P} positions and max_length {max_length}: nothing to do")
         if needed_positions(fast, P, max_length) > self.capacity:
@@ -164,7 +204,7 @@ class BatchDecoder:
         self.cache.table[rows, :P] = rows.start
         self.cache.table[rows, P:] = self._identity(rows)
         self.cache.lengths[rows] = P
-        st = self.states[g]
+        st = self.states[g] = self._state(g, self.args if r.args is None else r.args)
         st.generator = r.generator
         st.reset(ids, fast.logits(h[:, -1]), prefix_len=prefix_len, max_length=max_length,
                  position_offset=r.position_offset)  # fmt: skip
@@ -200,7 +240,8 @@ class BatchDecoder:
                         free.append(g)
                 for _ in range(CHECK_EVERY):
                     for g, a in active.items():
-                        gen = self.states[g].generator if self.args.do_sample else None
+                        st = self.states[g]
+                        gen = st.generator if st.args.do_sample else None
                         if gen is not None:
                             a[3][a[2] % CHECK_EVERY] = gen.get_state()
                         a[2] += 1
@@ -209,7 +250,7 @@ class BatchDecoder:
                     i, _, ticks, saved = active.pop(g)
                     st = self.states[g]
                     st.ticks = ticks
-                    gen = st.generator if self.args.do_sample else None
+                    gen = st.generator if st.args.do_sample else None
                     try:
                         results[i] = st.finish(gen, saved if gen is not None else None)
                     except (RuntimeError, IndexError) as e:  # the official errors of this generation alone

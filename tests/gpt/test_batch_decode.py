@@ -1,6 +1,6 @@
 """Several generations in one decode tick (indextts_fast.gpt.batch.BatchDecoder): each request's tokens are the
-official generate's for its own prompt (greedy, beam search), whatever else the pool runs and whenever the request
-joins; a sampled request draws from its own generator only; more requests than slots wait and join as slots free
+official generate's for its own prompt (greedy, beam search, sampling from its own generator), whatever else the
+pool runs and whenever the request joins; more requests than slots wait and join as slots free
 up; more than slots and queue are refused.
 
 On the torch references (the fused tick's kernels are tests/kernels/test_sampling.py's and the decode tests').
@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from indextts_fast.gpt.batch import BatchDecoder, PoolFull, Request
-from indextts_fast.gpt.patch import build_fast_gpt
+from indextts_fast.gpt.patch import build_fast_gpt, official_position_offset
 from indextts_fast.gpt.sampling import resolve_generation_args
 from indextts_fast.official import GPT_HEAD_DIM_64, build_unified_voice, inference_speech, speech_inputs
 
@@ -43,7 +43,8 @@ def _request(uv, seed: int, mode: str, steps: int):
     ids = torch.ones((1, P), dtype=torch.long)
     ids[:, -1] = uv.start_mel_token
     gen = torch.Generator().manual_seed(seed + 100) if MODES[mode]["do_sample"] else None
-    return Request(ids, prefix, max_length=P + steps, generator=gen), codes, after
+    offset = official_position_offset(uv)  # the official code line's mel positions (code k at k + 2 or k + 1)
+    return Request(ids, prefix, max_length=P + steps, generator=gen, position_offset=offset), codes, after
 
 
 def _pool(uv, mode: str, slots: int, **kw) -> BatchDecoder:
@@ -53,15 +54,18 @@ def _pool(uv, mode: str, slots: int, **kw) -> BatchDecoder:
     return BatchDecoder(build_fast_gpt(uv), args, slots=slots, capacity=128, **kw)
 
 
-@pytest.mark.parametrize("mode", ["greedy", "beam_search"])
+@pytest.mark.parametrize("mode", list(MODES))
 def test_each_request_gets_its_official_tokens(uv, mode):
     """Four requests of different prompt lengths and lengths on two slots: two run together, two join as slots
-    free up; each gets the official codes of its own prompt."""
+    free up; each gets the official codes of its own prompt (sampling: drawn from its own generator, seeded as
+    the official run's global one, and left where the official generation leaves that one)."""
     runs = [_request(uv, s, mode, STEPS - 3 * s) for s in range(4)]
     out = _pool(uv, mode, slots=2).run([r for r, _, _ in runs])
-    for s, ((req, codes, _), seqs) in enumerate(zip(runs, out, strict=True)):
+    for s, ((req, codes, after), seqs) in enumerate(zip(runs, out, strict=True)):
         P = req.input_ids.shape[1]
         assert torch.equal(seqs[:, P:], codes), f"request {s}: ours {seqs[:, P:]}, official {codes}"
+        if req.generator is not None:
+            assert torch.equal(req.generator.get_state(), after), f"request {s}: the generator is elsewhere"
 
 
 @pytest.mark.parametrize("mode", ["greedy", "sample"])
@@ -74,7 +78,9 @@ def test_a_request_alone_and_in_a_full_pool_agree(uv, mode):
 
     def fresh(r, s):
         gen = torch.Generator().manual_seed(s + 100) if r.generator is not None else None
-        return Request(r.input_ids, r.prefix_emb, max_length=r.max_length, generator=gen)
+        return Request(
+            r.input_ids, r.prefix_emb, max_length=r.max_length, generator=gen, position_offset=r.position_offset
+        )
 
     alone_reqs = [fresh(r, s) for s, (r, _, _) in enumerate(runs)]
     together = _pool(uv, mode, slots=2).run([r for r, _, _ in runs])
@@ -125,8 +131,44 @@ def test_cuda_graph_pool_gives_the_eager_tokens(uv, monkeypatch):
 
     monkeypatch.delenv("INDEXTTS_FAST_BACKEND")
     runs = [_request(uv, s, "beam_search", STEPS - 3 * s) for s in range(4)]
-    reqs = [Request(r.input_ids.cuda(), r.prefix_emb.cuda(), max_length=r.max_length) for r, _, _ in runs]
+    reqs = [
+        Request(r.input_ids.cuda(), r.prefix_emb.cuda(), max_length=r.max_length, position_offset=r.position_offset)
+        for r, _, _ in runs
+    ]
     uvc = copy.deepcopy(uv).cuda()
     out = {g: _pool(uvc, "beam_search", slots=2, graphs=g).run(reqs) for g in (False, True)}
     for a, b in zip(out[False], out[True], strict=True):
         assert torch.equal(a, b)
+
+
+def test_requests_with_their_own_settings_share_a_pool(uv):
+    """Greedy, sampling and greedy with a repetition penalty in one 2-slot pool (each slot's decode state that of
+    its request's settings): the greedy ones get their official codes, the sampled one its tokens alone."""
+    base = _pool(uv, "greedy", slots=2)
+
+    def own(mode, **extra):
+        gen = dict(MODES[mode], bos_token_id=uv.start_mel_token, pad_token_id=uv.stop_mel_token,
+                   eos_token_id=uv.stop_mel_token, max_length=64 + STEPS, **extra)  # fmt: skip
+        return resolve_generation_args(uv.inference_model, gen, 64)
+
+    greedy, _, _ = _request(uv, 0, "greedy", STEPS)
+    sampled, _, _ = _request(uv, 1, "sample", STEPS - 4)
+    spk, text = speech_inputs(seed=2, frames=37, text_len=7)
+    penalized_codes, _ = inference_speech(uv, spk, text, steps=STEPS - 2, do_sample=False, num_beams=1,
+                                          repetition_penalty=2.0)  # fmt: skip
+    pen, _, _ = _request(uv, 2, "greedy", STEPS - 2)  # the same prompt (seed 2), its ids and prefix
+    off = greedy.position_offset
+    reqs = [Request(greedy.input_ids, greedy.prefix_emb, max_length=greedy.max_length, position_offset=off),
+            Request(sampled.input_ids, sampled.prefix_emb, max_length=sampled.max_length,
+                    generator=torch.Generator().manual_seed(101), args=own("sample"), position_offset=off),
+            Request(pen.input_ids, pen.prefix_emb, max_length=pen.max_length,
+                    args=own("greedy", repetition_penalty=2.0), position_offset=off)]  # fmt: skip
+    out = base.run(reqs)
+    assert torch.equal(out[0], _pool(uv, "greedy", slots=2).run([reqs[0]])[0])
+    P = pen.input_ids.shape[1]
+    assert torch.equal(out[2][:, P:], penalized_codes)
+    alone = Request(sampled.input_ids, sampled.prefix_emb, max_length=sampled.max_length,
+                    generator=torch.Generator().manual_seed(101), args=own("sample"), position_offset=off)  # fmt: skip
+    assert torch.equal(out[1], _pool(uv, "greedy", slots=2).run([alone])[0])
+    (err,) = base.run([Request(greedy.input_ids, greedy.prefix_emb, args=own("beam_search"))])
+    assert isinstance(err, ValueError) and "3 beams in a pool of 1-beam slots" in str(err)
