@@ -274,25 +274,50 @@ class VocoderLoop:
         _check_mel(self.fast, mel)
         if not (self.graphs or self.pad):
             return self.fast(mel)
-        B, M, T = mel.shape
+        T = mel.shape[2]
+        return self._padded(list(mel.split(1)), [T] * mel.shape[0], T)
+
+    def many(self, mels: list) -> list:
+        """Several requests' mels ([1, num_mels, T_i] each, any lengths) in one vocoder call: padded to the bucket of
+        the longest, each row with its own valid lengths (the kernels clamp and zero at them), each wave [1, 1,
+        T_i * hop] what the mel alone gives (within the rule: the convolutions' summation order may differ with
+        the batch). Eager without graphs too."""
+        if not isinstance(mels, (list, tuple)) or not mels:
+            raise ValueError("vocoder: many() takes a non-empty list of mels")
+        for m in mels:
+            _check_mel(self.fast, m)
+            if m.shape[0] != 1:
+                raise ValueError(f"vocoder: many() takes one mel per request ([1, {self.fast.num_mels}, T]), got "
+                                 f"{tuple(m.shape)}")  # fmt: skip
+        if not self.fast.exact:
+            return [self.fast(m) for m in mels]
+        lengths = [m.shape[2] for m in mels]
+        waves = self._padded(list(mels), lengths, max(lengths))
+        return [waves[b : b + 1, :, : n * self.fast.hop] for b, n in enumerate(lengths)]
+
+    def _padded(self, rows: list, lengths: list, T: int) -> torch.Tensor:
+        """rows [1, M, T_b] into a [B, M, bucket] buffer with per-row valid lengths; the waves [B, 1, T * hop]
+        (each row valid to its own T_b * hop: past it, what its zero tail gave)."""
+        B, M, dev = len(rows), self.fast.num_mels, rows[0].device
         Tb = max(self.bucket(T), T)
         with self.lock:
             key = (Tb, B)
             run = self.runs.pop(key, None)
             if run is None:
                 bufs = (
-                    torch.zeros(B, M, Tb, device=mel.device),
-                    torch.zeros(len(self.fast.ups) + 1, B, dtype=torch.int32, device=mel.device),
+                    torch.zeros(B, M, Tb, device=dev),
+                    torch.zeros(len(self.fast.ups) + 1, B, dtype=torch.int32, device=dev),
                 )
                 fn = lambda m=bufs[0], n=bufs[1]: self.fast(m, n)  # noqa: E731
-                run = _Run(*bufs, Graphed(fn, mel.device, enabled=self.graphs, pool=self.pool))
+                run = _Run(*bufs, Graphed(fn, dev, enabled=self.graphs, pool=self.pool))
             self.runs[key] = run
             while len(self.runs) > self.max_graphs:
                 self.runs.popitem(last=False)
-            run.mel[..., :T].copy_(mel)
-            run.mel[..., T:].zero_()
-            lens = torch.tensor(self.fast.stage_lengths(T), dtype=torch.int32)
-            run.lengths.copy_(lens[:, None].expand(-1, B))
+            run.mel.zero_()
+            for b, (m, n) in enumerate(zip(rows, lengths, strict=True)):
+                run.mel[b, :, :n].copy_(m[0])
+            lens = torch.tensor([self.fast.stage_lengths(n) for n in lengths], dtype=torch.int32)
+            run.lengths.copy_(lens.t())
             with nvtx_range("vocoder.graph" if self.graphs else "vocoder.padded"):
                 out = run.graphed()
             return out[..., : T * self.fast.hop].clone()  # a graph's output is rewritten by its next replay

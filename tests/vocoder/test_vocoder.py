@@ -276,3 +276,15 @@ def test_the_official_structure_on_the_references(monkeypatch):
     with torch.no_grad():
         assert_close_rel(fast(mel), low, high, "vocoder wave (official structure)")
         assert_close_rel(VocoderLoop(fast, pad=True)(mel), low, high, "padded vocoder wave (official structure)")
+
+
+def test_many_mels_in_one_call(net):
+    """Three requests' mels of different lengths in one padded call (each row its own valid lengths): each wave is
+    its mel's official wave within the rule; eager here, one graph per (bucket, batch) on CUDA."""
+    mels = [_mel(n, seed=n) for n in (3, 11, 6)]
+    waves = VocoderLoop(FastBigVGAN(net)).many(mels)
+    for m, w in zip(mels, waves, strict=True):
+        low, high = _official(net, m)
+        assert_close_rel(w, low, high, f"wave of {m.shape[2]} frames among three")
+    with pytest.raises(ValueError, match="one mel per request"):
+        VocoderLoop(FastBigVGAN(net)).many([_mel(3, batch=2)])
