@@ -120,9 +120,10 @@ def _solve(estimator, x, prompt_x, x_lens, style, mu, t_span, keep, rate: float,
     return x
 
 
-def _noise(cfm, mu, prompt, temperature):
-    """The official draw, and the in-place prompt zeroing of mu under ``zero_prompt_speech_token``."""
-    z = torch.randn([mu.size(0), cfm.in_channels, mu.size(1)], device=mu.device) * temperature
+def _noise(cfm, mu, prompt, temperature, generator=None):
+    """The official draw (from ``generator``, a request's own; None: torch's default, as the official), and the
+    in-place prompt zeroing of mu under ``zero_prompt_speech_token``."""
+    z = torch.randn([mu.size(0), cfm.in_channels, mu.size(1)], device=mu.device, generator=generator) * temperature
     if getattr(cfm, "zero_prompt_speech_token", False):
         mu[..., : prompt.size(-1)] = 0  # sic: the official code zeroes these channels of mu, in place
     return z
@@ -167,15 +168,16 @@ def _solve_bufs(estimator, bufs: dict, t_span, rate: float):
 
 
 def cfm_inference(cfm, estimator, mu, x_lens, prompt, style, f0, n_timesteps, temperature=1.0, inference_cfg_rate=0.5,
-                  *, pad_to: Optional[int] = None):  # fmt: skip
+                  *, pad_to: Optional[int] = None, generator: Optional[torch.Generator] = None):  # fmt: skip
     """``cfm.inference(mu, x_lens, prompt, style, f0, n_timesteps, temperature, inference_cfg_rate)`` with
     ``estimator`` in place of ``cfm.estimator``. ``f0`` is unused, as in the official code.
 
     ``pad_to`` (eager): run on frames zero-padded to that length with the estimator told the true length (FastDiT's
-    ``valid_len``); the result is the [B, F, T] of the unpadded run. T must exceed the WaveNet's half kernel."""
+    ``valid_len``); the result is the [B, F, T] of the unpadded run. T must exceed the WaveNet's half kernel.
+    ``generator``: the noise's (a request's own); None: torch's default generator, as the official."""
     T = mu.size(1)
     _check(n_timesteps, prompt, T, _positions(estimator))
-    z = _noise(cfm, mu, prompt, temperature)
+    z = _noise(cfm, mu, prompt, temperature, generator)
     t_span = torch.linspace(0, 1, int(n_timesteps) + 1, device=mu.device)
     rate = float(inference_cfg_rate)
     if pad_to is None:
@@ -220,16 +222,19 @@ class CFMLoop:
         """Host seconds of each kept graph's capture (the benchmark reports them)."""
         return {k: r.graphed.capture_s for k, r in self.runs.items() if r.graphed.capture_s is not None}
 
-    def __call__(self, mu, x_lens, prompt, style, f0, n_timesteps, temperature=1.0, inference_cfg_rate=0.5):
+    def __call__(self, mu, x_lens, prompt, style, f0, n_timesteps, temperature=1.0, inference_cfg_rate=0.5, *,
+                 generator: Optional[torch.Generator] = None):  # fmt: skip
+        """The official ``cfm.inference``; ``generator``: the noise's (a request's own; None: torch's default)."""
         B, T = mu.size(0), mu.size(1)
         _check(n_timesteps, prompt, T, _positions(self.fast))
         if not self.graphs or T <= self.fast.wavenet_kernel // 2:
             return cfm_inference(self.cfm, self.fast, mu, x_lens, prompt, style, f0, n_timesteps,
-                                 temperature=temperature, inference_cfg_rate=inference_cfg_rate)  # fmt: skip
+                                 temperature=temperature, inference_cfg_rate=inference_cfg_rate,
+                                 generator=generator)  # fmt: skip
         rate = float(inference_cfg_rate)
         Tb = min(self.bucket(T), self.fast.freqs_cis.shape[0])
         key = (Tb, B, int(n_timesteps), rate, torch.as_tensor(x_lens).numel(), tuple(style.shape), mu.size(2))
-        z = _noise(self.cfm, mu, prompt, temperature)
+        z = _noise(self.cfm, mu, prompt, temperature, generator)
         run = self.runs.pop(key, None)
         if run is None:
             bufs = _buffers(self.cfm, mu, style, x_lens, Tb, mu.device)

@@ -302,6 +302,26 @@ def test_cfm_torch_backend_matches_official(model, model64, rate, monkeypatch):
                 assert_close_rel(ours, low, high, f"torch-backend 3-step CFM mel (cfg rate {rate}, pad_to {pad_to})")
 
 
+def test_cfm_noise_from_a_request_generator(model, monkeypatch):
+    """A request's own generator for the CFM noise: the mel of a generator seeded s is the mel after
+    torch.manual_seed(s) without one (the official draw), and the global generator is left untouched."""
+    from indextts_fast.s2mel import CFMLoop
+
+    monkeypatch.setenv("INDEXTTS_FAST_BACKEND", "torch")
+    cfm = model.models["cfm"]
+    mu, x_lens, prompt, style = cfm_inputs(cfm)
+    with torch.no_grad(), indextts_fast.enabled(model) as h:
+        loop = CFMLoop(cfm, h.parts[0].patch.fast)
+        torch.manual_seed(21)
+        official_stream = loop(mu.clone(), x_lens, prompt, style, None, 2, inference_cfg_rate=0.7)
+        torch.manual_seed(5)
+        before = torch.get_rng_state()
+        own = loop(mu.clone(), x_lens, prompt, style, None, 2, inference_cfg_rate=0.7,
+                   generator=torch.Generator().manual_seed(21))  # fmt: skip
+        assert torch.equal(torch.get_rng_state(), before), "the request's noise moved the global generator"
+    assert torch.equal(own, official_stream)
+
+
 def test_cfm_loop_refuses_bad_lengths(model):
     from indextts_fast.s2mel import cfm_inference
 
