@@ -6,10 +6,11 @@
 The pool: one KV cache of ``slots x K`` rows (K = ``args.num_beams``), each slot a request's K beam rows, and per
 slot the decode state of its request's settings (``decode.DecodeState``: its sequences, flags and beam hypotheses,
 its processors' and select's configuration; its logits and next embeddings are views of the pool's [slots x K]
-buffers; a slot keeps the states of the last ``MAX_STATES`` settings it ran). A tick is, per slot, the fused select (processors, the
-draw from the slot's own generator, the choice, the beam step, the row reorders inside the slot, the append, the
-stop condition, the next embeddings), then one model step over every row of the pool: the decode attention reads
-each row through the row table at its own length, so a slot's rows only ever read its own cache rows.
+buffers; a slot keeps the states of the last ``MAX_STATES`` settings it ran). A tick is, per slot, the fused
+select (processors, the draw from the slot's own generator, the choice, the beam step, the row reorders inside
+the slot, the append, the stop condition, the next embeddings), then one model step over every row of the pool:
+the decode attention reads each row through the row table at its own length, so a slot's rows only ever read its
+own cache rows.
 
 Joining and leaving: a request joins a free slot between ticks (its prompt prefilled at batch 1 into the slot's
 first physical row, every beam row of the slot pointed at it, its decode state reset); the host reads the running
@@ -26,9 +27,9 @@ request), never from another request's.
 
 Bounds: ``slots`` (the KV memory: slots x K x capacity positions x layers x 2 x width) and ``max_queue`` (requests
 waiting for a slot); a request beyond them is refused with ``PoolFull`` (the caller's back-pressure), never queued
-without bound. On CUDA, while no slot samples, the tick is one CUDA graph (``_graphs.Graphed``); with sampling it runs
-eagerly (a per-slot generator inside a captured graph needs registering with the graph: not done yet); one graph
-per combination of the slots' settings, at most ``MAX_TICKS`` kept.
+without bound. On CUDA, while no slot samples, the tick is one CUDA graph (``_graphs.Graphed``), one per
+combination of the slots' settings, at most ``MAX_TICKS`` kept; with sampling it runs eagerly (a per-slot
+generator inside a captured graph needs registering with the graph: not done yet).
 """
 
 from __future__ import annotations

@@ -25,11 +25,11 @@ K). The replicate pad of the downsampler reads v(p) at p < 0 as v(0) = v_e(0) an
 v_o(n-1): so an even-phase tap past the end takes the odd phase's last value and an odd-phase tap before the start
 the even phase's first.
 
-One program: one channel row, OUT = BLOCK - SPAN outputs (rounded down to a multiple of 4). It computes v_e and v_o once for the BLOCK positions
-q0 + [0, BLOCK) the outputs need (x through L1, 2*H loads per position; 2 sines per position), then forms the
-outputs from 2*H shifted copies of those (``tl.gather`` along the tile: shared memory on the GPU). Per output:
-2 sines (x BLOCK / OUT), 4H + 2H FMAs: the same work as the official CUDA extension, without its zero-stuffed
-taps.
+One program: one channel row, OUT = BLOCK - SPAN outputs (rounded down to a multiple of 4). It computes v_e and
+v_o once for the BLOCK positions q0 + [0, BLOCK) the outputs need (x through L1, 2*H loads per position; 2 sines
+per position), then forms the outputs from 2*H shifted copies of those (``tl.gather`` along the tile: shared
+memory on the GPU). Per output: 2 sines (x BLOCK / OUT), 4H + 2H FMAs: the official CUDA extension's work
+without its zero-stuffed taps.
 
 Valid lengths (``lengths``, int32 [B] on the device, CUDA-graph safe): row b is treated as n = lengths[b]
 samples long (clamped to [1, T]): every read is clamped at n, as the unpadded row's would be, and outputs at
@@ -278,8 +278,8 @@ def compile_variants(snakes=(), merges=()):
                    "stride_yc": "i32", **{k: "constexpr" for k in c}}  # fmt: skip
             name = f"anti_alias_snake/{tag}/fp32/K{K}/{'lens' if lens else 'full'}/BLOCK{const['BLOCK']}"
             # the strides of a bucketed (16-divisible) length, as a graphed run has them
-            divisible = ["X", "Y", "UP", "DOWN", "ALPHA", "INV_BETA", "LENS", "T", "stride_xb", "stride_xc", "stride_yb",
-                         "stride_yc"]  # fmt: skip
+            divisible = ["X", "Y", "UP", "DOWN", "ALPHA", "INV_BETA", "LENS", "T", "stride_xb", "stride_xc",
+                         "stride_yb", "stride_yc"]  # fmt: skip
             yield name, _anti_alias_snake_kernel, sig, c, warps, divisible
     for tag, n_parts, divide in merges:
         for lens in (False, True):
