@@ -21,7 +21,7 @@ VENV_REPO=${VENV_REPO:-.venv-tf452}
 REPO_LINE_TESTS=(tests/gpt/test_gpt_enable.py tests/s2mel/test_s2mel_fast.py tests/test_integration.py
     tests/test_official_norm.py tests/test_official_attention.py tests/test_official_ffn.py tests/test_cli.py
     tests/test_enable_hostile.py tests/gpt/test_generation_args.py tests/gpt/test_indextts25.py
-    tests/e2e/test_infer_v2.py)
+    tests/e2e/test_infer_v2.py tests/e2e/test_pipeline.py tests/gpt/test_batch_decode.py)
 setup_repository_line() {
     [ -x "$VENV_REPO/bin/python" ] || python3 -m venv "$VENV_REPO"
     # omegaconf, json5: what importing the official infer_v2 needs beyond the modules (tests/e2e)

@@ -173,6 +173,19 @@ def official_position_offset(uv, use_cache=True) -> int:
     return fallback if len(fed) < 2 else (0 if fed[1] == 1 else -1)
 
 
+@dataclasses.dataclass
+class Prompt:
+    """What an official ``inference_speech`` hands its generate, resolved (``GPTPatch.capture``): the prompt ids and
+    embeddings past any masked pad rows, the generation arguments, the code line's mel position offset, and the
+    pad rows' ids (prepended to the sequences, as the official generate returns them)."""
+
+    input_ids: torch.Tensor
+    prefix_emb: torch.Tensor
+    args: object
+    position_offset: int
+    pad_ids: torch.Tensor
+
+
 def masked_rows(mask: Optional[torch.Tensor], length: int, prefix_len: int, args) -> int:
     """How many leading prompt rows the attention mask hides (0: none), checked to be what the fast loop can drop.
 
@@ -235,6 +248,7 @@ class GPTPatch(AttrPatch):
         self.status, self.detail = "fast", ""
         self._gen = AttrPatch()  # the generate attribute of the current inference model
         self._offsets: dict = {}
+        self._capturing = threading.local()  # capture(): this thread's generate calls hand their prompt over
         # the methods this UnifiedVoice has (a 2.5 one may have no get_logits: it makes no teacher-forced pass)
         self._official = {n: getattr(uv, n) for n in _WRAPPED if callable(getattr(uv, n, None))}
 
@@ -278,6 +292,12 @@ class GPTPatch(AttrPatch):
         fast = self.current()
         self._check_autocast(inputs.device, fast)
         offset = self._position_offset(im, args.use_cache)
+        captured = getattr(self._capturing, "prompts", None)
+        if captured is not None:  # capture(): the prompt for a batched decode, no generation here
+            captured.append(Prompt(inputs[:, pad:].clone(), prefix[:, pad:].clone(), _without_rows(args, pad), offset,
+                                   inputs[:, :pad].clone()))  # fmt: skip
+            stop = torch.full((inputs.shape[0], 1), args.eos_token_id, dtype=inputs.dtype, device=inputs.device)
+            return torch.cat([inputs, stop], dim=1)  # as a generation that stopped at once
         with torch.no_grad(), _autocast_off(fast.device):
             decoder = self.decoders.pop(args.num_beams, None)  # popped: a decoder that no longer fits is freed
             seqs, decoder = generate(fast, _without_rows(args, pad), inputs[:, pad:], prefix[:, pad:], decoder,
@@ -310,6 +330,19 @@ class GPTPatch(AttrPatch):
             if self.status == "fast":
                 self.current()  # a refused change is reported before the conditioning encoders run
             return self._official["inference_speech"](*args, **kwargs)
+
+    @contextlib.contextmanager
+    def capture(self):
+        """In the block, this thread's ``inference_speech`` calls build their prompt as the official code does and
+        hand it over (a ``Prompt`` appended to the yielded list) instead of generating: the codes they return are
+        the stop token alone, their conditioning latent the official one. For decoding many prompts in one pool
+        (``gpt.batch.BatchDecoder``)."""
+        prompts: list = []
+        self._capturing.prompts = prompts
+        try:
+            yield prompts
+        finally:
+            self._capturing.prompts = None
 
     def post_init_gpt2_config(self, *args, **kwargs):
         with self.lock:

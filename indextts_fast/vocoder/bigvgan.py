@@ -281,7 +281,7 @@ class VocoderLoop:
         """Several requests' mels ([1, num_mels, T_i] each, any lengths) in one vocoder call: padded to the bucket of
         the longest, each row with its own valid lengths (the kernels clamp and zero at them), each wave [1, 1,
         T_i * hop] what the mel alone gives (within the rule: the convolutions' summation order may differ with
-        the batch). Eager without graphs too."""
+        the batch). Without graphs (and without ``pad``) each mel runs alone, unpadded."""
         if not isinstance(mels, (list, tuple)) or not mels:
             raise ValueError("vocoder: many() takes a non-empty list of mels")
         for m in mels:
@@ -289,7 +289,7 @@ class VocoderLoop:
             if m.shape[0] != 1:
                 raise ValueError(f"vocoder: many() takes one mel per request ([1, {self.fast.num_mels}, T]), got "
                                  f"{tuple(m.shape)}")  # fmt: skip
-        if not self.fast.exact:
+        if not (self.graphs or self.pad):  # eager: one unpadded call each (padding buys nothing without graphs)
             return [self.fast(m) for m in mels]
         lengths = [m.shape[2] for m in mels]
         waves = self._padded(list(mels), lengths, max(lengths))

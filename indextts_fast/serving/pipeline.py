@@ -1,0 +1,232 @@
+"""Many syntheses at once on an enabled IndexTTS2 (2.0) object: the official ``infer`` per request, with each
+segment's GPT generations of all requests decoded together in one pool and their waves made in one vocoder call.
+
+    pipe = Pipeline(tts)                              # tts: indextts.infer_v2.IndexTTS2, enabled with indextts_fast
+    voice = pipe.voice("ref.wav")                     # the speaker's conditioning, computed once
+    outs = pipe.synthesize([Job(voice, "text one", seed=1), Job(voice, "text two", seed=2)])
+    outs[0].wave                                      # [1, samples] int16-range float, 22,050 Hz, as infer writes it
+
+What each request computes is what ``IndexTTS2.infer(spk_audio_prompt, text, ...)`` computes after
+``torch.manual_seed(seed)`` with the emotion taken from the speaker (no emotion audio, vector or text), at the
+official generation defaults unless the job says otherwise (infer itself always samples; a job's
+``do_sample=False`` is honoured): the speaker's conditioning (``voice``: the audio cut to
+15 s, resampled, w2v-BERT features, the semantic codec, the reference mel, CAMPPlus style, the length-regulated
+prompt condition), the text tokenized and split into segments, and per segment: the emotion vector, the GPT
+generation (its prompt built by the official ``inference_speech``, captured, and decoded with the other requests'
+in ``gpt.batch.BatchDecoder``), the codes cut at the stop token, the teacher-forced latent pass, ``gpt_layer``,
+``vq2emb``, the length regulator at 1.72 frames per code, the 25-step CFM with CFG 0.7 (its noise from the
+request's generator), the vocoder (``VocoderLoop.many``: every request's segment in one call), x 32767 clamped;
+the segments joined with ``interval_silence`` ms of silence. The random draws (the GPT's sampling, the CFM's noise)
+come from the request's own generator, in the official order, so a request gives the official audio of
+``torch.manual_seed(seed)`` whatever runs beside it.
+
+The steps between the GPT and the vocoder run per request (the CFM's graphs are per length bucket already).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import threading
+
+import torch
+
+from ..gpt.batch import BatchDecoder, Request
+from ..gpt.decode import CAPACITY_STEP
+
+__all__ = ["Pipeline", "Job", "Voice", "Result"]
+
+# infer_v2's generation defaults (the keyword arguments infer pops, with their defaults)
+DEFAULTS = dict(do_sample=True, top_p=0.8, top_k=30, temperature=0.8, length_penalty=0.0, num_beams=3,
+                repetition_penalty=10.0, max_mel_tokens=1500)  # fmt: skip
+SAMPLE_RATE = 22050
+
+
+@dataclasses.dataclass
+class Voice:
+    """A speaker reference's conditioning, as infer computes it once per reference (its speaker cache)."""
+
+    spk_cond_emb: torch.Tensor
+    emo_cond_emb: torch.Tensor  # infer's emotion reference is the speaker's audio, loaded at 16 kHz by its own path
+    style: torch.Tensor
+    prompt_condition: torch.Tensor
+    ref_mel: torch.Tensor
+
+
+@dataclasses.dataclass
+class Job:
+    voice: Voice
+    text: str
+    seed: int = 0
+    max_text_tokens_per_segment: int = 120
+    interval_silence: int = 200
+    generation: dict = dataclasses.field(default_factory=dict)  # overrides of DEFAULTS
+
+
+@dataclasses.dataclass
+class Result:
+    wave: torch.Tensor  # [1, samples]: the joined segments x 32767, clamped (what infer saves as 16-bit PCM)
+    segments: list  # per segment: the vocoder's wave [1, 1, n] (before x 32767)
+    codes: list  # per segment: the generation's codes [1, n] (after the prompt, the stop token included)
+    generator: torch.Generator  # the request's generator, where the official run leaves torch's
+    error: object = None  # the request's own failure (its wave None), the others unaffected
+
+
+class Pipeline:
+    def __init__(self, tts, *, slots: int = 4):
+        from ..patch import _handle_of
+
+        handle = _handle_of(tts)
+        parts = {p.name: p.patch for p in (handle.parts if handle is not None else []) if p.patch is not None}
+        missing = [n for n in ("gpt", "s2mel", "vocoder") if n not in parts]
+        if missing:
+            raise ValueError(f"pipeline: enable(tts) first; not enabled: {', '.join(missing)}")
+        if getattr(parts["s2mel"], "loop", None) is None:
+            raise ValueError("pipeline: the s2mel part must be enabled on the CFM (enable(tts))")
+        self.tts, self.parts, self.slots = tts, parts, int(slots)
+        self._infer_module = sys.modules[type(tts).__module__]
+        self._pools: dict = {}  # beam count -> BatchDecoder
+        self.lock = threading.Lock()
+
+    # --- the speaker -----------------------------------------------------------------------------------------------
+    def voice(self, audio_path) -> Voice:
+        """The conditioning infer computes for ``spk_audio_prompt=audio_path``."""
+        tts, ta = self.tts, self._infer_module.torchaudio
+        with torch.no_grad():
+            audio, sr = tts._load_and_cut_audio(str(audio_path), 15, False)
+            audio_22k = ta.transforms.Resample(sr, 22050)(audio)
+            audio_16k = ta.transforms.Resample(sr, 16000)(audio)
+            inputs = tts.extract_features(audio_16k, sampling_rate=16000, return_tensors="pt")
+            feats = inputs["input_features"].to(tts.device)
+            mask = inputs["attention_mask"].to(tts.device)
+            spk_cond_emb = tts.get_emb(feats, mask)
+            _, s_ref = tts.semantic_codec.quantize(spk_cond_emb)
+            ref_mel = tts.mel_fn(audio_22k.to(spk_cond_emb.device).float())
+            ref_lengths = torch.LongTensor([ref_mel.size(2)]).to(ref_mel.device)
+            fbank = ta.compliance.kaldi.fbank(audio_16k.to(ref_mel.device), num_mel_bins=80, dither=0,
+                                              sample_frequency=16000)  # fmt: skip
+            fbank = fbank - fbank.mean(dim=0, keepdim=True)
+            style = tts.campplus_model(fbank.unsqueeze(0))
+            prompt = tts.s2mel.models["length_regulator"](s_ref, ylens=ref_lengths, n_quantizers=3, f0=None)[0]
+            emo_audio, _ = tts._load_and_cut_audio(str(audio_path), 15, False, sr=16000)
+            emo = tts.extract_features(emo_audio, sampling_rate=16000, return_tensors="pt")
+            emo_cond_emb = tts.get_emb(emo["input_features"].to(tts.device), emo["attention_mask"].to(tts.device))
+        return Voice(spk_cond_emb, emo_cond_emb, style, prompt, ref_mel)
+
+    # --- many requests ---------------------------------------------------------------------------------------------
+    def synthesize(self, jobs: list) -> list:
+        """Every job's Result, in order (segment k of every job decoded together, then each job's segment k through
+        the rest, every job's wave of it in one vocoder call)."""
+        with self.lock, torch.no_grad():
+            return self._synthesize(list(jobs))
+
+    def _synthesize(self, jobs: list) -> list:
+        tts = self.tts
+        gens, segs, settings = [], [], []
+        for j in jobs:
+            g = torch.Generator(device=tts.device).manual_seed(int(j.seed))
+            gens.append(g)
+            tokens = tts.tokenizer.tokenize(j.text)
+            segs.append(tts.tokenizer.split_segments(tokens, j.max_text_tokens_per_segment))
+            settings.append(dict(DEFAULTS, **j.generation))
+        results = [Result(None, [], [], g) for g in gens]
+        for k in range(max((len(s) for s in segs), default=0)):
+            live = [i for i in range(len(jobs)) if k < len(segs[i])]
+            steps = [self._prompt(jobs[i], segs[i][k], settings[i], gens[i]) for i in live]
+            by_beams: dict = {}
+            for i, st in zip(live, steps, strict=True):  # one pool per beam count
+                by_beams.setdefault(st["request"].args.num_beams, []).append((i, st))
+            for beams, group in by_beams.items():
+                seqs = self._pool(beams, [st for _, st in group]).run([st["request"] for _, st in group])
+                for (i, st), out in zip(group, seqs, strict=True):
+                    if isinstance(out, BaseException):  # this request's own failure (the official error)
+                        results[i].error = out
+                    else:
+                        st["codes"] = out[:, st["request"].input_ids.shape[1] :]
+            ok = [(i, st) for i, st in zip(live, steps, strict=True) if results[i].error is None]
+            mels = [self._mel(jobs[i], st, gens[i]) for i, st in ok]
+            if mels:
+                with self.parts["vocoder"].lock:
+                    waves = self.parts["vocoder"].loop.many(mels)
+                for (i, st), w in zip(ok, waves, strict=True):
+                    results[i].segments.append(w)
+                    results[i].codes.append(st["codes"])
+            for i in live:
+                if results[i].error is not None:
+                    segs[i] = []  # no further segment of a failed request
+        for j, r in zip(jobs, results, strict=True):
+            r.wave = None if r.error is not None else self._join(r.segments, j.interval_silence)
+        return results
+
+    def _prompt(self, job: Job, sent, gen: dict, generator) -> dict:
+        """One segment's GPT prompt, built by the official inference_speech (captured, not generated)."""
+        tts, v = self.tts, job.voice
+        text = torch.tensor(tts.tokenizer.convert_tokens_to_ids(sent), dtype=torch.int32, device=tts.device)[None]
+        dev = text.device
+        lens = torch.tensor([v.spk_cond_emb.shape[-1]], device=dev)
+        emo_lens = torch.tensor([v.emo_cond_emb.shape[-1]], device=dev)
+        with torch.amp.autocast(dev.type, enabled=tts.dtype is not None, dtype=tts.dtype):
+            emovec = tts.gpt.merge_emovec(v.spk_cond_emb, v.emo_cond_emb, lens, emo_lens, alpha=1.0)
+            gpt = self.parts["gpt"]
+            kw = {k: val for k, val in gen.items() if k != "max_mel_tokens"}
+            with gpt.capture() as prompts:
+                _, latent = tts.gpt.inference_speech(v.spk_cond_emb, text, v.emo_cond_emb, cond_lengths=lens,
+                                                     emo_cond_lengths=emo_lens, emo_vec=emovec,
+                                                     num_return_sequences=1, max_generate_length=gen["max_mel_tokens"],
+                                                     **kw)  # fmt: skip
+        (p,) = prompts
+        req = Request(p.input_ids, p.prefix_emb, generator=generator if p.args.do_sample else None,
+                      position_offset=p.position_offset, args=p.args)  # fmt: skip
+        return dict(request=req, text=text, latent=latent, emovec=emovec)
+
+    def _pool(self, beams: int, steps: list) -> BatchDecoder:
+        need = max(st["request"].args.max_length for st in steps) + 1
+        capacity = -(-need // CAPACITY_STEP) * CAPACITY_STEP
+        pool = self._pools.get(beams)
+        if pool is None or pool.capacity < capacity or pool.fast is not self.parts["gpt"].current():
+            self._pools.pop(beams, None)  # freed before the new one is allocated
+            pool = BatchDecoder(self.parts["gpt"].current(), steps[0]["request"].args, slots=self.slots,
+                                capacity=capacity, graphs=self.parts["gpt"].graphs)  # fmt: skip
+            self._pools[beams] = pool
+        return pool
+
+    def _mel(self, job: Job, st: dict, generator) -> torch.Tensor:
+        """From the codes to the CFM's mel past the reference, as infer's segment loop."""
+        tts, v = self.tts, job.voice
+        stop = tts.stop_mel_token
+        codes = st["codes"]
+        hit = (codes[0] == stop).nonzero()
+        n = int(hit[0, 0]) if hit.numel() else codes.shape[1]
+        codes = codes[:, :n]
+        text, dev = st["text"], st["text"].device
+        code_lens = torch.LongTensor([n]).to(tts.device)
+        lens = torch.tensor([v.spk_cond_emb.shape[-1]], device=dev)
+        emo_lens = torch.tensor([v.emo_cond_emb.shape[-1]], device=dev)
+        use_speed = torch.zeros(v.spk_cond_emb.size(0)).to(v.spk_cond_emb.device).long()
+        with torch.amp.autocast(dev.type, enabled=tts.dtype is not None, dtype=tts.dtype):
+            latent = tts.gpt(st["latent"], text, torch.tensor([text.shape[-1]], device=dev), codes,
+                             torch.tensor([codes.shape[-1]], device=dev), v.emo_cond_emb, cond_mel_lengths=lens,
+                             emo_cond_mel_lengths=emo_lens, emo_vec=st["emovec"], use_speed=use_speed)  # fmt: skip
+        latent = tts.s2mel.models["gpt_layer"](latent)
+        s_infer = tts.semantic_codec.quantizer.vq2emb(codes.unsqueeze(1)).transpose(1, 2) + latent
+        cond = tts.s2mel.models["length_regulator"](s_infer, ylens=(code_lens * 1.72).long(), n_quantizers=3,
+                                                    f0=None)[0]  # fmt: skip
+        cat = torch.cat([v.prompt_condition, cond], dim=1)
+        s2mel = self.parts["s2mel"]
+        with s2mel.lock:
+            s2mel.current()
+            mel = s2mel.loop(cat, torch.LongTensor([cat.size(1)]).to(cond.device), v.ref_mel, v.style, None, 25,
+                             inference_cfg_rate=0.7, generator=generator)  # fmt: skip
+        return mel[:, :, v.ref_mel.size(-1) :].float()
+
+    @staticmethod
+    def _join(segments: list, interval_silence: int) -> torch.Tensor:
+        waves = [torch.clamp(32767 * w.squeeze(1).cpu(), -32767.0, 32767.0) for w in segments]
+        if not waves:
+            return torch.zeros(1, 0)
+        out = [waves[0]]
+        for w in waves[1:]:
+            if interval_silence > 0:
+                out.append(torch.zeros(1, int(SAMPLE_RATE * interval_silence / 1000.0)))
+            out.append(w)
+        return torch.cat(out, dim=1)

@@ -1,0 +1,51 @@
+"""Many syntheses at once (``indextts_fast.serving.Pipeline``) against ``IndexTTS2.infer`` of each request alone: the
+offline IndexTTS-2 object of tests/e2e/harness.py, enabled; two requests (different texts, seeds and generation
+settings) synthesized together, each segment's GPT generations decoded in one pool. Each request's codes are the
+official infer's under ``torch.manual_seed(seed)`` (its generator drawn in the official order: the GPT's sampling,
+then the CFM's noise, segment by segment, and left where infer leaves torch's), and each segment's wave is the
+enabled infer's of that request alone, bit for bit (the same fast parts on the same codes; their fidelity to the
+official waves is test_infer_v2.py's).
+
+On the torch reference ops, as every end-to-end test.
+"""
+
+import torch
+
+import indextts_fast
+from indextts_fast.serving import Job, Pipeline
+
+VERSION = "2.0"  # the offline object conftest.py builds
+
+TEXTS = (
+    "The fox runs away. A dog sleeps here! Then the cat comes back.",
+    "A bird sings in the tree. The sun is up now.",
+)
+SEGMENT_TOKENS = 12
+RUNS = (dict(seed=3, max_mel_tokens=20), dict(seed=5, max_mel_tokens=30, num_beams=1))  # every generation stops
+
+
+def test_two_requests_at_once_are_each_the_official_infer(offline, tmp_path):
+    o, _ = offline
+    officials, enabled = [], []
+    for t, kw in zip(TEXTS, RUNS, strict=True):
+        kw = dict(kw)
+        seed = kw.pop("seed")
+        args = dict(text=t, seed=seed, max_text_tokens_per_segment=SEGMENT_TOKENS, **kw)
+        officials.append((o.infer(output_path=tmp_path / f"official{seed}.wav", **args), torch.get_rng_state()))
+        with indextts_fast.enabled(o.tts):
+            enabled.append(o.infer(output_path=tmp_path / f"enabled{seed}.wav", **args))
+    with indextts_fast.enabled(o.tts):
+        pipe = Pipeline(o.tts, slots=2)
+        voice = pipe.voice(o.prompt)
+        jobs = [Job(voice, t, seed=kw["seed"], max_text_tokens_per_segment=SEGMENT_TOKENS,
+                    generation={k: v for k, v in kw.items() if k != "seed"})
+                for t, kw in zip(TEXTS, RUNS, strict=True)]  # fmt: skip
+        results = pipe.synthesize(jobs)
+    for n, (res, (run, after), alone) in enumerate(zip(results, officials, enabled, strict=True)):
+        assert res.error is None, res.error
+        assert len(res.codes) == len(run.codes) >= 2, f"request {n}: {len(res.codes)} segments"
+        for i, (ours, theirs) in enumerate(zip(res.codes, run.codes, strict=True)):
+            assert torch.equal(ours, theirs), f"request {n}, segment {i}: codes {ours} vs official {theirs}"
+            assert torch.equal(res.segments[i], alone.wavs[i]), f"request {n}, segment {i}: wave"
+        assert torch.equal(res.generator.get_state(), after), f"request {n}: the generator is not where infer's is"
+        assert res.wave.shape[1] == run.wav.shape[-1], (res.wave.shape, run.wav.shape)
