@@ -25,9 +25,11 @@ The steps between the GPT and the vocoder run per request (the CFM's graphs are 
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import sys
 import threading
+from typing import Optional
 
 import torch
 
@@ -40,6 +42,7 @@ __all__ = ["Pipeline", "Job", "Voice", "Result"]
 DEFAULTS = dict(do_sample=True, top_p=0.8, top_k=30, temperature=0.8, length_penalty=0.0, num_beams=3,
                 repetition_penalty=10.0, max_mel_tokens=1500)  # fmt: skip
 SAMPLE_RATE = 22050
+_PUNCTUATION = {".", ",", "!", "?", ";", ":", "▁.", "▁,", "▁!", "▁?", "。", "，", "！", "？", "；", "：", "、"}
 
 
 @dataclasses.dataclass
@@ -61,6 +64,7 @@ class Job:
     max_text_tokens_per_segment: int = 120
     interval_silence: int = 200
     generation: dict = dataclasses.field(default_factory=dict)  # overrides of DEFAULTS
+    first_segment_tokens: Optional[int] = None  # a shorter first segment (streaming); None: the official split
 
 
 @dataclasses.dataclass
@@ -117,20 +121,44 @@ class Pipeline:
     def synthesize(self, jobs: list) -> list:
         """Every job's Result, in order (segment k of every job decoded together, then each job's segment k through
         the rest, every job's wave of it in one vocoder call)."""
-        with self.lock, torch.no_grad():
-            return self._synthesize(list(jobs))
+        rounds = collections.deque(self.stream(jobs), maxlen=1)  # the last round's Results are complete
+        return rounds[0][0] if rounds else []
 
-    def _synthesize(self, jobs: list) -> list:
+    def stream(self, jobs: list):
+        """The same rounds as ``synthesize``, yielding after each: (the Results so far, [(job index, the segment's
+        wave [1, 1, n] before x 32767), ...] of this round). A job's first segment is out after the first round: its
+        time to first audio is one segment's, whatever its text's length. The last round's Results are complete
+        (``wave`` joined)."""
+        with self.lock, torch.no_grad():
+            yield from self._rounds(list(jobs))
+
+    def _segments(self, job: Job) -> list:
+        """The official split of the job's text; ``first_segment_tokens``: the first segment cut at its last
+        punctuation within that many tokens (else at that many), the rest its own segment (a shorter first wait; the
+        audio of a segmentation other than the official)."""
+        tts = self.tts
+        segs = tts.tokenizer.split_segments(tts.tokenizer.tokenize(job.text), job.max_text_tokens_per_segment)
+        n = job.first_segment_tokens
+        if n is None or not segs or len(segs[0]) <= n:
+            return segs
+        head = segs[0]
+        cut = max((i + 1 for i, t in enumerate(head[:n]) if t in _PUNCTUATION), default=n)
+        return [head[:cut], head[cut:], *segs[1:]]
+
+    def _rounds(self, jobs: list):
         tts = self.tts
         gens, segs, settings = [], [], []
         for j in jobs:
-            g = torch.Generator(device=tts.device).manual_seed(int(j.seed))
-            gens.append(g)
-            tokens = tts.tokenizer.tokenize(j.text)
-            segs.append(tts.tokenizer.split_segments(tokens, j.max_text_tokens_per_segment))
+            gens.append(torch.Generator(device=tts.device).manual_seed(int(j.seed)))
+            segs.append(self._segments(j))
             settings.append(dict(DEFAULTS, **j.generation))
         results = [Result(None, [], [], g) for g in gens]
-        for k in range(max((len(s) for s in segs), default=0)):
+        if not any(segs):  # nothing to say: empty waves
+            for r in results:
+                r.wave = torch.zeros(1, 0)
+            yield results, []
+            return
+        for k in range(max(len(s) for s in segs)):
             live = [i for i in range(len(jobs)) if k < len(segs[i])]
             steps = [self._prompt(jobs[i], segs[i][k], settings[i], gens[i]) for i in live]
             by_beams: dict = {}
@@ -145,18 +173,22 @@ class Pipeline:
                         st["codes"] = out[:, st["request"].input_ids.shape[1] :]
             ok = [(i, st) for i, st in zip(live, steps, strict=True) if results[i].error is None]
             mels = [self._mel(jobs[i], st, gens[i]) for i, st in ok]
+            out = []
             if mels:
                 with self.parts["vocoder"].lock:
                     waves = self.parts["vocoder"].loop.many(mels)
                 for (i, st), w in zip(ok, waves, strict=True):
                     results[i].segments.append(w)
                     results[i].codes.append(st["codes"])
+                    out.append((i, w))
             for i in live:
                 if results[i].error is not None:
                     segs[i] = []  # no further segment of a failed request
-        for j, r in zip(jobs, results, strict=True):
-            r.wave = None if r.error is not None else self._join(r.segments, j.interval_silence)
-        return results
+            last = all(k + 1 >= len(s) for s in segs)
+            if last:
+                for j, r in zip(jobs, results, strict=True):
+                    r.wave = None if r.error is not None else self._join(r.segments, j.interval_silence)
+            yield results, out
 
     def _prompt(self, job: Job, sent, gen: dict, generator) -> dict:
         """One segment's GPT prompt, built by the official inference_speech (captured, not generated)."""

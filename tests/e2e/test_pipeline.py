@@ -49,3 +49,32 @@ def test_two_requests_at_once_are_each_the_official_infer(offline, tmp_path):
             assert torch.equal(res.segments[i], alone.wavs[i]), f"request {n}, segment {i}: wave"
         assert torch.equal(res.generator.get_state(), after), f"request {n}: the generator is not where infer's is"
         assert res.wave.shape[1] == run.wav.shape[-1], (res.wave.shape, run.wav.shape)
+
+
+def test_streaming_yields_each_segment_as_it_is_made(offline, tmp_path):
+    """``stream``: one yield per round, a job's first segment after the first; the waves streamed are the
+    synthesized ones; ``first_segment_tokens`` cuts the first segment at its last punctuation within that many
+    tokens (the rest its own segment), so the first yield waits for a shorter generation."""
+    import time
+
+    o, _ = offline
+    with indextts_fast.enabled(o.tts):
+        pipe = Pipeline(o.tts, slots=2)
+        voice = pipe.voice(o.prompt)
+        job = Job(voice, TEXTS[0], seed=3, max_text_tokens_per_segment=SEGMENT_TOKENS,
+                  generation=dict(max_mel_tokens=20))  # fmt: skip
+        whole = pipe.synthesize([job])[0]
+        t0 = time.perf_counter()
+        streamed, first, final = [], None, None
+        for results, out in pipe.stream([job]):
+            first = first if first is not None else time.perf_counter() - t0
+            streamed += [w for i, w in out if i == 0]
+            final = results
+        total = time.perf_counter() - t0
+        assert len(streamed) == len(whole.segments) == 3 and first < total
+        assert all(torch.equal(a, b) for a, b in zip(streamed, whole.segments, strict=True))
+        assert torch.equal(final[0].wave, whole.wave)
+        short = Job(voice, TEXTS[0], seed=3, max_text_tokens_per_segment=SEGMENT_TOKENS, first_segment_tokens=3,
+                    generation=dict(max_mel_tokens=20))  # fmt: skip
+        segs = pipe._segments(short)
+        assert len(segs) == 4 and len(segs[0]) <= 3 and segs[0] + segs[1] == pipe._segments(job)[0]
