@@ -25,9 +25,16 @@ from typing import Optional
 
 import torch
 
-__all__ = ["Graphed", "graphs_wanted"]
+__all__ = ["Graphed", "graphs_wanted", "bucket_length"]
 
 _CAPTURE_LOCK = threading.Lock()
+
+
+def bucket_length(T: int, granule: int) -> int:
+    """The padded length of a graphed run of T frames: a multiple of max(granule, 2**(bit_length(T) - 4)), so at
+    most about 1/8 of the frames are padding and one octave of lengths needs about 8 graphs."""
+    step = max(int(granule), 1 << max(0, int(T).bit_length() - 4))
+    return -(-int(T) // step) * step
 
 
 def graphs_wanted(graphs: Optional[bool], device: torch.device) -> bool:

@@ -37,17 +37,15 @@ from typing import Optional
 import torch
 
 from .. import ops
-from .._graphs import Graphed, MemoryPool, graphs_wanted
+from .._graphs import Graphed, MemoryPool, bucket_length, graphs_wanted
 from ..profiling import nvtx_range
 
 __all__ = ["cfm_inference", "cfm_step", "CFMLoop", "bucket_frames"]
 
 
 def bucket_frames(T: int, granule: int = 64) -> int:
-    """The padded length of a T-frame run: a multiple of max(granule, 2**(bit_length(T) - 4)), so at most about
-    1/8 of the frames are padding and one octave of lengths needs about 8 graphs."""
-    step = max(int(granule), 1 << max(0, int(T).bit_length() - 4))
-    return -(-int(T) // step) * step
+    """The padded length of a T-frame CFM run (``_graphs.bucket_length``, in steps of at least 64 frames)."""
+    return bucket_length(T, granule)
 
 
 def _check(n_timesteps, prompt, T, positions=None):

@@ -214,11 +214,14 @@ class Pipeline:
     def _pool(self, beams: int, steps: list) -> BatchDecoder:
         need = max(st["request"].args.max_length for st in steps) + 1
         capacity = -(-need // CAPACITY_STEP) * CAPACITY_STEP
+        gpt = self.parts["gpt"]
+        with gpt.lock:  # the GPT part's weights as they are now (rebuilt there if they changed)
+            fast = gpt.current()
         pool = self._pools.get(beams)
-        if pool is None or pool.capacity < capacity or pool.fast is not self.parts["gpt"].current():
+        if pool is None or pool.capacity < capacity or pool.fast is not fast:
             self._pools.pop(beams, None)  # freed before the new one is allocated
-            pool = BatchDecoder(self.parts["gpt"].current(), steps[0]["request"].args, slots=self.slots,
-                                capacity=capacity, graphs=self.parts["gpt"].graphs)  # fmt: skip
+            pool = BatchDecoder(fast, steps[0]["request"].args, slots=self.slots, capacity=capacity,
+                                graphs=gpt.graphs)  # fmt: skip
             self._pools[beams] = pool
         return pool
 

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import ops
-from .._graphs import Graphed, MemoryPool, graphs_wanted
+from .._graphs import Graphed, MemoryPool, bucket_length, graphs_wanted
 from ..profiling import nvtx_range
 
 __all__ = ["is_bigvgan", "unsupported_reason", "FastBigVGAN", "VocoderLoop", "bucket_frames"]
@@ -50,10 +50,8 @@ def is_bigvgan(m) -> bool:
 
 
 def bucket_frames(T: int, granule: int = 32) -> int:
-    """The padded frame count of a T-frame mel: a multiple of max(granule, 2**(bit_length(T) - 4)) (at most about
-    1/8 of the frames padding, about 8 graphs per octave of lengths)."""
-    step = max(int(granule), 1 << max(0, int(T).bit_length() - 4))
-    return -(-int(T) // step) * step
+    """The padded frame count of a T-frame mel (``_graphs.bucket_length``, in steps of at least 32 frames)."""
+    return bucket_length(T, granule)
 
 
 def _activations(net) -> list:

@@ -50,6 +50,7 @@ divisor 1 the zero tail alone (the pre-convolution's output in a padded batch). 
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import torch
 import triton
@@ -177,6 +178,7 @@ def _phases(K: int) -> dict:
 _BLOCK, _WARPS = 1024, 4
 
 
+@functools.cache
 def _config(K: int) -> tuple[dict, int]:
     ph = _phases(K)
     span = ph.pop("SPAN")
