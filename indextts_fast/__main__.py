@@ -1,8 +1,9 @@
-"""``python -m indextts_fast demo | synth | ops``.
+"""``python -m indextts_fast demo | synth | ops | serve``.
 
     demo    the official GPT and s2mel against ours, stage by stage, in one parity and timing table (demo.py)
     synth   a real synthesis with the official IndexTTS2 and then with indextts_fast enabled: per-stage times
     ops     every kernel through the dispatch at IndexTTS2 shapes, error against fp64 next to torch's (ops_demo.py)
+    serve   an OpenAI-compatible speech server (POST /v1/audio/speech) batching many requests (serving/cli.py)
 
 Without a GPU the Triton kernels run in the Triton interpreter (set here before any kernel module is imported),
 unless INDEXTTS_FAST_BACKEND=torch asks for the torch references.
@@ -13,7 +14,7 @@ from __future__ import annotations
 import os
 import sys
 
-USAGE = "usage: python -m indextts_fast demo|synth|ops [options]   (--help after a command for its options)"
+USAGE = "usage: python -m indextts_fast demo|synth|ops|serve [options]   (--help after a command for its options)"
 
 
 def _cpu_interpreter() -> None:
@@ -57,6 +58,10 @@ def main(argv=None) -> int:
         from . import ops_demo
 
         return ops_demo.main(rest + ([] if torch.cuda.is_available() or "--small" in rest else ["--small"]))
+    if cmd == "serve":
+        from .serving import cli
+
+        return cli.main(rest)
     return fail("indextts_fast", f"unknown command {cmd!r}; {USAGE}")
 
 

@@ -82,6 +82,48 @@ def _vocoder_range(tts):
             del voc.forward
 
 
+def open_model(model_dir: Path, *, fp16: bool, bf16: bool, prog: str):
+    """(the official IndexTTS2 object of ``model_dir``, its version "2.0" / "2.5"), every checkpoint checked first;
+    ValueError: one line naming what is wrong (the directory, a file, the half option, the package, the build)."""
+    if not model_dir.is_dir():
+        raise ValueError(f"the model directory {model_dir} does not exist")
+    version = model_version(model_dir)
+    missing = [n for n in NEEDED_FILES[version] if not (model_dir / n).is_file()]
+    if missing:
+        raise ValueError(f"{model_dir} lacks {', '.join(missing)} (download IndexTTS-{version} into it)")
+    if fp16 and version == "2.5" or bf16 and version == "2.0":
+        flag, other = ("--fp16", "--bf16") if fp16 else ("--bf16", "--fp16")
+        raise ValueError(f"{flag}: {model_dir} is IndexTTS-{version}, whose half-precision option is {other}")
+    from . import checkpoint
+
+    try:  # keys and shapes only (memory-mapped): every checkpoint the version the directory's files say
+        checkpoint.check_model_dir(model_dir, version)
+    except (checkpoint.CheckpointError, OSError, ValueError) as e:
+        raise ValueError(str(e)) from None
+    try:
+        infer_mod = importlib.import_module(MODULES[version])
+    except Exception as e:  # the package, or one of its own requirements, is missing or broken: not ours to trace
+        why = f"{type(e).__name__}: {e}"
+        where = (
+            "the official repository"
+            if version == "2.5"
+            else "pip install indextts2-inference, or the official repository"
+        )
+        raise ValueError(f"the official IndexTTS2 package ({MODULES[version]}) cannot be imported ({why}); "
+                         f"install it with its requirements ({where})") from None  # fmt: skip
+    import torch
+
+    if not torch.cuda.is_available():
+        print(f"{prog}: no GPU: the model runs on the CPU (the fast backend on its torch references); expect minutes",
+              file=sys.stderr)  # fmt: skip
+    try:  # it also fetches w2v-BERT, CAMPPlus, BigVGAN and the codec from the Hugging Face hub
+        half = {"use_bf16": bf16} if version == "2.5" else {"use_fp16": fp16}
+        tts = infer_mod.IndexTTS2(cfg_path=str(model_dir / "config.yaml"), model_dir=str(model_dir), **half)
+    except Exception as e:  # the official constructor's own failure (hub, files, CUDA): one line, not a traceback
+        raise ValueError(f"building the official IndexTTS2 failed: {type(e).__name__}: {e}") from None
+    return tts, version
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m indextts_fast synth", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
@@ -95,52 +137,18 @@ def main(argv=None) -> int:
     ap.add_argument("--no-baseline", action="store_true", help="skip the official run")
     args = ap.parse_args(argv)
 
-    import torch
-
     from .__main__ import fail
 
-    model_dir = Path(args.model_dir)
-    if not model_dir.is_dir():
-        return fail("synth", f"the model directory {model_dir} does not exist")
-    version = model_version(model_dir)
-    missing = [n for n in NEEDED_FILES[version] if not (model_dir / n).is_file()]
-    if missing:
-        return fail("synth", f"{model_dir} lacks {', '.join(missing)} (download IndexTTS-{version} into it)")
-    if args.fp16 and version == "2.5" or args.bf16 and version == "2.0":
-        flag, other = ("--fp16", "--bf16") if args.fp16 else ("--bf16", "--fp16")
-        return fail("synth", f"{flag}: {model_dir} is IndexTTS-{version}, whose half-precision option is {other}")
     if not Path(args.voice).is_file():
         return fail("synth", f"the voice file {args.voice} does not exist")
     if Path(args.out).is_dir() or not Path(args.out).resolve().parent.is_dir():
         return fail("synth", f"--out {args.out}: not a file path in an existing directory")
-    from . import checkpoint
-
-    try:  # keys and shapes only (memory-mapped): every checkpoint the version the directory's files say
-        checkpoint.check_model_dir(model_dir, version)
-    except (checkpoint.CheckpointError, OSError, ValueError) as e:
-        return fail("synth", e)
     try:
-        infer_mod = importlib.import_module(MODULES[version])
-    except Exception as e:  # the package, or one of its own requirements, is missing or broken: not ours to trace
-        why = f"{type(e).__name__}: {e}"
-        where = (
-            "the official repository"
-            if version == "2.5"
-            else "pip install indextts2-inference, or the official repository"
-        )
-        return fail("synth", f"the official IndexTTS2 package ({MODULES[version]}) cannot be imported ({why}); "
-                    f"install it with its requirements ({where})")  # fmt: skip
-    if not torch.cuda.is_available():
-        print("synth: no GPU: both runs go on the CPU (the fast backend on its torch references); expect minutes",
-              file=sys.stderr)  # fmt: skip
-
+        tts, version = open_model(Path(args.model_dir), fp16=args.fp16, bf16=args.bf16, prog="synth")
+    except ValueError as e:
+        return fail("synth", e)
     import indextts_fast
 
-    try:  # it also fetches w2v-BERT, CAMPPlus, BigVGAN and the codec from the Hugging Face hub
-        half = {"use_bf16": args.bf16} if version == "2.5" else {"use_fp16": args.fp16}
-        tts = infer_mod.IndexTTS2(cfg_path=str(model_dir / "config.yaml"), model_dir=str(model_dir), **half)
-    except Exception as e:  # the official constructor's own failure (hub, files, CUDA): one line, not a traceback
-        return fail("synth", f"building the official IndexTTS2 failed: {type(e).__name__}: {e}")
     out = Path(args.out)
     runs = {}
     try:

@@ -48,7 +48,7 @@ from .decode import CHECK_EVERY, MAX_STATES, DecodeState, needed_positions, posi
 from .model import FastGPT
 from .sampling import GenerationArgs
 
-__all__ = ["BatchDecoder", "Request", "PoolFull", "MAX_TICKS"]
+__all__ = ["BatchDecoder", "Request", "PoolFull", "Cancelled", "MAX_TICKS"]
 
 MAX_TICKS = 8  # graphed ticks (combinations of the slots' settings) a pool keeps
 
@@ -57,13 +57,18 @@ class PoolFull(RuntimeError):
     """More requests than the pool's slots and its queue hold."""
 
 
+class Cancelled(RuntimeError):
+    """A request whose ``cancel`` event was set: it left the pool (or its queue) at the next stop-flag read."""
+
+
 @dataclasses.dataclass
 class Request:
     """One generation: ``input_ids`` [1, P] (the official fake ids, then the start token), ``prefix_emb`` [1,
     prefix_len, C] (the conditioning and text embeddings), ``max_length`` (prompt included; default: its settings'),
     ``generator`` (sampling: the request's own; None: the device's default generator), ``args`` (its generation
     settings: temperature, top-k / top-p, penalties, sampling or not, with the pool's beam count; None: the
-    pool's)."""
+    pool's), ``cancel`` (an event: once set, the request leaves at the next stop-flag read, its slot freed, its
+    result ``Cancelled``)."""
 
     input_ids: torch.Tensor
     prefix_emb: torch.Tensor
@@ -71,6 +76,7 @@ class Request:
     generator: Optional[torch.Generator] = None
     position_offset: int = 0
     args: Optional[GenerationArgs] = None  # the request's own settings (the pool's beam count); None: the pool's
+    cancel: Optional[threading.Event] = None
 
 
 class _SlotCache:
@@ -230,11 +236,14 @@ class BatchDecoder:
         free = list(range(self.slots))
         with nvtx_range("gpt.batch_decode"):
             while waiting or active:
+                for i, r in [w for w in waiting if _cancelled(w[1])]:
+                    waiting.remove((i, r))
+                    results[i] = Cancelled("batch decode: the request was cancelled before it started")
                 while waiting and free:
                     i, r = waiting.popleft()
                     g = free.pop(0)
                     try:
-                        active[g] = [i, self._join(g, r), 0, [None] * CHECK_EVERY]
+                        active[g] = [i, self._join(g, r), 0, [None] * CHECK_EVERY, r]
                     except (ValueError, IndexError) as e:  # this request's own error: the others go on
                         results[i] = e
                         self._free(g)
@@ -247,8 +256,12 @@ class BatchDecoder:
                             a[3][a[2] % CHECK_EVERY] = gen.get_state()
                         a[2] += 1
                     self.tick_graph()
+                for g in [g for g in active if _cancelled(active[g][4])]:
+                    results[active.pop(g)[0]] = Cancelled("batch decode: the request was cancelled")
+                    self._free(g)
+                    free.append(g)
                 for g in [g for g in active if not bool(self.states[g].running)]:
-                    i, _, ticks, saved = active.pop(g)
+                    i, _, ticks, saved, _ = active.pop(g)
                     st = self.states[g]
                     st.ticks = ticks
                     gen = st.generator if st.args.do_sample else None
@@ -259,3 +272,7 @@ class BatchDecoder:
                     self._free(g)
                     free.append(g)
         return results
+
+
+def _cancelled(r: Request) -> bool:
+    return r.cancel is not None and r.cancel.is_set()

@@ -33,10 +33,10 @@ from typing import Optional
 
 import torch
 
-from ..gpt.batch import BatchDecoder, Request
+from ..gpt.batch import BatchDecoder, Cancelled, Request
 from ..gpt.decode import CAPACITY_STEP
 
-__all__ = ["Pipeline", "Job", "Voice", "Result"]
+__all__ = ["Pipeline", "Rounds", "Job", "Voice", "Result", "Cancelled"]
 
 # infer_v2's generation defaults (the keyword arguments infer pops, with their defaults)
 DEFAULTS = dict(do_sample=True, top_p=0.8, top_k=30, temperature=0.8, length_penalty=0.0, num_beams=3,
@@ -65,6 +65,8 @@ class Job:
     interval_silence: int = 200
     generation: dict = dataclasses.field(default_factory=dict)  # overrides of DEFAULTS
     first_segment_tokens: Optional[int] = None  # a shorter first segment (streaming); None: the official split
+    speed: float = 1.0  # 1: the official 1.72 mel frames per code; s: 1.72 / s frames per code (not official)
+    cancel: Optional[threading.Event] = None  # set: the job stops at its next stop-flag read, error Cancelled
 
 
 @dataclasses.dataclass
@@ -130,7 +132,21 @@ class Pipeline:
         time to first audio is one segment's, whatever its text's length. The last round's Results are complete
         (``wave`` joined)."""
         with self.lock, torch.no_grad():
-            yield from self._rounds(list(jobs))
+            rounds = Rounds(self)
+            entries = [rounds.add(j) for j in jobs]
+            index = {id(e): n for n, e in enumerate(entries)}
+            if not rounds.live:  # nothing to say
+                yield [e.result for e in entries], []
+                return
+            while rounds.live:
+                out = rounds.step()
+                yield [e.result for e in entries], [(index[id(e)], w) for e, w in out]
+
+    def rounds(self) -> Rounds:
+        """Continuous batching by segment: ``add`` jobs at any time, each ``step`` runs every live job's next
+        segment (its GPT generation decoded with the others', then the rest, the waves in one vocoder call). Hold
+        ``lock`` around its use when other threads may use the pipeline."""
+        return Rounds(self)
 
     def _segments(self, job: Job) -> list:
         """The official split of the job's text; ``first_segment_tokens``: the first segment cut at its last
@@ -144,51 +160,6 @@ class Pipeline:
         head = segs[0]
         cut = max((i + 1 for i, t in enumerate(head[:n]) if t in _PUNCTUATION), default=n)
         return [head[:cut], head[cut:], *segs[1:]]
-
-    def _rounds(self, jobs: list):
-        tts = self.tts
-        gens, segs, settings = [], [], []
-        for j in jobs:
-            gens.append(torch.Generator(device=tts.device).manual_seed(int(j.seed)))
-            segs.append(self._segments(j))
-            settings.append(dict(DEFAULTS, **j.generation))
-        results = [Result(None, [], [], g) for g in gens]
-        if not any(segs):  # nothing to say: empty waves
-            for r in results:
-                r.wave = torch.zeros(1, 0)
-            yield results, []
-            return
-        for k in range(max(len(s) for s in segs)):
-            live = [i for i in range(len(jobs)) if k < len(segs[i])]
-            steps = [self._prompt(jobs[i], segs[i][k], settings[i], gens[i]) for i in live]
-            by_beams: dict = {}
-            for i, st in zip(live, steps, strict=True):  # one pool per beam count
-                by_beams.setdefault(st["request"].args.num_beams, []).append((i, st))
-            for beams, group in by_beams.items():
-                seqs = self._pool(beams, [st for _, st in group]).run([st["request"] for _, st in group])
-                for (i, st), out in zip(group, seqs, strict=True):
-                    if isinstance(out, BaseException):  # this request's own failure (the official error)
-                        results[i].error = out
-                    else:
-                        st["codes"] = out[:, st["request"].input_ids.shape[1] :]
-            ok = [(i, st) for i, st in zip(live, steps, strict=True) if results[i].error is None]
-            mels = [self._mel(jobs[i], st, gens[i]) for i, st in ok]
-            out = []
-            if mels:
-                with self.parts["vocoder"].lock:
-                    waves = self.parts["vocoder"].loop.many(mels)
-                for (i, st), w in zip(ok, waves, strict=True):
-                    results[i].segments.append(w)
-                    results[i].codes.append(st["codes"])
-                    out.append((i, w))
-            for i in live:
-                if results[i].error is not None:
-                    segs[i] = []  # no further segment of a failed request
-            last = all(k + 1 >= len(s) for s in segs)
-            if last:
-                for j, r in zip(jobs, results, strict=True):
-                    r.wave = None if r.error is not None else self._join(r.segments, j.interval_silence)
-            yield results, out
 
     def _prompt(self, job: Job, sent, gen: dict, generator) -> dict:
         """One segment's GPT prompt, built by the official inference_speech (captured, not generated)."""
@@ -208,7 +179,7 @@ class Pipeline:
                                                      **kw)  # fmt: skip
         (p,) = prompts
         req = Request(p.input_ids, p.prefix_emb, generator=generator if p.args.do_sample else None,
-                      position_offset=p.position_offset, args=p.args)  # fmt: skip
+                      position_offset=p.position_offset, args=p.args, cancel=job.cancel)  # fmt: skip
         return dict(request=req, text=text, latent=latent, emovec=emovec)
 
     def _pool(self, beams: int, steps: list) -> BatchDecoder:
@@ -244,7 +215,8 @@ class Pipeline:
                              emo_cond_mel_lengths=emo_lens, emo_vec=st["emovec"], use_speed=use_speed)  # fmt: skip
         latent = tts.s2mel.models["gpt_layer"](latent)
         s_infer = tts.semantic_codec.quantizer.vq2emb(codes.unsqueeze(1)).transpose(1, 2) + latent
-        cond = tts.s2mel.models["length_regulator"](s_infer, ylens=(code_lens * 1.72).long(), n_quantizers=3,
+        frames = code_lens * 1.72 if job.speed == 1.0 else code_lens * (1.72 / job.speed)
+        cond = tts.s2mel.models["length_regulator"](s_infer, ylens=frames.long(), n_quantizers=3,
                                                     f0=None)[0]  # fmt: skip
         cat = torch.cat([v.prompt_condition, cond], dim=1)
         s2mel = self.parts["s2mel"]
@@ -265,3 +237,89 @@ class Pipeline:
                 out.append(torch.zeros(1, int(SAMPLE_RATE * interval_silence / 1000.0)))
             out.append(w)
         return torch.cat(out, dim=1)
+
+
+@dataclasses.dataclass
+class _Entry:
+    job: Job
+    segments: list  # the text's segments (token lists)
+    result: Result
+    settings: dict
+    done: int = 0  # segments made
+
+
+class Rounds:
+    """Continuous batching by segment over a ``Pipeline``: jobs join with ``add`` between rounds, each ``step`` makes
+    every live job's next segment (the GPT generations of all of them in the pool, one per beam count; the rest per
+    job; the waves in one vocoder call) and returns [(entry, wave [1, 1, n] before x 32767), ...]. A job leaves
+    when its last segment is made (its ``result.wave`` joined), when it fails (``result.error``: its own error, the
+    others unaffected) or when its ``cancel`` event is set (``result.error``: Cancelled). Each job's audio is the
+    one it gets alone: its draws come from its own generator, in the official order."""
+
+    def __init__(self, pipe: Pipeline):
+        self.pipe, self.live = pipe, []
+
+    def add(self, job: Job) -> _Entry:
+        """The job's entry (``entry.result`` fills in as its segments are made); a job with nothing to say is done
+        at once (an empty wave)."""
+        gen = torch.Generator(device=self.pipe.tts.device).manual_seed(int(job.seed))
+        e = _Entry(job, self.pipe._segments(job), Result(None, [], [], gen), dict(DEFAULTS, **job.generation))
+        if e.segments:
+            self.live.append(e)
+        else:
+            e.result.wave = torch.zeros(1, 0)
+        return e
+
+    def _drop_cancelled(self) -> None:
+        for e in [e for e in self.live if e.job.cancel is not None and e.job.cancel.is_set()]:
+            e.result.error = e.result.error or Cancelled("the request was cancelled")
+            self.live.remove(e)
+
+    def step(self) -> list:
+        pipe = self.pipe
+        self._drop_cancelled()
+        live = list(self.live)
+        if not live:
+            return []
+        steps = []
+        for e in live:  # a job's own failure here (its text, its settings) is its error alone
+            try:
+                steps.append(pipe._prompt(e.job, e.segments[e.done], e.settings, e.result.generator))
+            except Exception as err:
+                e.result.error = err
+        live = [e for e in live if e.result.error is None]
+        by_beams: dict = {}
+        for e, st in zip(live, steps, strict=True):  # one pool per beam count
+            by_beams.setdefault(st["request"].args.num_beams, []).append((e, st))
+        for beams, group in by_beams.items():
+            seqs = pipe._pool(beams, [st for _, st in group]).run([st["request"] for _, st in group])
+            for (e, st), out in zip(group, seqs, strict=True):
+                if isinstance(out, BaseException):  # this request's own failure (the official error), or cancelled
+                    e.result.error = out
+                else:
+                    st["codes"] = out[:, st["request"].input_ids.shape[1] :]
+        ok = [(e, st) for e, st in zip(live, steps, strict=True) if e.result.error is None]
+        mels = []
+        for e, st in ok:
+            try:
+                mels.append(pipe._mel(e.job, st, e.result.generator))
+            except Exception as err:
+                e.result.error = err
+        ok = [(e, st) for e, st in ok if e.result.error is None]
+        out = []
+        if mels:
+            with pipe.parts["vocoder"].lock:
+                waves = pipe.parts["vocoder"].loop.many(mels)
+            for (e, st), w in zip(ok, waves, strict=True):
+                e.result.segments.append(w)
+                e.result.codes.append(st["codes"])
+                e.done += 1
+                out.append((e, w))
+        for e in list(self.live):
+            if e.result.error is not None:
+                self.live.remove(e)
+            elif e.done == len(e.segments):
+                e.result.wave = pipe._join(e.result.segments, e.job.interval_silence)
+                self.live.remove(e)
+        self._drop_cancelled()
+        return out
