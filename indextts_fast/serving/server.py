@@ -372,16 +372,19 @@ def create_app(served: Served) -> FastAPI:
                 job.cancel.set()  # a no-op once done; a client gone mid-stream cancels its request
 
         async def raw():
-            yield enc.start()
+            head = enc.start()  # the wav header, with the first audio
             async for kind, x in audio_events():
                 if kind == "audio":
-                    yield enc.encode(x)
-            yield enc.finish()
+                    yield head + enc.encode(x)
+                    head = b""
+            yield head + enc.finish()
 
         async def sse():
+            head = enc.start()  # the wav header, in the first delta
             async for kind, x in audio_events():
                 if kind == "audio":
-                    data = {"type": "speech.audio.delta", "audio": base64.b64encode(enc.encode(x)).decode()}
+                    data = {"type": "speech.audio.delta", "audio": base64.b64encode(head + enc.encode(x)).decode()}
+                    head = b""
                 else:
                     data = {"type": "error", "error": error_body(f"{type(x).__name__}: {x}", kind="server_error")}
                 yield f"data: {json.dumps(data)}\n\n"
