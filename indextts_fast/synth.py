@@ -82,9 +82,9 @@ def _vocoder_range(tts):
             del voc.forward
 
 
-def open_model(model_dir: Path, *, fp16: bool, bf16: bool, prog: str):
-    """(the official IndexTTS2 object of ``model_dir``, its version "2.0" / "2.5"), every checkpoint checked first;
-    ValueError: one line naming what is wrong (the directory, a file, the half option, the package, the build)."""
+def model_files(model_dir: Path, *, fp16: bool, bf16: bool) -> str:
+    """The version ("2.0" / "2.5") of ``model_dir`` from its files; ValueError: one line naming what is wrong (the
+    directory, a missing file, a half-precision option of the other version)."""
     if not model_dir.is_dir():
         raise ValueError(f"the model directory {model_dir} does not exist")
     version = model_version(model_dir)
@@ -94,6 +94,12 @@ def open_model(model_dir: Path, *, fp16: bool, bf16: bool, prog: str):
     if fp16 and version == "2.5" or bf16 and version == "2.0":
         flag, other = ("--fp16", "--bf16") if fp16 else ("--bf16", "--fp16")
         raise ValueError(f"{flag}: {model_dir} is IndexTTS-{version}, whose half-precision option is {other}")
+    return version
+
+
+def open_model(model_dir: Path, version: str, *, fp16: bool, bf16: bool, prog: str):
+    """The official IndexTTS2 object of ``model_dir`` (``model_files``' version), every checkpoint checked first;
+    ValueError: one line naming what is wrong (a checkpoint, the package, the official constructor)."""
     from . import checkpoint
 
     try:  # keys and shapes only (memory-mapped): every checkpoint the version the directory's files say
@@ -121,7 +127,7 @@ def open_model(model_dir: Path, *, fp16: bool, bf16: bool, prog: str):
         tts = infer_mod.IndexTTS2(cfg_path=str(model_dir / "config.yaml"), model_dir=str(model_dir), **half)
     except Exception as e:  # the official constructor's own failure (hub, files, CUDA): one line, not a traceback
         raise ValueError(f"building the official IndexTTS2 failed: {type(e).__name__}: {e}") from None
-    return tts, version
+    return tts
 
 
 def main(argv=None) -> int:
@@ -139,12 +145,17 @@ def main(argv=None) -> int:
 
     from .__main__ import fail
 
+    model_dir = Path(args.model_dir)
+    try:
+        version = model_files(model_dir, fp16=args.fp16, bf16=args.bf16)
+    except ValueError as e:
+        return fail("synth", e)
     if not Path(args.voice).is_file():
         return fail("synth", f"the voice file {args.voice} does not exist")
     if Path(args.out).is_dir() or not Path(args.out).resolve().parent.is_dir():
         return fail("synth", f"--out {args.out}: not a file path in an existing directory")
     try:
-        tts, version = open_model(Path(args.model_dir), fp16=args.fp16, bf16=args.bf16, prog="synth")
+        tts = open_model(model_dir, version, fp16=args.fp16, bf16=args.bf16, prog="synth")
     except ValueError as e:
         return fail("synth", e)
     import indextts_fast

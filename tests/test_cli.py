@@ -1,4 +1,4 @@
-"""The command lines' contracts: ``python -m indextts_fast demo | synth | ops``.
+"""The command lines' contracts: ``python -m indextts_fast demo | synth | ops | serve``.
 
 demo: a header, one table row per stage (backend, parity, official and our times, speed-up) and the verdict; exit
 0 when every stage agrees, 1 when one does not. Every command: a bad argument, environment value or input file is
@@ -160,3 +160,18 @@ def test_ops_demo_runs_every_op_on_the_interpreter():
     rows = [line for line in res.stdout.splitlines() if " interpret " in line]
     assert len(rows) >= 9, res.stdout
     assert all(line.split()[-3] == "yes" for line in rows), res.stdout
+
+
+def test_serve_refuses_bad_arguments(tmp_path):
+    """``serve``: a bad option, a missing model directory or voices directory, a KV budget that holds no request: one
+    line, exit 2, before anything listens (the tiny model's slot is 1.5 MiB)."""
+    res = _run("serve", "--tiny", "--port", "70000")
+    _refused(res.returncode, res.stderr, "serve: --port 70000: not a port")
+    res = _run("serve", "--tiny", "--max-batch", "0")
+    _refused(res.returncode, res.stderr, "serve: --max-batch must be >= 1")
+    res = _run("serve", "--model-dir", str(tmp_path / "none"))
+    _refused(res.returncode, res.stderr, f"serve: the model directory {tmp_path / 'none'} does not exist")
+    res = _run("serve", "--tiny", "--voices", str(tmp_path / "nowhere"), env={"INDEXTTS_FAST_BACKEND": "torch"})
+    _refused(res.returncode, res.stderr, f"serve: --voices {tmp_path / 'nowhere'}: not a directory")
+    res = _run("serve", "--tiny", "--kv-budget", "0.001", env={"INDEXTTS_FAST_BACKEND": "torch"})
+    _refused(res.returncode, res.stderr, "serve: --kv-budget 0.001 GB holds no request: one needs 0.001 GB")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 
 AUDIO = (".wav", ".flac", ".mp3", ".ogg")
@@ -67,20 +68,28 @@ def build(args, log=print):
         from .. import offline
 
         work = Path(tempfile.mkdtemp(prefix="indextts_fast_tiny_"))
-        off = offline.build("2.0", work, seed=args.seed, record=False)
+        with warnings.catch_warnings():  # the tiny configs' notes (token ids past the tiny vocabularies, weight_norm)
+            warnings.simplefilter("ignore")
+            import transformers
+
+            level = transformers.logging.get_verbosity()
+            transformers.logging.set_verbosity_error()
+            try:
+                off = offline.build("2.0", work, seed=args.seed, record=False)
+            finally:
+                transformers.logging.set_verbosity(level)
         tts, model_id, version = off.tts, "indextts-2-tiny", "2.0"
         voices["default"] = off.prompt
     else:
         from .. import synth
 
-        tts, version = synth.open_model(Path(args.model_dir), fp16=args.fp16, bf16=False, prog="serve")
+        version = synth.model_files(Path(args.model_dir), fp16=args.fp16, bf16=False)
         if version != "2.0":
             raise ValueError(f"{args.model_dir} is IndexTTS-{version}; the server serves IndexTTS-2 (2.0) for now")
+        tts = synth.open_model(Path(args.model_dir), version, fp16=args.fp16, bf16=False, prog="serve")
         model_id = "indextts-2"
     if args.voices:
         d = Path(args.voices)
-        if not d.is_dir():
-            raise ValueError(f"--voices {d}: not a directory")
         for f in sorted(d.iterdir()):
             if f.suffix.lower() in AUDIO and f.is_file():
                 voices[f.stem] = f
@@ -138,6 +147,8 @@ def check(args) -> None:
         raise ValueError("--max-batch must be >= 1 and --max-queue >= 0")
     if args.kv_budget is not None and not args.kv_budget > 0:
         raise ValueError(f"--kv-budget {args.kv_budget}: must be > 0 GB")
+    if args.voices and not Path(args.voices).is_dir():
+        raise ValueError(f"--voices {args.voices}: not a directory")
     if args.first_segment_tokens is not None and args.first_segment_tokens < 1:
         raise ValueError("--first-segment-tokens must be >= 1")
 
