@@ -34,7 +34,7 @@ setup_repository_line() {
 
 setup() {
     [ -x "$PY" ] || python3 -m venv "$VENV"
-    quiet_pip install -q --disable-pip-version-check -c constraints-cpu.txt -e '.[test]'
+    quiet_pip install -q --disable-pip-version-check -c constraints-cpu.txt -e '.[test,ray]'
     # The official IndexTTS2 module code, a test-only fidelity reference. --no-deps: its own requirements
     # (torchaudio, librosa, ...) are not needed for the modules the tests import.
     quiet_pip install -q --disable-pip-version-check --no-deps 'indextts2-inference==2.1.1'

@@ -124,6 +124,7 @@ class BatchDecoder:
         self._ticks: OrderedDict = OrderedDict()  # the slots' states (identities) -> their graphed tick
         self._pool = MemoryPool()
         self.lock = threading.Lock()  # one run at a time: the pool's buffers are static
+        self._busy: list = []  # the slots running a request now, in order
         for g in range(slots):
             self._free(g)
 
@@ -156,9 +157,11 @@ class BatchDecoder:
         g = self._ticks.pop(key, None)
         if g is None:
             states = list(self.states)
-            sampling = any(st.args.do_sample for st in states)
-            g = Graphed(lambda: self._tick(states), self.fast.device, enabled=self.graphs and not sampling,
-                        pool=self._pool)  # fmt: skip
+            graphed = self.graphs and not any(st.args.do_sample for st in states)
+            # eager: the selects of the busy slots only (an idle slot's select changes nothing: its running flag is
+            # off); a graph has every slot's
+            tick = (lambda: self._tick(states)) if graphed else (lambda: self._tick([states[i] for i in self._busy]))
+            g = Graphed(tick, self.fast.device, enabled=graphed, pool=self._pool)
         self._ticks[key] = g
         while len(self._ticks) > MAX_TICKS:
             self._ticks.popitem(last=False)
@@ -248,6 +251,7 @@ class BatchDecoder:
                         results[i] = e
                         self._free(g)
                         free.append(g)
+                self._busy = sorted(active)
                 for _ in range(CHECK_EVERY):
                     for g, a in active.items():
                         st = self.states[g]

@@ -95,9 +95,16 @@ def build(args, log=print):
                 voices[f.stem] = f
     if not voices:
         raise ValueError("no voice: give --voices DIR with reference audio files (.wav, .flac, .mp3, .ogg)")
-    handle = indextts_fast.enable(tts)
     seg = min(120, int(tts.gpt.max_text_tokens) - 2)
     mel = min(DEFAULTS["max_mel_tokens"], int(tts.gpt.max_mel_tokens) - 8)
+    if args.official:  # the baseline: the official infer, never enabled, one request at a time
+        from .engine import OfficialEngine
+
+        engine = OfficialEngine(tts, {n: str(p) for n, p in voices.items()}, max_queue=args.max_queue)
+        log(f"serve: {model_id} on the official infer (not enabled), one request at a time; queue {args.max_queue}")
+        return Served(engine, model_id=model_id, version=version, max_text_tokens_per_segment=seg,
+                      max_mel_tokens=mel, backend="official"), None  # fmt: skip
+    handle = indextts_fast.enable(tts)
     kv = kv_plan(tts, beams=DEFAULTS["num_beams"], segment_tokens=seg, max_mel_tokens=mel,
                  max_batch=args.max_batch, budget_gb=args.kv_budget)  # fmt: skip
     pipe = Pipeline(tts, slots=kv["slots"])
@@ -137,6 +144,11 @@ def parser() -> argparse.ArgumentParser:
         help="cut the first segment at its last punctuation within N text tokens (shorter first audio)",
     )
     ap.add_argument("--seed", type=int, default=0, help="--tiny: the weights' seed")
+    ap.add_argument(
+        "--official",
+        action="store_true",
+        help="serve the official infer instead (never enabled, one request at a time): a baseline",
+    )
     return ap
 
 

@@ -184,3 +184,88 @@ class Engine:
                 with self._cv:
                     self._live.remove(t)
                 self._finish(t, t.entry.result.error)
+
+
+class OfficialEngine:
+    """The baseline: the official ``IndexTTS2.infer`` (never enabled) behind a lock, one request at a time (the
+    official object's only safe mode), each under ``torch.manual_seed(job.seed)`` with ``stream_return=True`` (its
+    own streaming: a segment's wave as soon as it is made, the silence after it). The engine's contract (``submit``,
+    the sink's events, ``stats``, ``close``); ``voices``: name -> the reference audio's path (infer caches its
+    conditioning per path)."""
+
+    max_batch = 1
+
+    def __init__(self, tts, voices: dict, *, max_queue: int = 64, on_round=None, on_finish=None):
+        self.tts, self.voices, self.max_queue = tts, dict(voices), int(max_queue)
+        self.on_round, self.on_finish = on_round, on_finish
+        self._waiting: deque = deque()
+        self._busy = 0
+        self._cv = threading.Condition()
+        self._closed = False
+        self.rounds_run = 0
+        self._thread = threading.Thread(target=self._loop, name="indextts-fast-official", daemon=True)
+        self._thread.start()
+
+    submit = Engine.submit
+    close = Engine.close
+    _emit = Engine._emit
+
+    @property
+    def _live(self) -> list:
+        return []
+
+    def stats(self) -> dict:
+        with self._cv:
+            return dict(waiting=len(self._waiting), live=self._busy, rounds=self.rounds_run)
+
+    def _finish(self, t: Ticket, err) -> None:
+        t.finished = True
+        self._emit(t, ("error", err) if err is not None else ("done", None))
+        if self.on_finish is not None:
+            self.on_finish(t, err)
+
+    def _run(self, t: Ticket) -> None:
+        from .pipeline import DEFAULTS
+
+        job = t.job
+        if job.speed != 1.0:
+            raise ValueError("the official infer has no speed; send speed 1")
+        torch.manual_seed(int(job.seed))
+        pieces = self.tts.infer(spk_audio_prompt=str(job.voice), text=job.text, output_path=None,
+                                interval_silence=job.interval_silence, stream_return=True,
+                                max_text_tokens_per_segment=job.max_text_tokens_per_segment,
+                                **dict(DEFAULTS, **job.generation))  # fmt: skip
+        for wav in pieces:
+            if job.cancel.is_set():
+                pieces.close()
+                raise Cancelled("the request was cancelled")
+            if wav is None or not torch.is_tensor(wav):
+                continue
+            pcm = torch.clamp(32767 * wav.reshape(-1).float(), -32767.0, 32767.0).to(torch.int16).numpy()
+            if t.first_audio is None:
+                t.first_audio = time.perf_counter() - t.submitted
+            self._emit(t, ("audio", pcm))
+
+    def _loop(self) -> None:
+        while True:
+            with self._cv:
+                while not self._closed and not self._waiting:
+                    self._cv.wait()
+                if not self._waiting:
+                    return
+                t = self._waiting.popleft()
+                self._busy = 1
+            try:
+                if t.job.cancel.is_set():
+                    raise Cancelled("the request was cancelled while it waited")
+                with torch.no_grad():
+                    self._run(t)
+                err = None
+            except Exception as e:  # the request's own failure: the next one goes on
+                err = e
+            self.rounds_run += 1
+            if self.on_round is not None:
+                self.on_round(1)
+            with self._cv:
+                self._busy = 0
+            self._finish(t, err)

@@ -88,6 +88,7 @@ class Served:
     max_mel_tokens: int = 1500
     first_segment_tokens: Optional[int] = None
     kv: dict = dataclasses.field(default_factory=dict)  # the KV pool: slots, beams, positions, bytes
+    backend: str = "indextts_fast"  # or "official" (the baseline: the official infer, one request at a time)
 
 
 class BadRequest(Exception):
@@ -302,7 +303,8 @@ def create_app(served: Served) -> FastAPI:
 
     @app.get("/health")
     def health():
-        return dict(status="ok", model=served.model_id, version=served.version, voices=sorted(engine.voices),
+        return dict(status="ok", pid=os.getpid(), model=served.model_id, version=served.version, backend=served.backend,
+                    voices=sorted(engine.voices),
                     **engine.stats(), max_batch=engine.max_batch, max_queue=engine.max_queue, kv=served.kv,
                     memory=_memory())  # fmt: skip
 

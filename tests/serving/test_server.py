@@ -80,8 +80,9 @@ def test_models_health_and_the_kv_plan(server):
 
 
 def test_eight_concurrent_clients_get_the_audio_they_get_alone(server):
-    """8 clients at once (at most 4 in a round, the others waiting; 2 generations of a round in the KV pool, 2 waiting for a slot):
-    each a valid WAV, the same bytes as the same request alone: greedy (beam search) and seeded sampling."""
+    """8 clients at once (at most 4 in a round, the others waiting; 2 generations of a round in the KV pool, 2
+    waiting for a slot): each a valid WAV, the same bytes as the same request alone: greedy (beam search) and seeded
+    sampling."""
     fields = [dict(seed=n, **({"do_sample": False} if n % 2 == 0 else {})) for n in range(8)]
     before = metric(server, "indextts_batch_size_sum"), metric(server, "indextts_batch_size_count")
     with cf.ThreadPoolExecutor(8) as ex:
