@@ -192,6 +192,41 @@ def cfm_inference(cfm, estimator, mu, x_lens, prompt, style, f0, n_timesteps, te
     return _solve_bufs(estimator, bufs, t_span, rate)[..., :T].contiguous()
 
 
+def _buffers_many(cfm, items, Tb: int, rate: float, device) -> dict:
+    """Static buffers of a batch of requests (one row each) padded to Tb frames: per row its own prompt frames
+    (``keep``), key / WaveNet length and reflection length (``lens``, ``valid``: the CFG batch's two halves alike)."""
+    B = len(items)
+    mu0, _, style0 = items[0][:3]
+    rows = 2 * B if rate > 0 else B
+    return dict(
+        x=torch.zeros((B, cfm.in_channels, Tb), dtype=torch.float32, device=device),
+        prompt_x=torch.zeros((B, cfm.in_channels, Tb), dtype=torch.float32, device=device),
+        mu=torch.zeros((B, Tb, mu0.size(2)), dtype=mu0.dtype, device=device),
+        style=torch.zeros((B, style0.shape[-1]), dtype=style0.dtype, device=device),
+        keep=torch.zeros((B, 1, Tb), dtype=torch.bool, device=device),
+        lens=torch.zeros((rows,), dtype=torch.int64, device=device),
+        valid=torch.zeros((rows,), dtype=torch.int64, device=device),
+    )
+
+
+def _fill_many(bufs: dict, zs: list, items: list) -> None:
+    """Copy each request's inputs into its row of the padded buffers (zeros beyond its own length)."""
+    for name in ("x", "prompt_x", "mu", "keep"):
+        bufs[name].zero_()
+    Ts = []
+    for i, (z, (mu, prompt, style, _)) in enumerate(zip(zs, items, strict=True)):
+        T, P = mu.size(1), prompt.size(-1)
+        bufs["x"][i, :, P:T].copy_(z[0, :, P:])
+        bufs["prompt_x"][i, :, :P].copy_(prompt[0, :, :P])
+        bufs["mu"][i, :T].copy_(mu[0])
+        bufs["keep"][i, :, P:T] = True
+        bufs["style"][i].copy_(style.reshape(-1))
+        Ts.append(T)
+    lens = torch.tensor(Ts, dtype=torch.int64).repeat(bufs["lens"].numel() // len(Ts))
+    bufs["lens"].copy_(lens)
+    bufs["valid"].copy_(lens)
+
+
 class _Run:
     """One padded length's static buffers and its graphed 25 steps."""
 
@@ -246,3 +281,39 @@ class CFMLoop:
         with nvtx_range("s2mel.cfm.steps"):
             out = run.graphed()
         return out[..., :T].clone()  # a copy: a graph's static output is rewritten by its next replay
+
+    def many(self, items: list, n_timesteps, temperature=1.0, inference_cfg_rate=0.5, *,
+             batched: Optional[bool] = None) -> list:  # fmt: skip
+        """Several requests' ``cfm.inference``, each (mu [1, T_i, D], prompt [1, F, P_i], style [1, S], generator)
+        with x_lens [T_i] as infer passes it: their mels [1, F, T_i], in order. ``batched`` (default: where graphs
+        run): one padded batch of every request (frames padded to the bucket of the longest; each row told its own
+        prompt frames, key length and WaveNet reflection length, so that each row is computed from its own values
+        alone), on CUDA one graph per (bucket, batch, ...); each request's noise drawn from its own generator at its
+        own shape, in order. Else each request alone (the same values as ``__call__``)."""
+        rate = float(inference_cfg_rate)
+        batched = self.graphs if batched is None else batched
+        short = any(mu.size(1) <= self.fast.wavenet_kernel // 2 for mu, *_ in items)
+        if not batched or len(items) < 2 or short:
+            return [self(mu, torch.tensor([mu.size(1)], device=mu.device), prompt, style, None, n_timesteps,
+                         temperature=temperature, inference_cfg_rate=rate, generator=gen)
+                    for mu, prompt, style, gen in items]  # fmt: skip
+        positions = _positions(self.fast)
+        for mu, prompt, _style, _gen in items:
+            _check(n_timesteps, prompt, mu.size(1), positions)
+        dev = items[0][0].device
+        Tb = min(self.bucket(max(mu.size(1) for mu, *_ in items)), self.fast.freqs_cis.shape[0])
+        zs = [_noise(self.cfm, mu, prompt, temperature, gen) for mu, prompt, _style, gen in items]
+        key = ("many", Tb, len(items), int(n_timesteps), rate, items[0][2].shape[-1], items[0][0].size(2))
+        run = self.runs.pop(key, None)
+        if run is None:
+            bufs = _buffers_many(self.cfm, items, Tb, rate, dev)
+            t_span = torch.linspace(0, 1, int(n_timesteps) + 1, device=dev)
+            solve = lambda b=bufs, t=t_span: _solve_bufs(self.fast, b, t, rate)  # noqa: E731
+            run = _Run(bufs, t_span, Graphed(solve, dev, enabled=self.graphs, pool=self.pool))
+        self.runs[key] = run
+        while len(self.runs) > self.max_graphs:
+            self.runs.popitem(last=False)
+        _fill_many(run.bufs, zs, items)
+        with nvtx_range("s2mel.cfm.steps"):
+            out = run.graphed()
+        return [out[i : i + 1, :, : mu.size(1)].clone() for i, (mu, *_) in enumerate(items)]

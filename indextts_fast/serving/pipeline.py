@@ -20,7 +20,9 @@ the segments joined with ``interval_silence`` ms of silence. The random draws (t
 come from the request's own generator, in the official order, so a request gives the official audio of
 ``torch.manual_seed(seed)`` whatever runs beside it.
 
-The steps between the GPT and the vocoder run per request (the CFM's graphs are per length bucket already).
+Between the GPT and the vocoder, the teacher-forced latent pass and the length regulator run per request; the CFMs of
+a round run in one padded batch on CUDA (``CFMLoop.many``: each row its own lengths, so each request's mel is its
+own within the tolerance rule; ``cfm_batch``), one at a time elsewhere (the same values as alone).
 """
 
 from __future__ import annotations
@@ -79,7 +81,7 @@ class Result:
 
 
 class Pipeline:
-    def __init__(self, tts, *, slots: int = 4):
+    def __init__(self, tts, *, slots: int = 4, cfm_batch: Optional[bool] = None):
         from ..patch import _handle_of
 
         handle = _handle_of(tts)
@@ -90,6 +92,7 @@ class Pipeline:
         if getattr(parts["s2mel"], "loop", None) is None:
             raise ValueError("pipeline: the s2mel part must be enabled on the CFM (enable(tts))")
         self.tts, self.parts, self.slots = tts, parts, int(slots)
+        self.cfm_batch = cfm_batch  # the CFMs of a round in one padded batch (None: where the CFM runs graphs)
         self._infer_module = sys.modules[type(tts).__module__]
         self._pools: dict = {}  # beam count -> BatchDecoder
         self.lock = threading.Lock()
@@ -196,8 +199,9 @@ class Pipeline:
             self._pools[beams] = pool
         return pool
 
-    def _mel(self, job: Job, st: dict, generator) -> torch.Tensor:
-        """From the codes to the CFM's mel past the reference, as infer's segment loop."""
+    def _cfm_input(self, job: Job, st: dict) -> torch.Tensor:
+        """From the codes to the CFM's mu (the reference's prompt condition, then the segment's), as infer's segment
+        loop."""
         tts, v = self.tts, job.voice
         stop = tts.stop_mel_token
         codes = st["codes"]
@@ -218,13 +222,31 @@ class Pipeline:
         frames = code_lens * 1.72 if job.speed == 1.0 else code_lens * (1.72 / job.speed)
         cond = tts.s2mel.models["length_regulator"](s_infer, ylens=frames.long(), n_quantizers=3,
                                                     f0=None)[0]  # fmt: skip
-        cat = torch.cat([v.prompt_condition, cond], dim=1)
+        return torch.cat([v.prompt_condition, cond], dim=1)
+
+    def _mels(self, entries: list, cats: list) -> list:
+        """Each job's CFM mel past its reference (25 steps, CFG 0.7, the noise from its generator), in one padded batch
+        where ``cfm_batch`` says (default: on CUDA with graphs), else one at a time; a job's own failure is its entry
+        (an exception), the others unaffected."""
         s2mel = self.parts["s2mel"]
+        items = [(cat, e.job.voice.ref_mel, e.job.voice.style, e.result.generator)
+                 for e, cat in zip(entries, cats, strict=True)]  # fmt: skip
+        states = [e.result.generator.get_state() for e in entries]
         with s2mel.lock:
             s2mel.current()
-            mel = s2mel.loop(cat, torch.LongTensor([cat.size(1)]).to(cond.device), v.ref_mel, v.style, None, 25,
-                             inference_cfg_rate=0.7, generator=generator)  # fmt: skip
-        return mel[:, :, v.ref_mel.size(-1) :].float()
+            try:
+                mels = s2mel.loop.many(items, 25, inference_cfg_rate=0.7, batched=self.cfm_batch)
+            except Exception:  # one of them: each alone (its noise drawn again from where it was), its own result
+                for e, st in zip(entries, states, strict=True):
+                    e.result.generator.set_state(st)
+                mels = []
+                for it in items:
+                    try:
+                        mels += s2mel.loop.many([it], 25, inference_cfg_rate=0.7, batched=False)
+                    except Exception as err:
+                        mels.append(err)
+        return [m if isinstance(m, BaseException) else m[:, :, e.job.voice.ref_mel.size(-1) :].float()
+                for e, m in zip(entries, mels, strict=True)]  # fmt: skip
 
     @staticmethod
     def _join(segments: list, interval_silence: int) -> torch.Tensor:
@@ -299,12 +321,18 @@ class Rounds:
                 else:
                     st["codes"] = out[:, st["request"].input_ids.shape[1] :]
         ok = [(e, st) for e, st in zip(live, steps, strict=True) if e.result.error is None]
-        mels = []
+        cats = []
         for e, st in ok:
             try:
-                mels.append(pipe._mel(e.job, st, e.result.generator))
+                cats.append(pipe._cfm_input(e.job, st))
             except Exception as err:
                 e.result.error = err
+        ok = [(e, st) for e, st in ok if e.result.error is None]
+        mels = pipe._mels([e for e, _ in ok], cats) if ok else []
+        for (e, _), m in zip(ok, mels, strict=True):
+            if isinstance(m, BaseException):
+                e.result.error = m
+        mels = [m for m in mels if not isinstance(m, BaseException)]
         ok = [(e, st) for e, st in ok if e.result.error is None]
         out = []
         if mels:

@@ -353,7 +353,7 @@ def _check_precision(op: str, precision) -> None:
 
 def wavenet_gate_args(op: str, x, weight, bias, cond, *, taps, valid_len=None, precision=None, out=None) -> None:
     """x [B, T, C] (rows contiguous), weight [2H, taps*C] contiguous, bias [2H], cond [B or 1, 2H] (last dim
-    contiguous), one float dtype; valid_len an int tensor [1]; taps an odd positive int."""
+    contiguous), one float dtype; valid_len an int tensor [1] or [B]; taps an odd positive int."""
     check_tensor("x", x)
     if x.dim() != 3:
         raise ValueError(f"{op}: x must be [B, T, C], got shape {tuple(x.shape)}")
@@ -369,7 +369,9 @@ def wavenet_gate_args(op: str, x, weight, bias, cond, *, taps, valid_len=None, p
     if cond.dim() != 2 or cond.shape[0] not in (1, B) or cond.shape[1] != H2:
         raise ValueError(f"{op}: cond must be [B = {B} or 1, {H2}], got {tuple(cond.shape)}")
     if valid_len is not None:
-        check_tensor("valid_len", valid_len, dtypes=INDEX_DTYPES, device=x.device, shape=(1,))
+        check_tensor("valid_len", valid_len, dtypes=INDEX_DTYPES, device=x.device)
+        if valid_len.dim() != 1 or valid_len.shape[0] not in (1, B):
+            raise ValueError(f"{op}: valid_len must be [1] or [B = {B}], got {tuple(valid_len.shape)}")
     _check_precision(op, precision)
     if out is not None:
         check_tensor("out", out, dtypes=(x.dtype,), device=x.device, shape=(B, T, H2 // 2))

@@ -663,7 +663,8 @@ def _wavenet_gate_kernel(
     W,  # pointer to the weight [2H, TAPS*C], tap-major (column j*C + c reads tap j of channel c)
     BIAS,  # pointer to the bias [2H]
     G,  # pointer to the per-batch condition [B, 2H] (row stride stride_gb, 0: one row for every batch row)
-    VALID,  # pointer to the valid length (int [1], HAS_VALID): taps reflect there; frames at or past it read zero
+    VALID,  # pointer to the valid lengths (int [1] or [B], HAS_VALID): a row's taps reflect at its batch row's; frames
+    # at or past it read zero
     OUT,  # pointer to the gated activations [B*T, H]
     M,  # B*T
     T,
@@ -673,6 +674,7 @@ def _wavenet_gate_kernel(
     stride_wn,
     stride_gb,
     stride_om,
+    stride_vb,  # the valid lengths' stride over batch rows (0: one length for every row)
     TAPS: tl.constexpr,
     HAS_VALID: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
@@ -690,9 +692,9 @@ def _wavenet_gate_kernel(
     b = rows // T
     t = rows % T
     if HAS_VALID:
-        V = tl.load(VALID).to(tl.int32)
+        V = tl.load(VALID + b * stride_vb).to(tl.int32)  # [BLOCK_M]: each row's batch row's valid length
     else:
-        V = T
+        V = tl.zeros([BLOCK_M], dtype=tl.int32) + T
     LEFT: tl.constexpr = TAPS - 1 - (TAPS - 1) // 2
     # reflect about frame 0 and about the last frame; a sequence shorter than the pad is zero-extended to LEFT + 1
     # frames first (the official pad1d), and those extra frames read zero
@@ -725,8 +727,8 @@ def _wavenet_gate_kernel(
             kk = k + rk
             k_ok = kk < K
             p = tl.abs(t[:, None] + (kk // C)[None, :] - LEFT)  # [BM, BK]: a slab may span taps
-            p = tl.where(p > last, 2 * last - p, p)
-            a_ok = k_ok[None, :] & (p < V)  # past the sequence (zero-extended) reads zero
+            p = tl.where(p > last[:, None], 2 * last[:, None] - p, p)
+            a_ok = k_ok[None, :] & (p < V[:, None])  # past the sequence (zero-extended) reads zero
             p = tl.minimum(tl.maximum(p, 0), T - 1)
             a = tl.load(X + (x_row0[:, None] + p) * stride_xm + (kk % C)[None, :], mask=a_ok, other=0.0)
             w = tl.load(w_ptrs, mask=k_ok[:, None], other=0.0)
@@ -865,7 +867,8 @@ def wavenet_gate_fwd(
     """``tanh(a[..., :H] + cond[:, :H]) * sigmoid(a[..., H:] + cond[:, H:])`` with ``a`` the ``taps``-tap,
     dilation-1, same-length conv of x [B, T, C] (channel-last) with REFLECT padding (``weight`` [2H, taps*C]
     tap-major, ``bias`` [2H]); ``cond`` [B, 2H] (or [1, 2H]: every batch row) per batch row. ``valid_len`` (int
-    tensor [1]): the taps reflect at that length instead of T (frames beyond it are padding). Returns [B, T, H]."""
+    tensor [1], or [B]: one per batch row): the taps reflect at that length instead of T (frames beyond it are
+    padding). Returns [B, T, H]."""
     from ._validate import wavenet_gate_args
 
     validate_once(wavenet_gate_args, "wavenet_gate_fwd", x, weight, bias, cond, taps=taps, valid_len=valid_len,
@@ -889,6 +892,7 @@ def wavenet_gate_fwd(
         kernel[grid](
             x2, weight, bias, cond, valid_len if valid_len is not None else bias, y2,
             M, T, H, C, x2.stride(0), weight.stride(0), gstride, y2.stride(0),
+            valid_len.stride(0) if valid_len is not None and valid_len.numel() > 1 else 0,
             **const, num_warps=warps, num_stages=stages,
         )  # fmt: skip
     return y

@@ -614,12 +614,13 @@ def _feed_ref(t: dict, tokens, still, cfg: SelectConfig) -> None:
 # WaveNet layer (the s2mel DiT's WN head) and the CFM Euler step
 # ----------------------------------------------------------------------------------------------------------------------
 def reflect_taps_index(T: int, taps: int, valid_len: Optional[torch.Tensor], device=None):
-    """(frame index [T, taps] int64, readable [T, taps] bool) of a ``taps``-tap same-length conv's inputs with REFLECT
-    padding at ``valid_len`` (int tensor [1]; None: T): the official pad1d, which zero-extends a sequence shorter
-    than the pad to pad + 1 frames first (those frames read zero: ``readable`` False)."""
+    """(frame index [V, T, taps] int64, readable [V, T, taps] bool) of a ``taps``-tap same-length conv's inputs with
+    REFLECT padding at ``valid_len`` (int tensor [V]: 1, or one per batch row; None: T): the official pad1d, which
+    zero-extends a sequence shorter than the pad to pad + 1 frames first (those frames read zero: ``readable``
+    False)."""
     left = taps - 1 - (taps - 1) // 2
-    pos = torch.arange(T, device=device)[:, None] + torch.arange(taps, device=device)[None, :] - left
-    V = torch.full((1, 1), T, device=device) if valid_len is None else valid_len.reshape(1, 1).long()
+    pos = (torch.arange(T, device=device)[:, None] + torch.arange(taps, device=device)[None, :] - left)[None]
+    V = torch.full((1, 1, 1), T, device=device) if valid_len is None else valid_len.reshape(-1, 1, 1).long()
     last = torch.clamp(V - 1, min=left)
     p = pos.abs()
     p = torch.where(p > last, 2 * last - p, p)
@@ -631,8 +632,9 @@ def wavenet_gate_ref(x, weight, bias, cond, *, taps: int, valid_len=None):
     REFLECT-padded conv of x [B, T, C] (channel-last) with the tap-major weight [2H, taps*C]; cond [B or 1, 2H]."""
     B, T, C = x.shape
     H = weight.shape[0] // 2
-    p, ok = reflect_taps_index(T, taps, valid_len, x.device)
-    cols = x[:, p.reshape(-1)] * ok.reshape(1, -1, 1).to(x.dtype)  # [B, T*taps, C]
+    p, ok = reflect_taps_index(T, taps, valid_len, x.device)  # [1 or B, T, taps]
+    idx = p.reshape(p.shape[0], T * taps, 1).expand(B, T * taps, C)
+    cols = x.gather(1, idx) * ok.reshape(ok.shape[0], -1, 1).to(x.dtype)  # [B, T*taps, C]
     a = cols.reshape(B, T, taps * C) @ weight.t() + bias
     a = a + cond[:, None, :]
     return torch.tanh(a[..., :H]) * torch.sigmoid(a[..., H:])

@@ -51,6 +51,37 @@ def test_two_requests_at_once_are_each_the_official_infer(offline, tmp_path):
         assert res.wave.shape[1] == run.wav.shape[-1], (res.wave.shape, run.wav.shape)
 
 
+def test_the_cfms_of_a_round_in_one_padded_batch(offline, tmp_path):
+    """``cfm_batch=True`` (the CUDA default, here eager): each round's CFMs in one batch padded to the longest's bucket,
+    each row with its own prompt, lengths and noise (from its generator): each request's codes are still the
+    official infer's, and each segment's wave is within the tolerance rule of the official one (the fp64 object
+    replaying the official codes as the reference)."""
+    from ..helpers import assert_close_rel
+
+    o, o64 = offline
+    officials, refs = [], []
+    for t, kw in zip(TEXTS, RUNS, strict=True):
+        kw = dict(kw)
+        seed = kw.pop("seed")
+        args = dict(text=t, seed=seed, max_text_tokens_per_segment=SEGMENT_TOKENS, **kw)
+        officials.append(o.infer(output_path=tmp_path / f"official{seed}.wav", **args))
+        with o64.replaying(officials[-1]):
+            refs.append(o64.infer(output_path=tmp_path / f"fp64_{seed}.wav", **args))
+    with indextts_fast.enabled(o.tts):
+        pipe = Pipeline(o.tts, slots=2, cfm_batch=True)
+        voice = pipe.voice(o.prompt)
+        jobs = [Job(voice, t, seed=kw["seed"], max_text_tokens_per_segment=SEGMENT_TOKENS,
+                    generation={k: v for k, v in kw.items() if k != "seed"})
+                for t, kw in zip(TEXTS, RUNS, strict=True)]  # fmt: skip
+        results = pipe.synthesize(jobs)
+    for n, (res, run, ref) in enumerate(zip(results, officials, refs, strict=True)):
+        assert res.error is None, res.error
+        assert len(res.codes) == len(run.codes) >= 2
+        for i, (ours, theirs) in enumerate(zip(res.codes, run.codes, strict=True)):
+            assert torch.equal(ours, theirs), f"request {n}, segment {i}: codes"
+            assert_close_rel(res.segments[i], run.wavs[i], ref.wavs[i], f"request {n}, segment {i}: wave")
+
+
 def test_streaming_yields_each_segment_as_it_is_made(offline, tmp_path):
     """``stream``: one yield per round, a job's first segment after the first; the waves streamed are the
     synthesized ones; ``first_segment_tokens`` cuts the first segment at its last punctuation within that many

@@ -67,6 +67,28 @@ def test_wavenet_gate_reflects_like_the_unpadded_sequence(device):
     torch.testing.assert_close(padded[:, :L], plain, rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("C", [12, 64], ids=["slabs_span_taps", "slab_in_one_tap"])
+def test_wavenet_gate_valid_length_per_row(C, device):
+    """valid_len [B]: each row reflects at its own length (one shorter than the 5-tap pad): below it, the row run
+    alone, unpadded; the reference agrees."""
+    B, T, H, taps = 3, 16, 10, 5
+    L = [16, 11, 2]
+    x = randn(B, T, C, device=device)
+    for r, n in enumerate(L):
+        x[r, n:] = 1e3
+    w, b = randn(2 * H, taps * C, device=device, std=0.1), randn(2 * H, device=device)
+    g = randn(B, 2 * H, device=device)
+    vl = torch.tensor(L, device=device)
+    padded = K.wavenet_gate_fwd(x, w, b, g, taps=taps, valid_len=vl, precision="ieee")
+    want = ref.wavenet_gate_ref(x, w, b, g, taps=taps, valid_len=vl)
+    for r, n in enumerate(L):
+        plain = K.wavenet_gate_fwd(x[r : r + 1, :n].contiguous(), w, b, g[r : r + 1], taps=taps, precision="ieee")
+        torch.testing.assert_close(padded[r : r + 1, :n], plain, rtol=0, atol=1e-6)
+        torch.testing.assert_close(want[r : r + 1, :n], plain, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="valid_len must be"):
+        K.wavenet_gate_fwd(x, w, b, g, taps=taps, valid_len=torch.tensor([3, 4], device=device))
+
+
 RES_CASES = [(2, 13, 37), (1, 70, 64), (3, 5, 20)]
 
 

@@ -229,6 +229,7 @@ def test_reflected_taps_are_the_official_padding(k):
         want = pad1d(x[:, :L].transpose(1, 2), (k - 1 - right, right), mode="reflect").unfold(2, k, 1)  # [B, C, L, k]
         for T, valid in ((L, None), (41, torch.tensor([L]))):
             p, ok = reflect_taps_index(T, k, valid)
+            p, ok = p[0], ok[0]  # one valid length for the batch
             got = x[:, :T][:, p] * ok[None, :, :, None]  # [B, T, k, C]
             assert torch.equal(got[:, :L].permute(0, 3, 1, 2), want), (k, L, T)
 
@@ -320,6 +321,33 @@ def test_cfm_noise_from_a_request_generator(model, monkeypatch):
                    generator=torch.Generator().manual_seed(21))  # fmt: skip
         assert torch.equal(torch.get_rng_state(), before), "the request's noise moved the global generator"
     assert torch.equal(own, official_stream)
+
+
+@pytest.mark.parametrize("backend", ["kernels", "torch"])
+def test_cfm_many_requests_in_one_padded_batch(model, model64, backend, monkeypatch):
+    """``CFMLoop.many(batched=True)``: three requests of other lengths, prompts and styles in one batch padded to
+    the longest's bucket (the graphed path's layout, eager here), each row told its own prompt frames, key length
+    and WaveNet reflection length: each request's mel is its own official ``cfm.inference`` (noise from its own
+    generator = the official draw under manual_seed) within the tolerance rule, as is the one-at-a-time run's."""
+    from indextts_fast.s2mel import CFMLoop
+
+    if backend == "torch":
+        monkeypatch.setenv("INDEXTTS_FAST_BACKEND", "torch")
+    cfm = model.models["cfm"]
+    shapes = [(37, 11, 1), (29, 7, 2), (50, 13, 3)]  # frames, prompt frames, seed
+    inputs = [cfm_inputs(cfm, frames=T, prompt=P, seed=k) for T, P, k in shapes]
+    with torch.no_grad(), indextts_fast.enabled(model) as h:
+        loop = CFMLoop(cfm, h.parts[0].patch.fast, graphs=False)
+        items = lambda: [(mu.clone(), prompt, style, torch.Generator().manual_seed(20 + k))
+                         for (mu, _, prompt, style), (_, _, k) in zip(inputs, shapes, strict=True)]  # fmt: skip
+        together = loop.many(items(), 3, inference_cfg_rate=0.7, batched=True)
+        alone = loop.many(items(), 3, inference_cfg_rate=0.7, batched=False)
+    for i, ((mu, x_lens, prompt, style), (T, P, k)) in enumerate(zip(inputs, shapes, strict=True)):
+        low = cfm_run(cfm, (mu.clone(), x_lens, prompt, style), seed=20 + k, steps=3)
+        high = cfm_run(model64.models["cfm"], _dbl((mu.clone(), x_lens, prompt, style)), seed=20 + k, steps=3)
+        assert together[i].shape == (1, cfm.in_channels, T) and torch.all(together[i][..., :P] == 0)
+        assert_close_rel(together[i], low, high, f"request {i} of a padded CFM batch ({backend})")
+        assert_close_rel(alone[i], low, high, f"request {i} alone ({backend})")
 
 
 def test_cfm_loop_refuses_bad_lengths(model):
