@@ -4,11 +4,13 @@ our server and for the official ``IndexTTS2.infer`` behind a lock (its only safe
 Both are ``python -m indextts_fast serve`` subprocesses on 127.0.0.1 with the same HTTP API, started one after the
 other (never together: they would share the cores / the card): ``ours`` (the enabled model, the engine batching
 requests by segment) and ``official`` (``--official``: the official ``infer``, never enabled, one request at a time,
-with its own ``stream_return`` streaming). Per level of concurrency C, C clients (asyncio, httpx) send
-``max(C, 8)`` requests in all (each client its next request when the last one ended), every request a text of two
-or three segments under its own seed at the official sampling defaults; the level stops at the count or at its time
+with its own ``stream_return`` streaming, which sends 200 ms of silence after every segment, the last included).
+Per level of concurrency C, C clients (asyncio, httpx) send ``max(C, 8)`` requests in all (each client its next
+request when the last one ended), every request a text of two or three segments (on the tiny models; one on
+IndexTTS-2) under its own seed at the official sampling defaults; the level stops at the count or at its time
 limit. Per level: requests/s (completed / the level's wall time), p50 / p99 latency (request to its last byte),
-p50 / p99 time to first audio (request to its first audio bytes), audio seconds made per second, errors.
+p50 / p99 time to first audio (request to its first audio bytes), audio seconds sent per second (the official
+stream's trailing silences included), errors.
 
     python -m bench.bench_serving --tiny                        # CPU: the tiny random-weight models, levels 1,4,16,64
     python -m bench.bench_serving --model-dir checkpoints --voices voices/ --json bench/results/<card>-serving.json
@@ -20,16 +22,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
-TEXTS = (
+_SENTENCES = (
     "The fox runs away. A dog sleeps here! Then the cat comes back, and the sun is up now.",
     "A bird sings in the tree. Rain falls on the old stone bridge, and we walk home slowly.",
     "Where is the key? It was on the table. Music plays softly in the next room tonight.",
     "Five boats sail out to sea at dawn. The night is cold; the fire is warm and bright.",
 )
+# two or three segments each on the tiny models (30 text tokens a segment); one on IndexTTS-2 (120)
+TEXTS = tuple(" ".join(_SENTENCES[(i + k) % 4] for k in range(2 + i % 2)) for i in range(4))
 LEVELS = (1, 4, 16, 64)
 SR = 22050
 
@@ -118,6 +123,16 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines + (["ours vs official, same run:", *ratios] if ratios else []))
 
 
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} cores"
+    except OSError:
+        pass
+    return f"{os.cpu_count()} cores"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.bench_serving", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
@@ -145,12 +160,11 @@ def main(argv=None) -> int:
                max_batch=args.max_batch)  # fmt: skip
     print(table(rows))
     if args.json:
-        import platform
-
         import torch
 
-        card = torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu ({platform.processor()})"
-        Path(args.json).write_text(json.dumps(dict(card=card, server=server, rows=rows), indent=1))
+        card = torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu: {_cpu_name()}"
+        Path(args.json).write_text(json.dumps(dict(card=card, server=server, max_batch=args.max_batch, rows=rows),
+                                              indent=1))  # fmt: skip
     return 0
 
 

@@ -9,6 +9,10 @@
 #                                    # extension's (they spend minutes compiling)
 #   bash tools/gpu_check.sh e2e      # only bench/bench_e2e.py (official eager, official + torch.compile, ours)
 #   bash tools/gpu_check.sh tests    # only the tests compiled on CUDA
+#   MODEL_DIR=ckpts VOICES=voices bash tools/gpu_check.sh serving
+#                                    # bench/bench_serving.py on the real IndexTTS-2 checkpoints (ours vs the official
+#                                    # infer behind a lock, 1/4/16/64 clients); needs fastapi, uvicorn, httpx and
+#                                    # prometheus-client (pure Python: carry them as wheels in .whl/ too)
 # Each mode stays under 10 minutes (a lent machine's limit per command); the default and `bench` together are
 # the whole check.
 #
@@ -66,7 +70,7 @@ tests() {
     # the torch references) is CI's: left out here, where device time is short
     timeout "${1:-300}" $PY -m pytest tests -q -p no:cacheprovider "${DESELECT[@]}" --ignore=tests/loader \
         --ignore=tests/test_cli.py --ignore=tests/test_enable_hostile.py --ignore=tests/gpt/test_generation_args.py \
-        --ignore=tests/e2e 2>&1 \
+        --ignore=tests/e2e --ignore=tests/serving 2>&1 \
         | tee "$RES/tests-$CARD-$STAMP.log" | tail -25
 }
 bench() {
@@ -77,6 +81,15 @@ bench() {
         --benchmark-columns=median,rounds --benchmark-json "$RES/$CARD-$STAMP.json" "${KSEL[@]}" 2>&1 | tail -15
     echo "== summary ($CARD)"
     $PY tools/bench_table.py "$RES/$CARD-$STAMP.json" | tee "$RES/$CARD-$STAMP.md"
+}
+serving() {
+    if [ -z "${MODEL_DIR:-}" ] || [ -z "${VOICES:-}" ]; then
+        echo "gpu_check serving: set MODEL_DIR (IndexTTS-2 checkpoints) and VOICES (reference audio files)" >&2
+        return 2
+    fi
+    echo "== serving (bench/bench_serving.py, $MODEL_DIR)"
+    timeout 560 $PY -m bench.bench_serving --model-dir "$MODEL_DIR" --voices "$VOICES" --limit-s 60 \
+        --json "$RES/serving-$CARD-$STAMP.json" 2>&1 | tee "$RES/serving-$CARD-$STAMP.txt"
 }
 case "$MODE" in
 all)
@@ -89,8 +102,9 @@ all)
 e2e) e2e ;;
 tests) tests ;;
 bench | quick) bench ;;
+serving) serving ;;
 *)
-    echo "usage: bash tools/gpu_check.sh [all|tests|e2e|bench|quick]" >&2
+    echo "usage: bash tools/gpu_check.sh [all|tests|e2e|bench|quick|serving]" >&2
     exit 2
     ;;
 esac
