@@ -137,12 +137,12 @@ class Engine:
             self._live.remove(t)
             err, t.entry = t.entry, None
             self._finish(t, err)
-        for t in [t for t in self._live if t.entry.result.wave is not None]:  # nothing to say: an empty wave
+        for t in [t for t in self._live if not t.entry.segments]:  # nothing to say: an empty wave
             self._live.remove(t)
             self._finish(t, None)
 
     def _loop(self) -> None:
-        rounds = self.pipe.rounds()
+        rounds = self.pipe.rounds(keep=False)  # each segment goes to its sink; nothing kept
         while True:
             self._admit(rounds)
             with self._cv:
@@ -162,7 +162,7 @@ class Engine:
                     self._finish(t, e)
                 with self._cv:
                     self._live.clear()
-                rounds = self.pipe.rounds()
+                rounds = self.pipe.rounds(keep=False)
                 continue
             self.rounds_run += 1
             if self.on_round is not None:
@@ -177,7 +177,7 @@ class Engine:
                 if t.first_audio is None:
                     t.first_audio = time.perf_counter() - t.submitted
                 t.segments += 1
-                t.codes += int(e.result.codes[-1].shape[1])
+                t.codes = e.codes_made
                 self._emit(t, ("audio", pcm))
             live_entries = {id(e) for e in rounds.live}
             for t in [t for t in self._live if id(t.entry) not in live_entries]:

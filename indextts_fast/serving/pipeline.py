@@ -145,11 +145,12 @@ class Pipeline:
                 out = rounds.step()
                 yield [e.result for e in entries], [(index[id(e)], w) for e, w in out]
 
-    def rounds(self) -> Rounds:
+    def rounds(self, *, keep: bool = True) -> Rounds:
         """Continuous batching by segment: ``add`` jobs at any time, each ``step`` runs every live job's next
         segment (its GPT generation decoded with the others', then the rest, the waves in one vocoder call). Hold
-        ``lock`` around its use when other threads may use the pipeline."""
-        return Rounds(self)
+        ``lock`` around its use when other threads may use the pipeline. ``keep=False``: the Results keep no
+        segment, code or joined wave (a server streams each segment as it comes)."""
+        return Rounds(self, keep=keep)
 
     def _segments(self, job: Job) -> list:
         """The official split of the job's text; ``first_segment_tokens``: the first segment cut at its last
@@ -268,6 +269,7 @@ class _Entry:
     result: Result
     settings: dict
     done: int = 0  # segments made
+    codes_made: int = 0  # GPT codes generated (each generation's stop token included)
 
 
 class Rounds:
@@ -278,8 +280,8 @@ class Rounds:
     others unaffected) or when its ``cancel`` event is set (``result.error``: Cancelled). Each job's audio is the
     one it gets alone: its draws come from its own generator, in the official order."""
 
-    def __init__(self, pipe: Pipeline):
-        self.pipe, self.live = pipe, []
+    def __init__(self, pipe: Pipeline, *, keep: bool = True):
+        self.pipe, self.live, self.keep = pipe, [], keep
 
     def add(self, job: Job) -> _Entry:
         """The job's entry (``entry.result`` fills in as its segments are made); a job with nothing to say is done
@@ -339,15 +341,18 @@ class Rounds:
             with pipe.parts["vocoder"].lock:
                 waves = pipe.parts["vocoder"].loop.many(mels)
             for (e, st), w in zip(ok, waves, strict=True):
-                e.result.segments.append(w)
-                e.result.codes.append(st["codes"])
+                if self.keep:
+                    e.result.segments.append(w)
+                    e.result.codes.append(st["codes"])
                 e.done += 1
+                e.codes_made += int(st["codes"].shape[1])
                 out.append((e, w))
         for e in list(self.live):
             if e.result.error is not None:
                 self.live.remove(e)
             elif e.done == len(e.segments):
-                e.result.wave = pipe._join(e.result.segments, e.job.interval_silence)
+                if self.keep:
+                    e.result.wave = pipe._join(e.result.segments, e.job.interval_silence)
                 self.live.remove(e)
         self._drop_cancelled()
         return out
