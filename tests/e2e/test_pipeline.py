@@ -24,23 +24,33 @@ SEGMENT_TOKENS = 12
 RUNS = (dict(seed=3, max_mel_tokens=20), dict(seed=5, max_mel_tokens=30, num_beams=1))  # every generation stops
 
 
-def test_two_requests_at_once_are_each_the_official_infer(offline, tmp_path):
-    o, _ = offline
-    officials, enabled = [], []
+def _infer_args():
+    """Per request: (seed, the keyword arguments of its official infer)."""
     for t, kw in zip(TEXTS, RUNS, strict=True):
         kw = dict(kw)
         seed = kw.pop("seed")
-        args = dict(text=t, seed=seed, max_text_tokens_per_segment=SEGMENT_TOKENS, **kw)
-        officials.append((o.infer(output_path=tmp_path / f"official{seed}.wav", **args), torch.get_rng_state()))
-        with indextts_fast.enabled(o.tts):
-            enabled.append(o.infer(output_path=tmp_path / f"enabled{seed}.wav", **args))
-    with indextts_fast.enabled(o.tts):
-        pipe = Pipeline(o.tts, slots=2)
-        voice = pipe.voice(o.prompt)
+        yield seed, dict(text=t, seed=seed, max_text_tokens_per_segment=SEGMENT_TOKENS, **kw)
+
+
+def _pipeline_results(tts, prompt, **options) -> list:
+    """The requests of RUNS through one Pipeline on the enabled object."""
+    with indextts_fast.enabled(tts):
+        pipe = Pipeline(tts, slots=2, **options)
+        voice = pipe.voice(prompt)
         jobs = [Job(voice, t, seed=kw["seed"], max_text_tokens_per_segment=SEGMENT_TOKENS,
                     generation={k: v for k, v in kw.items() if k != "seed"})
                 for t, kw in zip(TEXTS, RUNS, strict=True)]  # fmt: skip
-        results = pipe.synthesize(jobs)
+        return pipe.synthesize(jobs)
+
+
+def test_two_requests_at_once_are_each_the_official_infer(offline, tmp_path):
+    o, _ = offline
+    officials, enabled = [], []
+    for seed, args in _infer_args():
+        officials.append((o.infer(output_path=tmp_path / f"official{seed}.wav", **args), torch.get_rng_state()))
+        with indextts_fast.enabled(o.tts):
+            enabled.append(o.infer(output_path=tmp_path / f"enabled{seed}.wav", **args))
+    results = _pipeline_results(o.tts, o.prompt)
     for n, (res, (run, after), alone) in enumerate(zip(results, officials, enabled, strict=True)):
         assert res.error is None, res.error
         assert len(res.codes) == len(run.codes) >= 2, f"request {n}: {len(res.codes)} segments"
@@ -60,20 +70,11 @@ def test_the_cfms_of_a_round_in_one_padded_batch(offline, tmp_path):
 
     o, o64 = offline
     officials, refs = [], []
-    for t, kw in zip(TEXTS, RUNS, strict=True):
-        kw = dict(kw)
-        seed = kw.pop("seed")
-        args = dict(text=t, seed=seed, max_text_tokens_per_segment=SEGMENT_TOKENS, **kw)
+    for seed, args in _infer_args():
         officials.append(o.infer(output_path=tmp_path / f"official{seed}.wav", **args))
         with o64.replaying(officials[-1]):
             refs.append(o64.infer(output_path=tmp_path / f"fp64_{seed}.wav", **args))
-    with indextts_fast.enabled(o.tts):
-        pipe = Pipeline(o.tts, slots=2, cfm_batch=True)
-        voice = pipe.voice(o.prompt)
-        jobs = [Job(voice, t, seed=kw["seed"], max_text_tokens_per_segment=SEGMENT_TOKENS,
-                    generation={k: v for k, v in kw.items() if k != "seed"})
-                for t, kw in zip(TEXTS, RUNS, strict=True)]  # fmt: skip
-        results = pipe.synthesize(jobs)
+    results = _pipeline_results(o.tts, o.prompt, cfm_batch=True)
     for n, (res, run, ref) in enumerate(zip(results, officials, refs, strict=True)):
         assert res.error is None, res.error
         assert len(res.codes) == len(run.codes) >= 2
