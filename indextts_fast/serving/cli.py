@@ -14,6 +14,7 @@ requests waiting for a round (beyond it: 429).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import tempfile
 import warnings
@@ -26,6 +27,21 @@ def _fail(message) -> int:
     from ..__main__ import fail
 
     return fail("serve", message)
+
+
+@contextlib.contextmanager
+def _quiet():
+    """The tiny models' construction notes off stderr (token ids past the tiny vocabularies, weight_norm's
+    deprecation, the official code's vendored transformers note on its GPT2InferenceModel)."""
+    import logging
+
+    logging.disable(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.disable(logging.NOTSET)
 
 
 def kv_plan(tts, *, beams: int, segment_tokens: int, max_mel_tokens: int, max_batch: int, budget_gb) -> dict:
@@ -68,16 +84,8 @@ def build(args, log=print):
         from .. import offline
 
         work = Path(tempfile.mkdtemp(prefix="indextts_fast_tiny_"))
-        with warnings.catch_warnings():  # the tiny configs' notes (token ids past the tiny vocabularies, weight_norm)
-            warnings.simplefilter("ignore")
-            import transformers
-
-            level = transformers.logging.get_verbosity()
-            transformers.logging.set_verbosity_error()
-            try:
-                off = offline.build("2.0", work, seed=args.seed, record=False)
-            finally:
-                transformers.logging.set_verbosity(level)
+        with _quiet():
+            off = offline.build("2.0", work, seed=args.seed, record=False)
         tts, model_id, version = off.tts, "indextts-2-tiny", "2.0"
         voices["default"] = off.prompt
     else:
@@ -104,7 +112,8 @@ def build(args, log=print):
         log(f"serve: {model_id} on the official infer (not enabled), one request at a time; queue {args.max_queue}")
         return Served(engine, model_id=model_id, version=version, max_text_tokens_per_segment=seg,
                       max_mel_tokens=mel, backend="official"), None  # fmt: skip
-    handle = indextts_fast.enable(tts)
+    with _quiet() if args.tiny else contextlib.nullcontext():
+        handle = indextts_fast.enable(tts)
     kv = kv_plan(tts, beams=DEFAULTS["num_beams"], segment_tokens=seg, max_mel_tokens=mel,
                  max_batch=args.max_batch, budget_gb=args.kv_budget)  # fmt: skip
     pipe = Pipeline(tts, slots=kv["slots"])
