@@ -134,3 +134,17 @@ def test_the_cluster_listens_on_loopback_only(cluster):
     assert seen, "no listening socket found among the cluster's processes"
     wide = {f"{ip}:{port}": pid for (ip, port), pid in seen.items() if not ip.is_loopback}
     assert not wide, f"listening beyond loopback: {wide}"
+
+
+def test_build_app_refuses_bad_arguments(monkeypatch):
+    """Before any replica starts: an unknown argument or a bad server option is named; ``app`` without its options
+    says where they go."""
+    import indextts_fast.serving as serving
+
+    with pytest.raises(ValueError, match="unknown argument: bogus"):
+        serving.build_app({"tiny": "1", "bogus": "1"})
+    with pytest.raises(ValueError, match="--max-batch must be >= 1"):
+        serving.build_app({"tiny": "1", "max_batch": "0"})
+    monkeypatch.delenv("INDEXTTS_FAST_SERVE_ARGS", raising=False)
+    with pytest.raises(RuntimeError, match="INDEXTTS_FAST_SERVE_ARGS"):
+        serving.app  # noqa: B018 (reading it builds the application)
