@@ -386,6 +386,34 @@ def test_cuda_graph_cfm_loop_replays_the_eager_mel():
         assert len(loop.capture_s) == 1 and list(loop.runs.values())[0].graphed.replays == 2
 
 
+@pytest.mark.gpu(reason="CUDA graphs")
+def test_cuda_graph_cfm_batch_replays_the_eager_batch():
+    """On a GPU: ``CFMLoop.many`` graphed (first call eager, then captured, then replayed) gives the eager padded
+    batch's mels bit for bit, each request's noise from its own generator."""
+    from indextts_fast.s2mel import CFMLoop
+
+    m = build_s2mel(seed=3, **DIT_HEAD_DIM_64).cuda()
+    cfm = m.models["cfm"]
+    shapes = [(37, 11), (29, 7), (50, 13)]
+    with torch.no_grad(), indextts_fast.enabled(m) as h:
+        fast = h.parts[0].patch.fast
+        graphed, eager = CFMLoop(cfm, fast, graphs=True), CFMLoop(cfm, fast, graphs=False)
+        for n in range(3):
+            inputs = [[a.cuda() for a in cfm_inputs(cfm, frames=T, prompt=P, seed=10 * n + k)]
+                      for k, (T, P) in enumerate(shapes)]  # fmt: skip
+            want = eager.many(_requests(inputs), 25, inference_cfg_rate=0.7, batched=True)
+            got = graphed.many(_requests(inputs), 25, inference_cfg_rate=0.7, batched=True)
+            for a, b in zip(got, want, strict=True):
+                torch.testing.assert_close(a, b, rtol=0, atol=0)
+        assert len(graphed.capture_s) == 1 and list(graphed.runs.values())[0].graphed.replays == 2
+
+
+def _requests(inputs) -> list:
+    """CFMLoop.many's items of cfm_inputs tuples, request k's noise from a CUDA generator seeded k."""
+    return [(mu.clone(), prompt, style, torch.Generator("cuda").manual_seed(k))
+            for k, (mu, _, prompt, style) in enumerate(inputs)]  # fmt: skip
+
+
 class _AutocastDiT(torch.nn.Module):
     """PyTorch's own run of the official DiT at a lower dtype: the fp32 module under autocast."""
 
