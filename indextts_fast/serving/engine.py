@@ -241,7 +241,7 @@ class OfficialEngine:
                 raise Cancelled("the request was cancelled")
             if wav is None or not torch.is_tensor(wav):
                 continue
-            pcm = torch.clamp(32767 * wav.reshape(-1).float(), -32767.0, 32767.0).to(torch.int16).numpy()
+            pcm = pcm16(wav)
             if t.first_audio is None:
                 t.first_audio = time.perf_counter() - t.submitted
             self._emit(t, ("audio", pcm))
