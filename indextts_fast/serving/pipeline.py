@@ -338,8 +338,10 @@ class Rounds:
         ok = [(e, st) for e, st in ok if e.result.error is None]
         out = []
         if mels:
-            with pipe.parts["vocoder"].lock:
-                waves = pipe.parts["vocoder"].loop.many(mels)
+            vocoder = pipe.parts["vocoder"]
+            with vocoder.lock:
+                vocoder.current()  # its weights as they are now (rebuilt there if they changed)
+                waves = vocoder.loop.many(mels)
             for (e, st), w in zip(ok, waves, strict=True):
                 if self.keep:
                     e.result.segments.append(w)

@@ -110,3 +110,28 @@ def test_streaming_yields_each_segment_as_it_is_made(offline, tmp_path):
                     generation=dict(max_mel_tokens=20))  # fmt: skip
         segs = pipe._segments(short)
         assert len(segs) == 4 and len(segs[0]) <= 3 and segs[0] + segs[1] == pipe._segments(job)[0]
+
+
+def test_weights_changed_after_enable_are_followed(offline, tmp_path):
+    """The vocoder's SnakeBeta parameters edited in place after enable (the fast vocoder keeps them exponentiated):
+    the pipeline's waves are those of the enabled infer on the edited object, bit for bit."""
+    o, _ = offline
+    net = o.tts.bigvgan
+    saved = {k: v.clone() for k, v in net.state_dict().items()}
+    try:
+        with indextts_fast.enabled(o.tts):
+            pipe = Pipeline(o.tts, slots=2)
+            voice = pipe.voice(o.prompt)
+            (seed, args), _ = _infer_args()
+            job = Job(voice, args["text"], seed=seed, max_text_tokens_per_segment=SEGMENT_TOKENS,
+                      generation={k: v for k, v in RUNS[0].items() if k != "seed"})  # fmt: skip
+            before = pipe.synthesize([job])[0]
+            with torch.no_grad():
+                net.resblocks[0].activations[0].act.alpha.mul_(1.5)
+            after = pipe.synthesize([job])[0]
+            alone = o.infer(output_path=tmp_path / "enabled.wav", **args)
+    finally:
+        net.load_state_dict(saved)
+    assert not torch.equal(after.segments[0], before.segments[0]), "the edit changed nothing: no check"
+    for i, w in enumerate(after.segments):
+        assert torch.equal(w, alone.wavs[i]), f"segment {i}: the pipeline ran the vocoder's old weights"
